@@ -1,0 +1,3 @@
+from .configuration_pi import PiConfig
+
+__all__ = ["PiConfig"]

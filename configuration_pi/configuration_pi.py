@@ -1,0 +1,149 @@
+"""Configuration of the π family (π0, π0.5) of vision-language-action models.
+
+A π model is a PaliGemma (SigLIP vision tower + Gemma language model) plus, for the flow-matching
+variants, a smaller Gemma stack — the action expert — that shares attention with the language model
+layer by layer. The sub-configs are transformers' own `SiglipVisionConfig` and `GemmaConfig`; this
+file only adds what is specific to acting: the variant, the action chunk, the prompt length, the
+camera names and the flow-matching schedule.
+"""
+
+from huggingface_hub.dataclasses import strict
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+VARIANTS = ("pi0", "pi05")
+DEFAULT_IMAGE_KEYS = ("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb")
+DEFAULT_MAX_TOKEN_LEN = {"pi0": 48, "pi05": 200}
+
+# Gemma 2B, the language model of PaliGemma 3B.
+_GEMMA_2B = {
+    "vocab_size": 257152,
+    "hidden_size": 2048,
+    "intermediate_size": 16384,
+    "num_hidden_layers": 18,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 1,
+    "head_dim": 256,
+    "hidden_act": "gelu_pytorch_tanh",
+    "use_bidirectional_attention": True,
+}
+# The 300M "Gemma" that π uses as its action expert: same depth and attention shape as Gemma 2B, so
+# both stacks can attend jointly, but narrower. It reads no tokens, so it has no vocabulary of its own.
+_GEMMA_300M = {
+    **_GEMMA_2B,
+    "vocab_size": 1,
+    "pad_token_id": None,
+    "bos_token_id": None,
+    "eos_token_id": None,
+    "hidden_size": 1024,
+    "intermediate_size": 4096,
+}
+# SigLIP So400m/14 at 224 px, as in PaliGemma (no pooling head: π consumes all 256 patch tokens).
+_SIGLIP_SO400M = {
+    "hidden_size": 1152,
+    "intermediate_size": 4304,
+    "num_hidden_layers": 27,
+    "num_attention_heads": 16,
+    "image_size": 224,
+    "patch_size": 14,
+    "hidden_act": "gelu_pytorch_tanh",
+    "layer_norm_eps": 1e-6,
+    "vision_use_head": False,
+}
+
+
+@strict
+class PiConfig(PreTrainedConfig):
+    r"""
+    Configuration for [`PiForActionGeneration`]. The defaults reproduce the released full-size π0
+    (or π0.5 with `variant="pi05"`).
+
+    Args:
+        variant (`str`, defaults to `"pi0"`):
+            `"pi0"` (state token, action-time MLP) or `"pi05"` (state in the prompt, adaRMS time
+            conditioning in the action expert).
+        vision_config (`SiglipVisionConfig` or `dict`, *optional*): the vision tower.
+        text_config (`GemmaConfig` or `dict`, *optional*): the language model (PaliGemma's Gemma).
+        expert_config (`GemmaConfig` or `dict`, *optional*):
+            the action expert. Must match `text_config` in depth, heads, kv heads and head_dim.
+        action_dim (`int`, defaults to 32): width of the (zero-padded) state and action vectors.
+        action_horizon (`int`, defaults to 50): number of steps in an action chunk.
+        max_token_len (`int`, *optional*): prompt length; 48 for π0 and 200 for π0.5 by default.
+        image_keys (`list[str]`): camera names, in the order of `pixel_values`.
+        num_inference_steps (`int`, defaults to 10): flow-matching solver steps at inference.
+        time_beta_alpha, time_beta_beta, time_scale, time_offset (`float`):
+            training flow time is `Beta(alpha, beta) * scale + offset` (t=1 is noise, t=0 is data).
+        min_period, max_period (`float`): periods of the sine-cosine flow-time embedding.
+    """
+
+    model_type = "pi"
+    sub_configs_defaults = {
+        "vision_config": SubConfigSpec(
+            config_class=AutoConfig, model_type="siglip_vision_model", init_kwargs=_SIGLIP_SO400M
+        ),
+        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="gemma", init_kwargs=_GEMMA_2B),
+        "expert_config": SubConfigSpec(config_class=AutoConfig, model_type="gemma", init_kwargs=_GEMMA_300M),
+    }
+
+    variant: str = "pi0"
+    vision_config: dict | PreTrainedConfig | None = None
+    text_config: dict | PreTrainedConfig | None = None
+    expert_config: dict | PreTrainedConfig | None = None
+    action_dim: int = 32
+    action_horizon: int = 50
+    max_token_len: int | None = None
+    image_keys: list[str] | tuple[str, ...] = DEFAULT_IMAGE_KEYS
+    num_inference_steps: int = 10
+    time_beta_alpha: float = 1.5
+    time_beta_beta: float = 1.0
+    time_scale: float = 0.999
+    time_offset: float = 0.001
+    min_period: float = 4e-3
+    max_period: float = 4.0
+    initializer_range: float = 0.02
+
+    def __post_init__(self, **kwargs):
+        if self.variant not in VARIANTS:
+            raise ValueError(f"Unknown π variant {self.variant!r}; expected one of {', '.join(VARIANTS)}.")
+        if self.max_token_len is None:
+            self.max_token_len = DEFAULT_MAX_TOKEN_LEN[self.variant]
+        self.image_keys = list(self.image_keys)
+        super().__post_init__(**kwargs)
+        self._check_architecture()
+
+    @property
+    def use_adarms(self) -> bool:
+        """π0.5 conditions every action-expert norm on the flow time (adaRMS) instead of mixing time into tokens."""
+        return self.variant == "pi05"
+
+    @property
+    def num_image_tokens(self) -> int:
+        return (self.vision_config.image_size // self.vision_config.patch_size) ** 2
+
+    def _check_architecture(self):
+        """Rejects, with a `ValueError`, configurations the joint attention or the time embedding cannot run."""
+        text, expert = self.text_config, self.expert_config
+        for name in ("num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim"):
+            if getattr(text, name) != getattr(expert, name):
+                raise ValueError(
+                    f"The action expert shares attention with the language model layer by layer, so their "
+                    f"{name} must match: language model {getattr(text, name)}, expert {getattr(expert, name)}."
+                )
+        if expert.hidden_size % 2:
+            raise ValueError(
+                f"The flow-time embedding is sin/cos pairs over the expert width, which must be even "
+                f"(expert hidden_size={expert.hidden_size})."
+            )
+        if self.vision_config.image_size % self.vision_config.patch_size:
+            raise ValueError(
+                f"image_size {self.vision_config.image_size} is not a multiple of patch_size "
+                f"{self.vision_config.patch_size}."
+            )
+        for name in ("action_dim", "action_horizon", "max_token_len", "num_inference_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}.")
+        if not self.image_keys or len(set(self.image_keys)) != len(self.image_keys):
+            raise ValueError(f"image_keys must be a non-empty list of distinct camera names, got {self.image_keys}.")
+
+
+__all__ = ["PiConfig"]

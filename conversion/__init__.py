@@ -1,0 +1,1 @@
+"""Checkpoint conversion into the π family's Hugging Face format."""

@@ -1,0 +1,376 @@
+"""openpi (JAX, orbax) checkpoints -> Hugging Face folders that `AutoModel.from_pretrained` loads.
+
+    pi convert openpi --checkpoint DIR --variant pi0|pi05 --output OUT \\
+        [--action-horizon N] [--max-token-len N] [--dtype float32|bfloat16]
+
+DIR is an openpi checkpoint folder or its `params/`; both the released layout and the training layout
+(every leaf under a trailing `value` key) are read. Widths, depths, heads, vocabulary and action dim
+are inferred from the parameter shapes; the action horizon and prompt length are not in the weights
+and come from the caller (defaults: the variant's). Every openpi parameter must map onto exactly one
+model parameter of the right shape and every model parameter must be filled: otherwise the
+conversion stops with a message naming the parameters, exits non-zero and leaves no output behind.
+
+The layout facts used below (einsum weight shapes, flax kernels [in, out], stacked layers) are the
+reference's; the mapping works on any tensor, so the full-size mapping can be checked on the meta
+device without weights.
+"""
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from huggingface_hub import save_torch_state_dict
+from tqdm.auto import tqdm
+
+from configuration_pi import PiConfig
+from configuration_pi.configuration_pi import DEFAULT_MAX_TOKEN_LEN, VARIANTS
+
+IMG = "PaliGemma/img"
+LLM = "PaliGemma/llm"
+# The flow-matching projections at the top level of the checkpoint, with the same names in our model.
+FLOW_PROJECTIONS = {
+    "pi0": ("state_proj", "action_in_proj", "action_out_proj", "action_time_mlp_in", "action_time_mlp_out"),
+    "pi05": ("action_in_proj", "action_out_proj", "time_mlp_in", "time_mlp_out"),
+}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+class ConversionError(ValueError):
+    """The checkpoint cannot be converted as asked; the message names the parameters at fault."""
+
+
+# ---- reading ---------------------------------------------------------------------------------------
+
+
+def load_openpi_params(checkpoint: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Reads an orbax params checkpoint into {"a/b/c": array}, dropping a trailing `value` level."""
+    try:
+        import jax
+        import orbax.checkpoint as ocp
+    except ImportError as err:
+        raise ConversionError('Reading openpi checkpoints needs jax and orbax: pip install -e ".[convert]"') from err
+
+    path = Path(checkpoint).resolve()
+    if (path / "params").is_dir():
+        path = path / "params"
+    if not (path / "_METADATA").exists():
+        raise ConversionError(f"{checkpoint} is not an orbax checkpoint (no _METADATA in it or in its params/).")
+    with ocp.PyTreeCheckpointer() as checkpointer:
+        tree = checkpointer.metadata(path).item_metadata.tree
+        if "params" not in tree:
+            raise ConversionError(f"{checkpoint} has no 'params' item; found {sorted(tree)}.")
+        item = {"params": tree["params"]}
+        restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(restore_type=np.ndarray), item)
+        params = checkpointer.restore(path, ocp.args.PyTreeRestore(item=item, restore_args=restore_args))["params"]
+
+    flat = dict(_flatten(params))
+    if flat and all(key.endswith("/value") for key in flat):
+        flat = {key.removesuffix("/value"): value for key, value in flat.items()}
+    return flat
+
+
+def _flatten(tree: dict, prefix: str = "") -> Iterator[tuple[str, np.ndarray]]:
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            yield from _flatten(value, f"{prefix}{key}/")
+        else:
+            yield f"{prefix}{key}", np.asarray(value)
+
+
+# ---- the architecture, from shapes ------------------------------------------------------------------
+
+
+def detect_variant(keys) -> str:
+    keys = set(keys)
+    if "time_mlp_in/kernel" in keys:
+        return "pi05"
+    if "state_proj/kernel" in keys:
+        return "pi0"
+    raise ConversionError("The checkpoint has neither π0 (state_proj) nor π0.5 (time_mlp_in) flow projections.")
+
+
+def infer_config(
+    params: dict, variant: str, action_horizon: int | None = None, max_token_len: int | None = None
+) -> PiConfig:
+    """The `PiConfig` whose parameters have these shapes; horizon and prompt length from the caller."""
+    if variant not in VARIANTS:
+        raise ConversionError(f"Unknown variant {variant!r}; expected one of {', '.join(VARIANTS)}.")
+    found = detect_variant(params)
+    if found != variant:
+        raise ConversionError(f"--variant {variant} was asked for, but the checkpoint is a {found} checkpoint.")
+
+    def shape(key):
+        if key not in params:
+            raise ConversionError(f"The checkpoint is missing the parameter {key}.")
+        return tuple(params[key].shape)
+
+    patch, _, _, vision_width = shape(f"{IMG}/embedding/kernel")
+    num_patches = shape(f"{IMG}/pos_embedding")[1]
+    vision_depth, _, vision_heads, _ = shape(f"{IMG}/Transformer/encoderblock/MultiHeadDotProductAttention_0/query/kernel")
+    vision_mlp = shape(f"{IMG}/Transformer/encoderblock/MlpBlock_0/Dense_0/kernel")[-1]
+    vision = {
+        "model_type": "siglip_vision_model",
+        "hidden_size": vision_width,
+        "intermediate_size": vision_mlp,
+        "num_hidden_layers": vision_depth,
+        "num_attention_heads": vision_heads,
+        "patch_size": patch,
+        "image_size": int(round(num_patches**0.5)) * patch,
+        "hidden_act": "gelu_pytorch_tanh",
+        "layer_norm_eps": 1e-6,
+        "vision_use_head": False,
+    }
+    vocab_size = shape(f"{LLM}/embedder/input_embedding")[0]
+    text = _gemma_config(shape, "", vocab_size=vocab_size)
+    expert = _gemma_config(shape, "_1", vocab_size=1, pad_token_id=None, bos_token_id=None, eos_token_id=None)
+    action_dim = shape("action_in_proj/kernel")[0]
+    try:
+        return PiConfig(
+            variant=variant,
+            vision_config=vision,
+            text_config=text,
+            expert_config=expert,
+            action_dim=action_dim,
+            action_horizon=action_horizon or 50,
+            max_token_len=max_token_len or DEFAULT_MAX_TOKEN_LEN[variant],
+        )
+    except ValueError as err:
+        raise ConversionError(f"The checkpoint's shapes do not describe a valid π model: {err}") from err
+
+
+def _gemma_config(shape, suffix: str, **extra) -> dict:
+    depth, heads, width, head_dim = shape(f"{LLM}/layers/attn/q_einsum{suffix}/w")
+    kv_heads = shape(f"{LLM}/layers/attn/kv_einsum{suffix}/w")[2]
+    mlp = shape(f"{LLM}/layers/mlp{suffix}/gating_einsum")[-1]
+    return {
+        "model_type": "gemma",
+        "hidden_size": width,
+        "intermediate_size": mlp,
+        "num_hidden_layers": depth,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "head_dim": head_dim,
+        "hidden_act": "gelu_pytorch_tanh",
+        "use_bidirectional_attention": True,
+        **extra,
+    }
+
+
+# ---- the mapping ------------------------------------------------------------------------------------
+
+
+class _Source:
+    """The openpi parameters as torch tensors, remembering which were read (and the last one, for errors)."""
+
+    def __init__(self, params: dict):
+        self.params = params
+        self.used: set[str] = set()
+        self.last: str | None = None
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        if key not in self.params:
+            raise ConversionError(f"The checkpoint is missing the parameter {key}.")
+        self.used.add(key)
+        self.last = key
+        value = self.params[key]
+        return value if isinstance(value, torch.Tensor) else torch.from_numpy(np.asarray(value))
+
+
+def _dense(src: _Source, key: str, target: str):
+    """flax / nnx Dense: kernel [in, out] -> torch Linear weight [out, in]."""
+    yield f"{target}.weight", src[f"{key}/kernel"].T
+    yield f"{target}.bias", src[f"{key}/bias"]
+
+
+def _layer_norm(src: _Source, key: str, target: str, layer: int | None = None):
+    scale, bias = src[f"{key}/scale"], src[f"{key}/bias"]
+    yield f"{target}.weight", scale if layer is None else scale[layer]
+    yield f"{target}.bias", bias if layer is None else bias[layer]
+
+
+def _siglip(src: _Source, config: PiConfig):
+    tower = "vision_tower"
+    yield f"{tower}.embeddings.patch_embedding.weight", src[f"{IMG}/embedding/kernel"].permute(3, 2, 0, 1)
+    yield f"{tower}.embeddings.patch_embedding.bias", src[f"{IMG}/embedding/bias"]
+    yield f"{tower}.embeddings.position_embedding.weight", src[f"{IMG}/pos_embedding"][0]
+    block = f"{IMG}/Transformer/encoderblock"
+    attn = f"{block}/MultiHeadDotProductAttention_0"
+    for layer in range(config.vision_config.num_hidden_layers):
+        target = f"{tower}.encoder.layers.{layer}"
+        yield from _layer_norm(src, f"{block}/LayerNorm_0", f"{target}.layer_norm1", layer)
+        yield from _layer_norm(src, f"{block}/LayerNorm_1", f"{target}.layer_norm2", layer)
+        for name, proj in (("query", "q_proj"), ("key", "k_proj"), ("value", "v_proj")):
+            # kernel [W, heads, head_dim], bias [heads, head_dim]
+            yield f"{target}.self_attn.{proj}.weight", src[f"{attn}/{name}/kernel"][layer].flatten(1).T
+            yield f"{target}.self_attn.{proj}.bias", src[f"{attn}/{name}/bias"][layer].flatten()
+        yield f"{target}.self_attn.out_proj.weight", src[f"{attn}/out/kernel"][layer].flatten(0, 1).T
+        yield f"{target}.self_attn.out_proj.bias", src[f"{attn}/out/bias"][layer]
+        for i, fc in enumerate(("fc1", "fc2")):
+            yield f"{target}.mlp.{fc}.weight", src[f"{block}/MlpBlock_0/Dense_{i}/kernel"][layer].T
+            yield f"{target}.mlp.{fc}.bias", src[f"{block}/MlpBlock_0/Dense_{i}/bias"][layer]
+    yield from _layer_norm(src, f"{IMG}/Transformer/encoder_norm", f"{tower}.post_layernorm")
+    yield from _dense(src, f"{IMG}/head", "multi_modal_projector")
+
+
+def _gemma_norm(src: _Source, key: str, target: str, adaptive: bool, layer: int | None = None):
+    """Gemma RMSNorm `scale`, or an adaRMS `Dense_0` (kernel [D, 3D]) for the π0.5 expert."""
+    if adaptive:
+        kernel, bias = src[f"{key}/Dense_0/kernel"], src[f"{key}/Dense_0/bias"]
+        if layer is not None:
+            kernel, bias = kernel[layer], bias[layer]
+        yield f"{target}.modulation.weight", kernel.T
+        yield f"{target}.modulation.bias", bias
+    else:
+        scale = src[f"{key}/scale"]
+        yield f"{target}.weight", scale if layer is None else scale[layer]
+
+
+def _gemma(src: _Source, depth: int, suffix: str, target_root: str, adaptive: bool):
+    """One expert's stack: `suffix` "" is the language model, "_1" the action expert."""
+    layers = f"{LLM}/layers"
+    for layer in range(depth):
+        target = f"{target_root}.layers.{layer}"
+        q = src[f"{layers}/attn/q_einsum{suffix}/w"][layer]  # [N, D, H]
+        yield f"{target}.self_attn.q_proj.weight", q.permute(0, 2, 1).flatten(0, 1)
+        kv = src[f"{layers}/attn/kv_einsum{suffix}/w"][layer]  # [2, K, D, H], keys then values
+        yield f"{target}.self_attn.k_proj.weight", kv[0].permute(0, 2, 1).flatten(0, 1)
+        yield f"{target}.self_attn.v_proj.weight", kv[1].permute(0, 2, 1).flatten(0, 1)
+        out = src[f"{layers}/attn/attn_vec_einsum{suffix}/w"][layer]  # [N, H, D]
+        yield f"{target}.self_attn.o_proj.weight", out.flatten(0, 1).T
+        gating = src[f"{layers}/mlp{suffix}/gating_einsum"][layer]  # [2, D, F], gate then up
+        yield f"{target}.mlp.gate_proj.weight", gating[0].T
+        yield f"{target}.mlp.up_proj.weight", gating[1].T
+        yield f"{target}.mlp.down_proj.weight", src[f"{layers}/mlp{suffix}/linear"][layer].T  # [F, D]
+        yield from _gemma_norm(src, f"{layers}/pre_attention_norm{suffix}", f"{target}.input_layernorm", adaptive, layer)
+        yield from _gemma_norm(src, f"{layers}/pre_ffw_norm{suffix}", f"{target}.post_attention_layernorm", adaptive, layer)
+    yield from _gemma_norm(src, f"{LLM}/final_norm{suffix}", f"{target_root}.norm", adaptive)
+
+
+def _mapping(src: _Source, config: PiConfig):
+    yield from _siglip(src, config)
+    yield "language_model.embed_tokens.weight", src[f"{LLM}/embedder/input_embedding"]
+    depth = config.text_config.num_hidden_layers
+    yield from _gemma(src, depth, "", "language_model", adaptive=False)
+    yield from _gemma(src, depth, "_1", "action_expert", adaptive=config.use_adarms)
+    for name in FLOW_PROJECTIONS[config.variant]:
+        yield from _dense(src, name, name)
+
+
+def expected_shapes(config: PiConfig) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every parameter of the model built from `config` (on the meta device: no memory)."""
+    from modeling_pi import PiForActionGeneration
+
+    with torch.device("meta"):
+        model = PiForActionGeneration(config)
+    return {name: tuple(t.shape) for name, t in model.state_dict().items()}
+
+
+def convert_params(params: dict, config: PiConfig, dtype: torch.dtype | None = None, progress: bool = False) -> dict:
+    """openpi parameters (arrays or tensors, meta ones included) -> our state dict, checked both ways."""
+    expected = expected_shapes(config)
+    src = _Source(params)
+    state_dict = {}
+    mapping = _mapping(src, config)
+    with tqdm(total=len(expected), desc="converting", unit="tensor", disable=not progress) as bar:
+        while True:
+            try:
+                name, tensor = next(mapping)
+            except StopIteration:
+                break
+            except (RuntimeError, IndexError) as err:
+                shape = tuple(params[src.last].shape)
+                raise ConversionError(f"The parameter {src.last} has an unexpected shape {shape}: {err}") from err
+            if name not in expected:
+                raise ConversionError(f"{src.last} maps onto {name}, which the model does not have.")
+            if tuple(tensor.shape) != expected[name]:
+                raise ConversionError(
+                    f"The parameter {src.last} gives {name} the shape {tuple(tensor.shape)}; the model needs {expected[name]}."
+                )
+            # A copy of its own: slices of one stacked array must not share storage in the saved file.
+            state_dict[name] = tensor.to(dtype=dtype or tensor.dtype, memory_format=torch.contiguous_format, copy=True)
+            bar.update()
+
+    unused = sorted(set(params) - src.used)
+    if unused:
+        raise ConversionError(f"The checkpoint has parameters the {config.variant} model does not use: {', '.join(unused)}.")
+    missing = sorted(set(expected) - set(state_dict))
+    if missing:
+        raise ConversionError(f"No checkpoint parameter fills: {', '.join(missing)}.")
+    return state_dict
+
+
+# ---- writing ----------------------------------------------------------------------------------------
+
+
+def convert_openpi(
+    checkpoint: str | os.PathLike,
+    variant: str,
+    output: str | os.PathLike,
+    action_horizon: int | None = None,
+    max_token_len: int | None = None,
+    dtype: str = "float32",
+    progress: bool = True,
+) -> Path:
+    """Converts and writes `output` (config + safetensors) atomically; returns its path."""
+    if dtype not in DTYPES:
+        raise ConversionError(f"Unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}.")
+    output = Path(output)
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        raise ConversionError(f"{output} already exists and is not an empty folder; refusing to overwrite it.")
+
+    params = load_openpi_params(checkpoint)
+    config = infer_config(params, variant, action_horizon, max_token_len)
+    config.dtype = dtype
+    state_dict = convert_params(params, config, DTYPES[dtype], progress=progress)
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    try:
+        config.save_pretrained(staging)
+        save_torch_state_dict(state_dict, staging)
+        if output.exists():
+            output.rmdir()
+        umask = os.umask(0)
+        os.umask(umask)
+        for path in (staging, *staging.iterdir()):  # mkdtemp makes the folder private; publish it normally
+            path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
+        staging.rename(output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return output
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--checkpoint", required=True, help="openpi checkpoint folder, or its params/ folder")
+    parser.add_argument("--variant", required=True, choices=VARIANTS)
+    parser.add_argument("--output", required=True, help="folder to write (must not exist, or be empty)")
+    parser.add_argument("--action-horizon", type=int, default=None, help="action chunk length (default 50)")
+    parser.add_argument("--max-token-len", type=int, default=None, help="prompt length (default: 48 π0, 200 π0.5)")
+    parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        path = convert_openpi(args.checkpoint, args.variant, args.output, args.action_horizon, args.max_token_len, args.dtype)
+    except ConversionError as err:
+        print(f"pi convert openpi: error: {err}", file=sys.stderr)
+        return 1
+    print(f"wrote {path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = add_arguments(argparse.ArgumentParser(prog="python -m conversion.convert_openpi", description=__doc__.split("\n")[0]))
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,12 @@
+"""The π family in Transformers. Importing this package registers `model_type="pi"` with the Auto classes."""
+
+from transformers import AutoConfig, AutoModel
+
+from configuration_pi import PiConfig
+
+from .modeling_pi import PiFlowMatchingOutput, PiForActionGeneration, PiPreTrainedModel
+
+AutoConfig.register(PiConfig.model_type, PiConfig, exist_ok=True)
+AutoModel.register(PiConfig, PiForActionGeneration, exist_ok=True)
+
+__all__ = ["PiConfig", "PiFlowMatchingOutput", "PiForActionGeneration", "PiPreTrainedModel"]

@@ -1,0 +1,72 @@
+"""Validation of the model inputs of the user's contract (DESIGN.md), with errors that name the problem.
+
+A VLA model silently broadcasting a wrong-sized state or a NaN action into a plausible-looking chunk
+is the failure mode that costs robot time; every check here turns one into a `ValueError` instead.
+"""
+
+import torch
+
+from configuration_pi import PiConfig
+
+
+def _shape(name: str, tensor: torch.Tensor, expected: tuple, meaning: str) -> None:
+    """`expected` holds ints or None (any size); the first dimension is always the batch."""
+    if tensor.ndim != len(expected) or any(e is not None and s != e for s, e in zip(tensor.shape, expected)):
+        shown = ", ".join("?" if e is None else str(e) for e in expected)
+        raise ValueError(f"{name} must have shape [{shown}] ({meaning}), got {list(tensor.shape)}.")
+
+
+def _finite(name: str, tensor: torch.Tensor) -> None:
+    if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+        raise ValueError(f"{name} contains NaN or infinite values.")
+
+
+def check_flow_inputs(
+    config: PiConfig,
+    pixel_values: torch.Tensor,
+    pixel_attention_mask: torch.Tensor,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    state: torch.Tensor | None = None,
+    actions: torch.Tensor | None = None,
+    noise: torch.Tensor | None = None,
+    timestep: torch.Tensor | None = None,
+) -> None:
+    """Raises `ValueError` unless the inputs fit `config` and each other."""
+    if pixel_values.ndim != 5:
+        raise ValueError(
+            f"pixel_values must have shape [batch, cameras, 3, height, width], got {list(pixel_values.shape)}."
+        )
+    batch, cameras = pixel_values.shape[:2]
+    if batch == 0:
+        raise ValueError("Empty batch: pixel_values has batch size 0.")
+    if cameras != len(config.image_keys):
+        raise ValueError(
+            f"pixel_values has {cameras} cameras but the model expects {len(config.image_keys)} "
+            f"({', '.join(config.image_keys)}); mask absent cameras with pixel_attention_mask instead of dropping them."
+        )
+    size = config.vision_config.image_size
+    _shape("pixel_values", pixel_values, (batch, cameras, 3, size, size), f"{size}x{size} RGB images")
+    _finite("pixel_values", pixel_values)
+    _shape("pixel_attention_mask", pixel_attention_mask, (batch, cameras), "camera present")
+    if input_ids.ndim != 2:
+        raise ValueError(f"input_ids must have shape [batch, prompt length], got {list(input_ids.shape)}.")
+    _shape("input_ids", input_ids, (batch, None), "prompt tokens, batch size of pixel_values")
+    _shape("attention_mask", attention_mask, tuple(input_ids.shape), "one flag per prompt token")
+    vocab = config.text_config.vocab_size
+    if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= vocab):
+        raise ValueError(f"input_ids must lie in [0, {vocab}), got values in [{input_ids.min()}, {input_ids.max()}].")
+
+    chunk = (batch, config.action_horizon, config.action_dim)
+    if config.variant == "pi0":
+        if state is None:
+            raise ValueError("π0 reads the robot state as a token: pass `state` [batch, action_dim].")
+        _shape("state", state, (batch, config.action_dim), "normalised state zero-padded to action_dim")
+        _finite("state", state)
+    for name, tensor in (("actions", actions), ("noise", noise)):
+        if tensor is not None:
+            _shape(name, tensor, chunk, "batch, action_horizon, action_dim")
+            _finite(name, tensor)
+    if timestep is not None:
+        _shape("timestep", timestep, (batch,), "one flow time per example")
+        _finite("timestep", timestep)

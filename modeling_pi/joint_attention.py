@@ -1,0 +1,85 @@
+"""Joint attention: the language model and the action expert run as one transformer, layer by layer.
+
+Each token belongs to one expert (prefix tokens to the language model, suffix tokens to the action
+expert). In every layer each expert normalises and projects its own tokens to queries, keys and
+values; the two sequences are concatenated and attend in a single call, through transformers'
+attention interface (eager, sdpa, ...); the output is split back and each expert applies its own
+output projection, MLP and residuals. A stream may be absent: the prefix alone fills the KV cache,
+the suffix alone runs against it.
+
+Which token may attend to which follows the reference's block-causal rule: every token carries an
+"ar" flag; with c = cumsum(ar), token i attends to token j iff c[j] <= c[i] and both are valid.
+Written here because transformers' mask builders express causal, sliding and bidirectional-block
+masks, not this flag-driven one over two experts' tokens.
+"""
+
+import torch
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.gemma.modeling_gemma import (
+    GemmaDecoderLayer,
+    apply_rotary_pos_emb,
+    eager_attention_forward,
+)
+
+from .action_expert import apply_norm
+
+
+def block_causal_mask(valid: torch.Tensor, ar: torch.Tensor) -> torch.Tensor:
+    """[B, T] validity and ar flags -> [B, T, T] bool, True where query i may attend to key j."""
+    blocks = torch.cumsum(ar.long(), dim=1)
+    allowed = blocks[:, None, :] <= blocks[:, :, None]
+    return allowed & valid[:, None, :] & valid[:, :, None]
+
+
+def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Bool [B, T, S] -> additive float mask [B, 1, T, S] as the attention interface takes it."""
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+    return mask.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
+
+
+def _gated(residual: torch.Tensor, update: torch.Tensor, gate: torch.Tensor | None) -> torch.Tensor:
+    return residual + (update if gate is None else update * gate)
+
+
+def joint_layer(
+    layers: tuple[GemmaDecoderLayer, GemmaDecoderLayer],
+    hidden_states: list[torch.Tensor | None],
+    conds: tuple[torch.Tensor | None, torch.Tensor | None],
+    position_embeddings: tuple[torch.Tensor, torch.Tensor],
+    attention_mask: torch.Tensor,
+    attn_implementation: str,
+    cache=None,
+    layer_idx: int = 0,
+) -> list[torch.Tensor | None]:
+    """One decoder layer over both experts' tokens; `None` streams are skipped."""
+    active = [i for i, h in enumerate(hidden_states) if h is not None]
+    queries, keys, values, gates = [], [], [], {}
+    for i in active:
+        attn = layers[i].self_attn
+        normed, gates[i] = apply_norm(layers[i].input_layernorm, hidden_states[i], conds[i])
+        shape = (*normed.shape[:-1], -1, attn.head_dim)
+        queries.append(attn.q_proj(normed).view(shape).transpose(1, 2))
+        keys.append(attn.k_proj(normed).view(shape).transpose(1, 2))
+        values.append(attn.v_proj(normed).view(shape).transpose(1, 2))
+    query, key, value = (torch.cat(x, dim=2) for x in (queries, keys, values))
+
+    cos, sin = position_embeddings
+    query, key = apply_rotary_pos_emb(query, key, cos, sin)
+    if cache is not None:
+        key, value = cache.update(key, value, layer_idx)
+
+    attn_module = layers[active[0]].self_attn
+    attention = ALL_ATTENTION_FUNCTIONS.get_interface(attn_implementation, eager_attention_forward)
+    attended, _ = attention(
+        attn_module, query, key, value, attention_mask, dropout=0.0, scaling=attn_module.scaling
+    )
+    lengths = [hidden_states[i].shape[1] for i in active]
+    attended = attended.reshape(*attended.shape[:2], -1).split(lengths, dim=1)
+
+    outputs = list(hidden_states)
+    for i, attended_i in zip(active, attended):
+        layer = layers[i]
+        h = _gated(hidden_states[i], layer.self_attn.o_proj(attended_i), gates[i])
+        normed, gate = apply_norm(layer.post_attention_layernorm, h, conds[i])
+        outputs[i] = _gated(h, layer.mlp(normed), gate)
+    return outputs

@@ -1,0 +1,309 @@
+"""π0 and π0.5: flow-matching vision-language-action models on a PaliGemma backbone.
+
+The prefix is every camera's SigLIP tokens (projected, not scaled) followed by the prompt tokens
+(scaled by sqrt(width) inside Gemma's embedding). The suffix is [state token (π0 only)] + one token
+per action step of the noisy chunk x_t. Training runs prefix and suffix jointly through the language
+model and the action expert (`joint_attention.py`) and regresses the velocity; inference runs the
+prefix once into a static KV cache and each solver step runs only the expert over the suffix.
+"""
+
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GemmaModel, PreTrainedModel, SiglipVisionModel, StaticCache
+from transformers import initialization as init
+from transformers.models.gemma.modeling_gemma import GemmaRMSNorm
+from transformers.utils import ModelOutput
+
+from configuration_pi import PiConfig
+
+from .action_expert import PiActionExpert, PiAdaptiveRMSNorm, apply_norm
+from .flow_matching import integrate, interpolate, sample_flow_time, time_embedding
+from .input_checks import check_flow_inputs
+from .joint_attention import additive_mask, block_causal_mask, joint_layer
+
+
+@dataclass
+class PiFlowMatchingOutput(ModelOutput):
+    """
+    loss (`torch.FloatTensor` of shape `()`): mean flow-matching loss over the batch.
+    losses (`torch.FloatTensor` of shape `(batch, action_horizon)`): per-step squared error, mean over action dims.
+    velocity (`torch.FloatTensor` of shape `(batch, action_horizon, action_dim)`): predicted velocity at x_t.
+    """
+
+    loss: torch.FloatTensor | None = None
+    losses: torch.FloatTensor | None = None
+    velocity: torch.FloatTensor | None = None
+
+
+class PiPreTrainedModel(PreTrainedModel):
+    config: PiConfig
+    config_class = PiConfig
+    base_model_prefix = "pi"
+    main_input_name = "pixel_values"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = False  # the block-causal mask over two experts is not a flash-attention mask
+    _supports_flex_attn = False
+    _supports_attention_backend = True
+    _no_split_modules = ["GemmaDecoderLayer", "SiglipEncoderLayer"]
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        # Gemma norms scale by (1 + weight); the reference starts them, and the adaRMS modulation, at zero.
+        if isinstance(module, GemmaRMSNorm):
+            init.zeros_(module.weight)
+        elif isinstance(module, PiAdaptiveRMSNorm):
+            init.zeros_(module.modulation.weight)
+            init.zeros_(module.modulation.bias)
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """Like `PreTrainedModel.from_pretrained`, but a checkpoint whose weights are missing, unexpected or
+        mis-shaped is an error: nothing is ever initialised at random behind the user's back."""
+        return_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        problems = {key: sorted(map(str, info[key])) for key in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+        problems = {key: names for key, names in problems.items() if names}
+        if problems:
+            listed = "; ".join(f"{key}: {', '.join(names[:8])}{' ...' if len(names) > 8 else ''}" for key, names in problems.items())
+            raise ValueError(f"The checkpoint does not match {cls.__name__} built from its config ({listed}).")
+        return (model, info) if return_info else model
+
+
+class PiForActionGeneration(PiPreTrainedModel):
+    """π0 / π0.5: `forward` is the flow-matching training pass, `generate_actions` samples an action chunk."""
+
+    def __init__(self, config: PiConfig):
+        super().__init__(config)
+        vision, text, expert = config.vision_config, config.text_config, config.expert_config
+        self.vision_tower = SiglipVisionModel(vision)
+        self.multi_modal_projector = nn.Linear(vision.hidden_size, text.hidden_size)
+        self.language_model = GemmaModel(text)
+        self.action_expert = PiActionExpert(expert, adaptive=config.use_adarms)
+
+        width = expert.hidden_size
+        self.action_in_proj = nn.Linear(config.action_dim, width)
+        self.action_out_proj = nn.Linear(width, config.action_dim)
+        if config.use_adarms:
+            self.time_mlp_in = nn.Linear(width, width)
+            self.time_mlp_out = nn.Linear(width, width)
+        else:
+            self.state_proj = nn.Linear(config.action_dim, width)
+            self.action_time_mlp_in = nn.Linear(2 * width, width)
+            self.action_time_mlp_out = nn.Linear(width, width)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.language_model.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.language_model.embed_tokens = value
+
+    # ---- prefix: images then prompt --------------------------------------------------------------
+
+    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """[N, 3, H, W] in [-1, 1] -> image tokens [N, num_image_tokens, text width] (SigLIP + projector)."""
+        dtype = self.multi_modal_projector.weight.dtype
+        features = self.vision_tower(pixel_values=pixel_values.to(dtype)).last_hidden_state
+        return self.multi_modal_projector(features)
+
+    def embed_prefix(
+        self,
+        pixel_values: torch.Tensor,
+        pixel_attention_mask: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prefix embeddings [B, C·N + L, D] and validity [B, C·N + L]; absent cameras are masked, not dropped."""
+        batch, cameras = pixel_attention_mask.shape
+        image_tokens = self.get_image_features(pixel_values.flatten(0, 1))
+        tokens_per_image = image_tokens.shape[1]
+        image_tokens = image_tokens.reshape(batch, cameras * tokens_per_image, -1)
+        text_tokens = self.language_model.embed_tokens(input_ids)
+        embeds = torch.cat([image_tokens.to(text_tokens.dtype), text_tokens], dim=1)
+        valid = torch.cat([pixel_attention_mask.bool().repeat_interleave(tokens_per_image, dim=1), attention_mask.bool()], dim=1)
+        return embeds, valid
+
+    # ---- suffix: state and noisy actions ---------------------------------------------------------
+
+    def suffix_ar_flags(self, device: torch.device) -> torch.Tensor:
+        """ar flags of the suffix [S]: the state token (π0) and the first action token open new blocks."""
+        leading = [True] if self.config.use_adarms else [True, True]
+        return torch.tensor(leading + [False] * (self.config.action_horizon - 1), device=device)
+
+    def embed_suffix(
+        self, state: torch.Tensor | None, noisy_actions: torch.Tensor, timestep: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Suffix embeddings [B, S, W] and the adaRMS conditioning [B, W] (π0.5) or None (π0)."""
+        dtype = self.action_in_proj.weight.dtype
+        action_tokens = self.action_in_proj(noisy_actions.to(dtype))
+        time_emb = time_embedding(timestep, action_tokens.shape[-1], self.config.min_period, self.config.max_period)
+        if self.config.use_adarms:
+            return action_tokens, F.silu(self.time_mlp_out(F.silu(self.time_mlp_in(time_emb.to(dtype)))))
+        time_tokens = time_emb[:, None, :].expand_as(action_tokens).to(dtype)
+        mixed = self.action_time_mlp_in(torch.cat([action_tokens, time_tokens], dim=-1))
+        action_tokens = self.action_time_mlp_out(F.silu(mixed))
+        state_token = self.state_proj(state.to(dtype))[:, None, :]
+        return torch.cat([state_token, action_tokens], dim=1), None
+
+    # ---- the two experts -------------------------------------------------------------------------
+
+    def _run_experts(
+        self,
+        prefix: torch.Tensor | None,
+        suffix: torch.Tensor | None,
+        allowed: torch.Tensor,
+        position_ids: torch.Tensor,
+        adarms_cond: torch.Tensor | None = None,
+        cache=None,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Runs whichever streams are given through all joint layers; returns their final-norm outputs."""
+        reference = prefix if prefix is not None else suffix
+        position_embeddings = self.language_model.rotary_emb(reference, position_ids)
+        layer_kwargs = {
+            "conds": (None, adarms_cond),
+            "position_embeddings": position_embeddings,
+            "attention_mask": additive_mask(allowed, reference.dtype),
+            "attn_implementation": self.config._attn_implementation,
+            "cache": cache,
+        }
+        hidden = (prefix, suffix)
+        checkpointing = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
+        for idx, layers in enumerate(zip(self.language_model.layers, self.action_expert.layers)):
+            run = partial(_joint_layer_positional, layers, layer_idx=idx, **layer_kwargs)
+            hidden = self._gradient_checkpointing_func(run, *hidden) if checkpointing else run(*hidden)
+        prefix_out, suffix_out = hidden
+        if prefix_out is not None:
+            prefix_out = self.language_model.norm(prefix_out)
+        if suffix_out is not None:
+            suffix_out, _ = apply_norm(self.action_expert.norm, suffix_out, adarms_cond)
+        return prefix_out, suffix_out
+
+    def encode_prefix(
+        self,
+        pixel_values: torch.Tensor,
+        pixel_attention_mask: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        cache=None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Language-model pass over the prefix alone (filling `cache` when given): final-norm output and validity."""
+        prefix, valid = self.embed_prefix(pixel_values, pixel_attention_mask, input_ids, attention_mask)
+        allowed = block_causal_mask(valid, torch.zeros_like(valid))
+        if cache is not None:  # a static cache also holds the (not yet written) suffix slots: masked here
+            allowed = F.pad(allowed, (0, cache.get_max_length() - allowed.shape[-1]), value=False)
+        prefix_out, _ = self._run_experts(prefix, None, allowed, valid.long().cumsum(1) - 1, cache=cache)
+        return prefix_out, valid
+
+    # ---- training --------------------------------------------------------------------------------
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        pixel_attention_mask: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        actions: torch.Tensor | None = None,
+        state: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+        timestep: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> PiFlowMatchingOutput | tuple:
+        r"""
+        Flow-matching training pass: prefix and suffix attend jointly, one pass.
+
+        actions (`[B, H, D]`): normalised target chunk, zero-padded to `action_dim`. Required.
+        state (`[B, D]`): normalised state (π0 only). noise (`[B, H, D]`) and timestep (`[B]`) are drawn
+        when absent (t ~ Beta(1.5, 1)·0.999 + 0.001).
+        """
+        if actions is None:
+            raise ValueError("forward is the flow-matching training pass and needs `actions`; sample with generate_actions.")
+        check_flow_inputs(self.config, pixel_values, pixel_attention_mask, input_ids, attention_mask, state, actions, noise, timestep)
+        config = self.config
+        if noise is None:
+            noise = torch.randn_like(actions)
+        if timestep is None:
+            timestep = sample_flow_time(
+                actions.shape[0], config.time_beta_alpha, config.time_beta_beta, config.time_scale, config.time_offset, actions.device
+            )
+        x_t, target_velocity = interpolate(actions, noise, timestep)
+
+        prefix, prefix_valid = self.embed_prefix(pixel_values, pixel_attention_mask, input_ids, attention_mask)
+        suffix, adarms_cond = self.embed_suffix(state, x_t, timestep)
+        valid = torch.cat([prefix_valid, prefix_valid.new_ones(suffix.shape[:2])], dim=1)
+        suffix_ar = self.suffix_ar_flags(valid.device)
+        ar = torch.cat([suffix_ar.new_zeros(prefix.shape[1]), suffix_ar])[None].expand_as(valid)
+        _, suffix_out = self._run_experts(
+            prefix, suffix, block_causal_mask(valid, ar), valid.long().cumsum(1) - 1, adarms_cond
+        )
+        velocity = self.action_out_proj(suffix_out[:, -config.action_horizon :])
+        losses = (velocity.float() - target_velocity.float()).pow(2).mean(dim=-1)
+        output = PiFlowMatchingOutput(loss=losses.mean(), losses=losses, velocity=velocity)
+        return output if return_dict is not False else output.to_tuple()
+
+    # ---- inference -------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def generate_actions(
+        self,
+        pixel_values: torch.Tensor,
+        pixel_attention_mask: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        state: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+        num_steps: int | None = None,
+        solver: str = "euler",
+        generator: torch.Generator | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        """Samples a normalised action chunk [B, H, D] by integrating the flow from `noise` (t=1) to t=0.
+
+        The prefix runs once into a static KV cache sized prefix + suffix; each velocity evaluation runs
+        only the action expert over the suffix and writes its keys into the suffix slots, which the next
+        evaluation overwrites: the cache is never grown nor copied. `noise` or `generator` make it
+        reproducible; `solver` is "euler" (the reference), "heun" or "rk4"; `num_steps` counts solver steps.
+        """
+        check_flow_inputs(self.config, pixel_values, pixel_attention_mask, input_ids, attention_mask, state, noise=noise)
+        config = self.config
+        batch = pixel_values.shape[0]
+        if noise is None:
+            shape = (batch, config.action_horizon, config.action_dim)
+            noise = torch.randn(shape, generator=generator, device=pixel_values.device, dtype=torch.float32)
+        num_steps = config.num_inference_steps if num_steps is None else num_steps
+
+        suffix_ar = self.suffix_ar_flags(pixel_values.device)
+        suffix_len = suffix_ar.shape[0]
+        prefix_len = config.num_image_tokens * len(config.image_keys) + input_ids.shape[1]
+        cache = StaticCache(config=config.text_config, max_cache_len=prefix_len + suffix_len)
+        _, prefix_valid = self.encode_prefix(pixel_values, pixel_attention_mask, input_ids, attention_mask, cache=cache)
+
+        # The suffix's mask rows and positions are the same at every step: computed once.
+        valid = torch.cat([prefix_valid, prefix_valid.new_ones(batch, suffix_len)], dim=1)
+        ar = torch.cat([suffix_ar.new_zeros(prefix_len), suffix_ar])[None].expand_as(valid)
+        allowed = block_causal_mask(valid, ar)[:, prefix_len:]
+        positions = (valid.long().cumsum(1) - 1)[:, prefix_len:]
+
+        def velocity(x_t: torch.Tensor, t: float) -> torch.Tensor:
+            timestep = torch.full((batch,), t, dtype=torch.float32, device=x_t.device)
+            suffix, adarms_cond = self.embed_suffix(state, x_t, timestep)
+            _, suffix_out = self._run_experts(None, suffix, allowed, positions, adarms_cond, cache=cache)
+            cache.crop(-suffix_len)  # rewind to the prefix; the next step overwrites the suffix slots
+            return self.action_out_proj(suffix_out[:, -config.action_horizon :]).float()
+
+        return integrate(velocity, noise.float(), num_steps, solver)
+
+
+def _joint_layer_positional(layers, prefix, suffix, **kwargs):
+    """`joint_layer` with the two streams as positional tensors, as activation checkpointing wants them."""
+    return tuple(joint_layer(layers, [prefix, suffix], **kwargs))
+
+
+__all__ = ["PiPreTrainedModel", "PiForActionGeneration", "PiFlowMatchingOutput"]

@@ -1,0 +1,26 @@
+"""The `pi` command: one entry point, one subcommand per job (`pi convert openpi ...`)."""
+
+import argparse
+import sys
+
+from conversion import convert_openpi
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pi", description="π0 / π0.5 in Hugging Face Transformers.")
+    jobs = parser.add_subparsers(dest="job", required=True, metavar="JOB")
+
+    convert = jobs.add_parser("convert", help="convert a checkpoint into a Hugging Face folder")
+    sources = convert.add_subparsers(dest="source", required=True, metavar="SOURCE")
+    openpi = sources.add_parser("openpi", help="an openpi (JAX, orbax) checkpoint", description=convert_openpi.__doc__)
+    convert_openpi.add_arguments(openpi).set_defaults(run=convert_openpi.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
