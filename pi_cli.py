@@ -12,7 +12,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     convert = jobs.add_parser("convert", help="convert a checkpoint into a Hugging Face folder")
     sources = convert.add_subparsers(dest="source", required=True, metavar="SOURCE")
-    openpi = sources.add_parser("openpi", help="an openpi (JAX, orbax) checkpoint", description=convert_openpi.__doc__)
+    summary = "Convert an openpi (JAX, orbax) checkpoint of π0 or π0.5 into a folder AutoModel.from_pretrained loads."
+    openpi = sources.add_parser("openpi", help="an openpi (JAX, orbax) checkpoint", description=summary)
     convert_openpi.add_arguments(openpi).set_defaults(run=convert_openpi.run)
     return parser
 

@@ -1,0 +1,58 @@
+"""PiConfig: full-size defaults, rejection of configurations that cannot run, round trips."""
+
+import json
+
+import pytest
+import torch
+
+from conftest import OPENPI, tiny_config
+from modeling_pi import PiConfig, PiForActionGeneration
+
+
+@pytest.mark.parametrize("variant", ["pi0", "pi05"])
+def test_full_size_defaults_have_the_released_parameter_count(variant):
+    """Built on the meta device: exactly the reference's count, so no unused parameter (no expert embedding)."""
+    with torch.device("meta"):
+        model = PiForActionGeneration(PiConfig(variant=variant))
+    expected = json.loads((OPENPI / "full_size_param_shapes" / f"{variant}.json").read_text())["total_params"]
+    assert sum(p.numel() for p in model.parameters()) == expected
+
+
+def test_defaults_describe_the_released_models():
+    config = PiConfig()
+    assert (config.variant, config.action_dim, config.action_horizon, config.max_token_len) == ("pi0", 32, 50, 48)
+    assert config.image_keys == ["base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb"]
+    assert (config.text_config.hidden_size, config.expert_config.hidden_size, config.vision_config.hidden_size) == (2048, 1024, 1152)
+    assert config.num_image_tokens == 256 and config.num_inference_steps == 10
+    assert PiConfig(variant="pi05").max_token_len == 200 and PiConfig(variant="pi05").use_adarms
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("num_hidden_layers", 3, "num_hidden_layers"),
+    ("num_attention_heads", 2, "num_attention_heads"),
+    ("num_key_value_heads", 2, "num_key_value_heads"),
+    ("head_dim", 8, "head_dim"),
+    ("hidden_size", 33, "even"),
+])
+def test_expert_that_cannot_share_attention_is_rejected(field, value, message):
+    expert = tiny_config().expert_config.to_dict() | {field: value}
+    with pytest.raises(ValueError, match=message):
+        tiny_config(expert_config=expert)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"variant": "pi1"}, "Unknown π variant"),
+    ({"action_horizon": 0}, "action_horizon"),
+    ({"image_keys": ["base_0_rgb", "base_0_rgb"]}, "image_keys"),
+])
+def test_other_impossible_configs_are_rejected(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_config(**overrides)
+
+
+def test_config_round_trips_through_json(tmp_path):
+    config = tiny_config("pi05", num_inference_steps=5, image_keys=["top", "wrist"])
+    config.save_pretrained(tmp_path)
+    loaded = PiConfig.from_pretrained(tmp_path)
+    assert loaded.to_dict() == config.to_dict()
+    assert loaded.expert_config.hidden_size == 32 and loaded.image_keys == ["top", "wrist"]

@@ -1,0 +1,242 @@
+"""PiForActionGeneration behaviour a user relies on: the two paths agree, saving and loading are exact,
+broken folders fail, gradient checkpointing is transparent, sampling is reproducible, bad input is refused."""
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoConfig, AutoModel
+
+import modeling_pi  # noqa: F401
+from conftest import load_fixture_io, random_inputs, tiny_config
+from modeling_pi import PiConfig, PiForActionGeneration
+
+MODEL_INPUTS = ("pixel_values", "pixel_attention_mask", "input_ids", "attention_mask")
+
+
+def _tiny_model(variant, seed=0, **overrides):
+    torch.manual_seed(seed)
+    return PiForActionGeneration(tiny_config(variant, **overrides)).eval()
+
+
+def _args(inputs):
+    return [inputs[name] for name in MODEL_INPUTS]
+
+
+@pytest.mark.parametrize("variant", ["pi0", "pi05"])
+@torch.no_grad()
+def test_joint_and_cached_paths_give_the_same_velocity(converted, variant):
+    """At t=1, x_t is the noise, so one Euler step of the cached path is noise - v; the joint pass gives v."""
+    model = AutoModel.from_pretrained(converted(variant)).eval()
+    io = load_fixture_io(variant)
+    batch = io["noise"].shape[0]
+    joint = model(*_args(io), actions=io["actions"], state=io["state"], noise=io["noise"], timestep=torch.ones(batch))
+    cached = io["noise"] - model.generate_actions(*_args(io), state=io["state"], noise=io["noise"], num_steps=1)
+    torch.testing.assert_close(cached, joint.velocity, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("variant", ["pi0", "pi05"])
+@torch.no_grad()
+def test_cache_is_restored_between_flow_steps(variant):
+    """Sampling twice from the same noise gives the same chunk, and 2 Euler steps equal two manual 1-step calls
+    only if no step sees the previous step's suffix."""
+    model = _tiny_model(variant)
+    inputs = random_inputs(model.config)
+    args, state = _args(inputs), inputs["state"]
+    two_steps = model.generate_actions(*args, state=state, noise=inputs["noise"], num_steps=2)
+    torch.testing.assert_close(two_steps, model.generate_actions(*args, state=state, noise=inputs["noise"], num_steps=2))
+    batch = inputs["noise"].shape[0]
+    v1 = model(*args, actions=inputs["actions"], state=state, noise=inputs["noise"], timestep=torch.ones(batch)).velocity
+    x_half = inputs["noise"] - 0.5 * v1
+    # x_t at t=0.5 from (actions=x_half, noise=x_half) is x_half itself.
+    v2 = model(*args, actions=x_half, state=state, noise=x_half, timestep=torch.full((batch,), 0.5)).velocity
+    torch.testing.assert_close(two_steps, x_half - 0.5 * v2, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("variant", ["pi0", "pi05"])
+def test_save_and_load_round_trip_exactly(tmp_path, variant):
+    model = _tiny_model(variant)
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists()
+    assert AutoConfig.from_pretrained(tmp_path).model_type == "pi"
+    loaded = AutoModel.from_pretrained(tmp_path).eval()
+    assert isinstance(loaded, PiForActionGeneration) and loaded.config.variant == variant
+    original, reloaded = model.state_dict(), loaded.state_dict()
+    assert original.keys() == reloaded.keys()
+    for name in original:
+        assert torch.equal(original[name], reloaded[name]), name
+    inputs = random_inputs(model.config)
+    with torch.no_grad():
+        a = model.generate_actions(*_args(inputs), state=inputs["state"], noise=inputs["noise"])
+        b = loaded.generate_actions(*_args(inputs), state=inputs["state"], noise=inputs["noise"])
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("damage", ["missing", "misshaped", "unexpected"])
+def test_loading_a_damaged_folder_fails_instead_of_initialising_at_random(tmp_path, damage):
+    _tiny_model("pi0").save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    if damage == "missing":
+        del weights["action_out_proj.weight"]
+    elif damage == "misshaped":
+        weights["action_out_proj.weight"] = torch.zeros(3, 3)
+    else:
+        weights["surplus.weight"] = torch.zeros(3)
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises((ValueError, RuntimeError), match="action_out_proj|surplus|mismatch|ignore_mismatched_sizes"):
+        AutoModel.from_pretrained(tmp_path)
+    with pytest.raises((ValueError, RuntimeError)):
+        AutoModel.from_pretrained(tmp_path, ignore_mismatched_sizes=True)
+
+
+@pytest.mark.parametrize("variant", ["pi0", "pi05"])
+def test_gradient_checkpointing_gives_the_same_gradients(variant):
+    inputs = random_inputs(tiny_config(variant))
+    inputs["timestep"] = torch.tensor([0.3, 0.8])
+
+    def grads(checkpointing):
+        model = _tiny_model(variant).train()
+        calls = []
+        if checkpointing:
+            model.activation_checkpointing_enable()
+            checkpoint = model._gradient_checkpointing_func
+            model._gradient_checkpointing_func = lambda *a, **k: calls.append(1) or checkpoint(*a, **k)
+        loss = model(**inputs).loss
+        loss.backward()
+        assert len(calls) == (model.config.text_config.num_hidden_layers if checkpointing else 0)
+        return loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+
+    loss, plain = grads(False)
+    loss_ckpt, checkpointed = grads(True)
+    torch.testing.assert_close(loss_ckpt, loss)
+    assert plain.keys() == checkpointed.keys() and len(plain) > 0
+    for name in plain:
+        torch.testing.assert_close(checkpointed[name], plain[name], atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_training_pass_draws_noise_and_time_and_backpropagates_into_both_experts():
+    model = _tiny_model("pi05").train()
+    inputs = random_inputs(model.config)
+    del inputs["noise"]
+    out = model(**inputs)
+    assert out.loss.ndim == 0 and out.losses.shape == (2, 8) and out.velocity.shape == (2, 8, 32)
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    for name in ("language_model.layers.0.self_attn.q_proj.weight", "action_expert.layers.0.mlp.up_proj.weight",
+                 "action_expert.layers.0.input_layernorm.modulation.weight", "vision_tower.embeddings.patch_embedding.weight"):
+        grad = model.get_parameter(name).grad
+        assert grad is not None and grad.abs().sum() > 0, name
+
+
+@torch.no_grad()
+def test_sampling_is_reproducible_with_a_generator():
+    model = _tiny_model("pi0")
+    inputs = random_inputs(model.config)
+    args, state = _args(inputs), inputs["state"]
+    first = model.generate_actions(*args, state=state, generator=torch.Generator().manual_seed(7))
+    again = model.generate_actions(*args, state=state, generator=torch.Generator().manual_seed(7))
+    other = model.generate_actions(*args, state=state, generator=torch.Generator().manual_seed(8))
+    assert first.shape == (2, 8, 32)
+    assert torch.equal(first, again) and not torch.allclose(first, other)
+
+
+@torch.no_grad()
+def test_masked_camera_and_padding_do_not_leak_into_actions():
+    """Changing what sits behind a masked camera or a padded prompt token must not change the actions."""
+    model = _tiny_model("pi05")
+    inputs = random_inputs(model.config)
+    args = _args(inputs)
+    actions = model.generate_actions(*args, noise=inputs["noise"])
+    pixel_values, input_ids = inputs["pixel_values"].clone(), inputs["input_ids"].clone()
+    pixel_values[-1, -1] = -pixel_values[-1, -1]  # the masked camera
+    input_ids[-1, -1] = (input_ids[-1, -1] + 1) % 1024  # a padded position
+    changed = model.generate_actions(pixel_values, args[1], input_ids, args[3], noise=inputs["noise"])
+    torch.testing.assert_close(changed, actions, atol=1e-6, rtol=0)
+    # ...while the same change on a visible camera does change them.
+    pixel_values[0, 0] = -pixel_values[0, 0]
+    assert not torch.allclose(model.generate_actions(pixel_values, *args[1:], noise=inputs["noise"])[0], actions[0])
+
+
+@pytest.mark.parametrize("solver", ["euler", "heun", "rk4"])
+@torch.no_grad()
+def test_solvers_run_on_the_model(solver):
+    model = _tiny_model("pi0")
+    inputs = random_inputs(model.config)
+    actions = model.generate_actions(*_args(inputs), state=inputs["state"], noise=inputs["noise"], solver=solver, num_steps=3)
+    assert actions.shape == inputs["noise"].shape and torch.isfinite(actions).all()
+
+
+@pytest.mark.parametrize("solver", ["heun", "rk4"])
+@torch.no_grad()
+def test_heun_and_rk4_converge_to_the_euler_answer_as_steps_grow(solver):
+    """All three solve the same ODE: their gap to Euler at equal steps shrinks like Euler's own O(1/n) error."""
+    model = _tiny_model("pi05")
+    inputs = random_inputs(model.config)
+    args, noise = _args(inputs), inputs["noise"]
+    gaps = [(model.generate_actions(*args, noise=noise, num_steps=n, solver=solver)
+             - model.generate_actions(*args, noise=noise, num_steps=n)).abs().max().item() for n in (1, 4, 16, 64)]
+    assert all(later < earlier / 3 for earlier, later in zip(gaps, gaps[1:])), gaps
+    assert gaps[-1] < 1e-3, gaps
+
+
+# ---- bad input -------------------------------------------------------------------------------------
+
+
+def _bad_cases():
+    def edit(**changes):
+        return changes
+
+    return {
+        "camera count": (edit(pixel_values=lambda x: x[:, :2], pixel_attention_mask=lambda m: m[:, :2]), "cameras"),
+        "image size": (edit(pixel_values=lambda x: x[..., :14, :14]), "pixel_values"),
+        "state dim": (edit(state=lambda s: s[:, :7]), "state"),
+        "action dim": (edit(actions=lambda a: a[..., :7]), "actions"),
+        "action horizon": (edit(actions=lambda a: a[:, :3]), "actions"),
+        "NaN state": (edit(state=lambda s: s.index_fill(1, torch.tensor([0]), float("nan"))), "state.*NaN"),
+        "inf actions": (edit(actions=lambda a: a.index_fill(2, torch.tensor([1]), float("inf"))), "actions.*infinite"),
+        "batch sizes": (edit(state=lambda s: s[:1]), "state"),
+        "prompt batch": (edit(input_ids=lambda i: i[:1], attention_mask=lambda m: m[:1]), "input_ids"),
+        "empty batch": ({name: (lambda x: x[:0]) for name in ("pixel_values", "pixel_attention_mask", "input_ids",
+                                                                 "attention_mask", "state", "actions", "noise")},
+                        "[Ee]mpty batch"),
+        "token ids": (edit(input_ids=lambda i: i + 5000), "input_ids"),
+        "mask shape": (edit(attention_mask=lambda m: m[:, :2]), "attention_mask"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_bad_cases()), ids=str)
+def test_bad_input_raises_a_value_error_naming_the_problem(case):
+    changes, message = _bad_cases()[case]
+    model = _tiny_model("pi0")
+    inputs = random_inputs(model.config)
+    for name, change in changes.items():
+        inputs[name] = change(inputs[name])
+    with pytest.raises(ValueError, match=message):
+        model(**inputs)
+    if "actions" not in changes:
+        with pytest.raises(ValueError, match=message):
+            model.generate_actions(*_args(inputs), state=inputs["state"], noise=inputs["noise"])
+
+
+def test_pi0_without_state_and_training_without_actions_are_refused():
+    model = _tiny_model("pi0")
+    inputs = random_inputs(model.config)
+    with pytest.raises(ValueError, match="state"):
+        model.generate_actions(*_args(inputs))
+    with pytest.raises(ValueError, match="actions"):
+        model(*_args(inputs), state=inputs["state"])
+
+
+def test_unknown_solver_and_step_count_are_refused():
+    model = _tiny_model("pi05")
+    inputs = random_inputs(model.config)
+    with pytest.raises(ValueError, match="solver"):
+        model.generate_actions(*_args(inputs), solver="midpoint")
+    with pytest.raises(ValueError, match="num_steps"):
+        model.generate_actions(*_args(inputs), num_steps=0)
+
+
+def test_auto_classes_know_the_pi_model_type():
+    config = AutoConfig.for_model("pi", variant="pi05")
+    assert isinstance(config, PiConfig) and config.use_adarms
+    with torch.device("meta"):
+        assert isinstance(AutoModel.from_config(tiny_config("pi05")), PiForActionGeneration)
