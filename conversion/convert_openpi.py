@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from configuration_pi import PiConfig
 from configuration_pi.configuration_pi import DEFAULT_MAX_TOKEN_LEN, VARIANTS
+from model_cards import render_model_card
 
 IMG = "PaliGemma/img"
 LLM = "PaliGemma/llm"
@@ -317,7 +318,7 @@ def convert_openpi(
     dtype: str = "float32",
     progress: bool = True,
 ) -> Path:
-    """Converts and writes `output` (config + safetensors) atomically; returns its path."""
+    """Converts and writes `output` (config, safetensors, model card) atomically; returns its path."""
     if dtype not in DTYPES:
         raise ConversionError(f"Unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}.")
     output = Path(output)
@@ -334,6 +335,11 @@ def convert_openpi(
     try:
         config.save_pretrained(staging)
         save_torch_state_dict(state_dict, staging)
+        num_parameters = sum(t.numel() for t in state_dict.values())
+        source = Path(checkpoint).resolve()
+        source_name = source.parent.name if source.name == "params" else source.name
+        card = render_model_card(config, num_parameters, source=source_name, repo_id=output.name)
+        (staging / "README.md").write_text(card, encoding="utf-8")
         if output.exists():
             output.rmdir()
         umask = os.umask(0)

@@ -58,6 +58,9 @@ def test_pi_convert_openpi_writes_a_folder_automodel_loads(tmp_path):
     assert "converting" in result.stderr  # the progress bar
     model = AutoModel.from_pretrained(output)
     assert model.config.variant == "pi05" and model.config.action_horizon == 50 and model.config.max_token_len == 200
+    card = (output / "README.md").read_text()
+    assert "pipeline_tag: robotics" in card and "π0.5" in card and "`pi05`" in card and "reads the state from the prompt" in card
+    assert f"{model.num_parameters():,}" in card
     original = load_openpi_params(OPENPI / "pi05")
     torch.testing.assert_close(model.language_model.embed_tokens.weight,
                                torch.from_numpy(original["PaliGemma/llm/embedder/input_embedding"]), atol=0, rtol=0)
