@@ -15,13 +15,18 @@ from transformers import GemmaConfig
 from transformers.models.gemma.modeling_gemma import GemmaDecoderLayer, GemmaRMSNorm
 
 
+class PiAdaRMSModulation(nn.Linear):
+    """cond -> (scale, shift, gate). Zero-initialised, as in the reference: a new expert starts as plain norms
+    whose residual branches are closed (gate 0)."""
+
+
 class PiAdaptiveRMSNorm(nn.Module):
     """RMSNorm whose scale, shift and residual gate come from a conditioning vector (the flow time)."""
 
     def __init__(self, dim: int, cond_dim: int, eps: float = 1e-6):
         super().__init__()
         self.eps = eps
-        self.modulation = nn.Linear(cond_dim, 3 * dim)
+        self.modulation = PiAdaRMSModulation(cond_dim, 3 * dim)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x32 = x.float()

@@ -20,7 +20,7 @@ from transformers.utils import ModelOutput
 
 from configuration_pi import PiConfig
 
-from .action_expert import PiActionExpert, PiAdaptiveRMSNorm, apply_norm
+from .action_expert import PiActionExpert, PiAdaRMSModulation, apply_norm
 from .flow_matching import integrate, interpolate, sample_flow_time, time_embedding
 from .input_checks import check_flow_inputs
 from .joint_attention import additive_mask, block_causal_mask, joint_layer
@@ -53,13 +53,14 @@ class PiPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["GemmaDecoderLayer", "SiglipEncoderLayer"]
 
     def _init_weights(self, module):
-        super()._init_weights(module)
         # Gemma norms scale by (1 + weight); the reference starts them, and the adaRMS modulation, at zero.
-        if isinstance(module, GemmaRMSNorm):
+        if isinstance(module, PiAdaRMSModulation):
             init.zeros_(module.weight)
-        elif isinstance(module, PiAdaptiveRMSNorm):
-            init.zeros_(module.modulation.weight)
-            init.zeros_(module.modulation.bias)
+            init.zeros_(module.bias)
+        elif isinstance(module, GemmaRMSNorm):
+            init.zeros_(module.weight)
+        else:
+            super()._init_weights(module)
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):

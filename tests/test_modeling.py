@@ -14,8 +14,13 @@ MODEL_INPUTS = ("pixel_values", "pixel_attention_mask", "input_ids", "attention_
 
 
 def _tiny_model(variant, seed=0, **overrides):
+    """A tiny model in which, as in the fixtures, every parameter carries noise (no closed adaRMS gate, no unit norm)."""
     torch.manual_seed(seed)
-    return PiForActionGeneration(tiny_config(variant, **overrides)).eval()
+    model = PiForActionGeneration(tiny_config(variant, **overrides)).eval()
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(torch.randn_like(param), alpha=0.05)
+    return model
 
 
 def _args(inputs):
@@ -240,3 +245,25 @@ def test_auto_classes_know_the_pi_model_type():
     assert isinstance(config, PiConfig) and config.use_adarms
     with torch.device("meta"):
         assert isinstance(AutoModel.from_config(tiny_config("pi05")), PiForActionGeneration)
+
+
+def test_a_new_model_starts_like_the_reference():
+    """Gemma norms (scale 1 + w) start at w = 0 and the adaRMS modulation at zero: plain norms, closed gates."""
+    model = PiForActionGeneration(tiny_config("pi05"))
+    gemma_norms = [p for n, p in model.named_parameters()
+                   if n.startswith(("language_model", "action_expert")) and ("norm" in n or "modulation" in n)]
+    assert len(gemma_norms) == 2 * 2 + 1 + 2 * 2 * 2 + 2  # LM: 2 per layer + final; expert: (w, b) × (2 per layer + final)
+    assert all(p.abs().max() == 0 for p in gemma_norms)
+    assert model.action_in_proj.weight.std() > 0 and model.vision_tower.post_layernorm.weight.eq(1).all()
+
+
+@pytest.mark.parametrize("variant", ["pi0", "pi05"])
+@torch.no_grad()
+def test_bfloat16_model_stays_close_to_the_float32_reference(converted, variant):
+    """Released models run in bfloat16; norms and the time embedding stay float32 inside, actions come out float32."""
+    model = AutoModel.from_pretrained(converted(variant), dtype=torch.bfloat16).eval()
+    io = load_fixture_io(variant)
+    actions = model.generate_actions(*_args(io), state=io["state"], noise=io["noise"])
+    assert actions.dtype == torch.float32
+    expected = io["expected.sample_actions_10_steps"]
+    assert (actions - expected).abs().max() < 0.02 * expected.abs().max()
