@@ -215,7 +215,6 @@ class PiForActionGeneration(PiPreTrainedModel):
         noise: torch.Tensor | None = None,
         timestep: torch.Tensor | None = None,
         return_dict: bool | None = None,
-        **kwargs,
     ) -> PiFlowMatchingOutput | tuple:
         r"""
         Flow-matching training pass: prefix and suffix attend jointly, one pass.
@@ -263,7 +262,6 @@ class PiForActionGeneration(PiPreTrainedModel):
         num_steps: int | None = None,
         solver: str = "euler",
         generator: torch.Generator | None = None,
-        **kwargs,
     ) -> torch.Tensor:
         """Samples a normalised action chunk [B, H, D] by integrating the flow from `noise` (t=1) to t=0.
 
