@@ -1,19 +1,22 @@
-"""Configuration of the π family (π0, π0.5) of vision-language-action models.
+"""Configuration of the π family (π0, π0.5, π0-FAST) of vision-language-action models.
 
 A π model is a PaliGemma (SigLIP vision tower + Gemma language model) plus, for the flow-matching
 variants, a smaller Gemma stack — the action expert — that shares attention with the language model
-layer by layer. The sub-configs are transformers' own `SiglipVisionConfig` and `GemmaConfig`; this
-file only adds what is specific to acting: the variant, the action chunk, the prompt length, the
-camera names and the flow-matching schedule.
+layer by layer; π0-FAST is the PaliGemma alone, writing actions as tokens. The sub-configs are
+transformers' own `SiglipVisionConfig` and `GemmaConfig`; this file only adds what is specific to
+acting: the variant, the action chunk, the prompt length, the camera names, the flow-matching
+schedule and the token-decoding budget.
 """
 
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
-VARIANTS = ("pi0", "pi05")
+VARIANTS = ("pi0", "pi05", "pi0_fast")
+FLOW_VARIANTS = ("pi0", "pi05")
 DEFAULT_IMAGE_KEYS = ("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb")
-DEFAULT_MAX_TOKEN_LEN = {"pi0": 48, "pi05": 200}
+DEFAULT_MAX_TOKEN_LEN = {"pi0": 48, "pi05": 200, "pi0_fast": 250}
+DEFAULT_ACTION_HORIZON = {"pi0": 50, "pi05": 50, "pi0_fast": 32}
 
 # Gemma 2B, the language model of PaliGemma 3B.
 _GEMMA_2B = {
@@ -60,20 +63,22 @@ class PiConfig(PreTrainedConfig):
 
     Args:
         variant (`str`, defaults to `"pi0"`):
-            `"pi0"` (state token, action-time MLP) or `"pi05"` (state in the prompt, adaRMS time
-            conditioning in the action expert).
+            `"pi0"` (state token, action-time MLP), `"pi05"` (state in the prompt, adaRMS time
+            conditioning in the action expert) or `"pi0_fast"` (no expert: actions as FAST tokens).
         vision_config (`SiglipVisionConfig` or `dict`, *optional*): the vision tower.
         text_config (`GemmaConfig` or `dict`, *optional*): the language model (PaliGemma's Gemma).
         expert_config (`GemmaConfig` or `dict`, *optional*):
-            the action expert. Must match `text_config` in depth, heads, kv heads and head_dim.
+            the action expert (flow variants; None for π0-FAST). Must match `text_config` in depth,
+            heads, kv heads and head_dim.
         action_dim (`int`, defaults to 32): width of the (zero-padded) state and action vectors.
-        action_horizon (`int`, defaults to 50): number of steps in an action chunk.
-        max_token_len (`int`, *optional*): prompt length; 48 for π0 and 200 for π0.5 by default.
+        action_horizon (`int`, *optional*): steps in an action chunk; 50 (flow) or 32 (FAST) by default.
+        max_token_len (`int`, *optional*): prompt length; 48 (π0), 200 (π0.5) or 250 (π0-FAST) by default.
         image_keys (`list[str]`): camera names, in the order of `pixel_values`.
         num_inference_steps (`int`, defaults to 10): flow-matching solver steps at inference.
         time_beta_alpha, time_beta_beta, time_scale, time_offset (`float`):
             training flow time is `Beta(alpha, beta) * scale + offset` (t=1 is noise, t=0 is data).
         min_period, max_period (`float`): periods of the sine-cosine flow-time embedding.
+        max_new_tokens (`int`, defaults to 256): π0-FAST's decoding budget.
     """
 
     model_type = "pi"
@@ -82,7 +87,9 @@ class PiConfig(PreTrainedConfig):
             config_class=AutoConfig, model_type="siglip_vision_model", init_kwargs=_SIGLIP_SO400M
         ),
         "text_config": SubConfigSpec(config_class=AutoConfig, model_type="gemma", init_kwargs=_GEMMA_2B),
-        "expert_config": SubConfigSpec(config_class=AutoConfig, model_type="gemma", init_kwargs=_GEMMA_300M),
+        "expert_config": SubConfigSpec(
+            config_class=AutoConfig, model_type="gemma", init_kwargs=_GEMMA_300M, optional=True
+        ),
     }
 
     variant: str = "pi0"
@@ -90,7 +97,7 @@ class PiConfig(PreTrainedConfig):
     text_config: dict | PreTrainedConfig | None = None
     expert_config: dict | PreTrainedConfig | None = None
     action_dim: int = 32
-    action_horizon: int = 50
+    action_horizon: int | None = None
     max_token_len: int | None = None
     image_keys: list[str] | tuple[str, ...] = DEFAULT_IMAGE_KEYS
     num_inference_steps: int = 10
@@ -100,6 +107,7 @@ class PiConfig(PreTrainedConfig):
     time_offset: float = 0.001
     min_period: float = 4e-3
     max_period: float = 4.0
+    max_new_tokens: int = 256
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):
@@ -107,9 +115,20 @@ class PiConfig(PreTrainedConfig):
             raise ValueError(f"Unknown π variant {self.variant!r}; expected one of {', '.join(VARIANTS)}.")
         if self.max_token_len is None:
             self.max_token_len = DEFAULT_MAX_TOKEN_LEN[self.variant]
+        if self.action_horizon is None:
+            self.action_horizon = DEFAULT_ACTION_HORIZON[self.variant]
+        if self.variant == "pi0_fast" and self.expert_config is not None:
+            raise ValueError("π0-FAST has no action expert: leave expert_config unset.")
+        if self.variant in FLOW_VARIANTS and self.expert_config is None:
+            self.expert_config = {"model_type": "gemma", **_GEMMA_300M}
         self.image_keys = list(self.image_keys)
         super().__post_init__(**kwargs)
         self._check_architecture()
+
+    @property
+    def is_flow(self) -> bool:
+        """π0 and π0.5 generate actions by flow matching with an action expert; π0-FAST decodes tokens."""
+        return self.variant in FLOW_VARIANTS
 
     @property
     def use_adarms(self) -> bool:
@@ -122,6 +141,20 @@ class PiConfig(PreTrainedConfig):
 
     def _check_architecture(self):
         """Rejects, with a `ValueError`, configurations the joint attention or the time embedding cannot run."""
+        if self.is_flow:
+            self._check_expert()
+        if self.vision_config.image_size % self.vision_config.patch_size:
+            raise ValueError(
+                f"image_size {self.vision_config.image_size} is not a multiple of patch_size "
+                f"{self.vision_config.patch_size}."
+            )
+        for name in ("action_dim", "action_horizon", "max_token_len", "num_inference_steps", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}.")
+        if not self.image_keys or len(set(self.image_keys)) != len(self.image_keys):
+            raise ValueError(f"image_keys must be a non-empty list of distinct camera names, got {self.image_keys}.")
+
+    def _check_expert(self):
         text, expert = self.text_config, self.expert_config
         for name in ("num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim"):
             if getattr(text, name) != getattr(expert, name):
@@ -134,16 +167,6 @@ class PiConfig(PreTrainedConfig):
                 f"The flow-time embedding is sin/cos pairs over the expert width, which must be even "
                 f"(expert hidden_size={expert.hidden_size})."
             )
-        if self.vision_config.image_size % self.vision_config.patch_size:
-            raise ValueError(
-                f"image_size {self.vision_config.image_size} is not a multiple of patch_size "
-                f"{self.vision_config.patch_size}."
-            )
-        for name in ("action_dim", "action_horizon", "max_token_len", "num_inference_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}.")
-        if not self.image_keys or len(set(self.image_keys)) != len(self.image_keys):
-            raise ValueError(f"image_keys must be a non-empty list of distinct camera names, got {self.image_keys}.")
 
 
 __all__ = ["PiConfig"]

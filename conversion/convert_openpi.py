@@ -1,6 +1,6 @@
 """openpi (JAX, orbax) checkpoints -> Hugging Face folders that `AutoModel.from_pretrained` loads.
 
-    pi convert openpi --checkpoint DIR --variant pi0|pi05 --output OUT \\
+    pi convert openpi --checkpoint DIR --variant pi0|pi05|pi0_fast --output OUT \\
         [--action-horizon N] [--max-token-len N] [--dtype float32|bfloat16]
 
 DIR is an openpi checkpoint folder or its `params/`; both the released layout and the training layout
@@ -29,7 +29,7 @@ from huggingface_hub import save_torch_state_dict
 from tqdm.auto import tqdm
 
 from configuration_pi import PiConfig
-from configuration_pi.configuration_pi import DEFAULT_MAX_TOKEN_LEN, VARIANTS
+from configuration_pi.configuration_pi import FLOW_VARIANTS, VARIANTS
 from model_cards import render_model_card
 
 IMG = "PaliGemma/img"
@@ -38,6 +38,7 @@ LLM = "PaliGemma/llm"
 FLOW_PROJECTIONS = {
     "pi0": ("state_proj", "action_in_proj", "action_out_proj", "action_time_mlp_in", "action_time_mlp_out"),
     "pi05": ("action_in_proj", "action_out_proj", "time_mlp_in", "time_mlp_out"),
+    "pi0_fast": (),
 }
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -88,12 +89,15 @@ def _flatten(tree: dict, prefix: str = "") -> Iterator[tuple[str, np.ndarray]]:
 
 
 def detect_variant(keys) -> str:
+    """π0.5 has time_mlp_in, π0 has state_proj, π0-FAST has no action expert (no `_1` layers)."""
     keys = set(keys)
     if "time_mlp_in/kernel" in keys:
         return "pi05"
     if "state_proj/kernel" in keys:
         return "pi0"
-    raise ConversionError("The checkpoint has neither π0 (state_proj) nor π0.5 (time_mlp_in) flow projections.")
+    if f"{LLM}/layers/attn/q_einsum_1/w" not in keys:
+        return "pi0_fast"
+    raise ConversionError("The checkpoint has an action expert but neither π0 (state_proj) nor π0.5 (time_mlp_in) projections.")
 
 
 def infer_config(
@@ -129,17 +133,18 @@ def infer_config(
     }
     vocab_size = shape(f"{LLM}/embedder/input_embedding")[0]
     text = _gemma_config(shape, "", vocab_size=vocab_size)
-    expert = _gemma_config(shape, "_1", vocab_size=1, pad_token_id=None, bos_token_id=None, eos_token_id=None)
-    action_dim = shape("action_in_proj/kernel")[0]
+    flow = {}
+    if variant in FLOW_VARIANTS:
+        expert = _gemma_config(shape, "_1", vocab_size=1, pad_token_id=None, bos_token_id=None, eos_token_id=None)
+        flow = {"expert_config": expert, "action_dim": shape("action_in_proj/kernel")[0]}
     try:
         return PiConfig(
             variant=variant,
             vision_config=vision,
             text_config=text,
-            expert_config=expert,
-            action_dim=action_dim,
-            action_horizon=action_horizon or 50,
-            max_token_len=max_token_len or DEFAULT_MAX_TOKEN_LEN[variant],
+            action_horizon=action_horizon,
+            max_token_len=max_token_len,
+            **flow,
         )
     except ValueError as err:
         raise ConversionError(f"The checkpoint's shapes do not describe a valid π model: {err}") from err
@@ -258,7 +263,8 @@ def _mapping(src: _Source, config: PiConfig):
     yield "language_model.embed_tokens.weight", src[f"{LLM}/embedder/input_embedding"]
     depth = config.text_config.num_hidden_layers
     yield from _gemma(src, depth, "", "language_model", adaptive=False)
-    yield from _gemma(src, depth, "_1", "action_expert", adaptive=config.use_adarms)
+    if config.is_flow:
+        yield from _gemma(src, depth, "_1", "action_expert", adaptive=config.use_adarms)
     for name in FLOW_PROJECTIONS[config.variant]:
         yield from _dense(src, name, name)
 
@@ -357,8 +363,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", required=True, help="openpi checkpoint folder, or its params/ folder")
     parser.add_argument("--variant", required=True, choices=VARIANTS)
     parser.add_argument("--output", required=True, help="folder to write (must not exist, or be empty)")
-    parser.add_argument("--action-horizon", type=int, default=None, help="action chunk length (default 50)")
-    parser.add_argument("--max-token-len", type=int, default=None, help="prompt length (default: 48 π0, 200 π0.5)")
+    parser.add_argument("--action-horizon", type=int, default=None, help="action chunk length (default: 50 flow, 32 FAST)")
+    parser.add_argument("--max-token-len", type=int, default=None, help="prompt length (default: 48 π0, 200 π0.5, 250 FAST)")
     parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32")
     return parser
 

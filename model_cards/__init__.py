@@ -7,8 +7,10 @@ DESCRIPTIONS = {
     "pi0": "π0, Physical Intelligence's flow-matching vision-language-action model (PaliGemma + action expert)",
     "pi05": "π0.5, Physical Intelligence's flow-matching vision-language-action model with adaRMS time "
     "conditioning and the robot state in the prompt",
+    "pi0_fast": "π0-FAST, Physical Intelligence's autoregressive vision-language-action model, which writes "
+    "action chunks as FAST tokens (DCT + BPE)",
 }
-TITLES = {"pi0": "π0", "pi05": "π0.5"}
+TITLES = {"pi0": "π0", "pi05": "π0.5", "pi0_fast": "π0-FAST"}
 
 
 def render_model_card(config, num_parameters: int, source: str, repo_id: str) -> str:
@@ -29,7 +31,16 @@ def render_model_card(config, num_parameters: int, source: str, repo_id: str) ->
         action_horizon=config.action_horizon,
         action_dim=config.action_dim,
         max_token_len=config.max_token_len,
-        num_inference_steps=config.num_inference_steps,
+        method_tag="flow-matching" if config.is_flow else "fast-tokenizer",
+        inference_name="flow-matching steps at inference" if config.is_flow else "decoding budget (new tokens)",
+        inference_value=config.num_inference_steps if config.is_flow else config.max_new_tokens,
+        output_sentence=(
+            f"The output is a normalised action chunk [B, {config.action_horizon}, {config.action_dim}]; "
+            "un-normalise it with the statistics the policy was trained with."
+            if config.is_flow
+            else "The output is the generated token ids [B, T]: the FAST ids between \"Action: \" and \"|\" decode "
+            "(FAST tokenizer) to a normalised action chunk."
+        ),
         state_argument=", state=state" if takes_state else "",
-        state_line=f", and `state` [B, {config.action_dim}]" if takes_state else " (π0.5 reads the state from the prompt)",
+        state_line=f", and `state` [B, {config.action_dim}]" if takes_state else " (the state is written into the prompt)",
     )

@@ -4,9 +4,9 @@ from transformers import AutoConfig, AutoModel
 
 from configuration_pi import PiConfig
 
-from .modeling_pi import PiFlowMatchingOutput, PiForActionGeneration, PiPreTrainedModel
+from .modeling_pi import PiFastOutput, PiFlowMatchingOutput, PiForActionGeneration, PiPreTrainedModel
 
 AutoConfig.register(PiConfig.model_type, PiConfig, exist_ok=True)
 AutoModel.register(PiConfig, PiForActionGeneration, exist_ok=True)
 
-__all__ = ["PiConfig", "PiFlowMatchingOutput", "PiForActionGeneration", "PiPreTrainedModel"]
+__all__ = ["PiConfig", "PiFastOutput", "PiFlowMatchingOutput", "PiForActionGeneration", "PiPreTrainedModel"]

@@ -21,18 +21,14 @@ def _finite(name: str, tensor: torch.Tensor) -> None:
         raise ValueError(f"{name} contains NaN or infinite values.")
 
 
-def check_flow_inputs(
+def check_inputs(
     config: PiConfig,
     pixel_values: torch.Tensor,
     pixel_attention_mask: torch.Tensor,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
-    state: torch.Tensor | None = None,
-    actions: torch.Tensor | None = None,
-    noise: torch.Tensor | None = None,
-    timestep: torch.Tensor | None = None,
 ) -> None:
-    """Raises `ValueError` unless the inputs fit `config` and each other."""
+    """The inputs every variant reads: cameras and prompt. Raises `ValueError` unless they fit `config`."""
     if pixel_values.ndim != 5:
         raise ValueError(
             f"pixel_values must have shape [batch, cameras, 3, height, width], got {list(pixel_values.shape)}."
@@ -57,6 +53,16 @@ def check_flow_inputs(
     if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= vocab):
         raise ValueError(f"input_ids must lie in [0, {vocab}), got values in [{input_ids.min()}, {input_ids.max()}].")
 
+
+def check_flow_inputs(
+    config: PiConfig,
+    batch: int,
+    state: torch.Tensor | None = None,
+    actions: torch.Tensor | None = None,
+    noise: torch.Tensor | None = None,
+    timestep: torch.Tensor | None = None,
+) -> None:
+    """State, action chunk, noise and flow time of π0 / π0.5."""
     chunk = (batch, config.action_horizon, config.action_dim)
     if config.variant == "pi0":
         if state is None:
@@ -70,3 +76,17 @@ def check_flow_inputs(
     if timestep is not None:
         _shape("timestep", timestep, (batch,), "one flow time per example")
         _finite("timestep", timestep)
+
+
+def check_fast_inputs(config: PiConfig, input_ids: torch.Tensor, token_type_ids=None, labels=None) -> None:
+    """π0-FAST's token roles and training targets, aligned with `input_ids`."""
+    if token_type_ids is not None:
+        _shape("token_type_ids", token_type_ids, tuple(input_ids.shape), "0 = prefix, 1 = postfix, per prompt token")
+        if ((token_type_ids != 0) & (token_type_ids != 1)).any():
+            raise ValueError("token_type_ids must be 0 (prefix) or 1 (postfix).")
+    if labels is not None:
+        _shape("labels", labels, tuple(input_ids.shape), "target ids aligned with input_ids, -100 where no loss")
+        vocab = config.text_config.vocab_size
+        targets = labels[labels != -100]
+        if targets.numel() and (targets.min() < 0 or targets.max() >= vocab):
+            raise ValueError(f"labels must be -100 or lie in [0, {vocab}).")

@@ -1,10 +1,11 @@
-"""π0 and π0.5: flow-matching vision-language-action models on a PaliGemma backbone.
+"""π0, π0.5 and π0-FAST: vision-language-action models on a PaliGemma backbone.
 
 The prefix is every camera's SigLIP tokens (projected, not scaled) followed by the prompt tokens
-(scaled by sqrt(width) inside Gemma's embedding). The suffix is [state token (π0 only)] + one token
-per action step of the noisy chunk x_t. Training runs prefix and suffix jointly through the language
-model and the action expert (`joint_attention.py`) and regresses the velocity; inference runs the
-prefix once into a static KV cache and each solver step runs only the expert over the suffix.
+(scaled by sqrt(width) inside Gemma's embedding). For the flow variants the suffix is [state token
+(π0 only)] + one token per action step of the noisy chunk x_t: training runs prefix and suffix jointly
+through the language model and the action expert (`joint_attention.py`) and regresses the velocity;
+inference runs the prefix once into a static KV cache and each solver step runs only the expert over
+the suffix. π0-FAST has no expert: it writes the action chunk as tokens (`fast_decoding.py`).
 """
 
 from dataclasses import dataclass
@@ -21,8 +22,9 @@ from transformers.utils import ModelOutput
 from configuration_pi import PiConfig
 
 from .action_expert import PiActionExpert, PiAdaRMSModulation, apply_norm
+from .fast_decoding import PiFastOutput, decode_fast, fast_forward
 from .flow_matching import integrate, interpolate, sample_flow_time, time_embedding
-from .input_checks import check_flow_inputs
+from .input_checks import check_fast_inputs, check_flow_inputs, check_inputs
 from .joint_attention import additive_mask, block_causal_mask, joint_layer
 
 
@@ -77,17 +79,24 @@ class PiPreTrainedModel(PreTrainedModel):
 
 
 class PiForActionGeneration(PiPreTrainedModel):
-    """π0 / π0.5: `forward` is the flow-matching training pass, `generate_actions` samples an action chunk."""
+    """π0 / π0.5 / π0-FAST: `forward` is the training pass, `generate_actions` produces an action chunk."""
 
     def __init__(self, config: PiConfig):
         super().__init__(config)
-        vision, text, expert = config.vision_config, config.text_config, config.expert_config
+        vision, text = config.vision_config, config.text_config
         self.vision_tower = SiglipVisionModel(vision)
         self.multi_modal_projector = nn.Linear(vision.hidden_size, text.hidden_size)
         self.language_model = GemmaModel(text)
-        self.action_expert = PiActionExpert(expert, adaptive=config.use_adarms)
+        self.action_expert = None
+        if config.is_flow:
+            self._init_flow_head(config)
+        self.gradient_checkpointing = False
+        self.post_init()
 
-        width = expert.hidden_size
+    def _init_flow_head(self, config: PiConfig):
+        """The action expert and the projections between action chunks, flow time and expert width."""
+        self.action_expert = PiActionExpert(config.expert_config, adaptive=config.use_adarms)
+        width = config.expert_config.hidden_size
         self.action_in_proj = nn.Linear(config.action_dim, width)
         self.action_out_proj = nn.Linear(width, config.action_dim)
         if config.use_adarms:
@@ -97,8 +106,6 @@ class PiForActionGeneration(PiPreTrainedModel):
             self.state_proj = nn.Linear(config.action_dim, width)
             self.action_time_mlp_in = nn.Linear(2 * width, width)
             self.action_time_mlp_out = nn.Linear(width, width)
-        self.gradient_checkpointing = False
-        self.post_init()
 
     def get_input_embeddings(self):
         return self.language_model.embed_tokens
@@ -176,7 +183,8 @@ class PiForActionGeneration(PiPreTrainedModel):
         }
         hidden = (prefix, suffix)
         checkpointing = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
-        for idx, layers in enumerate(zip(self.language_model.layers, self.action_expert.layers)):
+        expert_layers = self.action_expert.layers if self.action_expert is not None else [None] * len(self.language_model.layers)
+        for idx, layers in enumerate(zip(self.language_model.layers, expert_layers)):
             run = partial(_joint_layer_positional, layers, layer_idx=idx, **layer_kwargs)
             hidden = self._gradient_checkpointing_func(run, *hidden) if checkpointing else run(*hidden)
         prefix_out, suffix_out = hidden
@@ -202,7 +210,7 @@ class PiForActionGeneration(PiPreTrainedModel):
         prefix_out, _ = self._run_experts(prefix, None, allowed, valid.long().cumsum(1) - 1, cache=cache)
         return prefix_out, valid
 
-    # ---- training --------------------------------------------------------------------------------
+    # ---- training ----------------------------------------------------------------------------------
 
     def forward(
         self,
@@ -214,18 +222,38 @@ class PiForActionGeneration(PiPreTrainedModel):
         state: torch.Tensor | None = None,
         noise: torch.Tensor | None = None,
         timestep: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
         return_dict: bool | None = None,
-    ) -> PiFlowMatchingOutput | tuple:
+    ) -> PiFlowMatchingOutput | PiFastOutput | tuple:
         r"""
-        Flow-matching training pass: prefix and suffix attend jointly, one pass.
+        The training pass.
 
-        actions (`[B, H, D]`): normalised target chunk, zero-padded to `action_dim`. Required.
-        state (`[B, D]`): normalised state (π0 only). noise (`[B, H, D]`) and timestep (`[B]`) are drawn
-        when absent (t ~ Beta(1.5, 1)·0.999 + 0.001).
+        π0 / π0.5 (flow matching; prefix and suffix attend jointly, one pass):
+            actions (`[B, H, D]`): normalised target chunk, zero-padded to `action_dim`. Required.
+            state (`[B, D]`): normalised state (π0 only). noise (`[B, H, D]`) and timestep (`[B]`) are drawn
+            when absent (t ~ Beta(1.5, 1)·0.999 + 0.001). Returns loss, losses [B, H], velocity.
+        π0-FAST (prefix-LM):
+            token_type_ids (`[B, L]`): 0 = prefix (bidirectional), 1 = postfix (causal); all prefix when absent.
+            labels (`[B, L]`): target ids aligned with `input_ids`, -100 where no loss. Returns loss,
+            losses [B] (mean target NLL per example) and logits.
         """
+        check_inputs(self.config, pixel_values, pixel_attention_mask, input_ids, attention_mask)
+        if self.config.is_flow:
+            if token_type_ids is not None or labels is not None:
+                raise ValueError(f"{self.config.variant} learns from `actions`; token_type_ids/labels are π0-FAST's.")
+            output = self._flow_forward(pixel_values, pixel_attention_mask, input_ids, attention_mask, actions, state, noise, timestep)
+        else:
+            if any(x is not None for x in (actions, state, noise, timestep)):
+                raise ValueError("π0-FAST reads actions as tokens: pass `labels` (and `token_type_ids`), not actions/state/noise/timestep.")
+            check_fast_inputs(self.config, input_ids, token_type_ids, labels)
+            output = fast_forward(self, pixel_values, pixel_attention_mask, input_ids, attention_mask, token_type_ids, labels)
+        return output if return_dict is not False else output.to_tuple()
+
+    def _flow_forward(self, pixel_values, pixel_attention_mask, input_ids, attention_mask, actions, state, noise, timestep):
         if actions is None:
             raise ValueError("forward is the flow-matching training pass and needs `actions`; sample with generate_actions.")
-        check_flow_inputs(self.config, pixel_values, pixel_attention_mask, input_ids, attention_mask, state, actions, noise, timestep)
+        check_flow_inputs(self.config, pixel_values.shape[0], state, actions, noise, timestep)
         config = self.config
         if noise is None:
             noise = torch.randn_like(actions)
@@ -245,13 +273,19 @@ class PiForActionGeneration(PiPreTrainedModel):
         )
         velocity = self.action_out_proj(suffix_out[:, -config.action_horizon :])
         losses = (velocity.float() - target_velocity.float()).pow(2).mean(dim=-1)
-        output = PiFlowMatchingOutput(loss=losses.mean(), losses=losses, velocity=velocity)
-        return output if return_dict is not False else output.to_tuple()
+        return PiFlowMatchingOutput(loss=losses.mean(), losses=losses, velocity=velocity)
 
-    # ---- inference -------------------------------------------------------------------------------
+    # ---- inference ---------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def generate_actions(
+    def generate_actions(self, pixel_values, pixel_attention_mask, input_ids, attention_mask, **options) -> torch.Tensor:
+        """π0 / π0.5: a normalised action chunk [B, H, D] (see `sample_actions` for the options).
+        π0-FAST: the generated token ids [B, T] (see `decode_action_tokens` for the options)."""
+        generate = self.sample_actions if self.config.is_flow else self.decode_action_tokens
+        return generate(pixel_values, pixel_attention_mask, input_ids, attention_mask, **options)
+
+    @torch.no_grad()
+    def sample_actions(
         self,
         pixel_values: torch.Tensor,
         pixel_attention_mask: torch.Tensor,
@@ -270,7 +304,10 @@ class PiForActionGeneration(PiPreTrainedModel):
         evaluation overwrites: the cache is never grown nor copied. `noise` or `generator` make it
         reproducible; `solver` is "euler" (the reference), "heun" or "rk4"; `num_steps` counts solver steps.
         """
-        check_flow_inputs(self.config, pixel_values, pixel_attention_mask, input_ids, attention_mask, state, noise=noise)
+        if not self.config.is_flow:
+            raise ValueError("π0-FAST decodes action tokens: use generate_actions or decode_action_tokens.")
+        check_inputs(self.config, pixel_values, pixel_attention_mask, input_ids, attention_mask)
+        check_flow_inputs(self.config, pixel_values.shape[0], state, noise=noise)
         config = self.config
         batch = pixel_values.shape[0]
         if noise is None:
@@ -299,10 +336,49 @@ class PiForActionGeneration(PiPreTrainedModel):
 
         return integrate(velocity, noise.float(), num_steps, solver)
 
+    @torch.no_grad()
+    def decode_action_tokens(
+        self,
+        pixel_values: torch.Tensor,
+        pixel_attention_mask: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        max_new_tokens: int | None = None,
+        temperature: float = 0.0,
+        generator: torch.Generator | None = None,
+        allowed_token_ids: torch.Tensor | None = None,
+        use_cache: bool = True,
+        reference_positions: bool = True,
+    ) -> torch.Tensor:
+        """π0-FAST: decodes action tokens after the (right-padded, prefix-only) prompt; returns ids [B, T].
+
+        Greedy when `temperature` is 0, else sampled (reproducibly with `generator`). Stops after
+        `max_new_tokens` (default `config.max_new_tokens`) or once every row has emitted EOS; a row's
+        tokens after its EOS are padding. `allowed_token_ids` restricts every choice to those ids (e.g. the
+        FAST action range plus "|" and EOS). `use_cache=False` recomputes the whole sequence at each step
+        (same result, for checking). `reference_positions` gives the first generated token the position
+        prefill_len + 1, as the reference does; False makes positions contiguous.
+        """
+        if self.config.is_flow:
+            raise ValueError(f"{self.config.variant} samples actions by flow matching: use generate_actions or sample_actions.")
+        check_inputs(self.config, pixel_values, pixel_attention_mask, input_ids, attention_mask)
+        max_new_tokens = self.config.max_new_tokens if max_new_tokens is None else max_new_tokens
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}.")
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0 (0 is greedy), got {temperature}.")
+        if allowed_token_ids is not None:
+            allowed_token_ids = torch.as_tensor(allowed_token_ids, dtype=torch.long)
+            vocab = self.config.text_config.vocab_size
+            if allowed_token_ids.numel() == 0 or allowed_token_ids.min() < 0 or allowed_token_ids.max() >= vocab:
+                raise ValueError(f"allowed_token_ids must be a non-empty set of ids in [0, {vocab}).")
+        return decode_fast(self, pixel_values, pixel_attention_mask, input_ids, attention_mask, max_new_tokens,
+                           temperature, generator, allowed_token_ids, use_cache, reference_positions)
+
 
 def _joint_layer_positional(layers, prefix, suffix, **kwargs):
     """`joint_layer` with the two streams as positional tensors, as activation checkpointing wants them."""
     return tuple(joint_layer(layers, [prefix, suffix], **kwargs))
 
 
-__all__ = ["PiPreTrainedModel", "PiForActionGeneration", "PiFlowMatchingOutput"]
+__all__ = ["PiPreTrainedModel", "PiForActionGeneration", "PiFlowMatchingOutput", "PiFastOutput"]

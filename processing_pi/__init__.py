@@ -1,5 +1,6 @@
-"""Pre- and post-processing for π models. So far: the reference's image resizing."""
+"""Pre- and post-processing for π models: image resizing and the FAST action tokenizer."""
 
+from .fast_action_tokenizer import FastActionTokenizer
 from .image_processing_pi import resize_with_pad
 
-__all__ = ["resize_with_pad"]
+__all__ = ["FastActionTokenizer", "resize_with_pad"]

@@ -59,7 +59,7 @@ def test_pi_convert_openpi_writes_a_folder_automodel_loads(tmp_path):
     model = AutoModel.from_pretrained(output)
     assert model.config.variant == "pi05" and model.config.action_horizon == 50 and model.config.max_token_len == 200
     card = (output / "README.md").read_text()
-    assert "pipeline_tag: robotics" in card and "π0.5" in card and "`pi05`" in card and "reads the state from the prompt" in card
+    assert "pipeline_tag: robotics" in card and "π0.5" in card and "`pi05`" in card and "state is written into the prompt" in card
     assert f"{model.num_parameters():,}" in card
     original = load_openpi_params(OPENPI / "pi05")
     torch.testing.assert_close(model.language_model.embed_tokens.weight,

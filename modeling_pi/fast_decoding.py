@@ -1,0 +1,117 @@
+"""π0-FAST: next-token loss on the action postfix, and autoregressive decoding of action tokens.
+
+The sequence is images, then a bidirectional prefix ("Task: ..., State: ...;\\n"), then a causal
+postfix ("Action: " + FAST ids + "|" + EOS); `token_type_ids` marks prefix (0) and postfix (1).
+Logits use the tied embedding table. Decoding runs the prefix once into an HF `DynamicCache`, then
+one language-model step per new token against it.
+
+Written here rather than through `GenerationMixin.generate`: the prefix attends bidirectionally over
+image and prompt tokens, rows of a batch end their prompts at different lengths, and the reference
+gives the first generated token the position prefill_len + 1 (one past a contiguous sequence) —
+three departures from a causal LM that the loop below states directly.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers import DynamicCache
+from transformers.utils import ModelOutput
+
+from .joint_attention import block_causal_mask
+
+
+@dataclass
+class PiFastOutput(ModelOutput):
+    """
+    loss (`torch.FloatTensor` of shape `()`): mean over the batch of `losses`.
+    losses (`torch.FloatTensor` of shape `(batch,)`): per example, mean negative log-likelihood of its target tokens.
+    logits (`torch.FloatTensor` of shape `(batch, prompt length, vocab)`): next-token logits at each prompt position.
+    """
+
+    loss: torch.FloatTensor | None = None
+    losses: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+
+
+def token_logits(model, hidden: torch.Tensor) -> torch.Tensor:
+    """Language-model output -> logits over the vocabulary, through the tied embedding table."""
+    return F.linear(hidden, model.language_model.embed_tokens.weight)
+
+
+def fast_forward(model, pixel_values, pixel_attention_mask, input_ids, attention_mask, token_type_ids, labels) -> PiFastOutput:
+    """Prefix-LM pass; with `labels`, the per-example mean NLL of each target given the tokens before it."""
+    prefix, valid = model.embed_prefix(pixel_values, pixel_attention_mask, input_ids, attention_mask)
+    roles = torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids
+    ar = torch.cat([roles.new_zeros(valid.shape[0], valid.shape[1] - roles.shape[1]), roles], dim=1)
+    hidden, _ = model._run_experts(prefix, None, block_causal_mask(valid, ar), valid.long().cumsum(1) - 1)
+    logits = token_logits(model, hidden[:, -input_ids.shape[1] :])
+    if labels is None:
+        return PiFastOutput(logits=logits)
+    targets = labels[:, 1:]
+    nll = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), targets, ignore_index=-100, reduction="none")
+    counts = (targets != -100).sum(dim=1)
+    losses = nll.sum(dim=1) / counts.clamp(min=1)
+    return PiFastOutput(loss=losses.mean(), losses=losses, logits=logits)
+
+
+def _choose(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits / temperature, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
+@torch.no_grad()
+def decode_fast(
+    model,
+    pixel_values: torch.Tensor,
+    pixel_attention_mask: torch.Tensor,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    generator: torch.Generator | None = None,
+    allowed_token_ids: torch.Tensor | None = None,
+    use_cache: bool = True,
+    reference_positions: bool = True,
+) -> torch.Tensor:
+    """Generated ids [B, T]; rows that emitted EOS are padded after it; stops once every row has."""
+    config = model.config.text_config
+    prefix, valid = model.embed_prefix(pixel_values, pixel_attention_mask, input_ids, attention_mask)
+    batch, prefix_len = valid.shape
+    positions = valid.long().cumsum(1) - 1
+    cache = DynamicCache(config=config) if use_cache else None
+    hidden, _ = model._run_experts(prefix, None, block_causal_mask(valid, torch.zeros_like(valid)), positions, cache=cache)
+    last_valid = (valid.long() * torch.arange(prefix_len, device=valid.device)).argmax(dim=1)
+    last = hidden[torch.arange(batch, device=valid.device), last_valid]
+
+    blocked = None
+    if allowed_token_ids is not None:
+        blocked = torch.ones(config.vocab_size, dtype=torch.bool, device=valid.device)
+        blocked[allowed_token_ids.to(valid.device)] = False
+    # The first generated token sits at prefill_len (+1 in the reference), each next one a step further.
+    next_position = valid.sum(dim=1, keepdim=True) + int(reference_positions)
+    finished = torch.zeros(batch, dtype=torch.bool, device=valid.device)
+    embeds, seen, generated = [prefix], valid, []
+    for step in range(max_new_tokens):
+        logits = token_logits(model, last).float()
+        if blocked is not None:
+            logits = logits.masked_fill(blocked, float("-inf"))
+        token = _choose(logits, temperature, generator).masked_fill(finished, config.pad_token_id)
+        generated.append(token)
+        finished |= token == config.eos_token_id
+        if finished.all() or step == max_new_tokens - 1:
+            break
+        embed = model.language_model.embed_tokens(token[:, None])
+        seen = torch.cat([seen, seen.new_ones(batch, 1)], dim=1)
+        if use_cache:  # the new token attends to every valid prefix token and every generated one
+            hidden, _ = model._run_experts(embed, None, seen[:, None, :], next_position, cache=cache)
+        else:  # recompute the whole sequence: prefix, then the generated tokens in causal order
+            embeds.append(embed)
+            positions = torch.cat([positions, next_position], dim=1)
+            ar = torch.cat([torch.zeros_like(valid), seen.new_ones(batch, step + 1)], dim=1)
+            hidden, _ = model._run_experts(torch.cat(embeds, dim=1), None, block_causal_mask(seen, ar), positions)
+        last = hidden[:, -1]
+        next_position = next_position + 1
+    return torch.stack(generated, dim=1)
