@@ -1,5 +1,6 @@
 """Shared test helpers: the reference fixtures (../shared/fixtures), converted fixture models, tiny configs."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -37,8 +38,10 @@ def converted(tmp_path_factory):
 
     def get(variant: str) -> Path:
         if variant not in folders:
+            sizes = json.loads((OPENPI / variant / "fixture.json").read_text())  # not in the weights: the caller's
             folders[variant] = convert_openpi(
-                OPENPI / variant, variant, tmp_path_factory.mktemp("converted") / variant, progress=False
+                OPENPI / variant, variant, tmp_path_factory.mktemp("converted") / variant, progress=False,
+                action_horizon=sizes["action_horizon"], max_token_len=sizes["max_token_len"],
             )
         return folders[variant]
 
@@ -69,8 +72,9 @@ def tiny_config(variant: str = "pi0", **overrides) -> PiConfig:
         "patch_size": 14,
         "vision_use_head": False,
     }
-    kwargs = {"variant": variant, "text_config": text, "expert_config": expert, "vision_config": vision,
-              "action_horizon": 8, "max_token_len": 12}
+    kwargs = {"variant": variant, "text_config": text, "vision_config": vision, "action_horizon": 8, "max_token_len": 12}
+    if variant != "pi0_fast":
+        kwargs["expert_config"] = expert
     kwargs.update(overrides)
     return PiConfig(**kwargs)
 

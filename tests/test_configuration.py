@@ -9,7 +9,7 @@ from conftest import OPENPI, tiny_config
 from modeling_pi import PiConfig, PiForActionGeneration
 
 
-@pytest.mark.parametrize("variant", ["pi0", "pi05"])
+@pytest.mark.parametrize("variant", ["pi0", "pi05", "pi0_fast"])
 def test_full_size_defaults_have_the_released_parameter_count(variant):
     """Built on the meta device: exactly the reference's count, so no unused parameter (no expert embedding)."""
     with torch.device("meta"):
@@ -25,6 +25,8 @@ def test_defaults_describe_the_released_models():
     assert (config.text_config.hidden_size, config.expert_config.hidden_size, config.vision_config.hidden_size) == (2048, 1024, 1152)
     assert config.num_image_tokens == 256 and config.num_inference_steps == 10
     assert PiConfig(variant="pi05").max_token_len == 200 and PiConfig(variant="pi05").use_adarms
+    fast = PiConfig(variant="pi0_fast")
+    assert fast.expert_config is None and not fast.is_flow and (fast.action_horizon, fast.max_token_len) == (32, 250)
 
 
 @pytest.mark.parametrize("field, value, message", [
@@ -42,6 +44,7 @@ def test_expert_that_cannot_share_attention_is_rejected(field, value, message):
 
 @pytest.mark.parametrize("overrides, message", [
     ({"variant": "pi1"}, "Unknown π variant"),
+    ({"variant": "pi0_fast", "expert_config": {"model_type": "gemma"}}, "no action expert"),
     ({"action_horizon": 0}, "action_horizon"),
     ({"image_keys": ["base_0_rgb", "base_0_rgb"]}, "image_keys"),
 ])

@@ -21,7 +21,7 @@ from modeling_pi import PiConfig
 BIN = Path(sys.executable).parent
 
 
-@pytest.mark.parametrize("variant", ["pi0", "pi05"])
+@pytest.mark.parametrize("variant", ["pi0", "pi05", "pi0_fast"])
 def test_every_full_size_path_maps_onto_a_parameter_of_the_right_shape(variant):
     """On meta tensors: the released checkpoints' paths and shapes, no weights needed."""
     shapes = json.loads((OPENPI / "full_size_param_shapes" / f"{variant}.json").read_text())["params"]
@@ -112,6 +112,7 @@ def _damaged(flat, damage):
     ("misshaped", "pi0", "action_out_proj"),
     ("misshaped layer", "pi0", "kv_einsum"),
     ("none", "pi05", "pi0 checkpoint"),
+    ("none", "pi0_fast", "pi0 checkpoint"),
 ])
 def test_bad_checkpoints_make_the_converter_exit_non_zero_and_write_nothing(tmp_path, capsys, damage, variant, message):
     checkpoint = _write_checkpoint(tmp_path / "ckpt", _damaged(load_openpi_params(OPENPI / "pi0"), damage))
@@ -121,6 +122,18 @@ def test_bad_checkpoints_make_the_converter_exit_non_zero_and_write_nothing(tmp_
     assert message in stderr
     assert not output.exists()
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]  # no staging folder left behind either
+
+
+def test_pi0_fast_converts_and_a_fast_checkpoint_is_not_taken_for_pi0(tmp_path, capsys):
+    code, stderr = _pi(capsys, "convert", "openpi", "--checkpoint", OPENPI / "pi0_fast", "--variant", "pi0",
+                       "--output", tmp_path / "wrong")
+    assert code != 0 and "pi0_fast checkpoint" in stderr and not (tmp_path / "wrong").exists()
+    code, stderr = _pi(capsys, "convert", "openpi", "--checkpoint", OPENPI / "pi0_fast", "--variant", "pi0_fast",
+                       "--output", tmp_path / "fast", "--action-horizon", "32", "--max-token-len", "60")
+    assert code == 0, stderr
+    model = AutoModel.from_pretrained(tmp_path / "fast")
+    assert model.config.variant == "pi0_fast" and model.action_expert is None
+    assert "π0-FAST" in (tmp_path / "fast" / "README.md").read_text()
 
 
 def test_converter_refuses_to_overwrite_and_to_read_non_checkpoints(tmp_path, capsys):

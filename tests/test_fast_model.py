@@ -1,0 +1,139 @@
+"""π0-FAST: the reference's loss and greedy tokens, cached decoding, sampling options, refusals."""
+
+import pytest
+import torch
+from transformers import AutoModel
+
+import modeling_pi  # noqa: F401
+from conftest import load_fixture_io, random_inputs, tiny_config
+from modeling_pi import PiForActionGeneration
+
+def _prompt(io):
+    return io["pixel_values"], io["pixel_attention_mask"], io["decode_prompt"].long(), io["decode_prompt_mask"]
+
+
+@pytest.fixture(scope="module", params=["eager", "sdpa"])
+def fast_case(request, converted):
+    model = AutoModel.from_pretrained(converted("pi0_fast"), attn_implementation=request.param).eval()
+    return model, load_fixture_io("pi0_fast")
+
+
+@torch.no_grad()
+def test_per_example_loss_matches_the_reference(fast_case):
+    model, io = fast_case
+    labels = io["input_ids"].masked_fill(~io["token_loss_mask"], -100)
+    out = model(io["pixel_values"], io["pixel_attention_mask"], io["input_ids"], io["attention_mask"],
+                token_type_ids=io["token_ar_mask"].long(), labels=labels)
+    torch.testing.assert_close(out.losses, io["expected.loss"], atol=1e-4, rtol=0)
+    torch.testing.assert_close(out.loss, io["expected.loss"].mean(), atol=1e-4, rtol=0)
+    assert out.logits.shape == (*io["input_ids"].shape, model.config.text_config.vocab_size)
+
+
+@torch.no_grad()
+def test_greedy_tokens_match_the_reference(fast_case):
+    model, io = fast_case
+    tokens = model.generate_actions(*_prompt(io), max_new_tokens=16)
+    assert torch.equal(tokens, io["expected.greedy_tokens_16"].long())
+
+
+@torch.no_grad()
+def test_cached_decoding_equals_recomputing_the_whole_sequence(fast_case):
+    model, io = fast_case
+    for options in ({}, {"reference_positions": False}, {"temperature": 1.0}):
+        cached = model.generate_actions(*_prompt(io), max_new_tokens=12, generator=torch.Generator().manual_seed(3), **options)
+        full = model.generate_actions(*_prompt(io), max_new_tokens=12, generator=torch.Generator().manual_seed(3),
+                                      use_cache=False, **options)
+        assert torch.equal(cached, full), options
+
+
+@torch.no_grad()
+def test_reference_positions_matter(fast_case):
+    """The reference skips one position after the prompt; contiguous positions decode differently."""
+    model, io = fast_case
+    contiguous = model.generate_actions(*_prompt(io), max_new_tokens=16, reference_positions=False)
+    assert not torch.equal(contiguous, io["expected.greedy_tokens_16"].long())
+
+
+def _tiny_fast(seed=0):
+    torch.manual_seed(seed)
+    return PiForActionGeneration(tiny_config("pi0_fast")).eval()
+
+
+def _tiny_prompt(model):
+    inputs = random_inputs(model.config)
+    return inputs["pixel_values"], inputs["pixel_attention_mask"], inputs["input_ids"], inputs["attention_mask"]
+
+
+@torch.no_grad()
+def test_sampling_is_reproducible_and_constrained_decoding_stays_in_the_allowed_set():
+    model = _tiny_fast()
+    prompt = _tiny_prompt(model)
+    first = model.generate_actions(*prompt, max_new_tokens=8, temperature=1.0, generator=torch.Generator().manual_seed(1))
+    again = model.generate_actions(*prompt, max_new_tokens=8, temperature=1.0, generator=torch.Generator().manual_seed(1))
+    assert first.shape == (2, 8) and torch.equal(first, again)
+    allowed = torch.arange(700, 720)
+    for temperature in (0.0, 1.0):
+        tokens = model.generate_actions(*prompt, max_new_tokens=8, temperature=temperature, allowed_token_ids=allowed)
+        assert torch.isin(tokens, allowed).all()
+
+
+@torch.no_grad()
+def test_decoding_stops_once_every_row_emitted_eos():
+    model = _tiny_fast()
+    eos = model.config.text_config.eos_token_id
+    tokens = model.generate_actions(*_tiny_prompt(model), max_new_tokens=8, allowed_token_ids=[eos])
+    assert tokens.tolist() == [[eos], [eos]]
+
+
+def test_training_pass_backpropagates_into_vision_and_language_model():
+    model = _tiny_fast().train()
+    pixel_values, pixel_attention_mask, input_ids, attention_mask = _tiny_prompt(model)
+    token_type_ids = torch.zeros_like(input_ids)
+    token_type_ids[:, 3:] = 1
+    labels = input_ids.masked_fill(token_type_ids == 0, -100)
+    out = model(pixel_values, pixel_attention_mask, input_ids, attention_mask, token_type_ids=token_type_ids, labels=labels)
+    assert out.losses.shape == (2,) and torch.isfinite(out.loss)
+    out.loss.backward()
+    assert model.vision_tower.embeddings.patch_embedding.weight.grad.abs().sum() > 0
+    assert model.language_model.layers[0].mlp.up_proj.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda kw: kw.update(input_ids=kw["input_ids"] + 5000), "input_ids"),
+    (lambda kw: kw.update(labels=kw["labels"][:, :3]), "labels"),
+    (lambda kw: kw.update(labels=kw["labels"].masked_fill(kw["labels"] > 0, 99999)), "labels"),
+    (lambda kw: kw.update(token_type_ids=kw["token_type_ids"] + 2), "token_type_ids"),
+    (lambda kw: kw.update(actions=torch.zeros(2, 32, 32)), "labels"),
+])
+def test_bad_training_input_raises_a_value_error(change, message):
+    model = _tiny_fast()
+    pixel_values, pixel_attention_mask, input_ids, attention_mask = _tiny_prompt(model)
+    kwargs = {"pixel_values": pixel_values, "pixel_attention_mask": pixel_attention_mask, "input_ids": input_ids,
+              "attention_mask": attention_mask, "token_type_ids": torch.zeros_like(input_ids), "labels": input_ids.clone()}
+    change(kwargs)
+    with pytest.raises(ValueError, match=message):
+        model(**kwargs)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"max_new_tokens": 0}, "max_new_tokens"),
+    ({"temperature": -1.0}, "temperature"),
+    ({"allowed_token_ids": [5000]}, "allowed_token_ids"),
+])
+def test_bad_decoding_options_raise_a_value_error(options, message):
+    model = _tiny_fast()
+    with pytest.raises(ValueError, match=message):
+        model.generate_actions(*_tiny_prompt(model), **options)
+
+
+def test_flow_options_are_refused_by_fast_and_fast_options_by_flow():
+    fast = _tiny_fast()
+    with pytest.raises(TypeError):
+        fast.generate_actions(*_tiny_prompt(fast), num_steps=3)
+    flow = PiForActionGeneration(tiny_config("pi05")).eval()
+    inputs = random_inputs(flow.config)
+    prompt = _tiny_prompt(flow)
+    with pytest.raises(ValueError, match="labels"):
+        flow(*prompt, actions=inputs["actions"], labels=inputs["input_ids"])
+    with pytest.raises(TypeError):
+        flow.generate_actions(*prompt, max_new_tokens=3)
