@@ -1,10 +1,13 @@
 """openpi (JAX, orbax) checkpoints -> Hugging Face folders that `AutoModel.from_pretrained` loads.
 
     pi convert openpi --checkpoint DIR --variant pi0|pi05|pi0_fast --output OUT \\
-        [--action-horizon N] [--max-token-len N] [--dtype float32|bfloat16]
+        [--action-horizon N] [--max-token-len N] [--dtype float32|bfloat16] \\
+        [--tokenizer paligemma_tokenizer.model] [--fast-tokenizer FOLDER] [--asset-id ID]
 
 DIR is an openpi checkpoint folder or its `params/`; both the released layout and the training layout
-(every leaf under a trailing `value` key) are read. Widths, depths, heads, vocabulary and action dim
+(every leaf under a trailing `value` key) are read. With `--tokenizer` the output also holds the
+processor (tokenizer, image settings and the checkpoint's `assets/<asset_id>/norm_stats.json`), so
+that `AutoProcessor.from_pretrained` loads it too; π0-FAST also needs `--fast-tokenizer`. Widths, depths, heads, vocabulary and action dim
 are inferred from the parameter shapes; the action horizon and prompt length are not in the weights
 and come from the caller (defaults: the variant's). Every openpi parameter must map onto exactly one
 model parameter of the right shape and every model parameter must be filled: otherwise the
@@ -31,6 +34,7 @@ from tqdm.auto import tqdm
 from configuration_pi import PiConfig
 from configuration_pi.configuration_pi import FLOW_VARIANTS, VARIANTS
 from model_cards import render_model_card
+from processing_pi import FastActionTokenizer, NormStats, PiImageProcessor, PiProcessor, tokenizer_from_sentencepiece
 
 IMG = "PaliGemma/img"
 LLM = "PaliGemma/llm"
@@ -312,6 +316,43 @@ def convert_params(params: dict, config: PiConfig, dtype: torch.dtype | None = N
     return state_dict
 
 
+# ---- the processor ----------------------------------------------------------------------------------
+
+
+def find_norm_stats(checkpoint: str | os.PathLike, asset_id: str | None = None) -> NormStats | None:
+    """`assets/<asset_id>/norm_stats.json` beside the params; None when the checkpoint has no assets."""
+    root = Path(checkpoint).resolve()
+    if root.name == "params":
+        root = root.parent
+    found = {path.parent.name: path for path in sorted(root.glob("assets/*/norm_stats.json"))}
+    if asset_id is not None:
+        if asset_id not in found:
+            raise ConversionError(f"No assets/{asset_id}/norm_stats.json in {root}; found: {', '.join(found) or 'none'}.")
+        return NormStats.from_json(found[asset_id])
+    if len(found) > 1:
+        raise ConversionError(f"{root} has norm stats for several assets ({', '.join(found)}): choose one with --asset-id.")
+    return NormStats.from_json(next(iter(found.values()))) if found else None
+
+
+def build_processor(config: PiConfig, tokenizer: str, fast_tokenizer: str | None, norm_stats: NormStats | None) -> PiProcessor:
+    if config.variant == "pi0_fast" and fast_tokenizer is None:
+        raise ConversionError("A π0-FAST processor needs its FAST tokenizer: pass --fast-tokenizer.")
+    try:
+        return PiProcessor(
+            PiImageProcessor(size=config.vision_config.image_size),
+            tokenizer_from_sentencepiece(tokenizer),
+            action_tokenizer=FastActionTokenizer.from_pretrained(fast_tokenizer) if fast_tokenizer else None,
+            norm_stats=norm_stats,
+            variant=config.variant,
+            image_keys=config.image_keys,
+            max_token_len=config.max_token_len,
+            action_dim=config.action_dim,
+            action_horizon=config.action_horizon,
+        )
+    except (OSError, ValueError) as err:
+        raise ConversionError(f"Cannot build the processor: {err}") from err
+
+
 # ---- writing ----------------------------------------------------------------------------------------
 
 
@@ -323,8 +364,12 @@ def convert_openpi(
     max_token_len: int | None = None,
     dtype: str = "float32",
     progress: bool = True,
+    tokenizer: str | os.PathLike | None = None,
+    fast_tokenizer: str | os.PathLike | None = None,
+    asset_id: str | None = None,
 ) -> Path:
-    """Converts and writes `output` (config, safetensors, model card) atomically; returns its path."""
+    """Converts and writes `output` (config, safetensors, model card, and with `tokenizer` the processor)
+    atomically; returns its path."""
     if dtype not in DTYPES:
         raise ConversionError(f"Unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}.")
     output = Path(output)
@@ -334,6 +379,11 @@ def convert_openpi(
     params = load_openpi_params(checkpoint)
     config = infer_config(params, variant, action_horizon, max_token_len)
     config.dtype = dtype
+    processor = None
+    if tokenizer is not None:
+        processor = build_processor(config, tokenizer, fast_tokenizer, find_norm_stats(checkpoint, asset_id))
+    elif fast_tokenizer is not None or asset_id is not None:
+        raise ConversionError("--fast-tokenizer and --asset-id build the processor, which also needs --tokenizer.")
     state_dict = convert_params(params, config, DTYPES[dtype], progress=progress)
 
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -346,6 +396,8 @@ def convert_openpi(
         source_name = source.parent.name if source.name == "params" else source.name
         card = render_model_card(config, num_parameters, source=source_name, repo_id=output.name)
         (staging / "README.md").write_text(card, encoding="utf-8")
+        if processor is not None:
+            processor.save_pretrained(staging)
         if output.exists():
             output.rmdir()
         umask = os.umask(0)
@@ -366,12 +418,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--action-horizon", type=int, default=None, help="action chunk length (default: 50 flow, 32 FAST)")
     parser.add_argument("--max-token-len", type=int, default=None, help="prompt length (default: 48 π0, 200 π0.5, 250 FAST)")
     parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32")
+    parser.add_argument("--tokenizer", help="SentencePiece model (openpi's paligemma_tokenizer.model): also write the processor")
+    parser.add_argument("--fast-tokenizer", help="FAST tokenizer folder (π0-FAST's processor)")
+    parser.add_argument("--asset-id", help="which assets/<asset_id>/norm_stats.json to use when there are several")
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        path = convert_openpi(args.checkpoint, args.variant, args.output, args.action_horizon, args.max_token_len, args.dtype)
+        path = convert_openpi(args.checkpoint, args.variant, args.output, args.action_horizon, args.max_token_len, args.dtype,
+                              tokenizer=args.tokenizer, fast_tokenizer=args.fast_tokenizer, asset_id=args.asset_id)
     except ConversionError as err:
         print(f"pi convert openpi: error: {err}", file=sys.stderr)
         return 1

@@ -1,6 +1,17 @@
-"""Pre- and post-processing for π models: image resizing and the FAST action tokenizer."""
+"""Pre- and post-processing for π models: images, prompts, tokenizer, normalisation, FAST action tokens."""
 
 from .fast_action_tokenizer import FastActionTokenizer
-from .image_processing_pi import resize_with_pad
+from .image_processing_pi import PiImageProcessor, resize_with_pad
+from .normalization import NormStats
+from .processing_pi import PiActionOutput, PiProcessor
+from .prompts import tokenizer_from_sentencepiece
 
-__all__ = ["FastActionTokenizer", "resize_with_pad"]
+__all__ = [
+    "FastActionTokenizer",
+    "NormStats",
+    "PiActionOutput",
+    "PiImageProcessor",
+    "PiProcessor",
+    "resize_with_pad",
+    "tokenizer_from_sentencepiece",
+]

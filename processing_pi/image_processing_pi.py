@@ -1,12 +1,15 @@
-"""Camera images as π models see them: resized with padding to the model's square resolution.
+"""Camera images as π models see them: resized with padding to the model's square resolution, in [-1, 1].
 
 The reference shrinks (or grows) an image to fit inside the target size keeping its aspect ratio,
 with PIL's bilinear filter, and centres it on a black canvas. We call PIL for the resampling and only
 reproduce the geometry (sizes truncated, offsets floored), which is what makes the bytes identical.
+torchvision is not used (it cannot be installed beside the CPU build of torch here).
 """
 
 import numpy as np
 from PIL import Image
+from transformers.feature_extraction_utils import BatchFeature
+from transformers.image_processing_utils import BaseImageProcessor
 
 
 def _resize_one(image: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -31,3 +34,57 @@ def resize_with_pad(images: np.ndarray, height: int, width: int) -> np.ndarray:
     flat = images.reshape(-1, *images.shape[-3:])
     resized = np.stack([_resize_one(image, height, width) for image in flat])
     return resized.reshape(*images.shape[:-3], *resized.shape[1:])
+
+
+class PiImageProcessor(BaseImageProcessor):
+    """One camera's images -> `pixel_values` [B, 3, size, size] float32 in [-1, 1], the reference's way.
+
+    Accepts uint8 HWC arrays, PIL images, float arrays in `float_range` (default [0, 1]) and channel-first
+    arrays or tensors, single or batched, any size. Floats become uint8 (`255·x`, truncated), everything
+    is resized with padding to `size`, then mapped by `x / 255 · 2 − 1`.
+    """
+
+    model_input_names = ["pixel_values"]
+
+    def __init__(self, size: int = 224, float_range: tuple[float, float] = (0.0, 1.0), **kwargs):
+        super().__init__(**kwargs)
+        self.size = int(size)
+        self.float_range = tuple(float(v) for v in float_range)
+        if self.float_range not in ((0.0, 1.0), (-1.0, 1.0)):
+            raise ValueError(f"float_range must be (0, 1) or (-1, 1), got {float_range}.")
+
+    def to_uint8(self, images, camera: str = "image") -> np.ndarray:
+        """Any accepted input -> uint8 [B, H, W, 3]."""
+        if isinstance(images, Image.Image):
+            images = [images]
+        if isinstance(images, (list, tuple)):
+            if not images:
+                raise ValueError(f"Camera {camera!r}: empty list of images.")
+            return np.concatenate([self.to_uint8(image, camera) for image in images])
+        if hasattr(images, "detach"):  # a torch tensor
+            images = images.detach().cpu().numpy()
+        array = np.asarray(images.convert("RGB") if isinstance(images, Image.Image) else images)
+        if array.ndim == 3:
+            array = array[None]
+        if array.ndim != 4 or 0 in array.shape:
+            raise ValueError(f"Camera {camera!r}: expected an image [H, W, 3] or a batch [B, H, W, 3], got shape {array.shape}.")
+        if array.shape[-1] not in (1, 3) and array.shape[1] in (1, 3):  # channel-first
+            array = array.transpose(0, 2, 3, 1)
+        if array.shape[-1] != 3:
+            raise ValueError(f"Camera {camera!r}: expected 3 colour channels, got {array.shape[-1]} (shape {array.shape}).")
+        if array.dtype == np.uint8:
+            return array
+        if not np.issubdtype(array.dtype, np.floating):
+            raise ValueError(f"Camera {camera!r}: images must be uint8 or float, got {array.dtype}.")
+        low, high = self.float_range
+        if not np.isfinite(array).all() or array.min() < low or array.max() > high:
+            raise ValueError(
+                f"Camera {camera!r}: float images must lie in [{low:g}, {high:g}] (float_range), "
+                f"got values in [{np.nanmin(array):g}, {np.nanmax(array):g}]."
+            )
+        return (255 * (array - low) / (high - low)).astype(np.uint8)
+
+    def preprocess(self, images, camera: str = "image", return_tensors=None, **kwargs) -> BatchFeature:
+        resized = resize_with_pad(self.to_uint8(images, camera), self.size, self.size)
+        pixel_values = (resized.astype(np.float32) / 255.0 * 2.0 - 1.0).transpose(0, 3, 1, 2)
+        return BatchFeature({"pixel_values": pixel_values}, tensor_type=return_tensors)

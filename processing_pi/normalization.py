@@ -1,0 +1,108 @@
+"""Normalisation statistics of a robot's state and actions, in openpi's and LeRobot's file formats.
+
+Two modes, as the reference uses them: z-score (π0) `(x − mean) / (std + 1e-6)` and quantile (π0.5,
+π0-FAST) `(x − q01) / (q99 − q01 + 1e-6) · 2 − 1`. Statistics cover the robot's own dims; a model's
+output is wider (zero-padded to its action dim): un-normalising pads the z-score statistics with
+mean 0 / std 1 and passes the extra dims through in quantile mode.
+"""
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+MODES = ("zscore", "quantile")
+EPS = 1e-6
+# LeRobot's feature names -> ours
+LEROBOT_KEYS = {"observation.state": "state", "action": "actions"}
+
+
+@dataclass
+class ArrayStats:
+    """Per-dim statistics of one array (state or actions); quantiles may be absent."""
+
+    mean: np.ndarray
+    std: np.ndarray
+    q01: np.ndarray | None = None
+    q99: np.ndarray | None = None
+
+    @classmethod
+    def from_dict(cls, stats: dict) -> "ArrayStats":
+        def get(name):
+            return None if stats.get(name) is None else np.asarray(stats[name], dtype=np.float64).reshape(-1)
+
+        return cls(mean=get("mean"), std=get("std"), q01=get("q01"), q99=get("q99"))
+
+    def to_dict(self) -> dict:
+        return {name: getattr(self, name).tolist() for name in ("mean", "std", "q01", "q99") if getattr(self, name) is not None}
+
+    @property
+    def dim(self) -> int:
+        return len(self.mean)
+
+    def require(self, mode: str, key: str) -> None:
+        needed = ("mean", "std") if mode == "zscore" else ("q01", "q99")
+        missing = [name for name in needed if getattr(self, name) is None]
+        if missing:
+            raise ValueError(f"{mode} normalisation of {key} needs {', '.join(missing)}, which the statistics lack.")
+
+    def normalize(self, x: np.ndarray, mode: str) -> np.ndarray:
+        """x [..., dim] (the robot's dims) -> normalised, same shape."""
+        if x.shape[-1] != self.dim:
+            raise ValueError(f"Expected {self.dim} dims (the statistics' size), got {x.shape[-1]}.")
+        if mode == "zscore":
+            return (x - self.mean) / (self.std + EPS)
+        return (x - self.q01) / (self.q99 - self.q01 + EPS) * 2.0 - 1.0
+
+    def unnormalize(self, x: np.ndarray, mode: str) -> np.ndarray:
+        """x [..., D >= dim] (model output) -> robot units, same shape; dims past the statistics as the reference treats them."""
+        extra = x.shape[-1] - self.dim
+        if extra < 0:
+            raise ValueError(f"Expected at least {self.dim} dims, got {x.shape[-1]}.")
+        if mode == "zscore":
+            mean, std = np.pad(self.mean, (0, extra)), np.pad(self.std, (0, extra), constant_values=1.0)
+            return x * (std + EPS) + mean
+        head = (x[..., : self.dim] + 1.0) / 2.0 * (self.q99 - self.q01 + EPS) + self.q01
+        return np.concatenate([head, x[..., self.dim :]], axis=-1)
+
+
+@dataclass
+class NormStats:
+    """Statistics for `state` and `actions` (either may be absent)."""
+
+    state: ArrayStats | None = None
+    actions: ArrayStats | None = None
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike) -> "NormStats":
+        """openpi's `norm_stats.json` (`{"norm_stats": {"state": ..., "actions": ...}}`) or LeRobot's `meta/stats.json`."""
+        data = json.loads(Path(path).read_text())
+        if "norm_stats" in data:
+            return cls.from_dict(data["norm_stats"])
+        if any(key in data for key in LEROBOT_KEYS):
+            return cls.from_dict({ours: data[theirs] for theirs, ours in LEROBOT_KEYS.items() if theirs in data})
+        raise ValueError(f"{path} is neither openpi's norm_stats.json nor LeRobot's stats.json (no state or action statistics).")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "NormStats":
+        unknown = set(data) - {"state", "actions"}
+        if unknown:
+            raise ValueError(f"Unknown statistics {sorted(unknown)}; expected 'state' and/or 'actions'.")
+        return cls(**{key: ArrayStats.from_dict(value) for key, value in data.items()})
+
+    def to_dict(self) -> dict:
+        return {key: stats.to_dict() for key in ("state", "actions") if (stats := getattr(self, key)) is not None}
+
+    def to_json(self, path: str | os.PathLike) -> None:
+        """Writes openpi's format."""
+        Path(path).write_text(json.dumps({"norm_stats": self.to_dict()}, indent=2) + "\n")
+
+    def get(self, key: str, mode: str) -> ArrayStats:
+        """The statistics of `key`, checked to hold what `mode` needs."""
+        stats = getattr(self, key)
+        if stats is None:
+            raise ValueError(f"The normalisation statistics have no '{key}' entry.")
+        stats.require(mode, key)
+        return stats

@@ -1,0 +1,288 @@
+"""PiProcessor: raw cameras, prompt and robot state -> model inputs; model output -> robot actions.
+
+    inputs = processor(images={"base_0_rgb": img, ...}, prompt="fold the towel", state=raw_state,
+                       actions=raw_chunk,            # training only
+                       return_tensors="pt")
+    out = processor.post_process(model.generate_actions(**inputs))   # out.actions, out.valid
+
+The model inputs are DESIGN.md's. Normalisation follows the variant (z-score for π0, quantile for
+π0.5 and π0-FAST) unless `norm_mode` says otherwise; with `norm_stats=None` state and actions are
+taken as already normalised. π0 gets the state as a vector padded to `action_dim`; π0.5 and π0-FAST
+read its 256-bin discretisation in the prompt. π0-FAST training sequences come with `token_type_ids`
+and `labels`; its generated ids are cut between "Action: " and "|" and FAST-decoded.
+"""
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoTokenizer, BatchFeature
+from transformers.processing_utils import ProcessorMixin
+from transformers.utils import ModelOutput
+
+from .fast_action_tokenizer import FastActionTokenizer
+from .image_processing_pi import PiImageProcessor
+from .normalization import MODES, NormStats
+from .prompts import fast_ids_to_vocab, tokenize_prompt
+
+VARIANTS = ("pi0", "pi05", "pi0_fast")
+DEFAULT_IMAGE_KEYS = ("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb")
+DEFAULT_MAX_TOKEN_LEN = {"pi0": 48, "pi05": 200, "pi0_fast": 250}
+DEFAULT_NORM_MODE = {"pi0": "zscore", "pi05": "quantile", "pi0_fast": "quantile"}
+FAST_FOLDER = "fast_tokenizer"
+PROCESSOR_CONFIG = "processor_config.json"
+SETTINGS = ("variant", "image_keys", "max_token_len", "action_dim", "action_horizon", "robot_action_dim", "norm_mode")
+
+
+@dataclass
+class PiActionOutput(ModelOutput):
+    """
+    actions (`torch.FloatTensor` of shape `(batch, horizon, robot action dim)`): in the robot's units.
+    valid (`torch.BoolTensor` of shape `(batch,)`): False where a FAST sequence did not decode (its actions are zeros).
+    """
+
+    actions: torch.FloatTensor | None = None
+    valid: torch.BoolTensor | None = None
+
+
+def _batch(array, ndim: int, name: str) -> np.ndarray:
+    """[...] or [B, ...] -> [B, ...] float64, refusing NaN/inf."""
+    if hasattr(array, "detach"):
+        array = array.detach().cpu().numpy()
+    array = np.asarray(array, dtype=np.float64)
+    if array.ndim == ndim - 1:
+        array = array[None]
+    if array.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim - 1} dims (or {ndim} with a batch dim), got shape {array.shape}.")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{name} contains NaN or infinite values.")
+    return array
+
+
+def _pad(array: np.ndarray, dim: int, name: str) -> np.ndarray:
+    if array.shape[-1] > dim:
+        raise ValueError(f"{name} has {array.shape[-1]} dims, more than the model's action_dim={dim}.")
+    return np.pad(array, [(0, 0)] * (array.ndim - 1) + [(0, dim - array.shape[-1])])
+
+
+class PiProcessor(ProcessorMixin):
+    """Images, prompt, tokenizer, normalisation and post-processing of the π family, reference-exact."""
+
+    def __init__(
+        self,
+        image_processor: PiImageProcessor,
+        tokenizer,
+        action_tokenizer: FastActionTokenizer | None = None,
+        norm_stats: NormStats | None = None,
+        variant: str = "pi0",
+        image_keys=DEFAULT_IMAGE_KEYS,
+        max_token_len: int | None = None,
+        action_dim: int = 32,
+        action_horizon: int | None = None,
+        robot_action_dim: int | None = None,
+        norm_mode: str | None = None,
+    ):
+        """`action_horizon`: the chunk length FAST ids decode to (default: the FAST tokenizer's). `robot_action_dim`:
+        the robot's own action dims, which post-processing keeps (default: the size of the action statistics)."""
+        super().__init__(image_processor, tokenizer)
+        if variant not in VARIANTS:
+            raise ValueError(f"Unknown π variant {variant!r}; expected one of {', '.join(VARIANTS)}.")
+        if variant == "pi0_fast" and action_tokenizer is None:
+            raise ValueError("π0-FAST needs its FAST action tokenizer (action_tokenizer=FastActionTokenizer...).")
+        self.action_tokenizer = action_tokenizer
+        self.variant = variant
+        self.image_keys = list(image_keys)
+        self.max_token_len = max_token_len or DEFAULT_MAX_TOKEN_LEN[variant]
+        self.action_dim = int(action_dim)
+        self.action_horizon = action_horizon
+        self.robot_action_dim = robot_action_dim
+        self.norm_mode = norm_mode or DEFAULT_NORM_MODE[variant]
+        if self.norm_mode not in MODES:
+            raise ValueError(f"norm_mode must be one of {', '.join(MODES)}, got {norm_mode!r}.")
+        self.norm_stats = norm_stats
+        if norm_stats is not None:  # missing statistics are an error now, not a silent identity later
+            for key in ("state", "actions"):
+                norm_stats.get(key, self.norm_mode)
+
+    @classmethod
+    def get_attributes(cls):
+        # The FAST action tokenizer is not a text tokenizer: it is saved in its own folder, not by ProcessorMixin.
+        return ["image_processor", "tokenizer"]
+
+    # ---- inputs ------------------------------------------------------------------------------
+
+    def __call__(self, images: dict, prompt, state=None, actions=None, return_tensors="pt") -> BatchFeature:
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        batch = len(prompts)
+        if batch == 0:
+            raise ValueError("Empty batch: no prompt.")
+        features = self._images(images, batch)
+        state = self._state(state, batch)
+        chunks = self._actions(actions, batch)
+
+        fast_ids = [None] * batch
+        if chunks is not None and self.variant == "pi0_fast":
+            fast_ids = self.action_tokenizer(chunks)
+        tokens = [
+            tokenize_prompt(self.tokenizer, self.variant, text, self.max_token_len, state[i], fast_ids[i])
+            for i, text in enumerate(prompts)
+        ]
+        features["input_ids"] = np.array([t.input_ids for t in tokens], dtype=np.int64)
+        features["attention_mask"] = np.array([t.attention_mask for t in tokens], dtype=bool)
+        if self.variant == "pi0":
+            features["state"] = _pad(state, self.action_dim, "state").astype(np.float32)
+        if chunks is not None and self.variant == "pi0_fast":
+            features["token_type_ids"] = np.array([t.token_type_ids for t in tokens], dtype=np.int64)
+            features["labels"] = np.where([t.loss_mask for t in tokens], features["input_ids"], -100)
+        elif chunks is not None:
+            features["actions"] = _pad(chunks, self.action_dim, "actions").astype(np.float32)
+        return BatchFeature(features, tensor_type=return_tensors)
+
+    def _images(self, images: dict, batch: int) -> dict:
+        if not isinstance(images, dict):
+            raise ValueError(f"images must be a dict of camera name -> images (cameras: {', '.join(self.image_keys)}).")
+        unknown = sorted(set(images) - set(self.image_keys))
+        if unknown:
+            raise ValueError(f"Unknown camera(s) {', '.join(unknown)}; the model's cameras are {', '.join(self.image_keys)}.")
+        size = self.image_processor.size
+        pixel_values = np.full((batch, len(self.image_keys), 3, size, size), -1.0, dtype=np.float32)  # blank: black
+        present = np.zeros((batch, len(self.image_keys)), dtype=bool)
+        for i, camera in enumerate(self.image_keys):
+            if camera not in images:
+                continue
+            value = images[camera]
+            # a list may hold None for the examples that lack this camera
+            rows = list(range(batch))
+            if isinstance(value, (list, tuple)) and any(item is None for item in value):
+                if len(value) != batch:
+                    raise ValueError(f"Camera {camera!r} has {len(value)} entries for a batch of {batch} prompts.")
+                rows = [b for b, item in enumerate(value) if item is not None]
+                value = [value[b] for b in rows]
+                if not rows:
+                    continue
+            values = self.image_processor.preprocess(value, camera=camera)["pixel_values"]
+            if len(values) != len(rows):
+                raise ValueError(f"Camera {camera!r} has {len(values)} images for a batch of {batch} prompts.")
+            pixel_values[rows, i], present[rows, i] = values, True
+        if not present.any():
+            raise ValueError(f"No camera given; the model's cameras are {', '.join(self.image_keys)}.")
+        return {"pixel_values": pixel_values, "pixel_attention_mask": present}
+
+    def _state(self, state, batch: int) -> np.ndarray:
+        if state is None:
+            raise ValueError(f"{self.variant} needs the robot state: pass `state`.")
+        state = _batch(state, 2, "state")
+        if len(state) != batch:
+            raise ValueError(f"state has batch size {len(state)} for {batch} prompts.")
+        if self.norm_stats is not None:
+            state = self.norm_stats.get("state", self.norm_mode).normalize(state, self.norm_mode)
+        return state
+
+    def _actions(self, actions, batch: int) -> np.ndarray | None:
+        if actions is None:
+            return None
+        chunks = _batch(actions, 3, "actions")
+        if len(chunks) != batch:
+            raise ValueError(f"actions has batch size {len(chunks)} for {batch} prompts.")
+        if self.norm_stats is not None:
+            chunks = self.norm_stats.get("actions", self.norm_mode).normalize(chunks, self.norm_mode)
+        return chunks
+
+    def action_token_ids(self) -> torch.Tensor:
+        """π0-FAST: the ids a well-formed answer uses ("Action: ", the FAST range, "|", EOS), for constrained
+        decoding (`model.generate_actions(..., allowed_token_ids=processor.action_token_ids())`)."""
+        if self.action_tokenizer is None:
+            raise ValueError("Only π0-FAST decodes action tokens.")
+        fast_range = fast_ids_to_vocab(range(self.action_tokenizer.vocab_size), len(self.tokenizer))
+        framing = self.tokenizer.encode("Action: ", add_special_tokens=False) + self.tokenizer.encode("|", add_special_tokens=False)
+        return torch.tensor(sorted(set(fast_range + framing + [self.tokenizer.eos_token_id])))
+
+    # ---- outputs -----------------------------------------------------------------------------
+
+    def post_process(self, generated) -> PiActionOutput:
+        """Flow output [B, H, D] or FAST ids [B, T] -> actions in robot units [B, H, robot dim] and validity [B]."""
+        generated = generated.detach().cpu() if hasattr(generated, "detach") else torch.as_tensor(generated)
+        if self.variant == "pi0_fast":
+            actions, valid = self._decode_fast(generated.long().tolist())
+        else:
+            if generated.ndim != 3:
+                raise ValueError(f"Expected a normalised action chunk [B, H, D], got shape {tuple(generated.shape)}.")
+            actions, valid = generated.double().numpy(), np.ones(len(generated), dtype=bool)
+        if self.norm_stats is not None:
+            stats = self.norm_stats.get("actions", self.norm_mode)
+            actions = stats.unnormalize(actions, self.norm_mode)
+            actions[~valid] = 0.0
+        actions = actions[..., : self._robot_action_dim() or actions.shape[-1]]
+        return PiActionOutput(actions=torch.from_numpy(actions).float(), valid=torch.from_numpy(valid))
+
+    def _robot_action_dim(self) -> int | None:
+        if self.robot_action_dim:
+            return self.robot_action_dim
+        if self.norm_stats is not None:
+            return self.norm_stats.actions.dim
+        return self.action_tokenizer.action_dim if self.action_tokenizer is not None else None
+
+    def _decode_fast(self, rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+        horizon = self.action_horizon or self.action_tokenizer.time_horizon
+        dim = self._robot_action_dim()
+        if not horizon or not dim:
+            raise ValueError("Decoding FAST tokens needs the chunk's horizon and action dim: set action_horizon and "
+                             "robot_action_dim (or norm_stats).")
+        start = self.tokenizer.encode("Action: ", add_special_tokens=False)
+        end = set(self.tokenizer.encode("|", add_special_tokens=False)) | {self.tokenizer.eos_token_id}
+        fast_rows = [self._fast_ids(row, start, end) for row in rows]
+        actions, valid = self.action_tokenizer.decode([ids or [] for ids in fast_rows], time_horizon=horizon, action_dim=dim)
+        valid &= np.array([ids is not None for ids in fast_rows])
+        return actions.astype(np.float64), valid
+
+    def _fast_ids(self, row: list[int], start: list[int], end: set[int]) -> list[int] | None:
+        """The FAST ids between "Action: " and "|" (or EOS, or the end), mapped back from the vocabulary."""
+        for i in range(len(row) - len(start) + 1):
+            if row[i : i + len(start)] == start:
+                body = row[i + len(start) :]
+                stop = next((j for j, token in enumerate(body) if token in end), len(body))
+                return fast_ids_to_vocab(body[:stop], len(self.tokenizer))
+        return None
+
+    # ---- saving and loading ------------------------------------------------------------------
+
+    def to_dict(self) -> dict:
+        return {
+            "processor_class": type(self).__name__,
+            "image_processor": self.image_processor.to_dict(),
+            "norm_stats": None if self.norm_stats is None else self.norm_stats.to_dict(),
+            **{name: getattr(self, name) for name in SETTINGS},
+        }
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs):
+        """Tokenizer files, `processor_config.json` (settings, image processor, norm stats) and the FAST tokenizer."""
+        folder = Path(save_directory)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.tokenizer.save_pretrained(folder)
+        (folder / PROCESSOR_CONFIG).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        if self.action_tokenizer is not None:
+            self.action_tokenizer.save_pretrained(folder / FAST_FOLDER)
+        return [str(folder / PROCESSOR_CONFIG)]
+
+    @classmethod
+    def from_pretrained(cls, path_or_repo: str | os.PathLike, **hub_kwargs) -> "PiProcessor":
+        folder = Path(path_or_repo)
+        if not folder.is_dir():
+            from huggingface_hub import snapshot_download
+
+            folder = Path(snapshot_download(str(path_or_repo), **hub_kwargs))
+        if not (folder / PROCESSOR_CONFIG).is_file():
+            raise ValueError(f"{path_or_repo} has no {PROCESSOR_CONFIG}: not a saved PiProcessor.")
+        config = json.loads((folder / PROCESSOR_CONFIG).read_text())
+        image_config = {k: v for k, v in config["image_processor"].items() if k != "image_processor_type"}
+        fast_folder = folder / FAST_FOLDER
+        return cls(
+            PiImageProcessor(**image_config),
+            AutoTokenizer.from_pretrained(folder),
+            action_tokenizer=FastActionTokenizer.from_pretrained(fast_folder) if fast_folder.is_dir() else None,
+            norm_stats=NormStats.from_dict(config["norm_stats"]) if config.get("norm_stats") else None,
+            **{name: config[name] for name in SETTINGS if name in config},
+        )

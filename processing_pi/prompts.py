@@ -1,0 +1,122 @@
+"""Prompts as the π models read them, tokenized with PaliGemma's tokenizer.
+
+- π0: BOS + clean(prompt) + "\\n".
+- π0.5: BOS + "Task: {clean(prompt)}, State: {bins};\\nAction: ".
+- π0-FAST: prefix BOS + "Task: {fast_clean(prompt)}, State: {bins};\\n" (bidirectional); for training,
+  postfix "Action: " + FAST ids mapped into the vocabulary + "|" + EOS (causal, the loss targets).
+
+clean = strip, "_" -> " ", "\\n" -> " "; fast_clean = lower-case, strip, "_" -> " " (newlines kept, as
+the reference does); bins = the normalised state discretised into 256 bins over
+[-1, 1]. Sequences are right-padded with 0 to `max_len`, and truncated there with a warning.
+
+The tokenizer itself is `tokenizers`' BPE built by transformers' SentencePiece converter from the
+`.model` file openpi ships; only the proto is read, so neither sentencepiece nor the slow tokenizer is
+needed.
+"""
+
+import logging
+import os
+from dataclasses import dataclass
+
+import numpy as np
+from transformers import PreTrainedTokenizerFast
+from transformers.convert_slow_tokenizer import SpmConverter, import_protobuf
+
+logger = logging.getLogger(__name__)
+
+STATE_BINS = np.linspace(-1, 1, 256 + 1)[:-1]
+FAST_SKIP_TOKENS = 128  # the reference keeps the last 128 ids of the vocabulary clear of FAST tokens
+
+
+def tokenizer_from_sentencepiece(path: str | os.PathLike) -> PreTrainedTokenizerFast:
+    """A SentencePiece `.model` (e.g. openpi's paligemma_tokenizer.model) as a transformers tokenizer, identical ids."""
+    proto = import_protobuf().ModelProto()
+    with open(path, "rb") as f:
+        proto.ParseFromString(f.read())
+    vocab = {piece.piece: i for i, piece in enumerate(proto.pieces)}
+    backend = SpmConverter.build_tokenizer_from_spm_proto(proto, vocab)
+    spec = proto.trainer_spec
+    piece = lambda i: proto.pieces[i].piece if 0 <= i < len(proto.pieces) else None  # noqa: E731
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token=piece(spec.bos_id),
+        eos_token=piece(spec.eos_id),
+        pad_token=piece(spec.pad_id),
+        unk_token=piece(spec.unk_id),
+        add_bos_token=False,
+        add_eos_token=False,
+        clean_up_tokenization_spaces=False,
+    )
+
+
+def clean_prompt(prompt: str) -> str:
+    return prompt.strip().replace("_", " ").replace("\n", " ")
+
+
+def fast_clean_prompt(prompt: str) -> str:
+    return prompt.lower().strip().replace("_", " ")
+
+
+def discretize_state(state: np.ndarray) -> np.ndarray:
+    """Normalised state -> bin indices in [0, 255] (values outside [-1, 1] fall in the end bins)."""
+    return np.digitize(np.asarray(state), bins=STATE_BINS) - 1
+
+
+def fast_ids_to_vocab(fast_ids, vocab_size: int) -> list[int]:
+    """FAST token ids -> ids at the end of the language vocabulary (and back: the map is its own inverse)."""
+    return [vocab_size - 1 - FAST_SKIP_TOKENS - int(i) for i in fast_ids]
+
+
+@dataclass
+class PromptTokens:
+    """One tokenized prompt, padded to `max_len`: ids, attention mask, token roles (0 prefix, 1 postfix), loss targets."""
+
+    input_ids: list[int]
+    attention_mask: list[bool]
+    token_type_ids: list[int]
+    loss_mask: list[bool]
+
+
+def _encode(tokenizer, text: str) -> list[int]:
+    return tokenizer.encode(text, add_special_tokens=False)
+
+
+def _pad(prefix: list[int], postfix: list[int], max_len: int) -> PromptTokens:
+    ids = prefix + postfix
+    roles = [0] * len(prefix) + [1] * len(postfix)
+    if len(ids) > max_len:
+        logger.warning("Prompt of %d tokens truncated to max_token_len=%d.", len(ids), max_len)
+        ids, roles = ids[:max_len], roles[:max_len]
+    padding = max_len - len(ids)
+    return PromptTokens(
+        input_ids=ids + [0] * padding,
+        attention_mask=[True] * len(ids) + [False] * padding,
+        token_type_ids=roles + [0] * padding,
+        loss_mask=[role == 1 for role in roles] + [False] * padding,
+    )
+
+
+def tokenize_prompt(
+    tokenizer,
+    variant: str,
+    prompt: str,
+    max_len: int,
+    state: np.ndarray | None = None,
+    fast_ids: list[int] | None = None,
+) -> PromptTokens:
+    """The variant's prompt format; `state` is the normalised robot state (π0.5, π0-FAST), `fast_ids` the FAST
+    ids of the target chunk (π0-FAST training; None for inference)."""
+    bos = [tokenizer.bos_token_id]
+    if variant == "pi0":
+        return _pad(bos + _encode(tokenizer, clean_prompt(prompt)) + _encode(tokenizer, "\n"), [], max_len)
+    if state is None:
+        raise ValueError(f"The {variant} prompt carries the robot state: pass `state`.")
+    bins = " ".join(map(str, discretize_state(state)))
+    if variant == "pi05":
+        return _pad(bos + _encode(tokenizer, f"Task: {clean_prompt(prompt)}, State: {bins};\nAction: "), [], max_len)
+    prefix = bos + _encode(tokenizer, f"Task: {fast_clean_prompt(prompt)}, State: {bins};\n")
+    postfix = []
+    if fast_ids is not None:
+        action_ids = fast_ids_to_vocab(fast_ids, len(tokenizer))
+        postfix = _encode(tokenizer, "Action: ") + action_ids + _encode(tokenizer, "|") + [tokenizer.eos_token_id]
+    return _pad(prefix, postfix, max_len)
