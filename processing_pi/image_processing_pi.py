@@ -56,14 +56,14 @@ class PiImageProcessor(BaseImageProcessor):
     def to_uint8(self, images, camera: str = "image") -> np.ndarray:
         """Any accepted input -> uint8 [B, H, W, 3]."""
         if isinstance(images, Image.Image):
-            images = [images]
+            images = np.asarray(images.convert("RGB"))
         if isinstance(images, (list, tuple)):
             if not images:
                 raise ValueError(f"Camera {camera!r}: empty list of images.")
             return np.concatenate([self.to_uint8(image, camera) for image in images])
         if hasattr(images, "detach"):  # a torch tensor
             images = images.detach().cpu().numpy()
-        array = np.asarray(images.convert("RGB") if isinstance(images, Image.Image) else images)
+        array = np.asarray(images)
         if array.ndim == 3:
             array = array[None]
         if array.ndim != 4 or 0 in array.shape:
