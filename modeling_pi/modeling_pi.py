@@ -171,7 +171,11 @@ class PiForActionGeneration(PiPreTrainedModel):
         adarms_cond: torch.Tensor | None = None,
         cache=None,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Runs whichever streams are given through all joint layers; returns their final-norm outputs."""
+        """Runs whichever streams are given through all joint layers; returns their final-norm outputs.
+
+        `prefix` is the language model's stream (the prefix, or π0-FAST's newly generated tokens),
+        `suffix` the action expert's; `allowed` [B, T, S] says which cached or present keys each token sees.
+        """
         reference = prefix if prefix is not None else suffix
         position_embeddings = self.language_model.rotary_emb(reference, position_ids)
         layer_kwargs = {

@@ -23,14 +23,13 @@ from transformers import AutoTokenizer, BatchFeature
 from transformers.processing_utils import ProcessorMixin
 from transformers.utils import ModelOutput
 
+from configuration_pi.configuration_pi import DEFAULT_IMAGE_KEYS, DEFAULT_MAX_TOKEN_LEN, VARIANTS
+
 from .fast_action_tokenizer import FastActionTokenizer
 from .image_processing_pi import PiImageProcessor
 from .normalization import MODES, NormStats
 from .prompts import fast_ids_to_vocab, tokenize_prompt
 
-VARIANTS = ("pi0", "pi05", "pi0_fast")
-DEFAULT_IMAGE_KEYS = ("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb")
-DEFAULT_MAX_TOKEN_LEN = {"pi0": 48, "pi05": 200, "pi0_fast": 250}
 DEFAULT_NORM_MODE = {"pi0": "zscore", "pi05": "quantile", "pi0_fast": "quantile"}
 FAST_FOLDER = "fast_tokenizer"
 PROCESSOR_CONFIG = "processor_config.json"
