@@ -61,8 +61,9 @@ def check_flow_inputs(
     actions: torch.Tensor | None = None,
     noise: torch.Tensor | None = None,
     timestep: torch.Tensor | None = None,
+    action_is_pad: torch.Tensor | None = None,
 ) -> None:
-    """State, action chunk, noise and flow time of π0 / π0.5."""
+    """State, action chunk, noise, flow time and padded-step mask of π0 / π0.5."""
     chunk = (batch, config.action_horizon, config.action_dim)
     if config.variant == "pi0":
         if state is None:
@@ -76,6 +77,8 @@ def check_flow_inputs(
     if timestep is not None:
         _shape("timestep", timestep, (batch,), "one flow time per example")
         _finite("timestep", timestep)
+    if action_is_pad is not None:
+        _shape("action_is_pad", action_is_pad, chunk[:2], "True for steps past the episode end")
 
 
 def check_fast_inputs(config: PiConfig, input_ids: torch.Tensor, token_type_ids=None, labels=None) -> None:

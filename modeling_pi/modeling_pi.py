@@ -228,6 +228,7 @@ class PiForActionGeneration(PiPreTrainedModel):
         timestep: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        action_is_pad: torch.Tensor | None = None,
         return_dict: bool | None = None,
     ) -> PiFlowMatchingOutput | PiFastOutput | tuple:
         r"""
@@ -236,7 +237,9 @@ class PiForActionGeneration(PiPreTrainedModel):
         π0 / π0.5 (flow matching; prefix and suffix attend jointly, one pass):
             actions (`[B, H, D]`): normalised target chunk, zero-padded to `action_dim`. Required.
             state (`[B, D]`): normalised state (π0 only). noise (`[B, H, D]`) and timestep (`[B]`) are drawn
-            when absent (t ~ Beta(1.5, 1)·0.999 + 0.001). Returns loss, losses [B, H], velocity.
+            when absent (t ~ Beta(1.5, 1)·0.999 + 0.001). action_is_pad (`[B, H]` bool, LeRobot's name): steps
+            past the episode end, left out of `loss` (the reference averages over them too). Returns loss,
+            losses [B, H] (every step), velocity.
         π0-FAST (prefix-LM):
             token_type_ids (`[B, L]`): 0 = prefix (bidirectional), 1 = postfix (causal); all prefix when absent.
             labels (`[B, L]`): target ids aligned with `input_ids`, -100 where no loss. Returns loss,
@@ -246,18 +249,22 @@ class PiForActionGeneration(PiPreTrainedModel):
         if self.config.is_flow:
             if token_type_ids is not None or labels is not None:
                 raise ValueError(f"{self.config.variant} learns from `actions`; token_type_ids/labels are π0-FAST's.")
-            output = self._flow_forward(pixel_values, pixel_attention_mask, input_ids, attention_mask, actions, state, noise, timestep)
+            output = self._flow_forward(
+                pixel_values, pixel_attention_mask, input_ids, attention_mask, actions, state, noise, timestep, action_is_pad
+            )
         else:
-            if any(x is not None for x in (actions, state, noise, timestep)):
+            if any(x is not None for x in (actions, state, noise, timestep, action_is_pad)):
                 raise ValueError("π0-FAST reads actions as tokens: pass `labels` (and `token_type_ids`), not actions/state/noise/timestep.")
             check_fast_inputs(self.config, input_ids, token_type_ids, labels)
             output = fast_forward(self, pixel_values, pixel_attention_mask, input_ids, attention_mask, token_type_ids, labels)
         return output if return_dict is not False else output.to_tuple()
 
-    def _flow_forward(self, pixel_values, pixel_attention_mask, input_ids, attention_mask, actions, state, noise, timestep):
+    def _flow_forward(
+        self, pixel_values, pixel_attention_mask, input_ids, attention_mask, actions, state, noise, timestep, action_is_pad
+    ):
         if actions is None:
             raise ValueError("forward is the flow-matching training pass and needs `actions`; sample with generate_actions.")
-        check_flow_inputs(self.config, pixel_values.shape[0], state, actions, noise, timestep)
+        check_flow_inputs(self.config, pixel_values.shape[0], state, actions, noise, timestep, action_is_pad)
         config = self.config
         if noise is None:
             noise = torch.randn_like(actions)
@@ -277,7 +284,12 @@ class PiForActionGeneration(PiPreTrainedModel):
         )
         velocity = self.action_out_proj(suffix_out[:, -config.action_horizon :])
         losses = (velocity.float() - target_velocity.float()).pow(2).mean(dim=-1)
-        return PiFlowMatchingOutput(loss=losses.mean(), losses=losses, velocity=velocity)
+        if action_is_pad is None:
+            loss = losses.mean()
+        else:
+            real = ~action_is_pad.bool()
+            loss = (losses * real).sum() / real.sum().clamp(min=1)
+        return PiFlowMatchingOutput(loss=loss, losses=losses, velocity=velocity)
 
     # ---- inference ---------------------------------------------------------------------------------
 
