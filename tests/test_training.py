@@ -121,6 +121,7 @@ def test_trainer_trains_pi0_fast_with_token_targets(tmp_path):
     data = {key: inputs[key] for key in MODEL_INPUTS}
     data["token_type_ids"] = torch.zeros_like(data["input_ids"])
     data["token_type_ids"][:, 3:] = 1
+    data["input_ids"][:, 3:] = 7  # a postfix the model can learn: the same token again and again
     data["attention_mask"] = torch.ones_like(data["attention_mask"])
     data["labels"] = data["input_ids"].masked_fill(data["token_type_ids"] == 0, -100)
     args = TrainingArguments(output_dir=str(tmp_path), max_steps=30, per_device_train_batch_size=8, learning_rate=3e-3,
