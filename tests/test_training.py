@@ -114,7 +114,7 @@ def test_trainer_lora_fine_tuning_lowers_the_loss_and_saves_adapters_and_merged_
     torch.testing.assert_close(_velocity(loaded, probe), trained, atol=1e-5, rtol=1e-4)
 
 
-def test_trainer_trains_pi0_fast_with_token_targets(tmp_path):
+def test_trainer_fully_fine_tunes_pi0_fast_on_token_targets(tmp_path):
     torch.manual_seed(0)
     model = PiForActionGeneration(tiny_config("pi0_fast"))
     inputs = random_inputs(model.config, batch=8, seed=2)
@@ -124,9 +124,9 @@ def test_trainer_trains_pi0_fast_with_token_targets(tmp_path):
     data["input_ids"][:, 3:] = 7  # a postfix the model can learn: the same token again and again
     data["attention_mask"] = torch.ones_like(data["attention_mask"])
     data["labels"] = data["input_ids"].masked_fill(data["token_type_ids"] == 0, -100)
-    args = TrainingArguments(output_dir=str(tmp_path), max_steps=30, per_device_train_batch_size=8, learning_rate=3e-3,
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=60, per_device_train_batch_size=8, learning_rate=3e-3,
                              logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, seed=0, disable_tqdm=True)
-    trainer = Trainer(model=apply_lora(model), args=args, train_dataset=_Examples(data))
+    trainer = Trainer(model=set_full_finetuning(model), args=args, train_dataset=_Examples(data))
     trainer.train()
     losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
     assert losses[-1] < 0.5 * losses[0], losses
