@@ -1,4 +1,4 @@
-"""The `pi` command: one entry point, one subcommand per job (`pi convert openpi ...`)."""
+"""The `pi` command: one entry point, one subcommand per job (`pi convert openpi ...`, `pi train ...`)."""
 
 import argparse
 import sys
@@ -15,6 +15,11 @@ def build_parser() -> argparse.ArgumentParser:
     summary = "Convert an openpi (JAX, orbax) checkpoint of π0 or π0.5 into a folder AutoModel.from_pretrained loads."
     openpi = sources.add_parser("openpi", help="an openpi (JAX, orbax) checkpoint", description=summary)
     convert_openpi.add_arguments(openpi).set_defaults(run=convert_openpi.run)
+
+    from training_pi import train
+
+    trainer = jobs.add_parser("train", help="fine-tune on a LeRobot v3 dataset", description=train.__doc__.split("\n\n")[0])
+    train.add_arguments(trainer).set_defaults(run=train.run)
     return parser
 
 

@@ -1,0 +1,196 @@
+"""LeRobot v3 data, norm stats, the collator and `pi train`, on a dataset written on the fly (H.264 mp4s)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from transformers import AutoModel, AutoProcessor
+
+import modeling_pi  # noqa: F401
+import pi_cli
+from conftest import FIXTURES, tiny_config
+from lerobot_fixture import CAMERAS, FPS, brightness, write_lerobot_dataset
+from modeling_pi import PiForActionGeneration
+from processing_pi import NormStats, PiImageProcessor, PiProcessor, tokenizer_from_sentencepiece
+from training_pi import DatasetError, LeRobotDataset, PiCollator, compute_norm_stats, write_norm_stats
+
+CAMERA_MAP = {CAMERAS[0]: "base_0_rgb", CAMERAS[1]: "left_wrist_0_rgb"}
+MAP_ARGS = ["--camera-map", *(f"{k}={v}" for k, v in CAMERA_MAP.items())]
+HORIZON = 8
+
+
+@pytest.fixture(scope="module")
+def dataset_root(tmp_path_factory):
+    return write_lerobot_dataset(tmp_path_factory.mktemp("lerobot") / "ds")
+
+
+def _processor(variant="pi05", stats=None):
+    return PiProcessor(PiImageProcessor(size=28), tokenizer_from_sentencepiece(FIXTURES / "processor" / "tokenizer.model"),
+                       variant=variant, image_keys=list(CAMERA_MAP.values()), max_token_len=48, norm_stats=stats)
+
+
+@pytest.fixture(scope="module")
+def model_folder(tmp_path_factory):
+    """A tiny π0.5 and its processor, saved as `pi convert` would."""
+    folder = tmp_path_factory.mktemp("model")
+    torch.manual_seed(0)
+    PiForActionGeneration(tiny_config("pi05", image_keys=list(CAMERA_MAP.values()), action_horizon=HORIZON,
+                                      max_token_len=48)).save_pretrained(folder)
+    _processor().save_pretrained(folder)
+    return folder
+
+
+# ---- data -------------------------------------------------------------------------------------------
+
+
+def test_samples_hold_frame_t_and_the_chunk_from_the_same_episode(dataset_root):
+    dataset = LeRobotDataset(dataset_root, HORIZON, CAMERA_MAP)
+    frames = pd.read_parquet(dataset_root / "data" / "chunk-000" / "file-000.parquet")
+    assert len(dataset) == len(frames) == 60
+    for t in (0, 15, 19, 20, 59):
+        sample, row = dataset[t], frames.iloc[t]
+        episode, frame = int(row["episode_index"]), int(row["frame_index"])
+        for c, camera in enumerate(CAMERA_MAP.values()):  # H.264 at crf 10: within a few grey levels
+            assert abs(float(sample["images"][camera].mean()) - brightness(episode, frame, c)) < 3
+        np.testing.assert_array_equal(sample["state"], row["observation.state"])
+        end = int(frames.index[frames["episode_index"] == episode].max())
+        steps = np.minimum(np.arange(t, t + HORIZON), end)
+        np.testing.assert_array_equal(sample["actions"], np.stack(frames["action"].iloc[steps]))
+        np.testing.assert_array_equal(sample["action_is_pad"], np.arange(t, t + HORIZON) > end)
+        assert sample["prompt"] == ("pick up the cube" if episode % 2 == 0 else "place the cube in the bowl")
+
+
+def test_norm_stats_are_computed_over_every_frame_and_written_in_both_formats(dataset_root, tmp_path):
+    stats = compute_norm_stats(LeRobotDataset(dataset_root, HORIZON, CAMERA_MAP))
+    actions = np.stack(pd.read_parquet(dataset_root / "data" / "chunk-000" / "file-000.parquet")["action"])
+    np.testing.assert_allclose(stats.actions.mean, actions.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(stats.actions.q99, np.quantile(actions, 0.99, axis=0), rtol=1e-6)
+    write_norm_stats(stats, tmp_path)
+    for name in ("norm_stats.json", "stats.json"):
+        reread = NormStats.from_json(tmp_path / name)
+        np.testing.assert_allclose(reread.state.q01, stats.state.q01)
+        np.testing.assert_allclose(reread.actions.std, stats.actions.std)
+
+
+def test_collator_gives_float32_model_inputs(dataset_root, model_folder):
+    dataset = LeRobotDataset(dataset_root, HORIZON, CAMERA_MAP)
+    processor = _processor(stats=compute_norm_stats(dataset))
+    batch = PiCollator(processor)([dataset[t] for t in (0, 19, 33)])
+    assert batch["pixel_values"].dtype == batch["actions"].dtype == torch.float32
+    assert batch["actions"].shape == (3, HORIZON, 32) and batch["action_is_pad"].shape == (3, HORIZON)
+    assert batch["action_is_pad"][1].sum() == HORIZON - 1
+    out = AutoModel.from_pretrained(model_folder)(**batch)
+    assert torch.isfinite(out.loss)
+
+
+# ---- bad datasets -----------------------------------------------------------------------------------
+
+
+def _damage(root: Path, damage: str) -> str:
+    if damage == "missing stats":
+        (root / "meta" / "stats.json").unlink()
+        return "stats.json"
+    if damage == "missing camera video":
+        (root / "videos" / CAMERAS[1] / "chunk-000" / "file-000.mp4").unlink()
+        return f"{CAMERAS[1]}.*file-000.mp4: missing"
+    if damage == "action dim mismatch":
+        info = json.loads((root / "meta" / "info.json").read_text())
+        info["features"]["action"]["shape"] = [5]
+        (root / "meta" / "info.json").write_text(json.dumps(info))
+        return "file-000.parquet.*'action' has 3 dims, info.json says 5"
+    if damage == "unknown camera":
+        info = json.loads((root / "meta" / "info.json").read_text())
+        del info["features"][CAMERAS[0]]
+        (root / "meta" / "info.json").write_text(json.dumps(info))
+        return f"info.json: no camera '{CAMERAS[0]}'"
+    raise AssertionError(damage)
+
+
+@pytest.mark.parametrize("damage", ["missing stats", "missing camera video", "action dim mismatch", "unknown camera"])
+def test_bad_datasets_stop_with_an_error_naming_the_file_and_the_problem(dataset_root, tmp_path, damage):
+    root = shutil.copytree(dataset_root, tmp_path / "ds")
+    message = _damage(root, damage)
+    with pytest.raises(DatasetError, match=message):
+        LeRobotDataset(root, HORIZON, CAMERA_MAP)
+
+
+def test_a_corrupt_video_names_the_file(dataset_root, tmp_path):
+    root = shutil.copytree(dataset_root, tmp_path / "ds")
+    video = root / "videos" / CAMERAS[0] / "chunk-000" / "file-000.mp4"
+    video.write_bytes(video.read_bytes()[:200])
+    with pytest.raises(DatasetError, match=f"{video.name}: "):
+        LeRobotDataset(root, HORIZON, CAMERA_MAP)[30]
+
+
+def test_a_camera_the_model_does_not_have_is_refused(dataset_root):
+    with pytest.raises(DatasetError, match="not one of the model's cameras"):
+        LeRobotDataset(dataset_root, HORIZON, {CAMERAS[0]: "top"}, image_keys=["base_0_rgb"])
+
+
+# ---- pi train ----------------------------------------------------------------------------------------
+
+
+def _log(output: Path) -> list[float]:
+    state = json.loads(max(output.glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.split("-")[1])).read_text())
+    return [entry["loss"] for entry in state["log_history"] if "loss" in entry]
+
+
+def test_pi_train_lora_halves_the_loss_within_200_steps_and_saves_a_loadable_model(dataset_root, model_folder, tmp_path):
+    output = tmp_path / "run"
+    code = pi_cli.main(["train", "--model", str(model_folder), "--dataset", str(dataset_root), "--output", str(output),
+                        "--lora", "--steps", "200", "--batch-size", "8", "--learning-rate", "3e-3", "--warmup-steps", "10",
+                        "--logging-steps", "10", "--save-steps", "200", *MAP_ARGS])
+    assert code == 0
+    losses = _log(output)
+    assert len(losses) == 20 and min(losses[-5:]) < 0.5 * losses[0], losses
+    assert (output / "loss_curve.png").stat().st_size > 0
+    assert (output / "adapter" / "adapter_config.json").is_file()
+    for name in ("norm_stats.json", "stats.json"):
+        assert (output / "norm_stats" / name).is_file()
+
+    model = AutoModel.from_pretrained(output).eval()  # adapters merged in
+    processor = AutoProcessor.from_pretrained(output)
+    sample = LeRobotDataset(dataset_root, HORIZON, CAMERA_MAP)[3]
+    inputs = processor(images=sample["images"], prompt=sample["prompt"], state=sample["state"])
+    with torch.no_grad():
+        actions = processor.post_process(model.generate_actions(**inputs, generator=torch.Generator().manual_seed(0))).actions
+    assert actions.shape == (1, HORIZON, 3)  # the robot's 3 action dims, in its units
+
+
+def test_pi_train_resumes_from_its_last_checkpoint(dataset_root, model_folder, tmp_path):
+    common = ["train", "--model", str(model_folder), "--dataset", str(dataset_root), "--output", str(tmp_path / "run"),
+              "--batch-size", "4", "--logging-steps", "1", "--save-steps", "3", "--warmup-steps", "0", *MAP_ARGS]
+    assert pi_cli.main([*common, "--steps", "3"]) == 0
+    assert pi_cli.main([*common, "--steps", "5", "--resume"]) == 0
+    losses = _log(tmp_path / "run")
+    assert len(losses) == 5  # steps 1-3 from the first run, 4-5 after resuming
+
+
+def test_bad_dataset_makes_pi_train_exit_non_zero(dataset_root, model_folder, tmp_path, capsys):
+    root = shutil.copytree(dataset_root, tmp_path / "ds")
+    (root / "meta" / "stats.json").unlink()
+    code = pi_cli.main(["train", "--model", str(model_folder), "--dataset", str(root), "--output", str(tmp_path / "o"),
+                        "--steps", "1", *MAP_ARGS])
+    assert code != 0 and "stats.json" in capsys.readouterr().err
+
+
+def test_two_cpu_processes_over_gloo_end_with_identical_weights(dataset_root, model_folder, tmp_path):
+    output = tmp_path / "ddp"
+    # accelerate's DDP launcher (torchrun underneath); without a GPU each process runs on the CPU over gloo
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", str(Path(__file__).with_name("ddp_train_worker.py")),
+               "--model", str(model_folder), "--dataset", str(dataset_root), "--output", str(output), "--steps", "4",
+               "--batch-size", "2", "--logging-steps", "1", "--save-steps", "100", "--learning-rate", "1e-2", *MAP_ARGS]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads((output / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert all(r["world_size"] == 2 and "gloo" in r["backend"] for r in records), records
+    assert records[0]["weights"] == records[1]["weights"]
