@@ -1,15 +1,18 @@
-"""Writes a small LeRobot v3 dataset on the fly: a few episodes, two cameras as H.264 mp4s (PyAV).
+"""Writes a small LeRobot v3 dataset on the fly: a few episodes, two cameras as H.264 mp4s (PyAV), or as
+PNG images inside the parquet files.
 
 Frame brightness encodes (episode, frame) so decoded frames can be checked; actions are a smooth
 function of the state, so a model can learn them.
 """
 
+import io
 import json
 from pathlib import Path
 
 import av
 import numpy as np
 import pandas as pd
+from PIL import Image
 
 FPS, SIZE = 10, 64
 CAMERAS = ("observation.images.top", "observation.images.wrist")
@@ -34,7 +37,13 @@ def _write_video(path: Path, frames: list[np.ndarray]):
             container.mux(packet)
 
 
-def write_lerobot_dataset(root: Path, lengths=(20, 14, 17, 9), seed: int = 0) -> Path:
+def _png(image: np.ndarray) -> dict:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return {"bytes": buffer.getvalue(), "path": None}
+
+
+def write_lerobot_dataset(root: Path, lengths=(20, 14, 17, 9), seed: int = 0, images_in_parquet: bool = False) -> Path:
     rng = np.random.default_rng(seed)
     root = Path(root)
     rows, episodes, videos = [], [], {camera: [] for camera in CAMERAS}
@@ -49,11 +58,15 @@ def write_lerobot_dataset(root: Path, lengths=(20, 14, 17, 9), seed: int = 0) ->
                          "timestamp": np.float32(frame / FPS), "task_index": episode % len(TASKS),
                          "observation.state": state[frame], "action": action[frame]})
             for c, camera in enumerate(CAMERAS):
-                videos[camera].append(np.full((SIZE, SIZE, 3), brightness(episode, frame, c), np.uint8))
+                image = np.full((SIZE, SIZE, 3), brightness(episode, frame, c), np.uint8)
+                if images_in_parquet:
+                    rows[-1][camera] = _png(image)
+                else:
+                    videos[camera].append(image)
         episode_row = {"episode_index": episode, "tasks": [TASKS[episode % len(TASKS)]], "length": length,
                        "dataset_from_index": start, "dataset_to_index": start + length,
                        "data/chunk_index": 0, "data/file_index": 0}
-        for camera in CAMERAS:
+        for camera in () if images_in_parquet else CAMERAS:
             episode_row |= {f"videos/{camera}/chunk_index": 0, f"videos/{camera}/file_index": 0,
                             f"videos/{camera}/from_timestamp": start / FPS,
                             f"videos/{camera}/to_timestamp": (start + length) / FPS}
@@ -65,7 +78,7 @@ def write_lerobot_dataset(root: Path, lengths=(20, 14, 17, 9), seed: int = 0) ->
     (root / "meta" / "episodes" / "chunk-000").mkdir(parents=True)
     pd.DataFrame(episodes).to_parquet(root / "meta" / "episodes" / "chunk-000" / "file-000.parquet")
     pd.DataFrame({"task_index": range(len(TASKS))}, index=pd.Index(TASKS, name="task")).to_parquet(root / "meta" / "tasks.parquet")
-    for camera in CAMERAS:
+    for camera in () if images_in_parquet else CAMERAS:
         _write_video(root / "videos" / camera / "chunk-000" / "file-000.mp4", videos[camera])
 
     frames = pd.DataFrame(rows)
@@ -78,7 +91,7 @@ def write_lerobot_dataset(root: Path, lengths=(20, 14, 17, 9), seed: int = 0) ->
     features = {
         "observation.state": {"dtype": "float32", "shape": [STATE_DIM]},
         "action": {"dtype": "float32", "shape": [ACTION_DIM]},
-        **{camera: {"dtype": "video", "shape": [SIZE, SIZE, 3], "names": ["height", "width", "channels"]} for camera in CAMERAS},
+        **{camera: {"dtype": "image" if images_in_parquet else "video", "shape": [SIZE, SIZE, 3], "names": ["height", "width", "channels"]} for camera in CAMERAS},
         **{key: {"dtype": "int64", "shape": [1]} for key in ("index", "episode_index", "frame_index", "task_index")},
         "timestamp": {"dtype": "float32", "shape": [1]},
     }

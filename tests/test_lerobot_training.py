@@ -31,9 +31,10 @@ def dataset_root(tmp_path_factory):
     return write_lerobot_dataset(tmp_path_factory.mktemp("lerobot") / "ds")
 
 
-def _processor(variant="pi05", stats=None):
+def _processor(variant="pi05", stats=None, fast=None, max_token_len=48):
     return PiProcessor(PiImageProcessor(size=28), tokenizer_from_sentencepiece(FIXTURES / "processor" / "tokenizer.model"),
-                       variant=variant, image_keys=list(CAMERA_MAP.values()), max_token_len=48, norm_stats=stats)
+                       action_tokenizer=fast, variant=variant, image_keys=list(CAMERA_MAP.values()),
+                       max_token_len=max_token_len, norm_stats=stats)
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +66,16 @@ def test_samples_hold_frame_t_and_the_chunk_from_the_same_episode(dataset_root):
         np.testing.assert_array_equal(sample["actions"], np.stack(frames["action"].iloc[steps]))
         np.testing.assert_array_equal(sample["action_is_pad"], np.arange(t, t + HORIZON) > end)
         assert sample["prompt"] == ("pick up the cube" if episode % 2 == 0 else "place the cube in the bowl")
+
+
+def test_datasets_with_images_in_the_parquet_files_work_too(tmp_path):
+    root = write_lerobot_dataset(tmp_path / "ds", lengths=(6, 5), images_in_parquet=True)
+    assert not (root / "videos").exists()
+    dataset = LeRobotDataset(root, HORIZON, CAMERA_MAP)
+    sample = dataset[7]  # episode 1, frame 1
+    for c, camera in enumerate(CAMERA_MAP.values()):
+        assert sample["images"][camera].shape == (64, 64, 3)
+        assert (sample["images"][camera] == brightness(1, 1, c)).all()  # PNG: lossless
 
 
 def test_norm_stats_are_computed_over_every_frame_and_written_in_both_formats(dataset_root, tmp_path):
@@ -162,6 +173,24 @@ def test_pi_train_lora_halves_the_loss_within_200_steps_and_saves_a_loadable_mod
     with torch.no_grad():
         actions = processor.post_process(model.generate_actions(**inputs, generator=torch.Generator().manual_seed(0))).actions
     assert actions.shape == (1, HORIZON, 3)  # the robot's 3 action dims, in its units
+
+
+@pytest.mark.parametrize("variant", ["pi0", "pi0_fast"])
+def test_pi_train_runs_the_other_variants(dataset_root, tmp_path, variant):
+    from processing_pi import FastActionTokenizer
+
+    torch.manual_seed(0)
+    config = tiny_config(variant, image_keys=list(CAMERA_MAP.values()), action_horizon=HORIZON, max_token_len=64)
+    PiForActionGeneration(config).save_pretrained(tmp_path / "model")
+    fast = FastActionTokenizer.from_pretrained(FIXTURES / "processor" / "fast_tokenizer") if variant == "pi0_fast" else None
+    _processor(variant, fast=fast, max_token_len=64).save_pretrained(tmp_path / "model")
+    code = pi_cli.main(["train", "--model", str(tmp_path / "model"), "--dataset", str(dataset_root),
+                        "--output", str(tmp_path / "run"), "--steps", "4", "--batch-size", "4", "--logging-steps", "1",
+                        "--save-steps", "4", "--full", "--freeze-vision", "--gradient-checkpointing", *MAP_ARGS])
+    assert code == 0
+    losses = _log(tmp_path / "run")
+    assert len(losses) == 4 and all(np.isfinite(losses))
+    assert AutoModel.from_pretrained(tmp_path / "run").config.variant == variant
 
 
 def test_pi_train_resumes_from_its_last_checkpoint(dataset_root, model_folder, tmp_path):
