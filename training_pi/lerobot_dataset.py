@@ -105,6 +105,7 @@ class LeRobotDataset(torch.utils.data.Dataset):
         if not files:
             raise DatasetError(f"{root / 'data'}: no chunk-*/file-*.parquet files.")
         self.frames = ArrowDataset.from_parquet([str(f) for f in files]).with_format("numpy")
+        self._actions = self.frames.select_columns([ACTION])  # chunks read this column alone
         self.episodes = _parquet(sorted(root.glob("meta/episodes/chunk-*/file-*.parquet")), "episode", root / "meta" / "episodes")
         self.episodes = self.episodes.set_index("episode_index")
         tasks = pd.read_parquet(root / "meta" / "tasks.parquet") if (root / "meta" / "tasks.parquet").is_file() else None
@@ -144,7 +145,7 @@ class LeRobotDataset(torch.utils.data.Dataset):
         episode = self.episodes.loc[int(row["episode_index"])]
         end = int(episode["dataset_to_index"])
         steps = np.arange(t, t + self.action_horizon)
-        actions = np.stack(self.frames[np.minimum(steps, end - 1)][ACTION]).astype(np.float32)
+        actions = np.stack(self._actions[np.minimum(steps, end - 1)][ACTION]).astype(np.float32)
         images = {}
         for camera, target in self.camera_map.items():
             if self.camera_types[camera] == "video":

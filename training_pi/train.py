@@ -62,7 +62,6 @@ def train(args: argparse.Namespace) -> Path:
     processor = AutoProcessor.from_pretrained(args.model)
     dataset = LeRobotDataset(args.dataset, model.config.action_horizon, _camera_map(args.camera_map), processor.image_keys)
     processor.norm_stats = compute_norm_stats(dataset)
-    write_norm_stats(processor.norm_stats, output / "norm_stats")
 
     trainable = set_full_finetuning(model, args.freeze_vision) if args.full else apply_lora(model, freeze_vision=args.freeze_vision)
     training_args = TrainingArguments(
@@ -78,6 +77,7 @@ def train(args: argparse.Namespace) -> Path:
     trainer.train(resume_from_checkpoint=True if args.resume else None)
 
     if trainer.is_world_process_zero():
+        write_norm_stats(processor.norm_stats, output / "norm_stats")
         if not args.full:
             trainable.save_pretrained(output / "adapter")
             trainable = trainable.merge_and_unload()
