@@ -1,6 +1,6 @@
 """Step time and peak memory of LoRA fine-tuning of the full-size π0.5 architecture on the CPU.
 
-    python benchmarks/lora_finetune_memory.py [--steps 2] [--dtype bfloat16]
+    python benchmarks/lora_finetune_memory.py [--steps 2] [--dtype bfloat16|float32] [--freeze-vision]
 
 Batch 1, three cameras, a 200-token prompt, gradient checkpointing, the reference's LoRA presets
 (frozen Gemma weights in `--dtype`, adapters and the trainable non-Gemma modules in float32), AdamW.
@@ -28,13 +28,14 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16")
+    parser.add_argument("--freeze-vision", action="store_true", help="train adapters and flow projections only")
     args = parser.parse_args()
     torch.manual_seed(0)
 
     start = time.perf_counter()
     config = PiConfig(variant="pi05")
     model = PiForActionGeneration._from_config(config, dtype=getattr(torch, args.dtype))
-    model = apply_lora(model)
+    model = apply_lora(model, freeze_vision=args.freeze_vision)
     for param in model.parameters():  # adapters and fully trained modules in float32
         if param.requires_grad:
             param.data = param.data.float()
@@ -42,7 +43,8 @@ def main():
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2.5e-5)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    print(f"π0.5 full size, LoRA gemma_2b_lora + gemma_300m_lora, frozen weights {args.dtype}; "
+    print(f"π0.5 full size, LoRA gemma_2b_lora + gemma_300m_lora{', vision frozen' if args.freeze_vision else ''}, "
+          f"frozen weights {args.dtype}; "
           f"{trainable / 1e6:.1f}M trainable parameters; built in {time.perf_counter() - start:.0f} s, "
           f"peak {peak_gib():.1f} GiB so far")
     print(f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}\n")
