@@ -44,7 +44,8 @@ def fast_forward(model, pixel_values, pixel_attention_mask, input_ids, attention
     prefix, valid = model.embed_prefix(pixel_values, pixel_attention_mask, input_ids, attention_mask)
     roles = torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids
     ar = torch.cat([roles.new_zeros(valid.shape[0], valid.shape[1] - roles.shape[1]), roles], dim=1)
-    hidden, _ = model._run_experts(prefix, None, block_causal_mask(valid, ar), valid.long().cumsum(1) - 1)
+    attention = model._attention_inputs(block_causal_mask(valid, ar), valid.long().cumsum(1) - 1, prefix)
+    hidden, _ = model._run_experts(prefix, None, *attention)
     logits = token_logits(model, hidden[:, -input_ids.shape[1] :])
     if labels is None:
         return PiFastOutput(logits=logits)
@@ -82,7 +83,8 @@ def decode_fast(
     batch, prefix_len = valid.shape
     positions = valid.long().cumsum(1) - 1
     cache = DynamicCache(config=config) if use_cache else None
-    hidden, _ = model._run_experts(prefix, None, block_causal_mask(valid, torch.zeros_like(valid)), positions, cache=cache)
+    attention = model._attention_inputs(block_causal_mask(valid, torch.zeros_like(valid)), positions, prefix)
+    hidden, _ = model._run_experts(prefix, None, *attention, cache=cache)
     last_valid = (valid.long() * torch.arange(prefix_len, device=valid.device)).argmax(dim=1)
     last = hidden[torch.arange(batch, device=valid.device), last_valid]
 
@@ -107,12 +109,15 @@ def decode_fast(
         embed = model.language_model.embed_tokens(token[:, None])
         seen = torch.cat([seen, seen.new_ones(batch, 1)], dim=1)
         if use_cache:  # the new token attends to every valid prefix token and every generated one
-            hidden, _ = model._run_experts(embed, None, seen[:, None, :], next_position, cache=cache)
+            attention = model._attention_inputs(seen[:, None, :], next_position, embed)
+            hidden, _ = model._run_experts(embed, None, *attention, cache=cache)
         else:  # recompute the whole sequence: prefix, then the generated tokens in causal order
             embeds.append(embed)
             positions = torch.cat([positions, next_position], dim=1)
             ar = torch.cat([torch.zeros_like(valid), seen.new_ones(batch, step + 1)], dim=1)
-            hidden, _ = model._run_experts(torch.cat(embeds, dim=1), None, block_causal_mask(seen, ar), positions)
+            sequence = torch.cat(embeds, dim=1)
+            attention = model._attention_inputs(block_causal_mask(seen, ar), positions, sequence)
+            hidden, _ = model._run_experts(sequence, None, *attention)
         last = hidden[:, -1]
         next_position = next_position + 1
     return torch.stack(generated, dim=1)

@@ -162,26 +162,30 @@ class PiForActionGeneration(PiPreTrainedModel):
 
     # ---- the two experts -------------------------------------------------------------------------
 
+    def _attention_inputs(
+        self, allowed: torch.Tensor, position_ids: torch.Tensor, like: torch.Tensor
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """`allowed` [B, T, S] and positions [B, T] -> the additive mask and rotary (cos, sin) the layers take."""
+        return additive_mask(allowed, like.dtype), self.language_model.rotary_emb(like, position_ids)
+
     def _run_experts(
         self,
         prefix: torch.Tensor | None,
         suffix: torch.Tensor | None,
-        allowed: torch.Tensor,
-        position_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor],
         adarms_cond: torch.Tensor | None = None,
         cache=None,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Runs whichever streams are given through all joint layers; returns their final-norm outputs.
 
         `prefix` is the language model's stream (the prefix, or π0-FAST's newly generated tokens),
-        `suffix` the action expert's; `allowed` [B, T, S] says which cached or present keys each token sees.
+        `suffix` the action expert's; mask and rotary embeddings come from `_attention_inputs`.
         """
-        reference = prefix if prefix is not None else suffix
-        position_embeddings = self.language_model.rotary_emb(reference, position_ids)
         layer_kwargs = {
             "conds": (None, adarms_cond),
             "position_embeddings": position_embeddings,
-            "attention_mask": additive_mask(allowed, reference.dtype),
+            "attention_mask": attention_mask,
             "attn_implementation": self.config._attn_implementation,
             "cache": cache,
         }
@@ -211,7 +215,8 @@ class PiForActionGeneration(PiPreTrainedModel):
         allowed = block_causal_mask(valid, torch.zeros_like(valid))
         if cache is not None:  # a static cache also holds the (not yet written) suffix slots: masked here
             allowed = F.pad(allowed, (0, cache.get_max_length() - allowed.shape[-1]), value=False)
-        prefix_out, _ = self._run_experts(prefix, None, allowed, valid.long().cumsum(1) - 1, cache=cache)
+        attention = self._attention_inputs(allowed, valid.long().cumsum(1) - 1, prefix)
+        prefix_out, _ = self._run_experts(prefix, None, *attention, cache=cache)
         return prefix_out, valid
 
     # ---- training ----------------------------------------------------------------------------------
@@ -279,9 +284,8 @@ class PiForActionGeneration(PiPreTrainedModel):
         valid = torch.cat([prefix_valid, prefix_valid.new_ones(suffix.shape[:2])], dim=1)
         suffix_ar = self.suffix_ar_flags(valid.device)
         ar = torch.cat([suffix_ar.new_zeros(prefix.shape[1]), suffix_ar])[None].expand_as(valid)
-        _, suffix_out = self._run_experts(
-            prefix, suffix, block_causal_mask(valid, ar), valid.long().cumsum(1) - 1, adarms_cond
-        )
+        attention = self._attention_inputs(block_causal_mask(valid, ar), valid.long().cumsum(1) - 1, prefix)
+        _, suffix_out = self._run_experts(prefix, suffix, *attention, adarms_cond)
         velocity = self.action_out_proj(suffix_out[:, -config.action_horizon :])
         losses = (velocity.float() - target_velocity.float()).pow(2).mean(dim=-1)
         if action_is_pad is None:
@@ -337,16 +341,18 @@ class PiForActionGeneration(PiPreTrainedModel):
         cache = StaticCache(config=config.text_config, max_cache_len=prefix_len + suffix_len)
         _, prefix_valid = self.encode_prefix(pixel_values, pixel_attention_mask, input_ids, attention_mask, cache=cache)
 
-        # The suffix's mask rows and positions are the same at every step: computed once.
+        # The suffix's mask rows and rotary embeddings are the same at every step: built once.
         valid = torch.cat([prefix_valid, prefix_valid.new_ones(batch, suffix_len)], dim=1)
         ar = torch.cat([suffix_ar.new_zeros(prefix_len), suffix_ar])[None].expand_as(valid)
-        allowed = block_causal_mask(valid, ar)[:, prefix_len:]
-        positions = (valid.long().cumsum(1) - 1)[:, prefix_len:]
+        like = self.action_in_proj.weight
+        attention = self._attention_inputs(
+            block_causal_mask(valid, ar)[:, prefix_len:], (valid.long().cumsum(1) - 1)[:, prefix_len:], like
+        )
 
         def velocity(x_t: torch.Tensor, t: float) -> torch.Tensor:
             timestep = torch.full((batch,), t, dtype=torch.float32, device=x_t.device)
             suffix, adarms_cond = self.embed_suffix(state, x_t, timestep)
-            _, suffix_out = self._run_experts(None, suffix, allowed, positions, adarms_cond, cache=cache)
+            _, suffix_out = self._run_experts(None, suffix, *attention, adarms_cond, cache=cache)
             cache.crop(-suffix_len)  # rewind to the prefix; the next step overwrites the suffix slots
             return self.action_out_proj(suffix_out[:, -config.action_horizon :]).float()
 
