@@ -34,11 +34,6 @@ class PiFastOutput(ModelOutput):
     logits: torch.FloatTensor | None = None
 
 
-def token_logits(model, hidden: torch.Tensor) -> torch.Tensor:
-    """Language-model output -> logits over the vocabulary, through the tied embedding table."""
-    return F.linear(hidden, model.language_model.embed_tokens.weight)
-
-
 def fast_forward(model, pixel_values, pixel_attention_mask, input_ids, attention_mask, token_type_ids, labels) -> PiFastOutput:
     """Prefix-LM pass; with `labels`, the per-example mean NLL of each target given the tokens before it."""
     prefix, valid = model.embed_prefix(pixel_values, pixel_attention_mask, input_ids, attention_mask)
@@ -46,7 +41,7 @@ def fast_forward(model, pixel_values, pixel_attention_mask, input_ids, attention
     ar = torch.cat([roles.new_zeros(valid.shape[0], valid.shape[1] - roles.shape[1]), roles], dim=1)
     attention = model._attention_inputs(block_causal_mask(valid, ar), valid.long().cumsum(1) - 1, prefix)
     hidden, _ = model._run_experts(prefix, None, *attention)
-    logits = token_logits(model, hidden[:, -input_ids.shape[1] :])
+    logits = F.linear(hidden[:, -input_ids.shape[1] :], model.language_model.embed_tokens.weight)  # tied head
     if labels is None:
         return PiFastOutput(logits=logits)
     targets = labels[:, 1:]
