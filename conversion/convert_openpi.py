@@ -2,7 +2,8 @@
 
     pi convert openpi --checkpoint DIR --variant pi0|pi05|pi0_fast --output OUT \\
         [--action-horizon N] [--max-token-len N] [--dtype float32|bfloat16] \\
-        [--tokenizer paligemma_tokenizer.model] [--fast-tokenizer FOLDER] [--asset-id ID]
+        [--tokenizer paligemma_tokenizer.model] [--fast-tokenizer FOLDER] [--asset-id ID] \\
+        [--license ID] [--base-model ORG/NAME] [--push-to-hub ORG/NAME [--private]]
 
 DIR is an openpi checkpoint folder or its `params/`; both the released layout and the training layout
 (every leaf under a trailing `value` key) are read. With `--tokenizer` the output also holds the
@@ -20,21 +21,19 @@ device without weights.
 
 import argparse
 import os
-import shutil
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
-from huggingface_hub import save_torch_state_dict
 from tqdm.auto import tqdm
 
 from configuration_pi import PiConfig
 from configuration_pi.configuration_pi import FLOW_VARIANTS, VARIANTS
-from model_cards import render_model_card
-from processing_pi import FastActionTokenizer, NormStats, PiImageProcessor, PiProcessor, tokenizer_from_sentencepiece
+from conversion.hf_folder import DTYPES, ConversionError, build_processor, check_output, expected_shapes, write_folder
+from conversion.push import add_publish_arguments, card_options, publish
+from processing_pi import NormStats
 
 IMG = "PaliGemma/img"
 LLM = "PaliGemma/llm"
@@ -44,12 +43,6 @@ FLOW_PROJECTIONS = {
     "pi05": ("action_in_proj", "action_out_proj", "time_mlp_in", "time_mlp_out"),
     "pi0_fast": (),
 }
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-
-
-class ConversionError(ValueError):
-    """The checkpoint cannot be converted as asked; the message names the parameters at fault."""
-
 
 # ---- reading ---------------------------------------------------------------------------------------
 
@@ -273,15 +266,6 @@ def _mapping(src: _Source, config: PiConfig):
         yield from _dense(src, name, name)
 
 
-def expected_shapes(config: PiConfig) -> dict[str, tuple[int, ...]]:
-    """Name -> shape of every parameter of the model built from `config` (on the meta device: no memory)."""
-    from modeling_pi import PiForActionGeneration
-
-    with torch.device("meta"):
-        model = PiForActionGeneration(config)
-    return {name: tuple(t.shape) for name, t in model.state_dict().items()}
-
-
 def convert_params(params: dict, config: PiConfig, dtype: torch.dtype | None = None, progress: bool = False) -> dict:
     """openpi parameters (arrays or tensors, meta ones included) -> our state dict, checked both ways."""
     expected = expected_shapes(config)
@@ -334,25 +318,6 @@ def find_norm_stats(checkpoint: str | os.PathLike, asset_id: str | None = None) 
     return NormStats.from_json(next(iter(found.values()))) if found else None
 
 
-def build_processor(config: PiConfig, tokenizer: str, fast_tokenizer: str | None, norm_stats: NormStats | None) -> PiProcessor:
-    if config.variant == "pi0_fast" and fast_tokenizer is None:
-        raise ConversionError("A π0-FAST processor needs its FAST tokenizer: pass --fast-tokenizer.")
-    try:
-        return PiProcessor(
-            PiImageProcessor(size=config.vision_config.image_size),
-            tokenizer_from_sentencepiece(tokenizer),
-            action_tokenizer=FastActionTokenizer.from_pretrained(fast_tokenizer) if fast_tokenizer else None,
-            norm_stats=norm_stats,
-            variant=config.variant,
-            image_keys=config.image_keys,
-            max_token_len=config.max_token_len,
-            action_dim=config.action_dim,
-            action_horizon=config.action_horizon,
-        )
-    except (OSError, ValueError) as err:
-        raise ConversionError(f"Cannot build the processor: {err}") from err
-
-
 # ---- writing ----------------------------------------------------------------------------------------
 
 
@@ -367,14 +332,13 @@ def convert_openpi(
     tokenizer: str | os.PathLike | None = None,
     fast_tokenizer: str | os.PathLike | None = None,
     asset_id: str | None = None,
+    **card,
 ) -> Path:
-    """Converts and writes `output` (config, safetensors, model card, and with `tokenizer` the processor)
-    atomically; returns its path."""
+    """Converts and writes `output` (config, safetensors, model card, remote code, and with `tokenizer` the
+    processor) atomically; returns its path. `card`: `write_folder`'s model-card options."""
     if dtype not in DTYPES:
         raise ConversionError(f"Unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}.")
-    output = Path(output)
-    if output.exists() and (not output.is_dir() or any(output.iterdir())):
-        raise ConversionError(f"{output} already exists and is not an empty folder; refusing to overwrite it.")
+    output = check_output(output)
 
     params = load_openpi_params(checkpoint)
     config = infer_config(params, variant, action_horizon, max_token_len)
@@ -386,29 +350,9 @@ def convert_openpi(
         raise ConversionError("--fast-tokenizer and --asset-id build the processor, which also needs --tokenizer.")
     state_dict = convert_params(params, config, DTYPES[dtype], progress=progress)
 
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-    try:
-        config.save_pretrained(staging)
-        save_torch_state_dict(state_dict, staging)
-        num_parameters = sum(t.numel() for t in state_dict.values())
-        source = Path(checkpoint).resolve()
-        source_name = source.parent.name if source.name == "params" else source.name
-        card = render_model_card(config, num_parameters, source=source_name, repo_id=output.name)
-        (staging / "README.md").write_text(card, encoding="utf-8")
-        if processor is not None:
-            processor.save_pretrained(staging)
-        if output.exists():
-            output.rmdir()
-        umask = os.umask(0)
-        os.umask(umask)
-        for path in (staging, *staging.iterdir()):  # mkdtemp makes the folder private; publish it normally
-            path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
-        staging.rename(output)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return output
+    source = Path(checkpoint).resolve()
+    name = source.parent.name if source.name == "params" else source.name
+    return write_folder(output, config, state_dict, name, processor, **card)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -421,18 +365,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--tokenizer", help="SentencePiece model (openpi's paligemma_tokenizer.model): also write the processor")
     parser.add_argument("--fast-tokenizer", help="FAST tokenizer folder (π0-FAST's processor)")
     parser.add_argument("--asset-id", help="which assets/<asset_id>/norm_stats.json to use when there are several")
-    return parser
+    return add_publish_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     try:
         path = convert_openpi(args.checkpoint, args.variant, args.output, args.action_horizon, args.max_token_len, args.dtype,
-                              tokenizer=args.tokenizer, fast_tokenizer=args.fast_tokenizer, asset_id=args.asset_id)
+                              tokenizer=args.tokenizer, fast_tokenizer=args.fast_tokenizer, asset_id=args.asset_id,
+                              **card_options(args))
     except ConversionError as err:
         print(f"pi convert openpi: error: {err}", file=sys.stderr)
         return 1
-    print(f"wrote {path}")
-    return 0
+    return publish(args, path, "pi convert openpi")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,46 +1,87 @@
-"""Model card templates for converted π checkpoints; `render_model_card` fills one from a config."""
+"""Model cards for converted π checkpoints: one Jinja template per variant (`pi0.md`, `pi05.md`,
+`pi0_fast.md`) extending the shared layout `pi.md`, rendered into a huggingface_hub `ModelCard` whose
+metadata is a `ModelCardData`."""
 
+import re
 from importlib.resources import files
-from string import Template
 
-DESCRIPTIONS = {
-    "pi0": "π0, Physical Intelligence's flow-matching vision-language-action model (PaliGemma + action expert)",
-    "pi05": "π0.5, Physical Intelligence's flow-matching vision-language-action model with adaRMS time "
-    "conditioning and the robot state in the prompt",
-    "pi0_fast": "π0-FAST, Physical Intelligence's autoregressive vision-language-action model, which writes "
-    "action chunks as FAST tokens (DCT + BPE)",
-}
+import jinja2
+from huggingface_hub import ModelCard, ModelCardData
+
 TITLES = {"pi0": "π0", "pi05": "π0.5", "pi0_fast": "π0-FAST"}
+# π checkpoints start from PaliGemma 3B (224 px), whose SigLIP and Gemma weights they fine-tune.
+PALIGEMMA = "google/paligemma-3b-pt-224"
+DEFAULT_LICENSE = "apache-2.0"  # openpi publishes its code and checkpoints under Apache 2.0
+_TEMPLATES = jinja2.Environment(
+    loader=jinja2.FunctionLoader(lambda name: files(__package__).joinpath(name).read_text(encoding="utf-8")),
+    undefined=jinja2.StrictUndefined,
+    keep_trailing_newline=True,
+)
 
 
-def render_model_card(config, num_parameters: int, source: str, repo_id: str) -> str:
-    """The README.md of a converted folder: what the model is, where it came from, how to call it."""
-    takes_state = config.variant == "pi0"
-    size = config.vision_config.image_size
-    return Template(files(__package__).joinpath("pi.md").read_text(encoding="utf-8")).substitute(
+def card_data(config, license: str = DEFAULT_LICENSE, base_model: str | None = PALIGEMMA) -> ModelCardData:
+    """The card's metadata: what the Hub indexes (library, task, tags, lineage, license)."""
+    return ModelCardData(
+        library_name="transformers",
+        pipeline_tag="robotics",
+        license=license,
+        base_model=base_model,
+        tags=["robotics", "vision-language-action", "pi", config.variant,
+              "flow-matching" if config.is_flow else "fast-tokenizer"],
+    )
+
+
+def render_model_card(
+    config,
+    num_parameters: int,
+    source: str,
+    repo_id: str,
+    source_kind: str = "openpi checkpoint",
+    license: str = DEFAULT_LICENSE,
+    base_model: str | None = PALIGEMMA,
+    norm_stats=None,
+) -> ModelCard:
+    """The README.md of a converted folder, filled from its config and its conversion."""
+    cameras = config.image_keys
+    data = card_data(config, license, base_model)
+    text = _TEMPLATES.get_template(f"{config.variant}.md").render(
+        card_data=data.to_yaml(),
         title=f"{TITLES[config.variant]} ({repo_id})",
-        description=DESCRIPTIONS[config.variant],
         source=source,
+        source_kind=source_kind,
+        license=license,
         repo_id=repo_id,
         variant=config.variant,
         dtype=str(config.dtype).removeprefix("torch."),
         num_parameters=f"{num_parameters:,}",
-        image_keys=", ".join(f"`{key}`" for key in config.image_keys),
-        num_cameras=len(config.image_keys),
-        image_size=size,
+        image_keys=", ".join(f"`{key}`" for key in cameras),
+        num_cameras=len(cameras),
+        first_camera=cameras[0],
+        camera_example=", ".join(f'"{key}": {key}_image' for key in cameras[:2]),
+        image_size=config.vision_config.image_size,
+        state_row=f"[B, {config.action_dim}], normalised" if config.variant == "pi0" else "in the prompt (256 bins)",
         action_horizon=config.action_horizon,
         action_dim=config.action_dim,
         max_token_len=config.max_token_len,
-        method_tag="flow-matching" if config.is_flow else "fast-tokenizer",
-        inference_name="flow-matching steps at inference" if config.is_flow else "decoding budget (new tokens)",
+        num_inference_steps=config.num_inference_steps,
+        max_new_tokens=config.max_new_tokens,
+        inference_name="flow-matching steps" if config.is_flow else "decoding budget (new tokens)",
         inference_value=config.num_inference_steps if config.is_flow else config.max_new_tokens,
-        output_sentence=(
-            f"The output is a normalised action chunk [B, {config.action_horizon}, {config.action_dim}]; "
-            "un-normalise it with the statistics the policy was trained with."
-            if config.is_flow
-            else "The output is the generated token ids [B, T]: the FAST ids between \"Action: \" and \"|\" decode "
-            "(FAST tokenizer) to a normalised action chunk."
+        stats_sentence=(
+            f"This folder's processor carries the statistics for: {', '.join(norm_stats)}."
+            if norm_stats
+            else "This folder carries no normalisation statistics: give the processor the statistics of your "
+            "robot's data (`pi train` computes them), or feed already normalised inputs."
         ),
-        state_argument=", state=state" if takes_state else "",
-        state_line=f", and `state` [B, {config.action_dim}]" if takes_state else " (the state is written into the prompt)",
     )
+    return ModelCard(text)
+
+
+def retarget_card(text: str, old_id: str, new_id: str) -> str:
+    """The card with its title and usage examples naming `new_id` where they named `old_id`."""
+    if old_id == new_id:
+        return text
+    old = re.escape(old_id)
+    text = re.sub(rf'"{old}"', f'"{new_id}"', text)
+    text = re.sub(rf"--model {old}(?=\s)", f"--model {new_id}", text)
+    return re.sub(rf"^(# .*)\({old}\)$", rf"\1({new_id})", text, flags=re.MULTILINE)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoTokenizer, BatchFeature
+from transformers import BatchFeature, PreTrainedTokenizerFast
 from transformers.processing_utils import ProcessorMixin
 from transformers.utils import ModelOutput
 
@@ -33,6 +33,8 @@ from .prompts import fast_ids_to_vocab, tokenize_prompt
 DEFAULT_NORM_MODE = {"pi0": "zscore", "pi05": "quantile", "pi0_fast": "quantile"}
 FAST_FOLDER = "fast_tokenizer"
 PROCESSOR_CONFIG = "processor_config.json"
+PROCESSOR_FILES = [PROCESSOR_CONFIG, "tokenizer*.json", "special_tokens_map.json", f"{FAST_FOLDER}/*"]
+HUB_OPTIONS = ("revision", "token", "cache_dir", "local_files_only")
 SETTINGS = ("variant", "image_keys", "max_token_len", "action_dim", "action_horizon", "robot_action_dim", "norm_mode")
 
 
@@ -267,12 +269,16 @@ class PiProcessor(ProcessorMixin):
         return [str(folder / PROCESSOR_CONFIG)]
 
     @classmethod
-    def from_pretrained(cls, path_or_repo: str | os.PathLike, **hub_kwargs) -> "PiProcessor":
+    def from_pretrained(cls, path_or_repo: str | os.PathLike, **kwargs) -> "PiProcessor":
+        """A local folder, or a Hub repo (only the processor's files are downloaded). Hub options
+        (`revision`, `token`, `cache_dir`, `local_files_only`) are honoured; the Auto classes' other
+        options (`trust_remote_code`, ...) do not apply: nothing here runs code from the folder."""
         folder = Path(path_or_repo)
         if not folder.is_dir():
             from huggingface_hub import snapshot_download
 
-            folder = Path(snapshot_download(str(path_or_repo), **hub_kwargs))
+            hub_kwargs = {key: kwargs[key] for key in HUB_OPTIONS if kwargs.get(key) is not None}
+            folder = Path(snapshot_download(str(path_or_repo), allow_patterns=PROCESSOR_FILES, **hub_kwargs))
         if not (folder / PROCESSOR_CONFIG).is_file():
             raise ValueError(f"{path_or_repo} has no {PROCESSOR_CONFIG}: not a saved PiProcessor.")
         config = json.loads((folder / PROCESSOR_CONFIG).read_text())
@@ -280,7 +286,7 @@ class PiProcessor(ProcessorMixin):
         fast_folder = folder / FAST_FOLDER
         return cls(
             PiImageProcessor(**image_config),
-            AutoTokenizer.from_pretrained(folder),
+            PreTrainedTokenizerFast.from_pretrained(folder),
             action_tokenizer=FastActionTokenizer.from_pretrained(fast_folder) if fast_folder.is_dir() else None,
             norm_stats=NormStats.from_dict(config["norm_stats"]) if config.get("norm_stats") else None,
             **{name: config[name] for name in SETTINGS if name in config},

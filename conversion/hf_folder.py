@@ -1,0 +1,118 @@
+"""What every converter shares: the strict check of a converted state dict against the model it must
+fill, and the atomic writing of the Hugging Face folder (config, sharded safetensors, model card,
+processor, remote code)."""
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from huggingface_hub import save_torch_state_dict
+
+from configuration_pi import PiConfig
+from model_cards import DEFAULT_LICENSE, PALIGEMMA, render_model_card
+from processing_pi import FastActionTokenizer, NormStats, PiImageProcessor, PiProcessor, tokenizer_from_sentencepiece
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+class ConversionError(ValueError):
+    """The checkpoint cannot be converted as asked; the message names the parameters at fault."""
+
+
+def expected_shapes(config: PiConfig) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every parameter of the model built from `config` (on the meta device: no memory)."""
+    from modeling_pi import PiForActionGeneration
+
+    with torch.device("meta"):
+        model = PiForActionGeneration(config)
+    return {name: tuple(t.shape) for name, t in model.state_dict().items()}
+
+
+def check_complete(state_dict: dict, config: PiConfig, source: str = "the checkpoint") -> None:
+    """Every model parameter is filled with the right shape, and nothing else is there."""
+    expected = expected_shapes(config)
+    unknown = sorted(set(state_dict) - set(expected))
+    if unknown:
+        raise ConversionError(f"{source} has parameters the {config.variant} model does not have: {', '.join(unknown)}.")
+    missing = sorted(set(expected) - set(state_dict))
+    if missing:
+        raise ConversionError(f"No parameter of {source} fills: {', '.join(missing)}.")
+    for name, tensor in state_dict.items():
+        if tuple(tensor.shape) != expected[name]:
+            raise ConversionError(f"{name} has the shape {tuple(tensor.shape)} in {source}; the model needs {expected[name]}.")
+
+
+def build_processor(
+    config: PiConfig, tokenizer: str, fast_tokenizer: str | None, norm_stats: NormStats | None, norm_mode: str | None = None
+) -> PiProcessor:
+    """The processor of a converted folder: the SentencePiece tokenizer, the image size and cameras of
+    `config`, and the checkpoint's statistics."""
+    if config.variant == "pi0_fast" and fast_tokenizer is None:
+        raise ConversionError("A π0-FAST processor needs its FAST tokenizer: pass --fast-tokenizer.")
+    try:
+        return PiProcessor(
+            PiImageProcessor(size=config.vision_config.image_size),
+            tokenizer_from_sentencepiece(tokenizer),
+            action_tokenizer=FastActionTokenizer.from_pretrained(fast_tokenizer) if fast_tokenizer else None,
+            norm_stats=norm_stats,
+            variant=config.variant,
+            image_keys=config.image_keys,
+            max_token_len=config.max_token_len,
+            action_dim=config.action_dim,
+            action_horizon=config.action_horizon,
+            norm_mode=norm_mode,
+        )
+    except (OSError, ValueError) as err:
+        raise ConversionError(f"Cannot build the processor: {err}") from err
+
+
+def check_output(output: str | os.PathLike) -> Path:
+    output = Path(output)
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        raise ConversionError(f"{output} already exists and is not an empty folder; refusing to overwrite it.")
+    return output
+
+
+def write_folder(
+    output: Path,
+    config: PiConfig,
+    state_dict: dict,
+    source: str,
+    processor: PiProcessor | None = None,
+    source_kind: str = "openpi checkpoint",
+    license: str = DEFAULT_LICENSE,
+    base_model: str | None = PALIGEMMA,
+    repo_id: str | None = None,
+) -> Path:
+    """Writes the folder into a private staging folder beside `output`, then renames it into place: a
+    failed conversion leaves nothing behind. `source`, `source_kind`, `license`, `base_model` and
+    `repo_id` (where it will be published; default: the folder's name) go into the model card."""
+    from conversion.remote_code import add_remote_code
+
+    output = check_output(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    try:
+        config.save_pretrained(staging)
+        save_torch_state_dict(state_dict, staging)
+        num_parameters = sum(t.numel() for t in state_dict.values())
+        stats = processor.norm_stats.to_dict() if processor is not None and processor.norm_stats is not None else None
+        card = render_model_card(config, num_parameters, source, repo_id=repo_id or output.name, source_kind=source_kind,
+                                 license=license, base_model=base_model, norm_stats=stats)
+        card.save(staging / "README.md")
+        if processor is not None:
+            processor.save_pretrained(staging)
+        add_remote_code(staging)
+        if output.exists():
+            output.rmdir()
+        umask = os.umask(0)
+        os.umask(umask)
+        for path in (staging, *staging.rglob("*")):  # mkdtemp makes the folder private; publish it normally
+            path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
+        staging.rename(output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return output

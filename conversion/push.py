@@ -1,0 +1,135 @@
+"""Publishing a π folder on the Hugging Face Hub: `pi push FOLDER ORG/NAME [--private]`, and
+`pi convert ... --push-to-hub ORG/NAME`.
+
+What is uploaded is decided here, before anything reaches the network (`hub_files`): the weights
+(one safetensors file, or the shards of an index), config, model card, processor, tokenizer, FAST
+tokenizer and statistics, whatever else the folder holds except hidden files and Trainer
+checkpoints, and the remote code with its `auto_map` so that the repository also loads where only
+transformers is installed. The card's usage examples name the repository. Everything goes up in one
+commit through huggingface_hub.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from huggingface_hub import CommitOperationAdd, HfApi
+from huggingface_hub.errors import HfHubHTTPError, HFValidationError
+from huggingface_hub.utils import validate_repo_id
+
+from conversion.remote_code import remote_code_files, with_auto_map
+from model_cards import DEFAULT_LICENSE, PALIGEMMA, retarget_card
+
+WEIGHTS_INDEX = "model.safetensors.index.json"
+
+
+class PushError(ValueError):
+    """The folder cannot be published as asked."""
+
+
+def _weights(folder: Path) -> list[str]:
+    index = folder / WEIGHTS_INDEX
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        missing = [name for name in shards if not (folder / name).is_file()]
+        if missing:
+            raise PushError(f"{folder}: the weight index lists shards that are not there: {', '.join(missing)}.")
+        return [WEIGHTS_INDEX, *shards]
+    if (folder / "model.safetensors").is_file():
+        return ["model.safetensors"]
+    raise PushError(f"{folder} has no model.safetensors (nor {WEIGHTS_INDEX}).")
+
+
+def _is_published(path: Path, folder: Path) -> bool:
+    parts = path.relative_to(folder).parts
+    return path.is_file() and not any(part.startswith(".") for part in parts) and not parts[0].startswith("checkpoint-")
+
+
+def hub_files(folder: str | Path, repo_id: str) -> dict[str, Path | bytes]:
+    """Path in the repository -> local file or contents: exactly what `push_to_hub` uploads."""
+    folder = Path(folder)
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        raise PushError(f"{repo_id!r} is not a Hub repository id: {err}") from err
+    if "/" not in repo_id:
+        raise PushError(f"{repo_id!r}: give the repository as ORG/NAME.")
+    config_path = folder / "config.json"
+    if not config_path.is_file() or json.loads(config_path.read_text()).get("model_type") != "pi":
+        raise PushError(f"{folder} is not a π model folder (no config.json with model_type 'pi').")
+    if not (folder / "README.md").is_file():
+        raise PushError(f"{folder} has no model card (README.md).")
+    weights = _weights(folder)
+
+    files: dict[str, Path | bytes] = {
+        path.relative_to(folder).as_posix(): path for path in sorted(folder.rglob("*")) if _is_published(path, folder)
+    }
+    stray = [name for name in files if name.endswith(".safetensors") and "/" not in name and name not in weights]
+    if stray:
+        raise PushError(f"{folder} holds weight files that its index does not list: {', '.join(stray)}.")
+    if "processor_config.json" in files and "tokenizer.json" not in files:
+        raise PushError(f"{folder} has a processor_config.json but no tokenizer.json.")
+    for name, text in {**remote_code_files(), **with_auto_map(folder)}.items():
+        files[name] = text.encode()
+    files["README.md"] = retarget_card((folder / "README.md").read_text(encoding="utf-8"), folder.name, repo_id).encode()
+    return files
+
+
+def push_to_hub(folder: str | Path, repo_id: str, private: bool = False, token: str | None = None,
+                api: HfApi | None = None, commit_message: str | None = None) -> str:
+    """Creates the repository (if needed) and uploads `hub_files` in one commit; returns the commit URL."""
+    files = hub_files(folder, repo_id)
+    api = api or HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+    operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(source) if isinstance(source, Path) else source)
+                  for name, source in files.items()]
+    commit = api.create_commit(repo_id, operations, commit_message=commit_message or f"Upload {Path(folder).name}",
+                               repo_type="model")
+    return commit.commit_url
+
+
+def add_publish_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The converters' options for the card's metadata and for publishing what they wrote."""
+    parser.add_argument("--license", default=DEFAULT_LICENSE, help="license of the source weights (model card)")
+    parser.add_argument("--base-model", default=PALIGEMMA, help="Hub id of the model these weights descend from (model card)")
+    parser.add_argument("--push-to-hub", metavar="ORG/NAME", help="publish the converted folder to this Hub repository")
+    parser.add_argument("--private", action="store_true", help="with --push-to-hub: create the repository private")
+    return parser
+
+
+def card_options(args: argparse.Namespace) -> dict:
+    return {"license": args.license, "base_model": args.base_model, "repo_id": args.push_to_hub}
+
+
+def publish(args: argparse.Namespace, folder: Path, job: str) -> int:
+    """After a conversion: pushes when asked; the exit status."""
+    print(f"wrote {folder}")
+    if args.push_to_hub:
+        try:
+            print(f"pushed {push_to_hub(folder, args.push_to_hub, private=args.private)}")
+        except (PushError, HfHubHTTPError, OSError) as err:
+            print(f"{job}: error: the folder was written but not pushed: {err}", file=sys.stderr)
+            return 1
+    return 0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("folder", help="a π model folder (converted or trained)")
+    parser.add_argument("repo_id", metavar="ORG/NAME", help="the Hub repository to create or update")
+    parser.add_argument("--private", action="store_true", help="create the repository private")
+    parser.add_argument("--token", help="Hub token (default: the logged-in one or HF_TOKEN)")
+    parser.add_argument("--dry-run", action="store_true", help="list the files that would be uploaded, upload nothing")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        if args.dry_run:
+            print("\n".join(hub_files(args.folder, args.repo_id)))
+            return 0
+        print(f"pushed {push_to_hub(args.folder, args.repo_id, private=args.private, token=args.token)}")
+    except (PushError, HfHubHTTPError, OSError) as err:
+        print(f"pi push: error: {err}", file=sys.stderr)
+        return 1
+    return 0
