@@ -3,18 +3,31 @@
 import argparse
 import sys
 
-from conversion import convert_openpi
+from conversion import convert_lerobot, convert_openpi, push
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pi", description="π0 / π0.5 in Hugging Face Transformers.")
+    parser = argparse.ArgumentParser(prog="pi", description="π0 / π0.5 / π0-FAST in Hugging Face Transformers.")
     jobs = parser.add_subparsers(dest="job", required=True, metavar="JOB")
 
     convert = jobs.add_parser("convert", help="convert a checkpoint into a Hugging Face folder")
     sources = convert.add_subparsers(dest="source", required=True, metavar="SOURCE")
-    summary = "Convert an openpi (JAX, orbax) checkpoint of π0 or π0.5 into a folder AutoModel.from_pretrained loads."
+    summary = "Convert an openpi (JAX, orbax) checkpoint of π0, π0.5 or π0-FAST into a folder AutoModel.from_pretrained loads."
     openpi = sources.add_parser("openpi", help="an openpi (JAX, orbax) checkpoint", description=summary)
     convert_openpi.add_arguments(openpi).set_defaults(run=convert_openpi.run)
+    for source, help_text in (("lerobot", "a LeRobot π0 / π0.5 / π0-FAST policy folder"),
+                              ("transformers-pi0", "a transformers PI0ForConditionalGeneration folder")):
+        parser_ = sources.add_parser(source, help=help_text, description=f"Convert {help_text} into a π folder.")
+        convert_lerobot.add_arguments(parser_, source).set_defaults(run=convert_lerobot.run)
+
+    publish = jobs.add_parser("push", help="publish a π folder on the Hugging Face Hub", description=push.__doc__.split("\n\n")[0])
+    push.add_arguments(publish).set_defaults(run=push.run)
+
+    from modeling_pi import robotics_pipeline
+
+    generate = jobs.add_parser("generate", help="one action chunk from images, a prompt and a state",
+                               description=robotics_pipeline.__doc__.split("\n\n")[0])
+    robotics_pipeline.add_arguments(generate).set_defaults(run=robotics_pipeline.run)
 
     from training_pi import train
 

@@ -1,0 +1,187 @@
+"""The "robotics" pipeline and `pi generate` on the converted fixture checkpoints: exactly the numbers of
+processor -> generate_actions -> post_process written out, for one observation and for a batch."""
+
+import argparse
+import json
+import re
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoModel, pipeline
+
+from configuration_pi import PiConfig
+from conftest import CAMERAS, FIXTURES
+from conversion.hf_folder import build_processor
+from modeling_pi import PiForActionGeneration, RoboticsPipeline, robotics_pipeline
+from processing_pi import NormStats, PiProcessor
+
+PROCESSOR = FIXTURES / "processor"
+ROBOT_DIM = 7
+
+
+@pytest.fixture(scope="module")
+def policy_folder(converted, tmp_path_factory):
+    """variant -> a converted fixture checkpoint with its processor (fixture tokenizer and norm stats) beside it."""
+    folders = {}
+
+    def get(variant: str) -> str:
+        if variant not in folders:
+            folder = tmp_path_factory.mktemp("policy") / variant
+            shutil.copytree(converted(variant), folder)
+            fast = PROCESSOR / "fast_tokenizer" if variant == "pi0_fast" else None
+            stats = NormStats.from_json(PROCESSOR / "norm_stats.json")
+            build_processor(PiConfig.from_pretrained(folder), PROCESSOR / "tokenizer.model", fast, stats).save_pretrained(folder)
+            folders[variant] = str(folder)
+        return folders[variant]
+
+    return get
+
+
+def _observation(seed: int, cameras=CAMERAS, prompt="pick up the red cup") -> dict:
+    """A robot's raw observation: uint8 camera images of any size, a prompt, the state in robot units."""
+    rng = np.random.default_rng(seed)
+    images = {camera: rng.integers(0, 256, (60 + 10 * i, 80, 3), dtype=np.uint8) for i, camera in enumerate(cameras)}
+    return {"images": images, "prompt": prompt, "state": rng.normal(size=ROBOT_DIM)}
+
+
+def _policy(folder: str, **kwargs) -> RoboticsPipeline:
+    return pipeline("robotics", model=folder, device="cpu", **kwargs)  # on CPU, like the direct calls it is compared to
+
+
+def _direct(folder: str, observations: list[dict], **generate_kwargs):
+    """The three calls the pipeline stands for, on the batch of `observations`."""
+    model = AutoModel.from_pretrained(folder).eval()
+    processor = PiProcessor.from_pretrained(folder)
+    images = {camera: [obs["images"].get(camera) for obs in observations] for camera in CAMERAS}
+    inputs = processor(images=images, prompt=[obs["prompt"] for obs in observations],
+                       state=np.stack([obs["state"] for obs in observations]))
+    return processor.post_process(model.generate_actions(**inputs, **generate_kwargs))
+
+
+def _assert_same(outputs: list[dict], expected):
+    assert [out["valid"] for out in outputs] == expected.valid.tolist()
+    for out, actions in zip(outputs, expected.actions):
+        assert out["actions"].dtype == np.float32 and out["actions"].shape == actions.shape
+        np.testing.assert_array_equal(out["actions"], actions.numpy())
+
+
+def test_the_task_loads_the_model_and_processor_of_a_converted_folder(policy_folder):
+    policy = _policy(policy_folder("pi05"))
+    assert isinstance(policy, RoboticsPipeline)
+    assert isinstance(policy.model, PiForActionGeneration) and isinstance(policy.processor, PiProcessor)
+
+
+@pytest.mark.parametrize("variant", ["pi0", "pi05"])
+def test_one_observation_gives_the_actions_of_the_direct_calls(policy_folder, variant):
+    folder = policy_folder(variant)
+    policy = _policy(folder)
+    observation = _observation(0)
+    out = policy(**observation, seed=3, num_steps=4)
+    assert set(out) == {"actions", "valid"} and out["actions"].shape == (policy.model.config.action_horizon, ROBOT_DIM)
+    _assert_same([out], _direct(folder, [observation], generator=torch.Generator().manual_seed(3), num_steps=4))
+    # the observation as one positional dict; explicit noise instead of a seed (an array is fine)
+    noise = torch.randn(1, policy.model.config.action_horizon, policy.model.config.action_dim)
+    out = policy(observation, noise=noise.numpy(), solver="heun", num_steps=2)
+    _assert_same([out], _direct(folder, [observation], noise=noise, solver="heun", num_steps=2))
+
+
+def test_a_list_of_observations_is_one_model_batch(policy_folder):
+    folder = policy_folder("pi05")
+    observations = [_observation(0), _observation(1, CAMERAS[:2], "open the drawer"), _observation(2, CAMERAS[:1])]
+    policy = _policy(folder, num_steps=3)  # options given at construction apply to every call
+    outputs = policy(observations, seed=0)
+    assert isinstance(outputs, list) and len(outputs) == 3
+    _assert_same(outputs, _direct(folder, observations, generator=torch.Generator().manual_seed(0), num_steps=3))
+    # with batch_size=1 every observation is its own model call, seeded alike
+    singles = policy(observations, batch_size=1, seed=0)
+    for single, observation in zip(singles, observations):
+        np.testing.assert_array_equal(single["actions"], policy(observation, seed=0)["actions"])
+
+
+def test_fast_answers_decode_like_the_direct_calls(policy_folder):
+    folder = policy_folder("pi0_fast")
+    policy = _policy(folder)
+    observations = [_observation(0), _observation(1, prompt="open the drawer")]
+    outputs = policy(observations, max_new_tokens=8, temperature=1.0, seed=5)
+    _assert_same(outputs, _direct(folder, observations, max_new_tokens=8, temperature=1.0, generator=torch.Generator().manual_seed(5)))
+    for out in outputs:
+        assert out["actions"].shape == (policy.processor.action_horizon, ROBOT_DIM)
+        assert out["valid"] or not out["actions"].any()  # an undecodable answer is zeros, flagged
+
+
+def test_bad_inputs_are_errors_that_name_them(policy_folder, converted):
+    with pytest.raises(ValueError, match="processor_config.json"):
+        _policy(str(converted("pi05")))  # weights only, no processor
+    with pytest.raises(ValueError, match="PiProcessor"):
+        RoboticsPipeline(model=AutoModel.from_pretrained(policy_folder("pi05")))
+    policy = _policy(policy_folder("pi05"))
+    observation = _observation(0)
+    with pytest.raises(ValueError, match="prompt"):
+        policy(images=observation["images"], state=observation["state"])
+    with pytest.raises(ValueError, match="no images"):
+        policy(prompt="pick", state=observation["state"])
+    with pytest.raises(ValueError, match="one prompt string"):
+        policy({**observation, "prompt": ["pick", "place"]})
+    with pytest.raises(ValueError, match="Unknown observation field.*actions"):
+        policy({**observation, "actions": np.zeros((50, ROBOT_DIM))})
+    with pytest.raises(ValueError, match="not both"):
+        policy(observation, prompt="pick")
+    with pytest.raises(ValueError, match="Empty list"):
+        policy([])
+    with pytest.raises(ValueError, match="Unknown camera.*top_cam"):
+        policy({**observation, "images": {"top_cam": observation["images"]["base_0_rgb"]}})
+    with pytest.raises(ValueError, match="seed or generator"):
+        policy(observation, seed=0, generator=torch.Generator())
+
+
+# ---- pi generate ---------------------------------------------------------------------------------
+
+
+def _generate(*argv) -> int:
+    parser = robotics_pipeline.add_arguments(argparse.ArgumentParser(prog="pi generate"))
+    return robotics_pipeline.run(parser.parse_args([str(arg) for arg in argv]))
+
+
+def _camera_files(tmp_path, observation: dict) -> list[str]:
+    flags = []
+    for camera, image in observation["images"].items():
+        Image.fromarray(image).save(tmp_path / f"{camera}.png")
+        flags += ["--image", f"{camera}={tmp_path / f'{camera}.png'}"]
+    return flags
+
+
+def test_generate_prints_json_or_saves_npy(policy_folder, tmp_path, capsys):
+    folder = policy_folder("pi05")
+    observation = _observation(0)
+    expected = _policy(folder)(observation, seed=1, num_steps=2)["actions"]
+    args = ["--model", folder, "--device", "cpu", *_camera_files(tmp_path, observation), "--prompt", observation["prompt"],
+            "--state", ",".join(map(str, observation["state"].tolist())), "--num-steps", 2, "--seed", 1]
+    assert _generate(*args) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["valid"] is True
+    np.testing.assert_array_equal(np.array(printed["actions"], dtype=np.float32), expected)
+    assert _generate(*args, "--output", tmp_path / "chunk.npy") == 0
+    assert capsys.readouterr().out.strip() == f"wrote {tmp_path / 'chunk.npy'}"
+    np.testing.assert_array_equal(np.load(tmp_path / "chunk.npy"), expected)
+
+
+def test_generate_reports_bad_arguments(policy_folder, tmp_path, capsys):
+    folder = policy_folder("pi05")
+    Image.fromarray(np.zeros((20, 20, 3), dtype=np.uint8)).save(tmp_path / "front.png")
+    state = ["--state", ",".join(["0.5"] * ROBOT_DIM)]
+    cases = {
+        "NAME=FILE": ["--image", str(tmp_path / "front.png"), *state],
+        "missing.png": ["--image", f"base_0_rgb={tmp_path / 'missing.png'}", *state],
+        "comma-separated numbers": ["--image", f"base_0_rgb={tmp_path / 'front.png'}", "--state", "0.5,up"],
+        "Unknown camera.*top_cam": ["--image", f"top_cam={tmp_path / 'front.png'}", *state],
+    }
+    for message, argv in cases.items():
+        assert _generate("--model", folder, "--prompt", "pick", *argv) == 1
+        err = capsys.readouterr().err
+        assert re.search(f"pi generate: error: .*{message}", err), err
+    fast = ["--model", policy_folder("pi0_fast"), "--prompt", "pick", "--image", f"base_0_rgb={tmp_path / 'front.png'}", *state]
+    assert _generate(*fast, "--num-steps", 3) == 1
+    assert "--num-steps" in capsys.readouterr().err
