@@ -11,7 +11,7 @@ import torch
 from huggingface_hub import save_torch_state_dict
 
 from configuration_pi import PiConfig
-from model_cards import DEFAULT_LICENSE, PALIGEMMA, render_model_card
+from model_cards import DEFAULT_LICENSE, PALIGEMMA, converted_from, render_model_card
 from processing_pi import FastActionTokenizer, NormStats, PiImageProcessor, PiProcessor, tokenizer_from_sentencepiece
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -99,8 +99,8 @@ def write_folder(
         save_torch_state_dict(state_dict, staging)
         num_parameters = sum(t.numel() for t in state_dict.values())
         stats = processor.norm_stats.to_dict() if processor is not None and processor.norm_stats is not None else None
-        card = render_model_card(config, num_parameters, source, repo_id=repo_id or output.name, source_kind=source_kind,
-                                 license=license, base_model=base_model, norm_stats=stats)
+        provenance = converted_from(source, source_kind, str(config.dtype).removeprefix("torch."))
+        card = render_model_card(config, num_parameters, repo_id or output.name, provenance, license, base_model, stats)
         card.save(staging / "README.md")
         if processor is not None:
             processor.save_pretrained(staging)

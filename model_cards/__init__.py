@@ -31,28 +31,31 @@ def card_data(config, license: str = DEFAULT_LICENSE, base_model: str | None = P
     )
 
 
+def converted_from(source: str, source_kind: str, dtype: str) -> str:
+    """The provenance sentence of a converted folder."""
+    return (f"Converted from `{source}` ({source_kind}) to the Hugging Face Transformers format of the π model "
+            f"family (`model_type: pi`). The weights are the original ones, mapped tensor by tensor and stored as {dtype}.")
+
+
 def render_model_card(
     config,
     num_parameters: int,
-    source: str,
     repo_id: str,
-    source_kind: str = "openpi checkpoint",
+    provenance: str,
     license: str = DEFAULT_LICENSE,
     base_model: str | None = PALIGEMMA,
     norm_stats=None,
 ) -> ModelCard:
-    """The README.md of a converted folder, filled from its config and its conversion."""
+    """The README.md of a π folder, filled from its config; `provenance` says where its weights come from."""
     cameras = config.image_keys
     data = card_data(config, license, base_model)
     text = _TEMPLATES.get_template(f"{config.variant}.md").render(
         card_data=data.to_yaml(),
         title=f"{TITLES[config.variant]} ({repo_id})",
-        source=source,
-        source_kind=source_kind,
+        provenance=provenance,
         license=license,
         repo_id=repo_id,
         variant=config.variant,
-        dtype=str(config.dtype).removeprefix("torch."),
         num_parameters=f"{num_parameters:,}",
         image_keys=", ".join(f"`{key}`" for key in cameras),
         num_cameras=len(cameras),

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from huggingface_hub import ModelCard
 from transformers import AutoModel, AutoProcessor
 
 import modeling_pi  # noqa: F401
@@ -165,6 +166,10 @@ def test_pi_train_lora_halves_the_loss_within_200_steps_and_saves_a_loadable_mod
     assert (output / "adapter" / "adapter_config.json").is_file()
     for name in ("norm_stats.json", "stats.json"):
         assert (output / "norm_stats" / name).is_file()
+    card = ModelCard.load(output / "README.md")  # ready for `pi push`: card and remote code
+    assert card.data.pipeline_tag == "robotics" and "Fine-tuned with `pi train`" in card.text and "200 steps, LoRA" in card.text
+    assert json.loads((output / "config.json").read_text())["auto_map"]["AutoModel"] == "modeling_pi.PiForActionGeneration"
+    assert (output / "modeling_pi.py").is_file()
 
     model = AutoModel.from_pretrained(output).eval()  # adapters merged in
     processor = AutoProcessor.from_pretrained(output)

@@ -8,17 +8,21 @@ The schedule is the reference's: AdamW (β2 0.95, weight decay 1e-10, gradient c
 warm-up, cosine decay to a tenth of the peak. The dataset's norm statistics are computed first and
 written beside the output in openpi's and LeRobot's formats; the processor saved with the model uses
 them. OUT receives the fine-tuned model (LoRA adapters merged in, so `AutoModel.from_pretrained`
-loads it), the processor, `adapter/` (LoRA runs), `loss_curve.png` and Trainer checkpoints
-(`checkpoint-*`, what `--resume` continues from). Runs unchanged under `accelerate launch` (DDP).
+loads it), the processor, a model card and the remote code (so `pi push` publishes it as it is),
+`adapter/` (LoRA runs), `loss_curve.png` and Trainer checkpoints (`checkpoint-*`, what `--resume`
+continues from). Runs unchanged under `accelerate launch` (DDP).
 """
 
 import argparse
 import sys
 from pathlib import Path
 
+from huggingface_hub import ModelCard
 from transformers import AutoModel, AutoProcessor, Trainer, TrainingArguments
 
 import modeling_pi  # noqa: F401  (registers "pi" with AutoModel / AutoProcessor)
+from conversion.remote_code import add_remote_code
+from model_cards import DEFAULT_LICENSE, render_model_card
 
 from .lerobot_dataset import DatasetError, LeRobotDataset, PiCollator, compute_norm_stats, write_norm_stats
 from .lora import apply_lora, set_full_finetuning
@@ -83,10 +87,27 @@ def train(args: argparse.Namespace) -> Path:
             trainable = trainable.merge_and_unload()
         trainable.save_pretrained(output)
         processor.save_pretrained(output)
+        _model_card(args, trainable, processor).save(output / "README.md")
+        add_remote_code(output)
         logged = [(log["step"], log["loss"]) for log in trainer.state.log_history if "loss" in log]
         if logged:
             save_loss_curve(*map(list, zip(*logged)), output / "loss_curve.png")
     return output
+
+
+def _model_card(args: argparse.Namespace, model, processor) -> ModelCard:
+    """The fine-tuned folder's card: the base model's license and lineage, this run's provenance."""
+    base_card = Path(args.model) / "README.md"
+    base = ModelCard.load(base_card).data if base_card.is_file() else None
+    method = "full fine-tuning" if args.full else "LoRA, merged into the weights"
+    provenance = (f"Fine-tuned with `pi train` from `{Path(args.model).name}` on the LeRobot dataset "
+                  f"`{Path(args.dataset).name}`: {args.steps} steps, {method}.")
+    return render_model_card(
+        model.config, model.num_parameters(), Path(args.output).name, provenance,
+        license=(base.license if base else None) or DEFAULT_LICENSE,
+        base_model=None if Path(args.model).is_dir() else args.model,
+        norm_stats=processor.norm_stats.to_dict(),
+    )
 
 
 def run(args: argparse.Namespace) -> int:
