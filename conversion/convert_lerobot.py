@@ -208,6 +208,17 @@ def lerobot_norm_stats(folder: Path) -> tuple[NormStats | None, str | None]:
     return (NormStats(**stats) if stats else None), modes.pop()
 
 
+def transformers_pi0_norm_stats(folder: Path) -> tuple[NormStats | None, str | None]:
+    """z-score statistics from a `PI0Processor`'s processor_config.json, if the folder has one with them."""
+    path = folder / "processor_config.json"
+    if not path.is_file():
+        return None, None
+    saved = json.loads(path.read_text())
+    stats = {ours: ArrayStats.from_dict({"mean": saved.get(f"{theirs}_mean"), "std": saved.get(f"{theirs}_std")})
+             for theirs, ours in (("state", "state"), ("actions", "actions")) if saved.get(f"{theirs}_mean") is not None}
+    return (NormStats(**stats) if stats else None), "zscore"
+
+
 # ---- reading and writing ----------------------------------------------------------------------------
 
 
@@ -257,17 +268,6 @@ def convert_checkpoint(
         processor = build_processor(config, tokenizer, fast_tokenizer, norm_stats, norm_mode)
     kind = "LeRobot checkpoint" if source == "lerobot" else "transformers PI0 checkpoint"
     return write_folder(output, config, state_dict, checkpoint.resolve().name, processor, source_kind=kind, **card)
-
-
-def transformers_pi0_norm_stats(folder: Path) -> tuple[NormStats | None, str | None]:
-    """z-score statistics from a `PI0Processor`'s processor_config.json, if the folder has one with them."""
-    path = folder / "processor_config.json"
-    if not path.is_file():
-        return None, None
-    saved = json.loads(path.read_text())
-    stats = {ours: ArrayStats.from_dict({"mean": saved.get(f"{theirs}_mean"), "std": saved.get(f"{theirs}_std")})
-             for theirs, ours in (("state", "state"), ("actions", "actions")) if saved.get(f"{theirs}_mean") is not None}
-    return (NormStats(**stats) if stats else None), "zscore"
 
 
 def add_arguments(parser: argparse.ArgumentParser, source: str) -> argparse.ArgumentParser:
