@@ -29,6 +29,12 @@ def build_parser() -> argparse.ArgumentParser:
                                description=robotics_pipeline.__doc__.split("\n\n")[0])
     robotics_pipeline.add_arguments(generate).set_defaults(run=robotics_pipeline.run)
 
+    from serving_pi import server
+
+    serve = jobs.add_parser("serve", help="serve a π model to openpi robot clients over websockets",
+                            description=server.__doc__.split("\n\n")[0])
+    server.add_arguments(serve).set_defaults(run=server.run)
+
     from training_pi import train
 
     trainer = jobs.add_parser("train", help="fine-tune on a LeRobot v3 dataset", description=train.__doc__.split("\n\n")[0])

@@ -1,6 +1,7 @@
 """Shared test helpers: the reference fixtures (../shared/fixtures), converted fixture models, tiny configs."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -9,10 +10,14 @@ from safetensors.torch import load_file
 
 from configuration_pi import PiConfig
 from conversion.convert_openpi import convert_openpi
+from conversion.hf_folder import build_processor
+from processing_pi import NormStats
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 OPENPI = FIXTURES / "openpi"
 CAMERAS = ("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb")
+PROCESSOR = FIXTURES / "processor"
+ROBOT_DIM = 7  # the size of the fixture processor's norm stats
 
 if not OPENPI.is_dir():
     raise RuntimeError(f"The reference fixtures are expected at {FIXTURES} (../shared/fixtures beside the clone).")
@@ -43,6 +48,24 @@ def converted(tmp_path_factory):
                 OPENPI / variant, variant, tmp_path_factory.mktemp("converted") / variant, progress=False,
                 action_horizon=sizes["action_horizon"], max_token_len=sizes["max_token_len"],
             )
+        return folders[variant]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def policy_folder(converted, tmp_path_factory):
+    """variant -> a converted fixture checkpoint with its processor (fixture tokenizer and norm stats) beside it."""
+    folders = {}
+
+    def get(variant: str) -> str:
+        if variant not in folders:
+            folder = tmp_path_factory.mktemp("policy") / variant
+            shutil.copytree(converted(variant), folder)
+            fast = PROCESSOR / "fast_tokenizer" if variant == "pi0_fast" else None
+            stats = NormStats.from_json(PROCESSOR / "norm_stats.json")
+            build_processor(PiConfig.from_pretrained(folder), PROCESSOR / "tokenizer.model", fast, stats).save_pretrained(folder)
+            folders[variant] = str(folder)
         return folders[variant]
 
     return get

@@ -17,7 +17,7 @@ from transformers import AutoModel, AutoProcessor
 import modeling_pi  # noqa: F401
 import pi_cli
 from conftest import FIXTURES, tiny_config
-from lerobot_fixture import CAMERAS, FPS, brightness, write_lerobot_dataset
+from lerobot_fixture import CAMERAS, brightness, write_lerobot_dataset
 from modeling_pi import PiForActionGeneration
 from processing_pi import NormStats, PiImageProcessor, PiProcessor, tokenizer_from_sentencepiece
 from training_pi import DatasetError, LeRobotDataset, PiCollator, compute_norm_stats, write_norm_stats

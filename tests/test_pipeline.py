@@ -4,7 +4,6 @@ processor -> generate_actions -> post_process written out, for one observation a
 import argparse
 import json
 import re
-import shutil
 
 import numpy as np
 import pytest
@@ -12,32 +11,10 @@ import torch
 from PIL import Image
 from transformers import AutoModel, pipeline
 
-from configuration_pi import PiConfig
-from conftest import CAMERAS, FIXTURES
-from conversion.hf_folder import build_processor
+from conftest import CAMERAS, ROBOT_DIM
 from modeling_pi import PiForActionGeneration, RoboticsPipeline, robotics_pipeline
-from processing_pi import NormStats, PiProcessor
+from processing_pi import PiProcessor
 
-PROCESSOR = FIXTURES / "processor"
-ROBOT_DIM = 7
-
-
-@pytest.fixture(scope="module")
-def policy_folder(converted, tmp_path_factory):
-    """variant -> a converted fixture checkpoint with its processor (fixture tokenizer and norm stats) beside it."""
-    folders = {}
-
-    def get(variant: str) -> str:
-        if variant not in folders:
-            folder = tmp_path_factory.mktemp("policy") / variant
-            shutil.copytree(converted(variant), folder)
-            fast = PROCESSOR / "fast_tokenizer" if variant == "pi0_fast" else None
-            stats = NormStats.from_json(PROCESSOR / "norm_stats.json")
-            build_processor(PiConfig.from_pretrained(folder), PROCESSOR / "tokenizer.model", fast, stats).save_pretrained(folder)
-            folders[variant] = str(folder)
-        return folders[variant]
-
-    return get
 
 
 def _observation(seed: int, cameras=CAMERAS, prompt="pick up the red cup") -> dict:

@@ -1,0 +1,217 @@
+"""`pi serve`: a websocket policy server speaking openpi's protocol, so that
+`openpi_client.websocket_client_policy.WebsocketClientPolicy` drives it unchanged.
+
+    pi serve --model FOLDER [--host 127.0.0.1] [--port 8000] [--preset pi|aloha|droid|libero]
+             [--camera MODEL_CAMERA=OBSERVATION_KEY ...] [--state-key KEY ...] [--prompt-key KEY]
+             [--default-prompt TEXT] [--max-batch N] [--num-steps N] [--max-message-mb N] [--device DEVICE]
+
+The protocol (openpi's): on connect the server sends its metadata (msgpack); then each binary msgpack
+message is one observation and is answered with a dict holding `actions` [H, robot dims] and the
+timings (`policy_timing`, `server_timing`), plus `valid` (False where a π0-FAST answer did not
+decode into actions; they are zeros then). A request that cannot be served is answered with a text
+message naming the problem, which the client raises as an error; the connection stays open.
+Messages larger than `--max-message-mb` close that connection (code 1009); other clients are not
+affected. `GET /healthz` answers 200 while serving and 503 while shutting down. On SIGTERM or
+SIGINT the server stops accepting connections, answers every request it has received, then closes
+the connections and exits.
+"""
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http import HTTPStatus
+
+import websockets
+from websockets.asyncio.server import ServerConnection, serve
+
+from .observations import PRESETS, ObservationError, ObservationLayout
+from .policy import BatchingPolicy
+from .wire import WireError, packb, unpackb
+
+logger = logging.getLogger(__name__)
+HEALTH_PATH = "/healthz"
+
+
+class PolicyServer:
+    def __init__(self, policy: BatchingPolicy, host: str = "127.0.0.1", port: int = 8000, max_message_bytes: int = 32 << 20):
+        self.policy, self.host, self.port, self.max_message_bytes = policy, host, port, max_message_bytes
+        self.draining = False
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+
+    async def serve(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
+        """Serves until `stop` is set, then drains: answers what was received, closes, returns."""
+        self.policy.start()
+        self._idle.set()
+        async with serve(self._client, self.host, self.port, compression=None, max_size=self.max_message_bytes,
+                         process_request=self._health) as server:
+            self.port = server.sockets[0].getsockname()[1]  # the port bound, when 0 asked for any
+            logger.info("serving %s on ws://%s:%d", self.policy.metadata()["variant"], self.host, self.port)
+            if ready is not None:
+                ready.set()
+            await stop.wait()
+            self.draining = True
+            server.close(close_connections=False)  # no new connections; open ones finish their requests
+            await self._idle.wait()
+            await self.policy.stop()
+            await asyncio.gather(*(connection.close(1001, "the server is shutting down") for connection in server.connections))
+            await server.wait_closed()
+
+    def _health(self, connection: ServerConnection, request):
+        if request.path == HEALTH_PATH:
+            if self.draining:
+                return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "shutting down\n")
+            return connection.respond(HTTPStatus.OK, "OK\n")
+        return None
+
+    async def _client(self, connection: ServerConnection) -> None:
+        await connection.send(packb(self.policy.metadata()))
+        previous_total_ms = None
+        try:
+            async for message in connection:
+                started = time.monotonic()
+                reply = await self._answer(message)
+                if isinstance(reply, dict):
+                    reply["server_timing"] = {"infer_ms": (time.monotonic() - started) * 1000}
+                    if previous_total_ms is not None:
+                        reply["server_timing"]["prev_total_ms"] = previous_total_ms
+                    reply = packb(reply)
+                await connection.send(reply)
+                previous_total_ms = (time.monotonic() - started) * 1000
+        except websockets.ConnectionClosed:
+            pass
+
+    async def _answer(self, message) -> dict | str:
+        """The reply to one message: the policy's answer, or a text naming what was wrong with it."""
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            if self.draining:
+                return "The server is shutting down; this request was not run."
+            if isinstance(message, str):
+                return "Expected a binary msgpack message (an observation dict), got a text message."
+            return await self.policy.infer(unpackb(message))
+        except (WireError, ObservationError, ValueError) as err:
+            return f"Bad request: {err}"
+        except Exception as err:  # the model failed: this request's error, not the server's end
+            logger.exception("inference failed")
+            return f"Internal error while running the policy: {type(err).__name__}: {err}"
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.set()
+
+
+@contextmanager
+def serve_in_background(policy: BatchingPolicy, host: str = "127.0.0.1", port: int = 0, **kwargs) -> Iterator[PolicyServer]:
+    """A running `PolicyServer` (its own event loop, in a thread) for notebooks, tests and benchmarks;
+    drained and stopped on exit. `server.port` is the port bound (a free one for port 0)."""
+    server = PolicyServer(policy, host, port, **kwargs)
+    handles, failures, started = {}, [], threading.Event()
+
+    async def main() -> None:
+        handles["loop"], handles["stop"], ready = asyncio.get_running_loop(), asyncio.Event(), asyncio.Event()
+        serving = asyncio.create_task(server.serve(handles["stop"], ready))
+        await asyncio.wait([serving, asyncio.create_task(ready.wait())], return_when=asyncio.FIRST_COMPLETED)
+        started.set()
+        await serving
+
+    def thread_main() -> None:
+        try:
+            asyncio.run(main())
+        except BaseException as err:
+            failures.append(err)
+            started.set()
+
+    thread = threading.Thread(target=thread_main, name="pi-serve", daemon=True)
+    thread.start()
+    started.wait()
+    if failures:
+        raise failures[0]
+    try:
+        yield server
+    finally:
+        handles["loop"].call_soon_threadsafe(handles["stop"].set)
+        thread.join()
+        if failures:
+            raise failures[0]
+
+
+# ---- pi serve ----------------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--model", required=True, help="π model folder with its processor")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000, help="0 picks a free port")
+    parser.add_argument("--preset", choices=tuple(PRESETS), default="pi", help="observation layout of a common robot client")
+    parser.add_argument("--camera", action="append", metavar="MODEL_CAMERA=KEY",
+                        help="map an observation key to a model camera (replaces the preset's cameras)")
+    parser.add_argument("--state-key", action="append", metavar="KEY", help="observation keys concatenated into the state")
+    parser.add_argument("--prompt-key", help="observation key of the prompt (default: prompt)")
+    parser.add_argument("--default-prompt", help="prompt for observations that carry none")
+    parser.add_argument("--max-batch", type=int, default=8, help="most requests run together on the model")
+    parser.add_argument("--num-steps", type=int, help="flow steps (π0 / π0.5; default: the model's)")
+    parser.add_argument("--seed", type=int, help="seed of the flow noise")
+    parser.add_argument("--max-message-mb", type=float, default=32.0, help="larger messages close their connection")
+    parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    return parser
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def build_policy(args: argparse.Namespace) -> BatchingPolicy:
+    from transformers import AutoModel, AutoProcessor
+
+    import modeling_pi  # noqa: F401  (registers "pi")
+
+    cameras = None
+    if args.camera:
+        pairs = [spec.partition("=") for spec in args.camera]
+        if any(not (camera and equals and key) for camera, equals, key in pairs):
+            raise ValueError(f"--camera takes MODEL_CAMERA=KEY pairs, got {args.camera}.")
+        cameras = {camera: key for camera, _, key in pairs}
+    layout = ObservationLayout.preset(args.preset, cameras=cameras, state_keys=args.state_key, prompt_key=args.prompt_key,
+                                      default_prompt=args.default_prompt)
+    model = AutoModel.from_pretrained(args.model).to(args.device)
+    processor = AutoProcessor.from_pretrained(args.model)
+    unknown = sorted(set(layout.cameras) - set(processor.image_keys))
+    if unknown:
+        raise ValueError(f"Camera(s) {', '.join(unknown)} are not the model's ({', '.join(processor.image_keys)}).")
+    options = {}
+    if args.num_steps is not None:
+        if not model.config.is_flow:
+            raise ValueError("--num-steps sets the flow steps; π0-FAST decodes tokens.")
+        options["num_steps"] = args.num_steps
+    return BatchingPolicy(model, processor, layout, max_batch=args.max_batch, seed=args.seed, **options)
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        policy = build_policy(args)
+    except (OSError, ValueError) as err:
+        print(f"pi serve: error: {err}", file=sys.stderr)
+        return 1
+    server = PolicyServer(policy, args.host, args.port, int(args.max_message_mb * (1 << 20)))
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await server.serve(stop)
+
+    asyncio.run(main())
+    logger.info("stopped")
+    return 0

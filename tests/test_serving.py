@@ -1,0 +1,229 @@
+"""The policy server driven by openpi's own client package (`openpi-client`), on 127.0.0.1.
+
+The server runs in a thread of this process (its own event loop), except for the shutdown test,
+which runs `pi serve` as a process and sends it SIGTERM.
+"""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import websockets.sync.client
+from openpi_client import msgpack_numpy
+from openpi_client.websocket_client_policy import WebsocketClientPolicy
+from transformers import AutoModel, AutoProcessor
+
+import modeling_pi  # noqa: F401
+from conftest import CAMERAS, ROBOT_DIM
+from serving_pi import BatchingPolicy, ObservationLayout
+from serving_pi.observations import ObservationError
+from serving_pi.server import serve_in_background
+from serving_pi.wire import WireError, packb, unpackb
+
+BIN = Path(sys.executable).parent
+
+
+def _observation(seed: int, prompt: str = "pick up the red cup") -> dict:
+    """What an openpi client sends with the "pi" layout: HWC uint8 images, a state in robot units, a prompt."""
+    rng = np.random.default_rng(seed)
+    images = {camera: rng.integers(0, 256, (48, 64, 3), dtype=np.uint8) for camera in CAMERAS}
+    return {**images, "state": rng.normal(size=ROBOT_DIM), "prompt": prompt}
+
+
+def _policy(folder, layout: ObservationLayout | None = None, **kwargs) -> BatchingPolicy:
+    model, processor = AutoModel.from_pretrained(folder), AutoProcessor.from_pretrained(folder)
+    return BatchingPolicy(model, processor, layout or ObservationLayout.preset("pi"), **kwargs)
+
+
+def _direct(folder, observation: dict, noise: torch.Tensor | None) -> dict:
+    """The same observation through processor -> generate_actions -> post_process, in this thread."""
+    model, processor = AutoModel.from_pretrained(folder).eval(), AutoProcessor.from_pretrained(folder)
+    fields = ObservationLayout.preset("pi").read(observation)
+    with torch.inference_mode():
+        out = processor.post_process(model.generate_actions(**processor(**fields), **({"noise": noise} if noise is not None else {})))
+    return {"actions": out.actions[0].numpy(), "valid": bool(out.valid[0])}
+
+
+@pytest.mark.parametrize("variant", ["pi0", "pi05", "pi0_fast"])
+def test_openpi_client_round_trip(policy_folder, variant):
+    folder = policy_folder(variant)
+    with serve_in_background(_policy(folder, seed=0)) as server:
+        client = WebsocketClientPolicy("127.0.0.1", server.port)
+        metadata = client.get_server_metadata()
+        assert metadata["variant"] == variant and metadata["image_keys"] == list(CAMERAS)
+        assert metadata["observation_layout"]["cameras"]["base_0_rgb"] == "base_0_rgb"
+        observation = _observation(1)
+        reply = client.infer(observation)
+    config = AutoModel.from_pretrained(folder).config
+    noise = torch.randn(1, config.action_horizon, config.action_dim, generator=torch.Generator().manual_seed(0))
+    expected = _direct(folder, observation, noise if config.is_flow else None)
+    assert reply["actions"].dtype == np.float32 and reply["actions"].shape == expected["actions"].shape
+    assert reply["actions"].shape[1] == ROBOT_DIM
+    np.testing.assert_array_equal(reply["actions"], expected["actions"])
+    assert reply["valid"] == expected["valid"]
+    assert reply["policy_timing"]["infer_ms"] > 0 and reply["server_timing"]["infer_ms"] >= reply["policy_timing"]["infer_ms"]
+
+
+def test_bad_requests_get_an_error_naming_the_problem_and_the_connection_stays_usable(policy_folder):
+    with serve_in_background(_policy(policy_folder("pi05"))) as server:
+        client = WebsocketClientPolicy("127.0.0.1", server.port)
+        good = _observation(2)
+        wrong_dims = np.zeros((3, 48, 64, 3), dtype=np.uint8)
+        cases = {
+            "Missing state 'state'": {k: v for k, v in good.items() if k != "state"},
+            "Missing image 'left_wrist_0_rgb'": {k: v for k, v in good.items() if k != "left_wrist_0_rgb"},
+            "must be \\[H, W, 3\\] or \\[3, H, W\\], got \\[3, 48, 64, 3\\]": {**good, "base_0_rgb": wrong_dims},
+            "must be uint8 .* got int32": {**good, "base_0_rgb": good["base_0_rgb"].astype(np.int32)},
+            "Expected 7 dims": {**good, "state": np.zeros(3)},
+            "NaN or infinity": {**good, "state": np.full(ROBOT_DIM, np.nan)},
+            "'prompt' must be a string": {**good, "prompt": 3},
+            "An observation is a dict": [1, 2, 3],
+        }
+        for message, observation in cases.items():
+            with pytest.raises(RuntimeError, match=message):
+                client.infer(observation)
+            assert client.infer(good)["actions"].shape[1] == ROBOT_DIM  # the same connection still serves
+
+        with websockets.sync.client.connect(f"ws://127.0.0.1:{server.port}", compression=None) as raw:
+            raw.recv()  # metadata
+            for payload, message in ((b"\xc1\x00 not msgpack", "Not a msgpack message"), ("a text frame", "Expected a binary")):
+                raw.send(payload)
+                assert message in raw.recv()
+            raw.send(msgpack_numpy.packb(good))
+            assert "actions" in unpackb(raw.recv())
+
+
+def test_one_clients_errors_do_not_affect_another(policy_folder):
+    with serve_in_background(_policy(policy_folder("pi0_fast"))) as server:
+        good_client, bad_client = (WebsocketClientPolicy("127.0.0.1", server.port) for _ in range(2))
+
+        def bad():
+            for _ in range(5):
+                with pytest.raises(RuntimeError):
+                    bad_client.infer({"state": np.zeros(ROBOT_DIM)})
+
+        with ThreadPoolExecutor(2) as pool:
+            errors = pool.submit(bad)
+            replies = pool.submit(lambda: [good_client.infer(_observation(i)) for i in range(5)])
+            errors.result()
+            assert all(reply["actions"].shape[1] == ROBOT_DIM for reply in replies.result())
+
+
+def test_oversized_messages_are_refused_without_stopping_the_server(policy_folder):
+    with serve_in_background(_policy(policy_folder("pi0")), max_message_bytes=200_000) as server:
+        big, small = WebsocketClientPolicy("127.0.0.1", server.port), WebsocketClientPolicy("127.0.0.1", server.port)
+        huge = {**_observation(3), "base_0_rgb": np.zeros((400, 400, 3), dtype=np.uint8)}  # 480 kB
+        with pytest.raises(websockets.ConnectionClosedError) as closed:
+            big.infer(huge)
+        assert closed.value.rcvd.code == 1009  # message too big
+        assert small.infer(_observation(4))["actions"].shape[1] == ROBOT_DIM
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/healthz", timeout=10) as health:
+            assert health.status == 200 and health.read() == b"OK\n"
+
+
+def test_eight_concurrent_clients_are_all_served_with_their_own_answers(policy_folder):
+    """π0-FAST decodes greedily: each answer must equal that observation's answer alone, whatever it was batched with."""
+    folder = policy_folder("pi0_fast")
+    observations = [_observation(10 + i, prompt=f"task number {i}") for i in range(8)]
+    with serve_in_background(_policy(folder, max_batch=8)) as server:
+        clients = [WebsocketClientPolicy("127.0.0.1", server.port) for _ in observations]
+        with ThreadPoolExecutor(len(clients)) as pool:
+            replies = list(pool.map(lambda pair: [pair[0].infer(pair[1]) for _ in range(3)], zip(clients, observations)))
+    assert max(reply["policy_timing"]["batch_size"] for rounds in replies for reply in rounds) > 1  # batching happened
+    for observation, rounds in zip(observations, replies):
+        expected = _direct(folder, observation, None)
+        for reply in rounds:
+            np.testing.assert_allclose(reply["actions"], expected["actions"], atol=1e-5, rtol=0)
+            assert reply["valid"] == expected["valid"]
+
+
+@torch.no_grad()
+def test_a_flow_request_gets_the_same_actions_batched_or_alone(policy_folder):
+    policy = _policy(policy_folder("pi05"))
+    requests = []
+    for i in range(3):
+        inputs = policy._preprocess(_observation(20 + i))
+        noise = torch.randn(1, policy.model.config.action_horizon, policy.model.config.action_dim)
+        requests.append(type("Request", (), {"inputs": inputs, "noise": noise, "arrived": time.monotonic()})())
+    together = policy._generate(requests)
+    for request, answer in zip(requests, together):
+        alone = policy._generate([request])[0]
+        np.testing.assert_allclose(answer["actions"], alone["actions"], atol=1e-5, rtol=0)
+
+
+def test_presets_read_the_openpi_robot_layouts():
+    rng = np.random.default_rng(0)
+    chw = rng.integers(0, 256, (3, 32, 40), dtype=np.uint8)
+    aloha = {"images": {"cam_high": chw, "cam_low": chw, "cam_left_wrist": chw, "cam_right_wrist": chw},
+             "state": np.arange(14.0), "prompt": "fold"}
+    fields = ObservationLayout.preset("aloha").read(aloha)
+    assert sorted(fields["images"]) == sorted(CAMERAS) and fields["images"]["base_0_rgb"].shape == (32, 40, 3)
+    np.testing.assert_array_equal(fields["images"]["base_0_rgb"], chw.transpose(1, 2, 0))
+    hwc = rng.integers(0, 256, (224, 224, 3), dtype=np.uint8)
+    droid = {"observation/exterior_image_1_left": hwc, "observation/wrist_image_left": hwc,
+             "observation/joint_position": np.arange(7.0), "observation/gripper_position": np.array([0.5])}
+    fields = ObservationLayout.preset("droid", default_prompt="pick up the fork").read(droid)
+    assert list(fields["images"]) == ["base_0_rgb", "left_wrist_0_rgb"] and fields["prompt"] == "pick up the fork"
+    np.testing.assert_array_equal(fields["state"], [0, 1, 2, 3, 4, 5, 6, 0.5])
+    libero = {"observation/image": hwc, "observation/wrist_image": hwc, "observation/state": np.zeros(8), "prompt": b"open"}
+    assert ObservationLayout.preset("libero").read(libero)["prompt"] == "open"
+    with pytest.raises(ObservationError, match="no default prompt"):
+        ObservationLayout.preset("droid").read(droid)
+    with pytest.raises(ValueError, match="Unknown observation preset"):
+        ObservationLayout.preset("franka")
+
+
+def test_wire_format_is_openpis_and_refuses_what_is_not_plain_numbers():
+    observation = {"image": np.arange(24, dtype=np.uint8).reshape(2, 4, 3), "state": np.float32(1.5), "prompt": "go"}
+    for decoded in (unpackb(msgpack_numpy.packb(observation)), msgpack_numpy.unpackb(packb(observation))):
+        np.testing.assert_array_equal(decoded["image"], observation["image"])
+        assert decoded["state"] == np.float32(1.5) and decoded["prompt"] == "go"
+    with pytest.raises(WireError, match="dtype"):
+        unpackb(packb({"x": {b"__ndarray__": True, b"data": b"", b"dtype": "|O", b"shape": (0,)}}))
+    with pytest.raises(WireError, match="does not match"):
+        unpackb(packb({"x": {b"__ndarray__": True, b"data": b"\x00" * 3, b"dtype": "<f4", b"shape": (2,)}}))
+    with pytest.raises(WireError, match="Not a msgpack"):
+        unpackb(b"\xc1")
+
+
+def _wait_for_port(process: subprocess.Popen, lines: list[str]) -> int:
+    """Reads the server's log until it says where it serves."""
+    for line in process.stderr:
+        lines.append(line)
+        found = re.search(r"on ws://127\.0\.0\.1:(\d+)", line)
+        if found:
+            return int(found.group(1))
+    raise AssertionError("pi serve exited before serving:\n" + "".join(lines))
+
+
+def test_sigterm_answers_in_flight_requests_then_exits_cleanly(policy_folder):
+    process = subprocess.Popen(
+        [BIN / "pi", "serve", "--model", policy_folder("pi05"), "--port", "0", "--num-steps", "400", "--device", "cpu"],
+        stderr=subprocess.PIPE, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    lines = []
+    try:
+        port = _wait_for_port(process, lines)
+        threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True).start()
+        client = WebsocketClientPolicy("127.0.0.1", port)
+        with ThreadPoolExecutor(1) as pool:
+            reply = pool.submit(client.infer, _observation(5))
+            time.sleep(0.3)  # the request is being served (400 flow steps)
+            process.send_signal(signal.SIGTERM)
+            assert reply.result(timeout=120)["actions"].shape[1] == ROBOT_DIM
+        assert process.wait(timeout=60) == 0, "".join(lines)
+        with pytest.raises((ConnectionError, OSError, urllib.error.URLError)):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5)
+    finally:
+        process.kill()
