@@ -29,6 +29,12 @@ def build_parser() -> argparse.ArgumentParser:
                                description=robotics_pipeline.__doc__.split("\n\n")[0])
     robotics_pipeline.add_arguments(generate).set_defaults(run=robotics_pipeline.run)
 
+    from demo_pi import demo
+
+    show = jobs.add_parser("demo", help="the shipped policy on the built-in tabletop task",
+                           description=demo.__doc__.split("\n\n")[0])
+    demo.add_arguments(show).set_defaults(run=demo.run)
+
     from serving_pi import server
 
     serve = jobs.add_parser("serve", help="serve a π model to openpi robot clients over websockets",

@@ -34,7 +34,9 @@ def card_data(config, license: str = DEFAULT_LICENSE, base_model: str | None = P
 def converted_from(source: str, source_kind: str, dtype: str) -> str:
     """The provenance sentence of a converted folder."""
     return (f"Converted from `{source}` ({source_kind}) to the Hugging Face Transformers format of the π model "
-            f"family (`model_type: pi`). The weights are the original ones, mapped tensor by tensor and stored as {dtype}.")
+            f"family (`model_type: pi`). The weights are the original ones, mapped tensor by tensor and stored as {dtype}; "
+            "the conversion is strict: every source tensor maps onto exactly one parameter of the right shape and every "
+            "parameter is filled, otherwise nothing is written.")
 
 
 def render_model_card(

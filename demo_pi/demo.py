@@ -1,0 +1,134 @@
+"""`pi demo`: the shipped policy (or `--model FOLDER`) drives the tabletop task on held-out episodes.
+
+    pi demo [--model FOLDER] [--episodes 20] [--seed 1000000] [--replan-steps 4] [--output demo.png] [--gif demo.gif]
+
+Each episode is a fixed seed (`--seed`, `--seed + 1`, ...; the demonstrations used other seeds). The
+policy sees both cameras, the prompt and the state, and returns a chunk of velocities; the first
+`--replan-steps` are executed, then it is asked again, until the end-effector reaches the named block or the step budget
+runs out. The episodes run side by side: one model call per chunk for all unfinished episodes. It
+prints the success rate and the time per chunk, and draws every episode's scene and trajectory into
+one PNG (and, with `--gif`, an animation of the first episode).
+"""
+
+import argparse
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from importlib.resources import files
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from .recipe import HELD_OUT_SEEDS_START
+from .tabletop import Tabletop
+
+SHIPPED_MODEL = files(__package__) / "model"
+REPLAN_STEPS = 4  # of each 8-action chunk, as openpi's clients execute a prefix of each chunk
+FRAME_SIZE = 192  # pixels of the drawings
+
+
+@dataclass
+class Episode:
+    seed: int
+    env: Tabletop
+    path: list = field(default_factory=list)
+    frames: list = field(default_factory=list)
+
+
+def rollout(model, processor, seeds, num_steps: int | None = None, replan_steps: int = REPLAN_STEPS,
+            record_frames: bool = False) -> tuple[list[Episode], list[float]]:
+    """Runs the episodes to the end, executing the first `replan_steps` actions of each chunk before asking
+    again; returns the episodes and the seconds of each model call (one chunk for all unfinished episodes)."""
+    episodes = [Episode(int(seed), Tabletop.reset(int(seed))) for seed in seeds]
+    for episode in episodes:
+        episode.path.append(episode.env.effector.copy())
+    if record_frames:
+        episodes[0].frames.append(episodes[0].env.render(FRAME_SIZE))
+    generator = torch.Generator(model.device).manual_seed(0)
+    latencies = []
+    options = {"num_steps": num_steps} if num_steps else {}
+    while active := [episode for episode in episodes if not episode.env.done]:
+        observations = [episode.env.observation() for episode in active]
+        start = time.perf_counter()
+        inputs = processor(images={camera: [o["images"][camera] for o in observations] for camera in processor.image_keys},
+                           prompt=[o["prompt"] for o in observations], state=np.stack([o["state"] for o in observations]))
+        with torch.inference_mode():
+            generated = model.generate_actions(**inputs.to(model.device), generator=generator, **options)
+        chunks = processor.post_process(generated.cpu()).actions.numpy()
+        latencies.append(time.perf_counter() - start)
+        for episode, chunk in zip(active, chunks):
+            for action in chunk[:replan_steps]:
+                if episode.env.done:
+                    break
+                episode.env.step(action)
+                episode.path.append(episode.env.effector.copy())
+                if record_frames and episode is episodes[0]:
+                    episode.frames.append(episode.env.render(FRAME_SIZE))
+    return episodes, latencies
+
+
+def evaluate(folder: str | Path, seeds) -> int:
+    """How many of the episodes with these seeds the policy in `folder` completes."""
+    from transformers import AutoModel, AutoProcessor
+
+    import modeling_pi  # noqa: F401  (registers "pi")
+
+    model, processor = AutoModel.from_pretrained(folder).eval(), AutoProcessor.from_pretrained(folder)
+    episodes, _ = rollout(model, processor, seeds)
+    return sum(episode.env.success for episode in episodes)
+
+
+def draw(episodes: list[Episode], size: int = FRAME_SIZE, columns: int = 5) -> Image.Image:
+    """Every episode's table with the path taken (green: success, red: failure)."""
+    rows = -(-len(episodes) // columns)
+    sheet = Image.new("RGB", (columns * size, rows * size), "white")
+    for i, episode in enumerate(episodes):
+        start = Tabletop(episode.env.blocks, episode.env.target, episode.path[0])
+        tile = Image.fromarray(start.render(size))
+        pen = ImageDraw.Draw(tile)
+        pen.line([tuple(point * size) for point in episode.path], fill=(0, 160, 0) if episode.env.success else (200, 0, 0), width=2)
+        pen.text((4, 2), episode.env.target, fill=(0, 0, 0))
+        sheet.paste(tile, ((i % columns) * size, (i // columns) * size))
+    return sheet
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--model", default=None, help="a π folder trained on the task (default: the shipped π0.5)")
+    parser.add_argument("--episodes", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=HELD_OUT_SEEDS_START, help="seed of the first episode")
+    parser.add_argument("--num-steps", type=int, help="flow steps (default: the model's)")
+    parser.add_argument("--replan-steps", type=int, default=REPLAN_STEPS, help="actions executed per chunk")
+    parser.add_argument("--output", default="demo.png", help="PNG of the episodes and their trajectories")
+    parser.add_argument("--gif", help="also write an animation of the first episode (the table from above)")
+    parser.add_argument("--device", default="cpu")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from transformers import AutoModel, AutoProcessor
+
+    import modeling_pi  # noqa: F401  (registers "pi")
+
+    folder = Path(args.model) if args.model else Path(str(SHIPPED_MODEL))
+    if not (folder / "config.json").is_file():
+        print(f"pi demo: error: {folder} is not a model folder.", file=sys.stderr)
+        return 1
+    model = AutoModel.from_pretrained(folder).to(args.device).eval()
+    processor = AutoProcessor.from_pretrained(folder)
+    seeds = range(args.seed, args.seed + args.episodes)
+    episodes, latencies = rollout(model, processor, seeds, args.num_steps, args.replan_steps, record_frames=bool(args.gif))
+    successes = sum(episode.env.success for episode in episodes)
+    print(f"{model.config.variant} from {folder}: {successes}/{len(episodes)} episodes reached the named block "
+          f"({100 * successes / len(episodes):.0f}%)")
+    print(f"per chunk ({len(episodes)} episodes batched at first): median {1000 * statistics.median(latencies):.1f} ms, "
+          f"{len(latencies)} chunks")
+    draw(episodes).save(args.output)
+    print(f"wrote {args.output}")
+    if args.gif:
+        frames = [Image.fromarray(frame) for frame in episodes[0].frames]
+        frames[0].save(args.gif, save_all=True, append_images=frames[1:], duration=400, loop=0)
+        print(f"wrote {args.gif}")
+    return 0

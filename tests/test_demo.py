@@ -1,0 +1,130 @@
+"""The embedded tabletop task, its expert, the training recipe and the shipped policy (`pi demo`)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoModel, AutoProcessor
+
+import modeling_pi  # noqa: F401
+import pi_cli
+from demo_pi.demo import SHIPPED_MODEL, rollout
+from demo_pi.demonstrations import expert_episode, write_demonstrations
+from demo_pi.recipe import HELD_OUT_SEEDS_START, init_model_folder, task_tokenizer, train_arguments
+from demo_pi.tabletop import COLORS, IMAGE_SIZE, MAX_SPEED, STEP_BUDGET, Tabletop
+from training_pi import LeRobotDataset
+
+
+def test_episodes_and_images_are_a_function_of_the_seed():
+    first, again, other = Tabletop.reset(7), Tabletop.reset(7), Tabletop.reset(8)
+    assert first.prompt == again.prompt and all(np.array_equal(first.blocks[c], again.blocks[c]) for c in first.blocks)
+    for camera in ("scene", "wrist"):
+        image = first.observation()["images"][camera]
+        assert image.dtype == np.uint8 and image.shape == (IMAGE_SIZE, IMAGE_SIZE, 3)
+        assert np.array_equal(image, again.observation()["images"][camera])
+        assert not np.array_equal(image, other.observation()["images"][camera])
+    scene = first.render()
+    for color in first.blocks:  # every block is drawn in its colour
+        assert (scene == COLORS[color]).all(-1).sum() >= 9
+    assert first.prompt == f"move to the {first.target} block" and first.target in first.blocks
+
+
+def test_the_expert_is_deterministic_and_always_succeeds():
+    steps = expert_episode(3)
+    again = expert_episode(3)
+    assert [a.tolist() for _, a in steps] == [a.tolist() for _, a in again]
+    for seed in range(200):
+        env = Tabletop.reset(seed)
+        while not env.done:
+            action = env.expert_action()
+            assert np.linalg.norm(action) <= MAX_SPEED + 1e-6
+            env.step(action)
+        assert env.success and env.steps < STEP_BUDGET
+
+
+def test_the_wrist_camera_follows_the_end_effector():
+    env = Tabletop.reset(11)
+    before = env.render_wrist()
+    env.step(env.expert_action())
+    assert not np.array_equal(before, env.render_wrist())
+    ring = (before == (255, 255, 255)).all(-1)  # the end-effector sits at the centre of its own camera
+    rows, cols = np.nonzero(ring)
+    assert abs(rows.mean() - IMAGE_SIZE / 2) < 2 and abs(cols.mean() - IMAGE_SIZE / 2) < 2
+
+
+def test_demonstrations_are_a_lerobot_dataset_pi_train_reads(tmp_path):
+    root = write_demonstrations(tmp_path / "demos", range(5))
+    dataset = LeRobotDataset(root, 8, {"observation.images.scene": "scene", "observation.images.wrist": "wrist"})
+    assert len(dataset) == sum(len(expert_episode(seed)) for seed in range(5))
+    sample = dataset[0]
+    observation, action = expert_episode(0)[0]
+    assert sample["prompt"] == observation["prompt"]
+    np.testing.assert_array_equal(sample["images"]["scene"], observation["images"]["scene"])
+    np.testing.assert_allclose(sample["actions"][0], action)
+    info = json.loads((root / "meta" / "info.json").read_text())
+    assert info["total_episodes"] == 5 and info["codebase_version"] == "v3.0"
+
+
+def test_the_task_tokenizer_knows_every_word_of_the_prompts():
+    tokenizer = task_tokenizer()
+    for color in COLORS:
+        ids = tokenizer.encode(f"Task: move to the {color} block, State: 0 255;\nAction: ", add_special_tokens=False)
+        assert tokenizer.unk_token_id not in ids and len(ids) == 16
+
+
+def _losses(output) -> list[float]:
+    state = json.loads(next(output.glob("checkpoint-*/trainer_state.json")).read_text())
+    return [entry["loss"] for entry in state["log_history"] if "loss" in entry]
+
+
+def test_the_recipes_first_training_steps_lower_the_loss(tmp_path):
+    dataset = write_demonstrations(tmp_path / "demos", range(40))
+    init = init_model_folder(tmp_path / "init")
+    arguments = train_arguments(init, dataset, tmp_path / "run", steps=60, batch_size=16, learning_rate=1e-3)
+    arguments[arguments.index("--logging-steps") + 1] = "10"
+    assert pi_cli.main(arguments) == 0
+    losses = _losses(tmp_path / "run")
+    assert len(losses) == 6 and np.mean(losses[-2:]) < 0.7 * losses[0], losses
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return AutoModel.from_pretrained(str(SHIPPED_MODEL)).eval(), AutoProcessor.from_pretrained(str(SHIPPED_MODEL))
+
+
+def test_the_shipped_policy_reaches_the_named_block_in_held_out_episodes(shipped):
+    model, processor = shipped
+    assert model.config.variant == "pi05" and processor.image_keys == ["scene", "wrist"]
+    episodes, _ = rollout(model, processor, range(HELD_OUT_SEEDS_START, HELD_OUT_SEEDS_START + 20))
+    successes = sum(episode.env.success for episode in episodes)
+    assert successes >= 16, f"{successes}/20"
+
+
+def test_the_shipped_policy_follows_the_prompt_not_a_habit(shipped):
+    """Same scene, each block named in turn: the policy must go to a different block each time."""
+    model, processor = shipped
+    env = Tabletop.reset(HELD_OUT_SEEDS_START + 123)
+    generator = torch.Generator().manual_seed(0)
+    reached = []
+    for color in env.blocks:
+        episode = Tabletop(dict(env.blocks), color, env.effector.copy())
+        while not episode.done:
+            observation = episode.observation()
+            inputs = processor(images=observation["images"], prompt=observation["prompt"], state=observation["state"])
+            with torch.inference_mode():
+                chunk = processor.post_process(model.generate_actions(**inputs, generator=generator)).actions[0].numpy()
+            for action in chunk[:4]:
+                if not episode.done:
+                    episode.step(action)
+        reached.append(episode.success)
+    assert all(reached), dict(zip(env.blocks, reached))
+
+
+def test_pi_demo_prints_the_success_rate_and_draws_the_episodes(tmp_path, capsys):
+    code = pi_cli.main(["demo", "--episodes", "5", "--output", str(tmp_path / "demo.png"), "--gif", str(tmp_path / "demo.gif")])
+    out = capsys.readouterr().out
+    assert code == 0 and "episodes reached the named block" in out and "per chunk" in out
+    assert Image.open(tmp_path / "demo.png").size == (5 * 192, 192)
+    assert Image.open(tmp_path / "demo.gif").n_frames >= 2
