@@ -31,7 +31,8 @@ from .demonstrations import IMAGE_KEYS, write_demonstrations
 from .tabletop import CAMERAS, COLORS, IMAGE_SIZE
 
 ACTION_HORIZON = 8
-MAX_TOKEN_LEN = 20
+# π0.5's prompt carries the state ("Task: ..., State: x y;\nAction: ", 17 tokens); π0's only the task (7).
+MAX_TOKEN_LEN = {"pi05": 20, "pi0": 8}
 TRAIN_SEEDS_START, HELD_OUT_SEEDS_START = 0, 1_000_000  # demonstrations and evaluation never share a seed
 SPECIAL_TOKENS = ["<pad>", "<eos>", "<bos>", "<unk>"]
 WORDS = ["Task", "State", "Action", "move", "to", "the", "block", *COLORS, ":", ",", ";", "\n"]
@@ -62,7 +63,7 @@ def small_config(variant: str = "pi05", vocab_size: int = 512) -> PiConfig:
                        "pad_token_id": None, "bos_token_id": None, "eos_token_id": None},
         action_dim=2,
         action_horizon=ACTION_HORIZON,
-        max_token_len=MAX_TOKEN_LEN,
+        max_token_len=MAX_TOKEN_LEN[variant],
         image_keys=list(CAMERAS),
     )
 
@@ -75,7 +76,7 @@ def init_model_folder(output: str | Path, variant: str = "pi05", seed: int = 0) 
     torch.manual_seed(seed)
     model = PiForActionGeneration(small_config(variant, vocab_size=len(tokenizer)))
     processor = PiProcessor(PiImageProcessor(size=IMAGE_SIZE), tokenizer, variant=variant, image_keys=list(CAMERAS),
-                            max_token_len=MAX_TOKEN_LEN, action_dim=2, action_horizon=ACTION_HORIZON)
+                            max_token_len=MAX_TOKEN_LEN[variant], action_dim=2, action_horizon=ACTION_HORIZON)
     output = Path(output)
     model.save_pretrained(output)
     processor.save_pretrained(output)
