@@ -35,7 +35,7 @@ class BatchingPolicy:
         self.generate_kwargs = generate_kwargs
         self.generator = torch.Generator().manual_seed(seed) if seed is not None else torch.Generator()
         self._queue: asyncio.Queue[_Request] | None = None
-        self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pi-model")
+        self._model_thread: ThreadPoolExecutor | None = None
         self._worker: asyncio.Task | None = None
 
     def metadata(self) -> dict:
@@ -44,8 +44,9 @@ class BatchingPolicy:
                 "max_batch": self.max_batch, "observation_layout": self.layout.describe()}
 
     def start(self) -> None:
-        """Starts the worker on the running event loop."""
+        """Starts the worker on the running event loop, and the one thread that runs the model."""
         self._queue = asyncio.Queue()
+        self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pi-model")
         self._worker = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
