@@ -30,9 +30,9 @@ from http import HTTPStatus
 import websockets
 from websockets.asyncio.server import ServerConnection, serve
 
-from .observations import PRESETS, ObservationError, ObservationLayout
+from .observations import PRESETS, ObservationLayout
 from .policy import BatchingPolicy
-from .wire import WireError, packb, unpackb
+from .wire import packb, unpackb
 
 logger = logging.getLogger(__name__)
 HEALTH_PATH = "/healthz"
@@ -97,7 +97,7 @@ class PolicyServer:
             if isinstance(message, str):
                 return "Expected a binary msgpack message (an observation dict), got a text message."
             return await self.policy.infer(unpackb(message))
-        except (WireError, ObservationError, ValueError) as err:
+        except ValueError as err:  # WireError, ObservationError and the processor's checks
             return f"Bad request: {err}"
         except Exception as err:  # the model failed: this request's error, not the server's end
             logger.exception("inference failed")
@@ -160,14 +160,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--num-steps", type=int, help="flow steps (π0 / π0.5; default: the model's)")
     parser.add_argument("--seed", type=int, help="seed of the flow noise")
     parser.add_argument("--max-message-mb", type=float, default=32.0, help="larger messages close their connection")
-    parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    parser.add_argument("--device", help="where the model runs (default: cuda when available, else cpu)")
     return parser
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def build_policy(args: argparse.Namespace) -> BatchingPolicy:
@@ -183,7 +177,10 @@ def build_policy(args: argparse.Namespace) -> BatchingPolicy:
         cameras = {camera: key for camera, _, key in pairs}
     layout = ObservationLayout.preset(args.preset, cameras=cameras, state_keys=args.state_key, prompt_key=args.prompt_key,
                                       default_prompt=args.default_prompt)
-    model = AutoModel.from_pretrained(args.model).to(args.device)
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = AutoModel.from_pretrained(args.model).to(device)
     processor = AutoProcessor.from_pretrained(args.model)
     unknown = sorted(set(layout.cameras) - set(processor.image_keys))
     if unknown:
