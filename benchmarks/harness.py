@@ -1,0 +1,255 @@
+"""This project's π models side by side with transformers' built-in PI0: latency, training step, memory.
+
+    python -m benchmarks [--sizes tiny,small,base,full] [--dtypes float32,bfloat16] [--device cpu]
+                         [--variants pi0,pi05,pi0_fast] [--repeats 5] [--steps 10] [--no-train]
+                         [--json results.json] [--plot latency.png]
+
+For π0 both models hold one set of weights (see `models.py`) and are run alternately in one process;
+each number is a median over the repeats, after one warm-up round. `generate` is one action chunk
+(vision tower, language-model pass over the prefix, `--steps` flow steps); `train` is forward,
+backward and an AdamW step. π0.5 and π0-FAST have no transformers counterpart and are timed alone;
+for π0-FAST, `prefill` is the prefix pass and first token and `per token` each further one.
+"""
+
+import argparse
+import gc
+import json
+import platform
+
+import torch
+
+from .models import SIZES, make_inputs, ours_alone, sharing_weights, transformers_pi0
+from .timing import Clock, alternate, peak_added_bytes, return_freed_memory_to_the_system
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+FAST_SHORT, FAST_LONG = 2, 10
+MiB = 2**20
+
+
+def flow_generate(model, inputs, steps, clock, ours: bool):
+    """The chunk sampler of either model, with the vision and prefix parts wrapped for timing."""
+    if ours:
+        clock.wrap(model, "get_image_features", "vision")
+        clock.wrap(model, "encode_prefix", "prefix")
+        return lambda: model.generate_actions(**inputs.ours(), state=inputs.state, noise=inputs.noise, num_steps=steps)
+    clock.wrap(model.model.vlm, "get_image_features", "vision")
+    clock.wrap(model.model.vlm, "forward", "prefix")
+    return lambda: model.sample_actions(**inputs.transformers(), state=inputs.state, noise=inputs.noise, num_steps=steps)
+
+
+def train_step(model, inputs, ours: bool):
+    """One optimisation step on a fixed batch: forward, backward, AdamW, gradients released."""
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=1e-9)
+    if ours:
+        options = {"actions": inputs.actions, "noise": inputs.noise, "timestep": inputs.timestep}
+        if model.config.variant == "pi0":
+            options["state"] = inputs.state
+        if model.config.variant == "pi0_fast":
+            options = {"labels": inputs.input_ids.masked_fill(~inputs.attention_mask, -100)}
+        forward = lambda: model(**inputs.ours(), **options).loss  # noqa: E731
+    else:
+        forward = lambda: model(**inputs.transformers(), state=inputs.state, noise=inputs.noise,  # noqa: E731
+                                timestep=inputs.timestep, actions=inputs.actions).loss.mean()
+
+    def step():
+        forward().backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def free_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    with open("/proc/meminfo") as meminfo:
+        fields = dict(line.split(":") for line in meminfo)
+    return int(fields["MemAvailable"].split()[0]) * 1024
+
+
+def training_fits(models, device) -> tuple[bool, str]:
+    """Gradients and AdamW's two moments for every model, at the parameters' dtype, with a margin."""
+    unique = {p.data_ptr(): p for model in models for p in model.parameters()}
+    weights = sum(p.numel() * p.element_size() for p in unique.values())
+    needed = 3 * weights * len(models) * 1.2
+    if needed > free_bytes(device):
+        return False, f"needs about {needed / 2**30:.0f} GiB for gradients and optimiser states"
+    return True, ""
+
+
+def _flow_row(timing: dict, steps: int) -> dict:
+    vision = timing.get("vision", 0.0)
+    prefix = timing.get("prefix", 0.0)
+    return {"vision_ms": vision * 1e3, "prefix_ms": prefix * 1e3, "flow_ms": (timing["total"] - vision - prefix) * 1e3,
+            "flow_step_ms": (timing["total"] - vision - prefix) * 1e3 / steps, "total_ms": timing["total"] * 1e3}
+
+
+def bench_pi0_pair(size, dtype, device, args) -> list[dict]:
+    theirs = transformers_pi0(size).to(device=device, dtype=dtype)
+    ours = sharing_weights(theirs, max_token_len=args.prompt_length or 48)
+    inputs = make_inputs(ours.config, args.batch, args.cameras, args.prompt_tokens, device)
+    inputs.pixel_values = inputs.pixel_values.to(dtype)
+    models = {"ours": ours, "transformers": theirs}
+
+    with torch.no_grad():
+        ours_actions = ours.generate_actions(**inputs.ours(), state=inputs.state, noise=inputs.noise, num_steps=args.steps)
+        theirs_actions = theirs.sample_actions(**inputs.transformers(), state=inputs.state.to(dtype),
+                                               noise=inputs.noise.to(dtype), num_steps=args.steps)
+        difference = (ours_actions.float() - theirs_actions.float()).abs().max().item()
+        inputs.state, inputs.noise = inputs.state.to(dtype), inputs.noise.to(dtype)
+        clocks = {name: Clock(device) for name in models}
+        runs = {name: (clocks[name], flow_generate(model, inputs, args.steps, clocks[name], name == "ours"))
+                for name, model in models.items()}
+        timings = alternate(runs, args.repeats)
+        memory = {name: peak_added_bytes(fn, device) for name, (_, fn) in runs.items()}
+
+    rows = [{"size": size, "dtype": str(dtype).removeprefix("torch."), "variant": "pi0", "model": name,
+             **_flow_row(timings[name], args.steps), "peak_mib": memory[name] / MiB, "max_difference": difference}
+            for name in models]
+    if args.train:
+        fits, reason = training_fits(models.values(), device)
+        if fits:
+            inputs.actions, inputs.timestep = inputs.actions.to(dtype), inputs.timestep.to(dtype)
+            steps = {name: train_step(model, inputs, name == "ours") for name, model in models.items()}
+            train = alternate({name: (Clock(device), fn) for name, fn in steps.items()}, args.repeats)
+            for row in rows:
+                row["train_ms"] = train[row["model"]]["total"] * 1e3
+                row["train_peak_mib"] = peak_added_bytes(steps[row["model"]], device) / MiB
+        else:
+            for row in rows:
+                row["train_skipped"] = reason
+    _add_ratios(rows)
+    return rows
+
+
+def _add_ratios(rows):
+    reference = next(row for row in rows if row["model"] == "transformers")
+    for row in rows:
+        for key in ("total_ms", "train_ms"):
+            if key in row:
+                row[key.replace("_ms", "_ratio")] = row[key] / reference[key]
+
+
+def bench_ours_alone(variant, size, dtype, device, args) -> list[dict]:
+    model = ours_alone(variant, size, args.prompt_length).to(device=device, dtype=dtype)
+    inputs = make_inputs(model.config, args.batch, args.cameras, args.prompt_tokens, device)
+    inputs.pixel_values = inputs.pixel_values.to(dtype)
+    clock = Clock(device)
+    row = {"size": size, "dtype": str(dtype).removeprefix("torch."), "variant": variant, "model": "ours"}
+    with torch.no_grad():
+        if variant == "pi0_fast":
+            decode = {n: (lambda n=n: model.decode_action_tokens(**inputs.ours(), max_new_tokens=n)) for n in (1, FAST_SHORT, FAST_LONG)}
+            timing = alternate({n: (clock, fn) for n, fn in decode.items()}, args.repeats)
+            row["prefill_ms"] = timing[1]["total"] * 1e3
+            row["per_token_ms"] = (timing[FAST_LONG]["total"] - timing[FAST_SHORT]["total"]) / (FAST_LONG - FAST_SHORT) * 1e3
+            row["peak_mib"] = peak_added_bytes(decode[FAST_LONG], device) / MiB
+        else:
+            generate = flow_generate(model, inputs, args.steps, clock, ours=True)
+            row.update(_flow_row(alternate({"ours": (clock, generate)}, args.repeats)["ours"], args.steps))
+            row["peak_mib"] = peak_added_bytes(generate, device) / MiB
+    if args.train:
+        fits, reason = training_fits([model], device)
+        if fits:
+            inputs.actions, inputs.timestep = inputs.actions.to(dtype), inputs.timestep.to(dtype)
+            step = train_step(model, inputs, ours=True)
+            row["train_ms"] = alternate({"ours": (Clock(device), step)}, args.repeats)["ours"]["total"] * 1e3
+            row["train_peak_mib"] = peak_added_bytes(step, device) / MiB
+        else:
+            row["train_skipped"] = reason
+    return [row]
+
+
+def _cell(row, key, digits=1):
+    value = row.get(key)
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def table(rows) -> str:
+    """Markdown: one line per model and case."""
+    lines = ["| size | dtype | variant | model | vision ms | prefix ms | flow step ms | chunk ms | × transformers "
+             "| peak MiB | train step ms | × transformers | train peak MiB | max Δ actions |", "|" + "---|" * 14]
+    for row in rows:
+        if row["variant"] == "pi0_fast":
+            timing = [f"prefill {_cell(row, 'prefill_ms')}", "—", f"{_cell(row, 'per_token_ms', 2)} / token", "—", "—"]
+        else:
+            timing = [_cell(row, "vision_ms"), _cell(row, "prefix_ms"), _cell(row, "flow_step_ms", 2),
+                      _cell(row, "total_ms"), _cell(row, "total_ratio", 2)]
+        train = [row["train_skipped"], "—", "—"] if "train_skipped" in row else [
+            _cell(row, "train_ms"), _cell(row, "train_ratio", 2), _cell(row, "train_peak_mib")]
+        lines.append("| " + " | ".join([row["size"], row["dtype"], row["variant"], row["model"], *timing,
+                                        _cell(row, "peak_mib"), *train, _cell(row, "max_difference", 7)]) + " |")
+    return "\n".join(lines)
+
+
+def plot(rows, path):
+    """Chunk latency of π0, ours beside transformers', per size; one panel per dtype (log scale)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pairs = [row for row in rows if row["variant"] == "pi0"]
+    dtypes = sorted({row["dtype"] for row in pairs}, reverse=True)
+    figure, axes = plt.subplots(1, len(dtypes), figsize=(5 * len(dtypes), 4), squeeze=False)
+    for axis, dtype in zip(axes[0], dtypes):
+        sizes = [size for size in SIZES if any(row["size"] == size and row["dtype"] == dtype for row in pairs)]
+        for offset, model in ((-0.2, "transformers"), (0.2, "ours")):
+            values = [next(row["total_ms"] for row in pairs if (row["size"], row["dtype"], row["model"]) == (size, dtype, model))
+                      for size in sizes]
+            axis.bar([i + offset for i in range(len(sizes))], values, width=0.4, label=model)
+        axis.set_xticks(range(len(sizes)), sizes)
+        axis.set_yscale("log")
+        axis.set_ylabel("ms per action chunk")
+        axis.set_title(f"π0, {dtype}")
+        axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", default="tiny,small,base", help=f"comma-separated, from {', '.join(SIZES)}")
+    parser.add_argument("--dtypes", default="float32", help="comma-separated: float32, bfloat16")
+    parser.add_argument("--variants", default="pi0", help="comma-separated: pi0 (against transformers), pi05, pi0_fast")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=10, help="flow steps per chunk")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--cameras", type=int, default=3)
+    parser.add_argument("--prompt-tokens", type=int, default=20, help="real prompt tokens; the rest is padding")
+    parser.add_argument("--prompt-length", type=int, default=None, help="padded prompt length (the variant's default)")
+    parser.add_argument("--no-train", dest="train", action="store_false", help="skip the training step")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--json", help="also write the rows here")
+    parser.add_argument("--plot", help="write a PNG of π0 chunk latency here (needs matplotlib)")
+    args = parser.parse_args(argv)
+
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return_freed_memory_to_the_system()
+    torch.manual_seed(0)
+    processor = platform.processor() or platform.machine()
+    machine = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{processor}, {torch.get_num_threads()} threads"
+    print(f"{machine}, torch {torch.__version__}; batch {args.batch}, {args.cameras} cameras, {args.steps} flow steps, "
+          f"median of {args.repeats}\n", flush=True)
+
+    rows = []
+    for dtype_name in args.dtypes.split(","):
+        for size in args.sizes.split(","):
+            for variant in args.variants.split(","):
+                if variant == "pi0":
+                    new = bench_pi0_pair(size, DTYPES[dtype_name], device, args)
+                else:
+                    new = bench_ours_alone(variant, size, DTYPES[dtype_name], device, args)
+                rows += new
+                print(table(new).split("\n", 2)[-1], flush=True)
+                gc.collect()
+    print("\n" + table(rows))
+    if args.json:
+        with open(args.json, "w") as file:
+            json.dump(rows, file, indent=1)
+    if args.plot:
+        plot(rows, args.plot)
+    return rows

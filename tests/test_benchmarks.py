@@ -1,0 +1,31 @@
+"""The benchmark harness compares like with like: one set of weights, the same inputs, equal outputs."""
+
+import torch
+
+from benchmarks.harness import main
+from benchmarks.models import make_inputs, sharing_weights, transformers_pi0
+
+
+def test_our_pi0_holds_the_very_tensors_of_transformers_pi0_and_samples_the_same_chunk():
+    theirs = transformers_pi0("tiny")
+    ours = sharing_weights(theirs, max_token_len=12)
+    theirs_storage = {p.data_ptr() for p in theirs.parameters()}
+    assert all(p.data_ptr() in theirs_storage for p in ours.parameters())
+    inputs = make_inputs(ours.config, batch=2, cameras=3, prompt_tokens=5, device="cpu")
+    with torch.no_grad():
+        expected = theirs.sample_actions(**inputs.transformers(), state=inputs.state, noise=inputs.noise)
+        actions = ours.generate_actions(**inputs.ours(), state=inputs.state, noise=inputs.noise)
+    torch.testing.assert_close(actions, expected, atol=1e-5, rtol=0)
+
+
+def test_the_harness_reports_every_part_for_both_models_and_each_variant(tmp_path, capsys):
+    rows = main(["--sizes", "tiny", "--variants", "pi0,pi05,pi0_fast", "--repeats", "1", "--json", str(tmp_path / "r.json")])
+    by_model = {(row["variant"], row["model"]): row for row in rows}
+    assert set(by_model) == {("pi0", "ours"), ("pi0", "transformers"), ("pi05", "ours"), ("pi0_fast", "ours")}
+    for key in ("vision_ms", "prefix_ms", "flow_ms", "total_ms", "train_ms"):
+        assert by_model["pi0", "ours"][key] > 0 and by_model["pi0", "transformers"][key] > 0
+    assert by_model["pi0", "transformers"]["total_ratio"] == 1.0
+    assert by_model["pi0", "ours"]["max_difference"] < 1e-5
+    assert by_model["pi0_fast", "ours"]["per_token_ms"] > 0
+    printed = capsys.readouterr().out
+    assert "| tiny | float32 | pi0 | transformers |" in printed and (tmp_path / "r.json").exists()
