@@ -30,7 +30,7 @@ def flow_generate(model, inputs, steps, clock, ours: bool):
     """The chunk sampler of either model, with the vision and prefix parts wrapped for timing."""
     if ours:
         clock.wrap(model, "get_image_features", "vision")
-        clock.wrap(model, "encode_prefix", "prefix")
+        clock.wrap(model, "fill_prefix_cache", "prefix")
         return lambda: model.generate_actions(**inputs.ours(), state=inputs.state, noise=inputs.noise, num_steps=steps)
     clock.wrap(model.model.vlm, "get_image_features", "vision")
     clock.wrap(model.model.vlm, "forward", "prefix")

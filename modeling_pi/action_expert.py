@@ -31,9 +31,9 @@ class PiAdaptiveRMSNorm(nn.Module):
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x32 = x.float()
         normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        scale, shift, gate = self.modulation(cond)[:, None, :].chunk(3, dim=-1)
+        scale, shift, gate = self.modulation(cond.to(self.modulation.weight.dtype))[:, None, :].chunk(3, dim=-1)
         normed = normed * (1 + scale.float()) + shift.float()
-        return normed.to(x.dtype), gate
+        return normed.to(x.dtype), gate.to(x.dtype)
 
 
 def apply_norm(norm: nn.Module, x: torch.Tensor, cond: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -59,3 +59,8 @@ class PiActionExpert(nn.Module):
             self.norm = PiAdaptiveRMSNorm(width, width, eps)
         else:
             self.norm = GemmaRMSNorm(width, eps)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype its layers compute in (the flow head around it may be float32 while they are bfloat16)."""
+        return self.layers[0].self_attn.q_proj.weight.dtype

@@ -50,21 +50,27 @@ def joint_layer(
     attn_implementation: str,
     cache=None,
     layer_idx: int = 0,
+    cache_only: bool = False,
 ) -> list[torch.Tensor | None]:
-    """One decoder layer over both experts' tokens; `None` streams are skipped."""
+    """One decoder layer over both experts' tokens; `None` streams are skipped. With `cache_only` the
+    layer stops once its keys and values are in `cache` (for a last layer whose outputs nothing reads)."""
     active = [i for i, h in enumerate(hidden_states) if h is not None]
     queries, keys, values, gates = [], [], [], {}
     for i in active:
         attn = layers[i].self_attn
         normed, gates[i] = apply_norm(layers[i].input_layernorm, hidden_states[i], conds[i])
         shape = (*normed.shape[:-1], -1, attn.head_dim)
-        queries.append(attn.q_proj(normed).view(shape).transpose(1, 2))
+        queries.append(attn.q_proj(normed).view(shape).transpose(1, 2) if not cache_only else None)
         keys.append(attn.k_proj(normed).view(shape).transpose(1, 2))
         values.append(attn.v_proj(normed).view(shape).transpose(1, 2))
-    query, key, value = (torch.cat(x, dim=2) for x in (queries, keys, values))
+    key, value = torch.cat(keys, dim=2), torch.cat(values, dim=2)
 
     cos, sin = position_embeddings
-    query, key = apply_rotary_pos_emb(query, key, cos, sin)
+    if cache_only:
+        _, key = apply_rotary_pos_emb(key, key, cos, sin)
+        cache.update(key, value, layer_idx)
+        return list(hidden_states)
+    query, key = apply_rotary_pos_emb(torch.cat(queries, dim=2), key, cos, sin)
     if cache is not None:
         key, value = cache.update(key, value, layer_idx)
 

@@ -53,6 +53,12 @@ class PiPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = False
     _supports_attention_backend = True
     _no_split_modules = ["GemmaDecoderLayer", "SiglipEncoderLayer"]
+    # The reference's mixed precision: under bfloat16, the flow head (action and state projections, time MLPs)
+    # and the adaRMS modulation stay float32; Gemma's norms compute in float32 on their own.
+    _keep_in_fp32_modules_strict = [
+        "action_in_proj", "action_out_proj", "state_proj", "action_time_mlp_in", "action_time_mlp_out",
+        "time_mlp_in", "time_mlp_out", "modulation",
+    ]
 
     def _init_weights(self, module):
         # Gemma norms scale by (1 + weight); the reference starts them, and the adaRMS modulation, at zero.
@@ -148,17 +154,26 @@ class PiForActionGeneration(PiPreTrainedModel):
     def embed_suffix(
         self, state: torch.Tensor | None, noisy_actions: torch.Tensor, timestep: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Suffix embeddings [B, S, W] and the adaRMS conditioning [B, W] (π0.5) or None (π0)."""
+        """Suffix embeddings [B, S, W] in the expert's dtype, and the adaRMS conditioning [B, W] (π0.5) or None (π0).
+
+        The flow head computes in its own weights' dtype: float32 in a model loaded in bfloat16, as in the reference.
+        """
         dtype = self.action_in_proj.weight.dtype
         action_tokens = self.action_in_proj(noisy_actions.to(dtype))
-        time_emb = time_embedding(timestep, action_tokens.shape[-1], self.config.min_period, self.config.max_period)
+        time_emb = time_embedding(timestep, action_tokens.shape[-1], self.config.min_period, self.config.max_period).to(dtype)
         if self.config.use_adarms:
-            return action_tokens, F.silu(self.time_mlp_out(F.silu(self.time_mlp_in(time_emb.to(dtype)))))
-        time_tokens = time_emb[:, None, :].expand_as(action_tokens).to(dtype)
+            adarms_cond = F.silu(self.time_mlp_out(F.silu(self.time_mlp_in(time_emb))))
+            return action_tokens.to(self.action_expert.dtype), adarms_cond
+        time_tokens = time_emb[:, None, :].expand_as(action_tokens)
         mixed = self.action_time_mlp_in(torch.cat([action_tokens, time_tokens], dim=-1))
         action_tokens = self.action_time_mlp_out(F.silu(mixed))
         state_token = self.state_proj(state.to(dtype))[:, None, :]
-        return torch.cat([state_token, action_tokens], dim=1), None
+        return torch.cat([state_token, action_tokens], dim=1).to(self.action_expert.dtype), None
+
+    def predict_velocity(self, suffix_out: torch.Tensor) -> torch.Tensor:
+        """The expert's final-norm output over the suffix -> velocity [B, H, D] (in the flow head's dtype)."""
+        action_out = suffix_out[:, -self.config.action_horizon :]
+        return self.action_out_proj(action_out.to(self.action_out_proj.weight.dtype))
 
     # ---- the two experts -------------------------------------------------------------------------
 
@@ -176,11 +191,14 @@ class PiForActionGeneration(PiPreTrainedModel):
         position_embeddings: tuple[torch.Tensor, torch.Tensor],
         adarms_cond: torch.Tensor | None = None,
         cache=None,
+        cache_only: bool = False,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Runs whichever streams are given through all joint layers; returns their final-norm outputs.
 
         `prefix` is the language model's stream (the prefix, or π0-FAST's newly generated tokens),
-        `suffix` the action expert's; mask and rotary embeddings come from `_attention_inputs`.
+        `suffix` the action expert's; mask and rotary embeddings come from `_attention_inputs`. With
+        `cache_only` the run only fills `cache`: the last layer stops at its keys and values, and
+        nothing is returned.
         """
         layer_kwargs = {
             "conds": (None, adarms_cond),
@@ -192,9 +210,12 @@ class PiForActionGeneration(PiPreTrainedModel):
         hidden = (prefix, suffix)
         checkpointing = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         expert_layers = self.action_expert.layers if self.action_expert is not None else [None] * len(self.language_model.layers)
+        last = len(self.language_model.layers) - 1
         for idx, layers in enumerate(zip(self.language_model.layers, expert_layers)):
-            run = partial(_joint_layer_positional, layers, layer_idx=idx, **layer_kwargs)
+            run = partial(_joint_layer_positional, layers, layer_idx=idx, cache_only=cache_only and idx == last, **layer_kwargs)
             hidden = self._gradient_checkpointing_func(run, *hidden) if checkpointing else run(*hidden)
+        if cache_only:
+            return None, None
         prefix_out, suffix_out = hidden
         if prefix_out is not None:
             prefix_out = self.language_model.norm(prefix_out)
@@ -208,16 +229,31 @@ class PiForActionGeneration(PiPreTrainedModel):
         pixel_attention_mask: torch.Tensor,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
-        cache=None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Language-model pass over the prefix alone (filling `cache` when given): final-norm output and validity."""
+        """Language-model pass over the prefix alone: its final-norm output [B, P, D] and validity [B, P]."""
+        prefix, valid = self.embed_prefix(pixel_values, pixel_attention_mask, input_ids, attention_mask)
+        attention = self._attention_inputs(block_causal_mask(valid, torch.zeros_like(valid)), valid.long().cumsum(1) - 1, prefix)
+        prefix_out, _ = self._run_experts(prefix, None, *attention)
+        return prefix_out, valid
+
+    def fill_prefix_cache(
+        self,
+        pixel_values: torch.Tensor,
+        pixel_attention_mask: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        cache: StaticCache,
+    ) -> torch.Tensor:
+        """Writes the prefix's keys and values of every layer into `cache`; returns the prefix validity [B, P].
+
+        The cache may be longer than the prefix (the suffix's slots follow it): those slots are masked here.
+        """
         prefix, valid = self.embed_prefix(pixel_values, pixel_attention_mask, input_ids, attention_mask)
         allowed = block_causal_mask(valid, torch.zeros_like(valid))
-        if cache is not None:  # a static cache also holds the (not yet written) suffix slots: masked here
-            allowed = F.pad(allowed, (0, cache.get_max_length() - allowed.shape[-1]), value=False)
+        allowed = F.pad(allowed, (0, cache.get_max_length() - allowed.shape[-1]), value=False)
         attention = self._attention_inputs(allowed, valid.long().cumsum(1) - 1, prefix)
-        prefix_out, _ = self._run_experts(prefix, None, *attention, cache=cache)
-        return prefix_out, valid
+        self._run_experts(prefix, None, *attention, cache=cache, cache_only=True)
+        return valid
 
     # ---- training ----------------------------------------------------------------------------------
 
@@ -286,7 +322,7 @@ class PiForActionGeneration(PiPreTrainedModel):
         ar = torch.cat([suffix_ar.new_zeros(prefix.shape[1]), suffix_ar])[None].expand_as(valid)
         attention = self._attention_inputs(block_causal_mask(valid, ar), valid.long().cumsum(1) - 1, prefix)
         _, suffix_out = self._run_experts(prefix, suffix, *attention, adarms_cond)
-        velocity = self.action_out_proj(suffix_out[:, -config.action_horizon :])
+        velocity = self.predict_velocity(suffix_out)
         losses = (velocity.float() - target_velocity.float()).pow(2).mean(dim=-1)
         if action_is_pad is None:
             loss = losses.mean()
@@ -319,8 +355,8 @@ class PiForActionGeneration(PiPreTrainedModel):
     ) -> torch.Tensor:
         """Samples a normalised action chunk [B, H, D] by integrating the flow from `noise` (t=1) to t=0.
 
-        The prefix runs once into a static KV cache sized prefix + suffix; each velocity evaluation runs
-        only the action expert over the suffix and writes its keys into the suffix slots, which the next
+        The prefix (without cameras and prompt slots that no row uses) runs once into a static KV cache
+        sized prefix + suffix; each velocity evaluation runs only the action expert over the suffix and writes its keys into the suffix slots, which the next
         evaluation overwrites: the cache is never grown nor copied. `noise` or `generator` make it
         reproducible; `solver` is "euler" (the reference), "heun" or "rk4"; `num_steps` counts solver steps.
         """
@@ -335,16 +371,17 @@ class PiForActionGeneration(PiPreTrainedModel):
             noise = torch.randn(shape, generator=generator, device=pixel_values.device, dtype=torch.float32)
         num_steps = config.num_inference_steps if num_steps is None else num_steps
 
+        prefix_inputs = drop_unused_prefix(pixel_values, pixel_attention_mask, input_ids, attention_mask)
         suffix_ar = self.suffix_ar_flags(pixel_values.device)
         suffix_len = suffix_ar.shape[0]
-        prefix_len = config.num_image_tokens * len(config.image_keys) + input_ids.shape[1]
+        prefix_len = config.num_image_tokens * prefix_inputs[0].shape[1] + prefix_inputs[2].shape[1]
         cache = StaticCache(config=config.text_config, max_cache_len=prefix_len + suffix_len)
-        _, prefix_valid = self.encode_prefix(pixel_values, pixel_attention_mask, input_ids, attention_mask, cache=cache)
+        prefix_valid = self.fill_prefix_cache(*prefix_inputs, cache=cache)
 
         # The suffix's mask rows and rotary embeddings are the same at every step: built once.
         valid = torch.cat([prefix_valid, prefix_valid.new_ones(batch, suffix_len)], dim=1)
         ar = torch.cat([suffix_ar.new_zeros(prefix_len), suffix_ar])[None].expand_as(valid)
-        like = self.action_in_proj.weight
+        like = self.action_expert.layers[0].self_attn.q_proj.weight  # the dtype the expert computes in
         attention = self._attention_inputs(
             block_causal_mask(valid, ar)[:, prefix_len:], (valid.long().cumsum(1) - 1)[:, prefix_len:], like
         )
@@ -354,7 +391,7 @@ class PiForActionGeneration(PiPreTrainedModel):
             suffix, adarms_cond = self.embed_suffix(state, x_t, timestep)
             _, suffix_out = self._run_experts(None, suffix, *attention, adarms_cond, cache=cache)
             cache.crop(-suffix_len)  # rewind to the prefix; the next step overwrites the suffix slots
-            return self.action_out_proj(suffix_out[:, -config.action_horizon :]).float()
+            return self.predict_velocity(suffix_out).float()
 
         return integrate(velocity, noise.float(), num_steps, solver)
 
@@ -396,6 +433,21 @@ class PiForActionGeneration(PiPreTrainedModel):
                 raise ValueError(f"allowed_token_ids must be a non-empty set of ids in [0, {vocab}).")
         return decode_fast(self, pixel_values, pixel_attention_mask, input_ids, attention_mask, max_new_tokens,
                            temperature, generator, allowed_token_ids, use_cache, reference_positions)
+
+
+def drop_unused_prefix(pixel_values, pixel_attention_mask, input_ids, attention_mask) -> tuple[torch.Tensor, ...]:
+    """The prefix inputs without the cameras absent from every row and the prompt slots padded in every row.
+
+    No token attends to those, and positions count valid tokens only, so sampling is unchanged; a
+    right-padded batch of short prompts, or a robot with fewer cameras than the checkpoint, costs less.
+    """
+    cameras = pixel_attention_mask.bool().any(dim=0)
+    if cameras.any() and not cameras.all():
+        pixel_values, pixel_attention_mask = pixel_values[:, cameras], pixel_attention_mask[:, cameras]
+    slots = attention_mask.bool().any(dim=0)
+    if not slots.all():
+        input_ids, attention_mask = input_ids[:, slots], attention_mask[:, slots]
+    return pixel_values, pixel_attention_mask, input_ids, attention_mask
 
 
 def _joint_layer_positional(layers, prefix, suffix, **kwargs):

@@ -9,6 +9,7 @@ from transformers import AutoConfig, AutoModel
 import modeling_pi  # noqa: F401
 from conftest import load_fixture_io, random_inputs, tiny_config
 from modeling_pi import PiConfig, PiForActionGeneration
+from modeling_pi.modeling_pi import drop_unused_prefix
 
 MODEL_INPUTS = ("pixel_values", "pixel_attention_mask", "input_ids", "attention_mask")
 
@@ -161,6 +162,21 @@ def test_masked_camera_and_padding_do_not_leak_into_actions():
     assert not torch.allclose(model.generate_actions(pixel_values, *args[1:], noise=inputs["noise"])[0], actions[0])
 
 
+@pytest.mark.parametrize("variant", ["pi0", "pi05"])
+@torch.no_grad()
+def test_a_row_samples_the_same_alone_as_beside_a_row_using_every_camera_and_prompt_slot(variant):
+    """Alone, the last row's absent camera and padded prompt slots leave the prefix; beside the first row,
+    which uses them, they stay in it, masked. The row's chunk must not depend on which."""
+    model = _tiny_model(variant)
+    inputs = random_inputs(model.config)
+    alone = [x[-1:] for x in _args(inputs)]
+    pixel_values, _, input_ids, _ = drop_unused_prefix(*alone)
+    assert pixel_values.shape[1] == 2 and input_ids.shape[1] == 3  # one camera and three prompt slots dropped
+    state, noise = inputs["state"], inputs["noise"]
+    batched = model.generate_actions(*_args(inputs), state=state, noise=noise)[-1:]
+    torch.testing.assert_close(model.generate_actions(*alone, state=state[-1:], noise=noise[-1:]), batched, atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("solver", ["euler", "heun", "rk4"])
 @torch.no_grad()
 def test_solvers_run_on_the_model(solver):
@@ -266,4 +282,14 @@ def test_bfloat16_model_stays_close_to_the_float32_reference(converted, variant)
     actions = model.generate_actions(*_args(io), state=io["state"], noise=io["noise"])
     assert actions.dtype == torch.float32
     expected = io["expected.sample_actions_10_steps"]
-    assert (actions - expected).abs().max() < 0.02 * expected.abs().max()
+    assert (actions - expected).abs().max() < 0.01 * expected.abs().max()  # measured: 0.39% (π0), 0.15% (π0.5)
+
+
+@torch.no_grad()
+def test_bfloat16_loading_keeps_the_flow_head_and_adarms_modulation_in_float32(converted):
+    model = AutoModel.from_pretrained(converted("pi05"), dtype=torch.bfloat16)
+    kept = [model.action_in_proj, model.action_out_proj, model.time_mlp_in, model.time_mlp_out,
+            model.action_expert.layers[0].input_layernorm.modulation, model.action_expert.norm.modulation]
+    assert all(module.weight.dtype == torch.float32 for module in kept)
+    assert model.language_model.layers[0].mlp.up_proj.weight.dtype == torch.bfloat16
+    assert model.action_expert.layers[0].mlp.up_proj.weight.dtype == torch.bfloat16
