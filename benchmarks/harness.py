@@ -1,7 +1,7 @@
 """This project's π models side by side with transformers' built-in PI0: latency, training step, memory.
 
     python -m benchmarks [--sizes tiny,small,base,full] [--dtypes float32,bfloat16] [--device cpu]
-                         [--variants pi0,pi05,pi0_fast] [--repeats 5] [--steps 10] [--no-train]
+                         [--variants pi0,pi05,pi0_fast] [--repeats 5] [--steps 10] [--compile MODE] [--no-train]
                          [--json results.json] [--plot latency.png]
 
 For π0 both models hold one set of weights (see `models.py`) and are run alternately in one process;
@@ -86,8 +86,10 @@ def _flow_row(timing: dict, steps: int) -> dict:
 
 
 def bench_pi0_pair(size, dtype, device, args) -> list[dict]:
-    theirs = transformers_pi0(size).to(device=device, dtype=dtype)
+    theirs = transformers_pi0(size, device).to(dtype)
     ours = sharing_weights(theirs, max_token_len=args.prompt_length or 48)
+    if args.compile:  # the warm-up round compiles
+        ours.compile_flow_step(mode=args.compile)
     inputs = make_inputs(ours.config, args.batch, args.cameras, args.prompt_tokens, device)
     inputs.pixel_values = inputs.pixel_values.to(dtype)
     models = {"ours": ours, "transformers": theirs}
@@ -104,7 +106,8 @@ def bench_pi0_pair(size, dtype, device, args) -> list[dict]:
         timings = alternate(runs, args.repeats)
         memory = {name: peak_added_bytes(fn, device) for name, (_, fn) in runs.items()}
 
-    rows = [{"size": size, "dtype": str(dtype).removeprefix("torch."), "variant": "pi0", "model": name,
+    rows = [{"size": size, "dtype": str(dtype).removeprefix("torch."), "variant": "pi0",
+             "model": f"ours, compiled ({args.compile})" if name == "ours" and args.compile else name,
              **_flow_row(timings[name], args.steps), "peak_mib": memory[name] / MiB, "max_difference": difference}
             for name in models]
     if args.train:
@@ -114,8 +117,9 @@ def bench_pi0_pair(size, dtype, device, args) -> list[dict]:
             steps = {name: train_step(model, inputs, name == "ours") for name, model in models.items()}
             train = alternate({name: (Clock(device), fn) for name, fn in steps.items()}, args.repeats)
             for row in rows:
-                row["train_ms"] = train[row["model"]]["total"] * 1e3
-                row["train_peak_mib"] = peak_added_bytes(steps[row["model"]], device) / MiB
+                name = "transformers" if row["model"] == "transformers" else "ours"
+                row["train_ms"] = train[name]["total"] * 1e3
+                row["train_peak_mib"] = peak_added_bytes(steps[name], device) / MiB
         else:
             for row in rows:
                 row["train_skipped"] = reason
@@ -132,7 +136,9 @@ def _add_ratios(rows):
 
 
 def bench_ours_alone(variant, size, dtype, device, args) -> list[dict]:
-    model = ours_alone(variant, size, args.prompt_length).to(device=device, dtype=dtype)
+    model = ours_alone(variant, size, args.prompt_length, device).to(dtype)
+    if args.compile and variant != "pi0_fast":
+        model.compile_flow_step(mode=args.compile)
     inputs = make_inputs(model.config, args.batch, args.cameras, args.prompt_tokens, device)
     inputs.pixel_values = inputs.pixel_values.to(dtype)
     clock = Clock(device)
@@ -195,8 +201,8 @@ def plot(rows, path):
     for axis, dtype in zip(axes[0], dtypes):
         sizes = [size for size in SIZES if any(row["size"] == size and row["dtype"] == dtype for row in pairs)]
         for offset, model in ((-0.2, "transformers"), (0.2, "ours")):
-            values = [next(row["total_ms"] for row in pairs if (row["size"], row["dtype"], row["model"]) == (size, dtype, model))
-                      for size in sizes]
+            values = [next(row["total_ms"] for row in pairs if (row["size"], row["dtype"]) == (size, dtype)
+                           and row["model"].startswith(model)) for size in sizes]
             axis.bar([i + offset for i in range(len(sizes))], values, width=0.4, label=model)
         axis.set_xticks(range(len(sizes)), sizes)
         axis.set_yscale("log")
@@ -219,6 +225,7 @@ def main(argv=None):
     parser.add_argument("--cameras", type=int, default=3)
     parser.add_argument("--prompt-tokens", type=int, default=20, help="real prompt tokens; the rest is padding")
     parser.add_argument("--prompt-length", type=int, default=None, help="padded prompt length (the variant's default)")
+    parser.add_argument("--compile", metavar="MODE", help="compile our flow step: default, reduce-overhead (CUDA graphs), ...")
     parser.add_argument("--no-train", dest="train", action="store_false", help="skip the training step")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json", help="also write the rows here")

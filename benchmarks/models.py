@@ -96,8 +96,8 @@ def make_inputs(config: PiConfig, batch: int, cameras: int, prompt_tokens: int, 
     return tensors
 
 
-def transformers_pi0(size: str) -> PI0ForConditionalGeneration:
-    """transformers' PI0 at a named size, initialised by transformers."""
+def transformers_pi0(size: str, device="cpu") -> PI0ForConditionalGeneration:
+    """transformers' PI0 at a named size, initialised by transformers, built on `device`."""
     text, expert, vision, horizon = SIZES[size]
     expert = {k: v for k, v in expert.items() if k not in ("model_type", "vocab_size", *_NO_SPECIAL_TOKENS)}
     config = PI0Config(
@@ -106,7 +106,8 @@ def transformers_pi0(size: str) -> PI0ForConditionalGeneration:
         dit_config={**expert, **_NO_SPECIAL_TOKENS, "vocab_size": 1},
         chunk_size=horizon,
     )
-    return PI0ForConditionalGeneration(config).eval()
+    with torch.device(device):
+        return PI0ForConditionalGeneration(config).eval()
 
 
 def sharing_weights(theirs: PI0ForConditionalGeneration, max_token_len: int) -> PiForActionGeneration:
@@ -127,9 +128,10 @@ def sharing_weights(theirs: PI0ForConditionalGeneration, max_token_len: int) -> 
     return ours.eval()
 
 
-def ours_alone(variant: str, size: str, max_token_len: int) -> PiForActionGeneration:
+def ours_alone(variant: str, size: str, max_token_len: int | None, device="cpu") -> PiForActionGeneration:
     """π0.5 or π0-FAST at a named size (π0.5 takes the expert above, π0-FAST no expert)."""
     text, expert, vision, horizon = SIZES[size]
     config = PiConfig(variant=variant, text_config=text, vision_config=vision, action_horizon=horizon,
                       max_token_len=max_token_len, **({"expert_config": expert} if variant != "pi0_fast" else {}))
-    return PiForActionGeneration(config).eval()
+    with torch.device(device):
+        return PiForActionGeneration(config).eval()

@@ -97,6 +97,7 @@ class PiForActionGeneration(PiPreTrainedModel):
         if config.is_flow:
             self._init_flow_head(config)
         self.gradient_checkpointing = False
+        self._compiled_velocity = None  # see compile_flow_step
         self.post_init()
 
     def _init_flow_head(self, config: PiConfig):
@@ -355,10 +356,11 @@ class PiForActionGeneration(PiPreTrainedModel):
     ) -> torch.Tensor:
         """Samples a normalised action chunk [B, H, D] by integrating the flow from `noise` (t=1) to t=0.
 
-        The prefix (without cameras and prompt slots that no row uses) runs once into a static KV cache
-        sized prefix + suffix; each velocity evaluation runs only the action expert over the suffix and writes its keys into the suffix slots, which the next
-        evaluation overwrites: the cache is never grown nor copied. `noise` or `generator` make it
-        reproducible; `solver` is "euler" (the reference), "heun" or "rk4"; `num_steps` counts solver steps.
+        The prefix (without cameras and prompt slots that no row uses) runs once into a static KV cache sized
+        prefix + suffix; each velocity evaluation runs only the action expert over the suffix and writes its
+        keys into the suffix slots, which the next evaluation overwrites: the cache is never grown nor copied.
+        `noise` or `generator` make it reproducible; `solver` is "euler" (the reference), "heun" or "rk4";
+        `num_steps` counts solver steps. See `compile_flow_step` for the compiled variant.
         """
         if not self.config.is_flow:
             raise ValueError("π0-FAST decodes action tokens: use generate_actions or decode_action_tokens.")
@@ -371,11 +373,15 @@ class PiForActionGeneration(PiPreTrainedModel):
             noise = torch.randn(shape, generator=generator, device=pixel_values.device, dtype=torch.float32)
         num_steps = config.num_inference_steps if num_steps is None else num_steps
 
-        prefix_inputs = drop_unused_prefix(pixel_values, pixel_attention_mask, input_ids, attention_mask)
+        compiled = self._compiled_velocity is not None
+        prefix_inputs = (pixel_values, pixel_attention_mask, input_ids, attention_mask)
+        if not compiled:  # a compiled step keeps its shapes: the prefix stays at its padded length
+            prefix_inputs = drop_unused_prefix(*prefix_inputs)
         suffix_ar = self.suffix_ar_flags(pixel_values.device)
         suffix_len = suffix_ar.shape[0]
         prefix_len = config.num_image_tokens * prefix_inputs[0].shape[1] + prefix_inputs[2].shape[1]
-        cache = StaticCache(config=config.text_config, max_cache_len=prefix_len + suffix_len)
+        cache = self._static_cache(batch, prefix_len + suffix_len) if compiled else StaticCache(
+            config=config.text_config, max_cache_len=prefix_len + suffix_len)
         prefix_valid = self.fill_prefix_cache(*prefix_inputs, cache=cache)
 
         # The suffix's mask rows and rotary embeddings are the same at every step: built once.
@@ -385,15 +391,40 @@ class PiForActionGeneration(PiPreTrainedModel):
         attention = self._attention_inputs(
             block_causal_mask(valid, ar)[:, prefix_len:], (valid.long().cumsum(1) - 1)[:, prefix_len:], like
         )
+        step = self._compiled_velocity if compiled else self._velocity
 
         def velocity(x_t: torch.Tensor, t: float) -> torch.Tensor:
             timestep = torch.full((batch,), t, dtype=torch.float32, device=x_t.device)
-            suffix, adarms_cond = self.embed_suffix(state, x_t, timestep)
-            _, suffix_out = self._run_experts(None, suffix, *attention, adarms_cond, cache=cache)
-            cache.crop(-suffix_len)  # rewind to the prefix; the next step overwrites the suffix slots
-            return self.predict_velocity(suffix_out).float()
+            v_t = step(x_t, timestep, state, attention, cache)
+            return v_t.clone() if compiled else v_t  # a CUDA-graph replay overwrites its previous output
 
         return integrate(velocity, noise.float(), num_steps, solver)
+
+    def _velocity(self, x_t, timestep, state, attention, cache) -> torch.Tensor:
+        """One velocity evaluation: the action expert over the suffix at flow time `timestep`, against the cached prefix."""
+        suffix, adarms_cond = self.embed_suffix(state, x_t, timestep)
+        _, suffix_out = self._run_experts(None, suffix, *attention, adarms_cond, cache=cache)
+        cache.crop(-suffix.shape[1])  # rewind to the prefix; the next step overwrites the suffix slots
+        return self.predict_velocity(suffix_out).float()
+
+    def compile_flow_step(self, **options) -> None:
+        """Compiles the velocity evaluation with `torch.compile(**options)`; `mode="reduce-overhead"` also
+        replays it as a CUDA graph on a GPU.
+
+        From then on `sample_actions` keeps the prefix at its padded length and reuses one static cache per
+        batch size and prefix length, reset in place at each call, so the compiled step meets the same
+        shapes and cache tensors every time (the first call of each shape compiles).
+        """
+        self._compiled_velocity = torch.compile(self._velocity, **options)
+        self._static_caches = {}
+
+    def _static_cache(self, batch: int, length: int) -> StaticCache:
+        key = (batch, length, self.dtype, self.device)
+        if key not in self._static_caches:
+            self._static_caches[key] = StaticCache(config=self.config.text_config, max_cache_len=length)
+        cache = self._static_caches[key]
+        cache.reset()
+        return cache
 
     @torch.no_grad()
     def decode_action_tokens(

@@ -1,6 +1,7 @@
 """Shared test helpers: the reference fixtures (../shared/fixtures), converted fixture models, tiny configs."""
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -13,7 +14,8 @@ from conversion.convert_openpi import convert_openpi
 from conversion.hf_folder import build_processor
 from processing_pi import NormStats
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+# ../shared/fixtures beside the clone; PI_FIXTURES names another copy (the GPU check carries one along).
+FIXTURES = Path(os.environ.get("PI_FIXTURES", Path(__file__).resolve().parents[2] / "shared" / "fixtures"))
 OPENPI = FIXTURES / "openpi"
 CAMERAS = ("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb")
 PROCESSOR = FIXTURES / "processor"

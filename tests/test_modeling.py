@@ -177,6 +177,20 @@ def test_a_row_samples_the_same_alone_as_beside_a_row_using_every_camera_and_pro
     torch.testing.assert_close(model.generate_actions(*alone, state=state[-1:], noise=noise[-1:]), batched, atol=1e-5, rtol=0)
 
 
+@torch.no_grad()
+def test_the_compiled_flow_step_samples_what_the_eager_one_does():
+    """π0.5 (the adaRMS path), heun (two evaluations per step); a second batch of the same shape reuses the
+    compiled step and its cache, reset in place, so it must not see the first batch's prefix."""
+    model = _tiny_model("pi05")
+    first, second = random_inputs(model.config, seed=0), random_inputs(model.config, seed=1)
+    eager = [model.generate_actions(*_args(x), noise=x["noise"], num_steps=3, solver="heun") for x in (first, second)]
+    model.compile_flow_step()
+    for inputs, expected in zip((first, second), eager):
+        compiled = model.generate_actions(*_args(inputs), noise=inputs["noise"], num_steps=3, solver="heun")
+        torch.testing.assert_close(compiled, expected, atol=1e-5, rtol=0)
+    assert len(model._static_caches) == 1
+
+
 @pytest.mark.parametrize("solver", ["euler", "heun", "rk4"])
 @torch.no_grad()
 def test_solvers_run_on_the_model(solver):
