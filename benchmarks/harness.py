@@ -2,6 +2,7 @@
 
     python -m benchmarks [--sizes tiny,small,base,full] [--dtypes float32,bfloat16] [--device cpu]
                          [--variants pi0,pi05,pi0_fast] [--repeats 5] [--steps 10] [--compile MODE] [--no-train]
+                         [--ablations eager-attention,per-camera-vision,whole-prefix]
                          [--json results.json] [--plot latency.png]
 
 For π0 both models hold one set of weights (see `models.py`) and are run alternately in one process;
@@ -18,6 +19,7 @@ import platform
 
 import torch
 
+from .ablations import ABLATIONS, ablated
 from .models import SIZES, make_inputs, ours_alone, sharing_weights, transformers_pi0
 from .timing import Clock, alternate, peak_added_bytes, return_freed_memory_to_the_system
 
@@ -103,25 +105,28 @@ def bench_pi0_pair(size, dtype, device, args) -> list[dict]:
         clocks = {name: Clock(device) for name in models}
         runs = {name: (clocks[name], flow_generate(model, inputs, args.steps, clocks[name], name == "ours"))
                 for name, model in models.items()}
-        timings = alternate(runs, args.repeats)
         memory = {name: peak_added_bytes(fn, device) for name, (_, fn) in runs.items()}
+        for ablation in args.ablations:  # our model again, one optimisation undone
+            runs[f"ours without {ablation}"] = (clocks["ours"], ablated(ours, ablation, runs["ours"][1]))
+        timings = alternate(runs, args.repeats)
 
     rows = [{"size": size, "dtype": str(dtype).removeprefix("torch."), "variant": "pi0",
              "model": f"ours, compiled ({args.compile})" if name == "ours" and args.compile else name,
-             **_flow_row(timings[name], args.steps), "peak_mib": memory[name] / MiB, "max_difference": difference}
-            for name in models]
+             **_flow_row(timings[name], args.steps), "peak_mib": memory[name] / MiB if name in memory else None,
+             "max_difference": difference}
+            for name in runs]
     if args.train:
         fits, reason = training_fits(models.values(), device)
         if fits:
             inputs.actions, inputs.timestep = inputs.actions.to(dtype), inputs.timestep.to(dtype)
             steps = {name: train_step(model, inputs, name == "ours") for name, model in models.items()}
             train = alternate({name: (Clock(device), fn) for name, fn in steps.items()}, args.repeats)
-            for row in rows:
+            for row in rows[:2]:
                 name = "transformers" if row["model"] == "transformers" else "ours"
                 row["train_ms"] = train[name]["total"] * 1e3
                 row["train_peak_mib"] = peak_added_bytes(steps[name], device) / MiB
         else:
-            for row in rows:
+            for row in rows[:2]:
                 row["train_skipped"] = reason
     _add_ratios(rows)
     return rows
@@ -189,23 +194,29 @@ def table(rows) -> str:
 
 
 def plot(rows, path):
-    """Chunk latency of π0, ours beside transformers', per size; one panel per dtype (log scale)."""
+    """π0 chunk latency against model size, ours and transformers', one panel per dtype (log scale);
+    each of our points is labelled with its ratio to transformers'."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    pairs = [row for row in rows if row["variant"] == "pi0"]
+    pairs = [row for row in rows if row["variant"] == "pi0" and row["model"] in ("ours", "transformers")]
     dtypes = sorted({row["dtype"] for row in pairs}, reverse=True)
     figure, axes = plt.subplots(1, len(dtypes), figsize=(5 * len(dtypes), 4), squeeze=False)
     for axis, dtype in zip(axes[0], dtypes):
         sizes = [size for size in SIZES if any(row["size"] == size and row["dtype"] == dtype for row in pairs)]
-        for offset, model in ((-0.2, "transformers"), (0.2, "ours")):
-            values = [next(row["total_ms"] for row in pairs if (row["size"], row["dtype"]) == (size, dtype)
-                           and row["model"].startswith(model)) for size in sizes]
-            axis.bar([i + offset for i in range(len(sizes))], values, width=0.4, label=model)
+        for model, marker in (("transformers", "s"), ("ours", "o")):
+            points = [next(row for row in pairs if (row["size"], row["dtype"], row["model"]) == (size, dtype, model))
+                      for size in sizes]
+            axis.plot(range(len(sizes)), [row["total_ms"] for row in points], marker=marker, label=model)
+            if model == "ours":
+                for i, row in enumerate(points):
+                    axis.annotate(f"{row['total_ratio']:.2f}×", (i, row["total_ms"]), textcoords="offset points",
+                                  xytext=(0, -14), ha="center")
         axis.set_xticks(range(len(sizes)), sizes)
         axis.set_yscale("log")
+        axis.set_xlabel("model size")
         axis.set_ylabel("ms per action chunk")
         axis.set_title(f"π0, {dtype}")
         axis.legend()
@@ -226,11 +237,17 @@ def main(argv=None):
     parser.add_argument("--prompt-tokens", type=int, default=20, help="real prompt tokens; the rest is padding")
     parser.add_argument("--prompt-length", type=int, default=None, help="padded prompt length (the variant's default)")
     parser.add_argument("--compile", metavar="MODE", help="compile our flow step: default, reduce-overhead (CUDA graphs), ...")
+    parser.add_argument("--ablations", default="", help=f"comma-separated, from {', '.join(ABLATIONS)}: extra π0 rows "
+                        "with that optimisation undone")
     parser.add_argument("--no-train", dest="train", action="store_false", help="skip the training step")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json", help="also write the rows here")
     parser.add_argument("--plot", help="write a PNG of π0 chunk latency here (needs matplotlib)")
     args = parser.parse_args(argv)
+    args.ablations = [name for name in args.ablations.split(",") if name]
+    unknown = set(args.ablations) - set(ABLATIONS)
+    if unknown:
+        parser.error(f"unknown ablation(s) {', '.join(sorted(unknown))}; choose from {', '.join(ABLATIONS)}")
 
     device = torch.device(args.device)
     if args.threads:

@@ -1,7 +1,9 @@
 """The benchmark harness compares like with like: one set of weights, the same inputs, equal outputs."""
 
+import pytest
 import torch
 
+from benchmarks.ablations import ABLATIONS, ablated
 from benchmarks.harness import main
 from benchmarks.models import make_inputs, sharing_weights, transformers_pi0
 
@@ -29,3 +31,23 @@ def test_the_harness_reports_every_part_for_both_models_and_each_variant(tmp_pat
     assert by_model["pi0_fast", "ours"]["per_token_ms"] > 0
     printed = capsys.readouterr().out
     assert "| tiny | float32 | pi0 | transformers |" in printed and (tmp_path / "r.json").exists()
+
+
+@pytest.mark.parametrize("ablation", list(ABLATIONS))
+def test_each_optimisation_undone_by_an_ablation_leaves_the_chunk_unchanged(ablation):
+    ours = sharing_weights(transformers_pi0("tiny"), max_token_len=12)
+    inputs = make_inputs(ours.config, batch=2, cameras=3, prompt_tokens=5, device="cpu")
+    inputs.pixel_attention_mask[:, 2] = False  # a camera no row has: the whole prefix keeps it, ours drops it
+    with torch.no_grad():
+        sample = lambda: ours.generate_actions(**inputs.ours(), state=inputs.state, noise=inputs.noise)  # noqa: E731
+        expected = sample()
+        torch.testing.assert_close(ablated(ours, ablation, sample)(), expected, atol=1e-5, rtol=0)
+        assert torch.equal(sample(), expected)  # and the ablation is undone afterwards
+
+
+def test_ablation_rows_are_timed_beside_ours_and_transformers(capsys):
+    rows = main(["--sizes", "tiny", "--repeats", "1", "--no-train", "--ablations", "per-camera-vision,whole-prefix"])
+    assert [row["model"] for row in rows] == ["ours", "transformers", "ours without per-camera-vision", "ours without whole-prefix"]
+    assert all(row["total_ms"] > 0 and row["total_ratio"] > 0 for row in rows)
+    with pytest.raises(SystemExit):
+        main(["--ablations", "no-such-thing"])

@@ -1,0 +1,59 @@
+"""Our π0 with one optimisation undone, so the harness can show what each one buys.
+
+Each ablation is a context manager that patches one model instance for the duration of a call:
+
+- `eager-attention`: the attention backend is eager instead of sdpa;
+- `per-camera-vision`: the vision tower runs once per image instead of once over all cameras;
+- `whole-prefix`: the prefix pass keeps the prompt's padding and unused cameras, and runs the last layer
+  in full although only its keys and values are read.
+"""
+
+from contextlib import contextmanager
+
+import torch
+
+import modeling_pi.modeling_pi as modeling
+
+
+@contextmanager
+def eager_attention(model):
+    saved = model.config._attn_implementation
+    model.config._attn_implementation = "eager"
+    try:
+        yield
+    finally:
+        model.config._attn_implementation = saved
+
+
+@contextmanager
+def per_camera_vision(model):
+    batched = model.get_image_features
+    model.get_image_features = lambda images: torch.cat([batched(image[None]) for image in images])
+    try:
+        yield
+    finally:
+        model.get_image_features = batched
+
+
+@contextmanager
+def whole_prefix(model):
+    run_experts, drop = model._run_experts, modeling.drop_unused_prefix
+    model._run_experts = lambda *args, **kwargs: run_experts(*args, **{**kwargs, "cache_only": False})
+    modeling.drop_unused_prefix = lambda *inputs: inputs
+    try:
+        yield
+    finally:
+        model._run_experts, modeling.drop_unused_prefix = run_experts, drop
+
+
+ABLATIONS = {"eager-attention": eager_attention, "per-camera-vision": per_camera_vision, "whole-prefix": whole_prefix}
+
+
+def ablated(model, name: str, fn):
+    """`fn` run with the ablation `name` applied to `model`."""
+
+    def run():
+        with ABLATIONS[name](model):
+            return fn()
+
+    return run
