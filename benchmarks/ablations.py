@@ -1,11 +1,12 @@
 """Our π0 with one optimisation undone, so the harness can show what each one buys.
 
-Each ablation is a context manager that patches one model instance for the duration of a call:
+Each ablation is named after the optimisation it removes, and patches one model instance for the
+duration of a call:
 
-- `eager-attention`: the attention backend is eager instead of sdpa;
-- `per-camera-vision`: the vision tower runs once per image instead of once over all cameras;
-- `whole-prefix`: the prefix pass keeps the prompt's padding and unused cameras, and runs the last layer
-  in full although only its keys and values are read.
+- `sdpa`: the attention backend is eager instead of sdpa;
+- `batched-cameras`: the vision tower runs once per image instead of once over all cameras;
+- `prefix-trimming`: the prefix pass keeps the prompt's padding and the cameras no row has, and runs
+  the last layer in full although only its keys and values are read.
 """
 
 from contextlib import contextmanager
@@ -46,11 +47,11 @@ def whole_prefix(model):
         model._run_experts, modeling.drop_unused_prefix = run_experts, drop
 
 
-ABLATIONS = {"eager-attention": eager_attention, "per-camera-vision": per_camera_vision, "whole-prefix": whole_prefix}
+ABLATIONS = {"sdpa": eager_attention, "batched-cameras": per_camera_vision, "prefix-trimming": whole_prefix}
 
 
 def ablated(model, name: str, fn):
-    """`fn` run with the ablation `name` applied to `model`."""
+    """`fn` run with the optimisation `name` undone in `model`."""
 
     def run():
         with ABLATIONS[name](model):

@@ -2,7 +2,8 @@
 
     python -m benchmarks [--sizes tiny,small,base,full] [--dtypes float32,bfloat16] [--device cpu]
                          [--variants pi0,pi05,pi0_fast] [--repeats 5] [--steps 10] [--compile MODE] [--no-train]
-                         [--ablations eager-attention,per-camera-vision,whole-prefix]
+                         [--ablations sdpa,batched-cameras,prefix-trimming]
+    python -m benchmarks --merge a.json,b.json [--plot latency.png]
                          [--json results.json] [--plot latency.png]
 
 For π0 both models hold one set of weights (see `models.py`) and are run alternately in one process;
@@ -91,7 +92,7 @@ def bench_pi0_pair(size, dtype, device, args) -> list[dict]:
     theirs = transformers_pi0(size, device).to(dtype)
     ours = sharing_weights(theirs, max_token_len=args.prompt_length or 48)
     if args.compile:  # the warm-up round compiles
-        ours.compile_flow_step(mode=args.compile)
+        ours.compile_generation_step(mode=args.compile)
     inputs = make_inputs(ours.config, args.batch, args.cameras, args.prompt_tokens, device)
     inputs.pixel_values = inputs.pixel_values.to(dtype)
     models = {"ours": ours, "transformers": theirs}
@@ -142,8 +143,8 @@ def _add_ratios(rows):
 
 def bench_ours_alone(variant, size, dtype, device, args) -> list[dict]:
     model = ours_alone(variant, size, args.prompt_length, device).to(dtype)
-    if args.compile and variant != "pi0_fast":
-        model.compile_flow_step(mode=args.compile)
+    if args.compile:
+        model.compile_generation_step(mode=args.compile)
     inputs = make_inputs(model.config, args.batch, args.cameras, args.prompt_tokens, device)
     inputs.pixel_values = inputs.pixel_values.to(dtype)
     clock = Clock(device)
@@ -236,18 +237,27 @@ def main(argv=None):
     parser.add_argument("--cameras", type=int, default=3)
     parser.add_argument("--prompt-tokens", type=int, default=20, help="real prompt tokens; the rest is padding")
     parser.add_argument("--prompt-length", type=int, default=None, help="padded prompt length (the variant's default)")
-    parser.add_argument("--compile", metavar="MODE", help="compile our flow step: default, reduce-overhead (CUDA graphs), ...")
-    parser.add_argument("--ablations", default="", help=f"comma-separated, from {', '.join(ABLATIONS)}: extra π0 rows "
-                        "with that optimisation undone")
+    parser.add_argument("--compile", metavar="MODE", help="compile our generation step (torch.compile mode: default, "
+                        "reduce-overhead for CUDA graphs, ...)")
+    parser.add_argument("--ablations", default="", help=f"comma-separated, from {', '.join(ABLATIONS)}: extra π0 rows, "
+                        "ours with that optimisation undone")
     parser.add_argument("--no-train", dest="train", action="store_false", help="skip the training step")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json", help="also write the rows here")
+    parser.add_argument("--merge", help="comma-separated --json files of earlier runs: print and plot their rows, run nothing")
     parser.add_argument("--plot", help="write a PNG of π0 chunk latency here (needs matplotlib)")
     args = parser.parse_args(argv)
     args.ablations = [name for name in args.ablations.split(",") if name]
     unknown = set(args.ablations) - set(ABLATIONS)
     if unknown:
         parser.error(f"unknown ablation(s) {', '.join(sorted(unknown))}; choose from {', '.join(ABLATIONS)}")
+
+    if args.merge:
+        rows = [row for name in args.merge.split(",") for row in json.loads(open(name).read())]
+        print(table(rows))
+        if args.plot:
+            plot(rows, args.plot)
+        return rows
 
     device = torch.device(args.device)
     if args.threads:

@@ -20,9 +20,11 @@ from modeling_pi import PiForActionGeneration
 _NO_SPECIAL_TOKENS = {"pad_token_id": None, "bos_token_id": None, "eos_token_id": None}
 
 
-def _gemma(width, depth, heads, head_dim, mlp, vocab=1):
+def _gemma(width, depth, heads, head_dim, mlp, vocab=None):
+    """A Gemma stack; without `vocab`, an action expert (no embedding, no special tokens)."""
+    tokens = {"vocab_size": vocab} if vocab else {"vocab_size": 1, **_NO_SPECIAL_TOKENS}
     return {"model_type": "gemma", "hidden_size": width, "num_hidden_layers": depth, "num_attention_heads": heads,
-            "num_key_value_heads": 1, "head_dim": head_dim, "intermediate_size": mlp, "vocab_size": vocab}
+            "num_key_value_heads": 1, "head_dim": head_dim, "intermediate_size": mlp, **tokens}
 
 
 def _siglip(width, depth, heads, mlp, image_size):

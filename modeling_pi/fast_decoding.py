@@ -2,8 +2,8 @@
 
 The sequence is images, then a bidirectional prefix ("Task: ..., State: ...;\\n"), then a causal
 postfix ("Action: " + FAST ids + "|" + EOS); `token_type_ids` marks prefix (0) and postfix (1).
-Logits use the tied embedding table. Decoding runs the prefix once into an HF `DynamicCache`, then
-one language-model step per new token against it.
+Logits use the tied embedding table. Decoding runs the prefix once into an HF `StaticCache` with room
+for every new token, then one language-model step per new token against it.
 
 Written here rather than through `GenerationMixin.generate`: the prefix attends bidirectionally over
 image and prompt tokens, rows of a batch end their prompts at different lengths, and the reference
@@ -12,10 +12,10 @@ three departures from a causal LM that the loop below states directly.
 """
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
-from transformers import DynamicCache
 from transformers.utils import ModelOutput
 
 from .joint_attention import block_causal_mask
@@ -58,6 +58,14 @@ def _choose(logits: torch.Tensor, temperature: float, generator: torch.Generator
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
 
+def decode_step(model, token_embeds: torch.Tensor, positions: torch.Tensor, seen: torch.Tensor, cache) -> torch.Tensor:
+    """One new token per row [B, 1, D] at `positions` [B, 1], attending to the cache slots marked in `seen`
+    [B, S] (the valid prefix tokens and the tokens generated so far, this one included): its hidden state [B, D]."""
+    attention = model._attention_inputs(seen[:, None, :], positions, token_embeds)
+    hidden, _ = model._run_experts(token_embeds, None, *attention, cache=cache)
+    return hidden[:, -1]
+
+
 @torch.no_grad()
 def decode_fast(
     model,
@@ -72,16 +80,25 @@ def decode_fast(
     use_cache: bool = True,
     reference_positions: bool = True,
 ) -> torch.Tensor:
-    """Generated ids [B, T]; rows that emitted EOS are padded after it; stops once every row has."""
+    """Generated ids [B, T]; rows that emitted EOS are padded after it; stops once every row has.
+
+    The cache is static, sized for the prefix and every token the call may generate; the slots not yet
+    written are masked. A model with a compiled step (`compile_generation_step`) runs each token through it.
+    """
     config = model.config.text_config
     prefix, valid = model.embed_prefix(pixel_values, pixel_attention_mask, input_ids, attention_mask)
     batch, prefix_len = valid.shape
     positions = valid.long().cumsum(1) - 1
-    cache = DynamicCache(config=config) if use_cache else None
-    attention = model._attention_inputs(block_causal_mask(valid, torch.zeros_like(valid)), positions, prefix)
+    allowed = block_causal_mask(valid, torch.zeros_like(valid))
+    cache, seen = None, valid
+    if use_cache:
+        cache = model._static_cache(batch, prefix_len + max_new_tokens)
+        allowed, seen = F.pad(allowed, (0, max_new_tokens), value=False), F.pad(valid, (0, max_new_tokens), value=False)
+    attention = model._attention_inputs(allowed, positions, prefix)
     hidden, _ = model._run_experts(prefix, None, *attention, cache=cache)
     last_valid = (valid.long() * torch.arange(prefix_len, device=valid.device)).argmax(dim=1)
     last = hidden[torch.arange(batch, device=valid.device), last_valid]
+    step_fn = model._compiled_step or partial(decode_step, model)
 
     # Constrained decoding scores only the allowed rows of the tied embedding: the same choice as masking
     # every other logit to -inf, at a fraction of the cost of the full-vocabulary head.
@@ -92,7 +109,7 @@ def decode_fast(
     # The first generated token sits at prefill_len (+1 in the reference), each next one a step further.
     next_position = valid.sum(dim=1, keepdim=True) + int(reference_positions)
     finished = torch.zeros(batch, dtype=torch.bool, device=valid.device)
-    embeds, seen, generated = [prefix], valid, []
+    embeds, generated = [prefix], []
     for step in range(max_new_tokens):
         choice = _choose(F.linear(last, head).float(), temperature, generator)
         token = choice if allowed_token_ids is None else allowed_token_ids[choice]
@@ -102,17 +119,17 @@ def decode_fast(
         if finished.all() or step == max_new_tokens - 1:
             break
         embed = model.language_model.embed_tokens(token[:, None])
-        seen = torch.cat([seen, seen.new_ones(batch, 1)], dim=1)
         if use_cache:  # the new token attends to every valid prefix token and every generated one
-            attention = model._attention_inputs(seen[:, None, :], next_position, embed)
-            hidden, _ = model._run_experts(embed, None, *attention, cache=cache)
+            seen[:, prefix_len + step] = True
+            last = step_fn(embed, next_position, seen, cache).clone()  # a CUDA-graph replay reuses its output
         else:  # recompute the whole sequence: prefix, then the generated tokens in causal order
+            seen = torch.cat([seen, seen.new_ones(batch, 1)], dim=1)
             embeds.append(embed)
             positions = torch.cat([positions, next_position], dim=1)
             ar = torch.cat([torch.zeros_like(valid), seen.new_ones(batch, step + 1)], dim=1)
             sequence = torch.cat(embeds, dim=1)
             attention = model._attention_inputs(block_causal_mask(seen, ar), positions, sequence)
             hidden, _ = model._run_experts(sequence, None, *attention)
-        last = hidden[:, -1]
+            last = hidden[:, -1]
         next_position = next_position + 1
     return torch.stack(generated, dim=1)

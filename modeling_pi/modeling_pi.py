@@ -22,7 +22,7 @@ from transformers.utils import ModelOutput
 from configuration_pi import PiConfig
 
 from .action_expert import PiActionExpert, PiAdaRMSModulation, apply_norm
-from .fast_decoding import PiFastOutput, decode_fast, fast_forward
+from .fast_decoding import PiFastOutput, decode_fast, decode_step, fast_forward
 from .flow_matching import integrate, interpolate, sample_flow_time, time_embedding
 from .input_checks import check_fast_inputs, check_flow_inputs, check_inputs
 from .joint_attention import additive_mask, block_causal_mask, joint_layer
@@ -97,7 +97,7 @@ class PiForActionGeneration(PiPreTrainedModel):
         if config.is_flow:
             self._init_flow_head(config)
         self.gradient_checkpointing = False
-        self._compiled_velocity = None  # see compile_flow_step
+        self._compiled_step = None  # see compile_generation_step
         self.post_init()
 
     def _init_flow_head(self, config: PiConfig):
@@ -360,7 +360,7 @@ class PiForActionGeneration(PiPreTrainedModel):
         prefix + suffix; each velocity evaluation runs only the action expert over the suffix and writes its
         keys into the suffix slots, which the next evaluation overwrites: the cache is never grown nor copied.
         `noise` or `generator` make it reproducible; `solver` is "euler" (the reference), "heun" or "rk4";
-        `num_steps` counts solver steps. See `compile_flow_step` for the compiled variant.
+        `num_steps` counts solver steps. See `compile_generation_step` for the compiled variant.
         """
         if not self.config.is_flow:
             raise ValueError("π0-FAST decodes action tokens: use generate_actions or decode_action_tokens.")
@@ -373,15 +373,14 @@ class PiForActionGeneration(PiPreTrainedModel):
             noise = torch.randn(shape, generator=generator, device=pixel_values.device, dtype=torch.float32)
         num_steps = config.num_inference_steps if num_steps is None else num_steps
 
-        compiled = self._compiled_velocity is not None
+        compiled = self._compiled_step is not None
         prefix_inputs = (pixel_values, pixel_attention_mask, input_ids, attention_mask)
         if not compiled:  # a compiled step keeps its shapes: the prefix stays at its padded length
             prefix_inputs = drop_unused_prefix(*prefix_inputs)
         suffix_ar = self.suffix_ar_flags(pixel_values.device)
         suffix_len = suffix_ar.shape[0]
         prefix_len = config.num_image_tokens * prefix_inputs[0].shape[1] + prefix_inputs[2].shape[1]
-        cache = self._static_cache(batch, prefix_len + suffix_len) if compiled else StaticCache(
-            config=config.text_config, max_cache_len=prefix_len + suffix_len)
+        cache = self._static_cache(batch, prefix_len + suffix_len)
         prefix_valid = self.fill_prefix_cache(*prefix_inputs, cache=cache)
 
         # The suffix's mask rows and rotary embeddings are the same at every step: built once.
@@ -391,7 +390,7 @@ class PiForActionGeneration(PiPreTrainedModel):
         attention = self._attention_inputs(
             block_causal_mask(valid, ar)[:, prefix_len:], (valid.long().cumsum(1) - 1)[:, prefix_len:], like
         )
-        step = self._compiled_velocity if compiled else self._velocity
+        step = self._compiled_step if compiled else self._velocity
 
         def velocity(x_t: torch.Tensor, t: float) -> torch.Tensor:
             timestep = torch.full((batch,), t, dtype=torch.float32, device=x_t.device)
@@ -407,18 +406,22 @@ class PiForActionGeneration(PiPreTrainedModel):
         cache.crop(-suffix.shape[1])  # rewind to the prefix; the next step overwrites the suffix slots
         return self.predict_velocity(suffix_out).float()
 
-    def compile_flow_step(self, **options) -> None:
-        """Compiles the velocity evaluation with `torch.compile(**options)`; `mode="reduce-overhead"` also
-        replays it as a CUDA graph on a GPU.
+    def compile_generation_step(self, **options) -> None:
+        """Compiles the step `generate_actions` repeats — one velocity evaluation (π0, π0.5) or one new token
+        (π0-FAST) — with `torch.compile(**options)`; `mode="reduce-overhead"` also replays it as a CUDA graph.
 
-        From then on `sample_actions` keeps the prefix at its padded length and reuses one static cache per
-        batch size and prefix length, reset in place at each call, so the compiled step meets the same
-        shapes and cache tensors every time (the first call of each shape compiles).
+        From then on the flow sampler keeps the prefix at its padded length, and both samplers reuse one
+        static cache per batch size and length, reset in place at each call, so the compiled step meets
+        the same shapes and cache tensors every time (the first call of each shape compiles).
         """
-        self._compiled_velocity = torch.compile(self._velocity, **options)
+        step = self._velocity if self.config.is_flow else partial(decode_step, self)
+        self._compiled_step = torch.compile(step, **options)
         self._static_caches = {}
 
     def _static_cache(self, batch: int, length: int) -> StaticCache:
+        """A fresh static cache; with a compiled step, the one kept for this shape, reset in place."""
+        if self._compiled_step is None:
+            return StaticCache(config=self.config.text_config, max_cache_len=length)
         key = (batch, length, self.dtype, self.device)
         if key not in self._static_caches:
             self._static_caches[key] = StaticCache(config=self.config.text_config, max_cache_len=length)

@@ -37,7 +37,7 @@ def test_the_harness_reports_every_part_for_both_models_and_each_variant(tmp_pat
 def test_each_optimisation_undone_by_an_ablation_leaves_the_chunk_unchanged(ablation):
     ours = sharing_weights(transformers_pi0("tiny"), max_token_len=12)
     inputs = make_inputs(ours.config, batch=2, cameras=3, prompt_tokens=5, device="cpu")
-    inputs.pixel_attention_mask[:, 2] = False  # a camera no row has: the whole prefix keeps it, ours drops it
+    inputs.pixel_attention_mask[:, 2] = False  # a camera no row has: trimming drops it
     with torch.no_grad():
         sample = lambda: ours.generate_actions(**inputs.ours(), state=inputs.state, noise=inputs.noise)  # noqa: E731
         expected = sample()
@@ -46,8 +46,8 @@ def test_each_optimisation_undone_by_an_ablation_leaves_the_chunk_unchanged(abla
 
 
 def test_ablation_rows_are_timed_beside_ours_and_transformers(capsys):
-    rows = main(["--sizes", "tiny", "--repeats", "1", "--no-train", "--ablations", "per-camera-vision,whole-prefix"])
-    assert [row["model"] for row in rows] == ["ours", "transformers", "ours without per-camera-vision", "ours without whole-prefix"]
+    rows = main(["--sizes", "tiny", "--repeats", "1", "--no-train", "--ablations", "batched-cameras,prefix-trimming"])
+    assert [row["model"] for row in rows] == ["ours", "transformers", "ours without batched-cameras", "ours without prefix-trimming"]
     assert all(row["total_ms"] > 0 and row["total_ratio"] > 0 for row in rows)
     with pytest.raises(SystemExit):
         main(["--ablations", "no-such-thing"])

@@ -184,7 +184,7 @@ def test_the_compiled_flow_step_samples_what_the_eager_one_does():
     model = _tiny_model("pi05")
     first, second = random_inputs(model.config, seed=0), random_inputs(model.config, seed=1)
     eager = [model.generate_actions(*_args(x), noise=x["noise"], num_steps=3, solver="heun") for x in (first, second)]
-    model.compile_flow_step()
+    model.compile_generation_step()
     for inputs, expected in zip((first, second), eager):
         compiled = model.generate_actions(*_args(inputs), noise=inputs["noise"], num_steps=3, solver="heun")
         torch.testing.assert_close(compiled, expected, atol=1e-5, rtol=0)
