@@ -2,15 +2,15 @@
 
     python -m benchmarks [--sizes tiny,small,base,full] [--dtypes float32,bfloat16] [--device cpu]
                          [--variants pi0,pi05,pi0_fast] [--repeats 5] [--steps 10] [--compile MODE] [--no-train]
-                         [--ablations sdpa,batched-cameras,prefix-trimming]
+                         [--ablations sdpa,batched-cameras,prefix-trimming] [--json rows.json] [--plot latency.png]
     python -m benchmarks --merge a.json,b.json [--plot latency.png]
-                         [--json results.json] [--plot latency.png]
 
 For π0 both models hold one set of weights (see `models.py`) and are run alternately in one process;
-each number is a median over the repeats, after one warm-up round. `generate` is one action chunk
-(vision tower, language-model pass over the prefix, `--steps` flow steps); `train` is forward,
-backward and an AdamW step. π0.5 and π0-FAST have no transformers counterpart and are timed alone;
-for π0-FAST, `prefill` is the prefix pass and first token and `per token` each further one.
+each time is a median over the repeats, after one warm-up round, and each ratio the median of the
+per-round ratios (robust to a shared machine speeding up or slowing down between rounds). A chunk is
+the vision tower, the language model's pass over the prefix and `--steps` flow steps, each timed; a
+training step is forward, backward and AdamW. π0.5 and π0-FAST have no transformers counterpart and are
+timed alone; for π0-FAST, `prefill` is the prefix pass and first token, `per token` each further one.
 """
 
 import argparse
@@ -109,11 +109,12 @@ def bench_pi0_pair(size, dtype, device, args) -> list[dict]:
         memory = {name: peak_added_bytes(fn, device) for name, (_, fn) in runs.items()}
         for ablation in args.ablations:  # our model again, one optimisation undone
             runs[f"ours without {ablation}"] = (clocks["ours"], ablated(ours, ablation, runs["ours"][1]))
-        timings = alternate(runs, args.repeats)
+        timings = alternate(runs, args.repeats, against="transformers")
 
     rows = [{"size": size, "dtype": str(dtype).removeprefix("torch."), "variant": "pi0",
              "model": f"ours, compiled ({args.compile})" if name == "ours" and args.compile else name,
-             **_flow_row(timings[name], args.steps), "peak_mib": memory[name] / MiB if name in memory else None,
+             **_flow_row(timings[name], args.steps), "total_ratio": timings[name]["ratio"],
+             "peak_mib": memory[name] / MiB if name in memory else None,
              "max_difference": difference}
             for name in runs]
     if args.train:
@@ -121,24 +122,15 @@ def bench_pi0_pair(size, dtype, device, args) -> list[dict]:
         if fits:
             inputs.actions, inputs.timestep = inputs.actions.to(dtype), inputs.timestep.to(dtype)
             steps = {name: train_step(model, inputs, name == "ours") for name, model in models.items()}
-            train = alternate({name: (Clock(device), fn) for name, fn in steps.items()}, args.repeats)
+            train = alternate({name: (Clock(device), fn) for name, fn in steps.items()}, args.repeats, against="transformers")
             for row in rows[:2]:
                 name = "transformers" if row["model"] == "transformers" else "ours"
-                row["train_ms"] = train[name]["total"] * 1e3
+                row["train_ms"], row["train_ratio"] = train[name]["total"] * 1e3, train[name]["ratio"]
                 row["train_peak_mib"] = peak_added_bytes(steps[name], device) / MiB
         else:
             for row in rows[:2]:
                 row["train_skipped"] = reason
-    _add_ratios(rows)
     return rows
-
-
-def _add_ratios(rows):
-    reference = next(row for row in rows if row["model"] == "transformers")
-    for row in rows:
-        for key in ("total_ms", "train_ms"):
-            if key in row:
-                row[key.replace("_ms", "_ratio")] = row[key] / reference[key]
 
 
 def bench_ours_alone(variant, size, dtype, device, args) -> list[dict]:
