@@ -21,7 +21,7 @@ import platform
 import torch
 
 from .ablations import ABLATIONS, ablated
-from .models import SIZES, make_inputs, ours_alone, sharing_weights, transformers_pi0
+from .models import SIZES, make_inputs, ours_alone, sharing_weights, transformers_pi0, twin
 from .timing import Clock, alternate, peak_added_bytes, return_freed_memory_to_the_system
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -88,11 +88,16 @@ def _flow_row(timing: dict, steps: int) -> dict:
             "flow_step_ms": (timing["total"] - vision - prefix) * 1e3 / steps, "total_ms": timing["total"] * 1e3}
 
 
+def _compiled_twin(model, mode):
+    """Our model again, sharing its weights, with its generation step compiled (the warm-up round compiles)."""
+    compiled = twin(model)
+    compiled.compile_generation_step(mode=mode)
+    return compiled
+
+
 def bench_pi0_pair(size, dtype, device, args) -> list[dict]:
     theirs = transformers_pi0(size, device).to(dtype)
     ours = sharing_weights(theirs, max_token_len=args.prompt_length or 48)
-    if args.compile:  # the warm-up round compiles
-        ours.compile_generation_step(mode=args.compile)
     inputs = make_inputs(ours.config, args.batch, args.cameras, args.prompt_tokens, device)
     inputs.pixel_values = inputs.pixel_values.to(dtype)
     models = {"ours": ours, "transformers": theirs}
@@ -103,19 +108,20 @@ def bench_pi0_pair(size, dtype, device, args) -> list[dict]:
                                                noise=inputs.noise.to(dtype), num_steps=args.steps)
         difference = (ours_actions.float() - theirs_actions.float()).abs().max().item()
         inputs.state, inputs.noise = inputs.state.to(dtype), inputs.noise.to(dtype)
-        clocks = {name: Clock(device) for name in models}
-        runs = {name: (clocks[name], flow_generate(model, inputs, args.steps, clocks[name], name == "ours"))
-                for name, model in models.items()}
-        memory = {name: peak_added_bytes(fn, device) for name, (_, fn) in runs.items()}
+        generators = dict(models)
+        if args.compile:
+            generators[f"ours, compiled ({args.compile})"] = _compiled_twin(ours, args.compile)
+        clocks = {name: Clock(device) for name in generators}
+        runs = {name: (clocks[name], flow_generate(model, inputs, args.steps, clocks[name], name != "transformers"))
+                for name, model in generators.items()}
         for ablation in args.ablations:  # our model again, one optimisation undone
             runs[f"ours without {ablation}"] = (clocks["ours"], ablated(ours, ablation, runs["ours"][1]))
         timings = alternate(runs, args.repeats, against="transformers")
+        memory = {name: peak_added_bytes(runs[name][1], device) for name in generators}
 
-    rows = [{"size": size, "dtype": str(dtype).removeprefix("torch."), "variant": "pi0",
-             "model": f"ours, compiled ({args.compile})" if name == "ours" and args.compile else name,
+    rows = [{"size": size, "dtype": str(dtype).removeprefix("torch."), "variant": "pi0", "model": name,
              **_flow_row(timings[name], args.steps), "total_ratio": timings[name]["ratio"],
-             "peak_mib": memory[name] / MiB if name in memory else None,
-             "max_difference": difference}
+             "peak_mib": memory[name] / MiB if name in memory else None, "max_difference": difference}
             for name in runs]
     if args.train:
         fits, reason = training_fits(models.values(), device)
@@ -124,7 +130,7 @@ def bench_pi0_pair(size, dtype, device, args) -> list[dict]:
             steps = {name: train_step(model, inputs, name == "ours") for name, model in models.items()}
             train = alternate({name: (Clock(device), fn) for name, fn in steps.items()}, args.repeats, against="transformers")
             for row in rows[:2]:
-                name = "transformers" if row["model"] == "transformers" else "ours"
+                name = row["model"]
                 row["train_ms"], row["train_ratio"] = train[name]["total"] * 1e3, train[name]["ratio"]
                 row["train_peak_mib"] = peak_added_bytes(steps[name], device) / MiB
         else:
@@ -135,24 +141,32 @@ def bench_pi0_pair(size, dtype, device, args) -> list[dict]:
 
 def bench_ours_alone(variant, size, dtype, device, args) -> list[dict]:
     model = ours_alone(variant, size, args.prompt_length, device).to(dtype)
+    models = {"ours": model}
     if args.compile:
-        model.compile_generation_step(mode=args.compile)
+        models[f"ours, compiled ({args.compile})"] = _compiled_twin(model, args.compile)
     inputs = make_inputs(model.config, args.batch, args.cameras, args.prompt_tokens, device)
     inputs.pixel_values = inputs.pixel_values.to(dtype)
-    clock = Clock(device)
-    row = {"size": size, "dtype": str(dtype).removeprefix("torch."), "variant": variant, "model": "ours"}
+    rows = {name: {"size": size, "dtype": str(dtype).removeprefix("torch."), "variant": variant, "model": name}
+            for name in models}
     with torch.no_grad():
         if variant == "pi0_fast":
-            decode = {n: (lambda n=n: model.decode_action_tokens(**inputs.ours(), max_new_tokens=n)) for n in (1, FAST_SHORT, FAST_LONG)}
-            timing = alternate({n: (clock, fn) for n, fn in decode.items()}, args.repeats)
-            row["prefill_ms"] = timing[1]["total"] * 1e3
-            row["per_token_ms"] = (timing[FAST_LONG]["total"] - timing[FAST_SHORT]["total"]) / (FAST_LONG - FAST_SHORT) * 1e3
-            row["peak_mib"] = peak_added_bytes(decode[FAST_LONG], device) / MiB
+            decode = {(name, n): (Clock(device), lambda m=m, n=n: m.decode_action_tokens(**inputs.ours(), max_new_tokens=n))
+                      for name, m in models.items() for n in (1, FAST_SHORT, FAST_LONG)}
+            timing = alternate(decode, args.repeats)
+            for name, row in rows.items():
+                row["prefill_ms"] = timing[name, 1]["total"] * 1e3
+                long, short = timing[name, FAST_LONG]["total"], timing[name, FAST_SHORT]["total"]
+                row["per_token_ms"] = (long - short) / (FAST_LONG - FAST_SHORT) * 1e3
+                row["peak_mib"] = peak_added_bytes(decode[name, FAST_LONG][1], device) / MiB
         else:
-            generate = flow_generate(model, inputs, args.steps, clock, ours=True)
-            row.update(_flow_row(alternate({"ours": (clock, generate)}, args.repeats)["ours"], args.steps))
-            row["peak_mib"] = peak_added_bytes(generate, device) / MiB
+            clocks = {name: Clock(device) for name in models}
+            runs = {name: (clocks[name], flow_generate(m, inputs, args.steps, clocks[name], ours=True)) for name, m in models.items()}
+            timings = alternate(runs, args.repeats)
+            for name, row in rows.items():
+                row.update(_flow_row(timings[name], args.steps))
+                row["peak_mib"] = peak_added_bytes(runs[name][1], device) / MiB
     if args.train:
+        row = rows["ours"]
         fits, reason = training_fits([model], device)
         if fits:
             inputs.actions, inputs.timestep = inputs.actions.to(dtype), inputs.timestep.to(dtype)
@@ -161,7 +175,7 @@ def bench_ours_alone(variant, size, dtype, device, args) -> list[dict]:
             row["train_peak_mib"] = peak_added_bytes(step, device) / MiB
         else:
             row["train_skipped"] = reason
-    return [row]
+    return list(rows.values())
 
 
 def _cell(row, key, digits=1):
@@ -207,6 +221,7 @@ def plot(rows, path):
                 for i, row in enumerate(points):
                     axis.annotate(f"{row['total_ratio']:.2f}×", (i, row["total_ms"]), textcoords="offset points",
                                   xytext=(0, -14), ha="center")
+        axis.margins(x=0.12, y=0.2)
         axis.set_xticks(range(len(sizes)), sizes)
         axis.set_yscale("log")
         axis.set_xlabel("model size")
@@ -229,8 +244,8 @@ def main(argv=None):
     parser.add_argument("--cameras", type=int, default=3)
     parser.add_argument("--prompt-tokens", type=int, default=20, help="real prompt tokens; the rest is padding")
     parser.add_argument("--prompt-length", type=int, default=None, help="padded prompt length (the variant's default)")
-    parser.add_argument("--compile", metavar="MODE", help="compile our generation step (torch.compile mode: default, "
-                        "reduce-overhead for CUDA graphs, ...)")
+    parser.add_argument("--compile", metavar="MODE", help="also time our model with its generation step compiled "
+                        "(torch.compile mode: default, reduce-overhead for CUDA graphs, ...)")
     parser.add_argument("--ablations", default="", help=f"comma-separated, from {', '.join(ABLATIONS)}: extra π0 rows, "
                         "ours with that optimisation undone")
     parser.add_argument("--no-train", dest="train", action="store_false", help="skip the training step")

@@ -7,6 +7,7 @@ run side by side on a machine with room for one. π0.5 and π0-FAST, which trans
 implement, are built alone at the same sizes.
 """
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -137,3 +138,9 @@ def ours_alone(variant: str, size: str, max_token_len: int | None, device="cpu")
                       max_token_len=max_token_len, **({"expert_config": expert} if variant != "pi0_fast" else {}))
     with torch.device(device):
         return PiForActionGeneration(config).eval()
+
+
+def twin(model: PiForActionGeneration) -> PiForActionGeneration:
+    """A second instance of `model` holding the same tensors (to compile one and keep the other eager)."""
+    shared = {id(tensor): tensor for tensor in [*model.parameters(), *model.buffers()]}
+    return copy.deepcopy(model, memo=shared)

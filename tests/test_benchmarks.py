@@ -51,3 +51,9 @@ def test_ablation_rows_are_timed_beside_ours_and_transformers(capsys):
     assert all(row["total_ms"] > 0 and row["total_ratio"] > 0 for row in rows)
     with pytest.raises(SystemExit):
         main(["--ablations", "no-such-thing"])
+
+
+def test_compile_adds_a_compiled_twin_beside_the_eager_model(capsys):
+    rows = main(["--sizes", "tiny", "--repeats", "1", "--no-train", "--compile", "default"])
+    assert [row["model"] for row in rows] == ["ours", "transformers", "ours, compiled (default)"]
+    assert rows[2]["total_ms"] > 0 and rows[2]["max_difference"] < 1e-5
