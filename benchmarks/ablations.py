@@ -40,7 +40,7 @@ def per_camera_vision(model):
 def whole_prefix(model):
     run_experts, drop = model._run_experts, modeling.drop_unused_prefix
     model._run_experts = lambda *args, **kwargs: run_experts(*args, **{**kwargs, "cache_only": False})
-    modeling.drop_unused_prefix = lambda *inputs: inputs
+    modeling.drop_unused_prefix = lambda *inputs, bucket=None: inputs
     try:
         yield
     finally:

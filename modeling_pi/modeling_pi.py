@@ -27,6 +27,8 @@ from .flow_matching import integrate, interpolate, sample_flow_time, time_embedd
 from .input_checks import check_fast_inputs, check_flow_inputs, check_inputs
 from .joint_attention import additive_mask, block_causal_mask, joint_layer
 
+PROMPT_BUCKET = 16  # with a compiled step, prompts are trimmed to a multiple of this many slots
+
 
 @dataclass
 class PiFlowMatchingOutput(ModelOutput):
@@ -374,9 +376,10 @@ class PiForActionGeneration(PiPreTrainedModel):
         num_steps = config.num_inference_steps if num_steps is None else num_steps
 
         compiled = self._compiled_step is not None
-        prefix_inputs = (pixel_values, pixel_attention_mask, input_ids, attention_mask)
-        if not compiled:  # a compiled step keeps its shapes: the prefix stays at its padded length
-            prefix_inputs = drop_unused_prefix(*prefix_inputs)
+        # A compiled step meets few prefix lengths: prompts are cut only to a multiple of PROMPT_BUCKET slots.
+        prefix_inputs = drop_unused_prefix(
+            pixel_values, pixel_attention_mask, input_ids, attention_mask, bucket=PROMPT_BUCKET if compiled else None
+        )
         suffix_ar = self.suffix_ar_flags(pixel_values.device)
         suffix_len = suffix_ar.shape[0]
         prefix_len = config.num_image_tokens * prefix_inputs[0].shape[1] + prefix_inputs[2].shape[1]
@@ -410,9 +413,10 @@ class PiForActionGeneration(PiPreTrainedModel):
         """Compiles the step `generate_actions` repeats — one velocity evaluation (π0, π0.5) or one new token
         (π0-FAST) — with `torch.compile(**options)`; `mode="reduce-overhead"` also replays it as a CUDA graph.
 
-        From then on the flow sampler keeps the prefix at its padded length, and both samplers reuse one
-        static cache per batch size and length, reset in place at each call, so the compiled step meets
-        the same shapes and cache tensors every time (the first call of each shape compiles).
+        From then on the flow sampler trims the prompt only to a multiple of `PROMPT_BUCKET` slots, and both
+        samplers reuse one static cache per batch size and length, reset in place at each call, so the
+        compiled step meets few shapes and the same cache tensors every time (the first call of each
+        shape compiles: a deployment sees at most a handful).
         """
         step = self._velocity if self.config.is_flow else partial(decode_step, self)
         self._compiled_step = torch.compile(step, **options)
@@ -469,16 +473,24 @@ class PiForActionGeneration(PiPreTrainedModel):
                            temperature, generator, allowed_token_ids, use_cache, reference_positions)
 
 
-def drop_unused_prefix(pixel_values, pixel_attention_mask, input_ids, attention_mask) -> tuple[torch.Tensor, ...]:
+def drop_unused_prefix(
+    pixel_values, pixel_attention_mask, input_ids, attention_mask, bucket: int | None = None
+) -> tuple[torch.Tensor, ...]:
     """The prefix inputs without the cameras absent from every row and the prompt slots padded in every row.
 
     No token attends to those, and positions count valid tokens only, so sampling is unchanged; a
     right-padded batch of short prompts, or a robot with fewer cameras than the checkpoint, costs less.
+    With `bucket`, only trailing prompt slots go, and the prompt keeps a multiple of `bucket` slots (or
+    all of them), so that prompts of many lengths share a few shapes.
     """
     cameras = pixel_attention_mask.bool().any(dim=0)
     if cameras.any() and not cameras.all():
         pixel_values, pixel_attention_mask = pixel_values[:, cameras], pixel_attention_mask[:, cameras]
     slots = attention_mask.bool().any(dim=0)
+    if bucket is not None:
+        used = int(slots.nonzero().max()) + 1 if slots.any() else 0
+        keep = min(-(-max(used, 1) // bucket) * bucket, slots.shape[0])
+        slots = torch.arange(slots.shape[0], device=slots.device) < keep
     if not slots.all():
         input_ids, attention_mask = input_ids[:, slots], attention_mask[:, slots]
     return pixel_values, pixel_attention_mask, input_ids, attention_mask

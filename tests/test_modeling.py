@@ -172,6 +172,8 @@ def test_a_row_samples_the_same_alone_as_beside_a_row_using_every_camera_and_pro
     alone = [x[-1:] for x in _args(inputs)]
     pixel_values, _, input_ids, _ = drop_unused_prefix(*alone)
     assert pixel_values.shape[1] == 2 and input_ids.shape[1] == 3  # one camera and three prompt slots dropped
+    assert drop_unused_prefix(*alone, bucket=2)[2].shape[1] == 4  # a compiled step's buckets: a multiple of 2
+    assert drop_unused_prefix(*alone, bucket=16)[2].shape[1] == 6  # ... or every slot
     state, noise = inputs["state"], inputs["noise"]
     batched = model.generate_actions(*_args(inputs), state=state, noise=noise)[-1:]
     torch.testing.assert_close(model.generate_actions(*alone, state=state[-1:], noise=noise[-1:]), batched, atol=1e-5, rtol=0)
@@ -184,11 +186,15 @@ def test_the_compiled_flow_step_samples_what_the_eager_one_does():
     model = _tiny_model("pi05")
     first, second = random_inputs(model.config, seed=0), random_inputs(model.config, seed=1)
     eager = [model.generate_actions(*_args(x), noise=x["noise"], num_steps=3, solver="heun") for x in (first, second)]
+    alone = [x[-1:] for x in _args(first)]  # its absent camera goes; its padded prompt slots stay (bucket of 16)
+    eager.append(model.generate_actions(*alone, noise=first["noise"][-1:], num_steps=3, solver="heun"))
     model.compile_generation_step()
     for inputs, expected in zip((first, second), eager):
         compiled = model.generate_actions(*_args(inputs), noise=inputs["noise"], num_steps=3, solver="heun")
         torch.testing.assert_close(compiled, expected, atol=1e-5, rtol=0)
-    assert len(model._static_caches) == 1
+    compiled = model.generate_actions(*alone, noise=first["noise"][-1:], num_steps=3, solver="heun")
+    torch.testing.assert_close(compiled, eager[-1], atol=1e-5, rtol=0)
+    assert len(model._static_caches) == 2  # batch 2 with every camera, batch 1 with two
 
 
 @pytest.mark.parametrize("solver", ["euler", "heun", "rk4"])
