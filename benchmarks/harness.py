@@ -88,6 +88,24 @@ def _flow_row(timing: dict, steps: int) -> dict:
             "flow_step_ms": (timing["total"] - vision - prefix) * 1e3 / steps, "total_ms": timing["total"] * 1e3}
 
 
+def time_training(models: dict, inputs, dtype, device, repeats: int) -> dict[str, dict]:
+    """Training-step fields per model, alternating (with ratios when transformers' PI0 is among them);
+    `train_skipped` with the reason where gradients and optimiser states would not fit."""
+    fits, reason = training_fits(models.values(), device)
+    if not fits:
+        return {name: {"train_skipped": reason} for name in models}
+    inputs.actions, inputs.timestep = inputs.actions.to(dtype), inputs.timestep.to(dtype)
+    steps = {name: train_step(model, inputs, ours=name != "transformers") for name, model in models.items()}
+    against = "transformers" if "transformers" in models else None
+    timings = alternate({name: (Clock(device), step) for name, step in steps.items()}, repeats, against=against)
+    fields = {}
+    for name, step in steps.items():
+        fields[name] = {"train_ms": timings[name]["total"] * 1e3, "train_peak_mib": peak_added_bytes(step, device) / MiB}
+        if against:
+            fields[name]["train_ratio"] = timings[name]["ratio"]
+    return fields
+
+
 def _compiled_twin(model, mode):
     """Our model again, sharing its weights, with its generation step compiled (the warm-up round compiles)."""
     compiled = twin(model)
@@ -124,18 +142,9 @@ def bench_pi0_pair(size, dtype, device, args) -> list[dict]:
              "peak_mib": memory[name] / MiB if name in memory else None, "max_difference": difference}
             for name in runs]
     if args.train:
-        fits, reason = training_fits(models.values(), device)
-        if fits:
-            inputs.actions, inputs.timestep = inputs.actions.to(dtype), inputs.timestep.to(dtype)
-            steps = {name: train_step(model, inputs, name == "ours") for name, model in models.items()}
-            train = alternate({name: (Clock(device), fn) for name, fn in steps.items()}, args.repeats, against="transformers")
-            for row in rows[:2]:
-                name = row["model"]
-                row["train_ms"], row["train_ratio"] = train[name]["total"] * 1e3, train[name]["ratio"]
-                row["train_peak_mib"] = peak_added_bytes(steps[name], device) / MiB
-        else:
-            for row in rows[:2]:
-                row["train_skipped"] = reason
+        training = time_training(models, inputs, dtype, device, args.repeats)
+        for row in rows[:2]:
+            row.update(training[row["model"]])
     return rows
 
 
@@ -166,15 +175,7 @@ def bench_ours_alone(variant, size, dtype, device, args) -> list[dict]:
                 row.update(_flow_row(timings[name], args.steps))
                 row["peak_mib"] = peak_added_bytes(runs[name][1], device) / MiB
     if args.train:
-        row = rows["ours"]
-        fits, reason = training_fits([model], device)
-        if fits:
-            inputs.actions, inputs.timestep = inputs.actions.to(dtype), inputs.timestep.to(dtype)
-            step = train_step(model, inputs, ours=True)
-            row["train_ms"] = alternate({"ours": (Clock(device), step)}, args.repeats)["ours"]["total"] * 1e3
-            row["train_peak_mib"] = peak_added_bytes(step, device) / MiB
-        else:
-            row["train_skipped"] = reason
+        rows["ours"].update(time_training({"ours": model}, inputs, dtype, device, args.repeats)["ours"])
     return list(rows.values())
 
 

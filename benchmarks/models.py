@@ -120,9 +120,10 @@ def sharing_weights(theirs: PI0ForConditionalGeneration, max_token_len: int) -> 
     with torch.device("meta"):
         ours = PiForActionGeneration(config)
     ours.load_state_dict(convert_state_dict(theirs.state_dict(), config), assign=True, strict=True)
+    modules = dict(ours.named_modules())
     for name, buffer in theirs.named_buffers():  # rotary frequencies, position ids: not in a state dict
         module_name, _, attribute = our_name(name).rpartition(".")
-        module = dict(ours.named_modules()).get(module_name)
+        module = modules.get(module_name)
         if module is not None and getattr(module, attribute, None) is not None and getattr(module, attribute).is_meta:
             setattr(module, attribute, buffer)
     left = [name for name, tensor in [*ours.named_parameters(), *ours.named_buffers()] if tensor.is_meta]

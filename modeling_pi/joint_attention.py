@@ -60,7 +60,8 @@ def joint_layer(
         attn = layers[i].self_attn
         normed, gates[i] = apply_norm(layers[i].input_layernorm, hidden_states[i], conds[i])
         shape = (*normed.shape[:-1], -1, attn.head_dim)
-        queries.append(attn.q_proj(normed).view(shape).transpose(1, 2) if not cache_only else None)
+        if not cache_only:
+            queries.append(attn.q_proj(normed).view(shape).transpose(1, 2))
         keys.append(attn.k_proj(normed).view(shape).transpose(1, 2))
         values.append(attn.v_proj(normed).view(shape).transpose(1, 2))
     key, value = torch.cat(keys, dim=2), torch.cat(values, dim=2)
