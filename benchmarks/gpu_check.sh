@@ -5,7 +5,8 @@
 # 2. runs the parity tests on the GPU: float32 at the CPU's tolerances, bfloat16 within 1% (tests/test_device.py),
 #    and the harness's own test (our π0 and transformers' PI0 agree on one set of weights);
 # 3. prints the latency tables: π0 against transformers' PI0 (tiny, small, full; bfloat16 and float32), full-size
-#    π0 with the compiled flow step (CUDA graphs), π0.5 and π0-FAST at full size, a training step (small).
+#    π0 with compiled generation (prefix pass and flow step as CUDA graphs), π0.5 and π0-FAST at full size,
+#    a training step (small).
 # Everything lands in $OUT (default ./gpu_check_out). Budgeted to finish within about 6 minutes on an H100.
 # DEVICE=cpu FULL=tiny SMALL=tiny runs the same steps on a CPU at toy sizes (to check this script).
 set -euo pipefail

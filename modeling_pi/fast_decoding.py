@@ -83,19 +83,23 @@ def decode_fast(
     """Generated ids [B, T]; rows that emitted EOS are padded after it; stops once every row has.
 
     The cache is static, sized for the prefix and every token the call may generate; the slots not yet
-    written are masked. A model with a compiled step (`compile_generation_step`) runs each token through it.
+    written are masked. A model with compiled generation (`compile_generation`) runs its prefix pass and
+    each token through the compiled code.
     """
     config = model.config.text_config
-    prefix, valid = model.embed_prefix(pixel_values, pixel_attention_mask, input_ids, attention_mask)
-    batch, prefix_len = valid.shape
-    positions = valid.long().cumsum(1) - 1
-    allowed = block_causal_mask(valid, torch.zeros_like(valid))
-    cache, seen = None, valid
     if use_cache:
+        batch, cameras = pixel_attention_mask.shape
+        prefix_len = cameras * model.config.num_image_tokens + input_ids.shape[1]
         cache = model._static_cache(batch, prefix_len + max_new_tokens)
-        allowed, seen = F.pad(allowed, (0, max_new_tokens), value=False), F.pad(valid, (0, max_new_tokens), value=False)
-    attention = model._attention_inputs(allowed, positions, prefix)
-    hidden, _ = model._run_experts(prefix, None, *attention, cache=cache)
+        prefill = model._compiled_prefix or model.fill_prefix_cache
+        hidden, valid = prefill(pixel_values, pixel_attention_mask, input_ids, attention_mask, cache=cache, cache_only=False)
+        seen = F.pad(valid, (0, max_new_tokens), value=False)
+    else:
+        prefix, valid = model.embed_prefix(pixel_values, pixel_attention_mask, input_ids, attention_mask)
+        batch, prefix_len = valid.shape
+        embeds, positions, seen = [prefix], valid.long().cumsum(1) - 1, valid
+        attention = model._attention_inputs(block_causal_mask(valid, torch.zeros_like(valid)), positions, prefix)
+        hidden, _ = model._run_experts(prefix, None, *attention)
     last_valid = (valid.long() * torch.arange(prefix_len, device=valid.device)).argmax(dim=1)
     last = hidden[torch.arange(batch, device=valid.device), last_valid]
     step_fn = model._compiled_step or partial(decode_step, model)
@@ -109,7 +113,7 @@ def decode_fast(
     # The first generated token sits at prefill_len (+1 in the reference), each next one a step further.
     next_position = valid.sum(dim=1, keepdim=True) + int(reference_positions)
     finished = torch.zeros(batch, dtype=torch.bool, device=valid.device)
-    embeds, generated = [prefix], []
+    generated = []
     for step in range(max_new_tokens):
         choice = _choose(F.linear(last, head).float(), temperature, generator)
         token = choice if allowed_token_ids is None else allowed_token_ids[choice]

@@ -99,7 +99,7 @@ class PiForActionGeneration(PiPreTrainedModel):
         if config.is_flow:
             self._init_flow_head(config)
         self.gradient_checkpointing = False
-        self._compiled_step = None  # see compile_generation_step
+        self._compiled_prefix = self._compiled_step = None  # see compile_generation
         self.post_init()
 
     def _init_flow_head(self, config: PiConfig):
@@ -246,17 +246,18 @@ class PiForActionGeneration(PiPreTrainedModel):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         cache: StaticCache,
-    ) -> torch.Tensor:
-        """Writes the prefix's keys and values of every layer into `cache`; returns the prefix validity [B, P].
-
-        The cache may be longer than the prefix (the suffix's slots follow it): those slots are masked here.
+        cache_only: bool = True,
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """Writes the prefix's keys and values of every layer into `cache`; returns the prefix's final-norm
+        outputs [B, P, D] (None with `cache_only`: then the last layer stops at its keys and values) and its
+        validity [B, P]. The cache may be longer than the prefix (the slots that follow it are masked here).
         """
         prefix, valid = self.embed_prefix(pixel_values, pixel_attention_mask, input_ids, attention_mask)
         allowed = block_causal_mask(valid, torch.zeros_like(valid))
         allowed = F.pad(allowed, (0, cache.get_max_length() - allowed.shape[-1]), value=False)
         attention = self._attention_inputs(allowed, valid.long().cumsum(1) - 1, prefix)
-        self._run_experts(prefix, None, *attention, cache=cache, cache_only=True)
-        return valid
+        prefix_out, _ = self._run_experts(prefix, None, *attention, cache=cache, cache_only=cache_only)
+        return prefix_out, valid
 
     # ---- training ----------------------------------------------------------------------------------
 
@@ -362,7 +363,7 @@ class PiForActionGeneration(PiPreTrainedModel):
         prefix + suffix; each velocity evaluation runs only the action expert over the suffix and writes its
         keys into the suffix slots, which the next evaluation overwrites: the cache is never grown nor copied.
         `noise` or `generator` make it reproducible; `solver` is "euler" (the reference), "heun" or "rk4";
-        `num_steps` counts solver steps. See `compile_generation_step` for the compiled variant.
+        `num_steps` counts solver steps. See `compile_generation` for the compiled variant.
         """
         if not self.config.is_flow:
             raise ValueError("π0-FAST decodes action tokens: use generate_actions or decode_action_tokens.")
@@ -376,7 +377,7 @@ class PiForActionGeneration(PiPreTrainedModel):
         num_steps = config.num_inference_steps if num_steps is None else num_steps
 
         compiled = self._compiled_step is not None
-        # A compiled step meets few prefix lengths: prompts are cut only to a multiple of PROMPT_BUCKET slots.
+        # Compiled code meets few prefix lengths: prompts are cut only to a multiple of PROMPT_BUCKET slots.
         prefix_inputs = drop_unused_prefix(
             pixel_values, pixel_attention_mask, input_ids, attention_mask, bucket=PROMPT_BUCKET if compiled else None
         )
@@ -384,7 +385,7 @@ class PiForActionGeneration(PiPreTrainedModel):
         suffix_len = suffix_ar.shape[0]
         prefix_len = config.num_image_tokens * prefix_inputs[0].shape[1] + prefix_inputs[2].shape[1]
         cache = self._static_cache(batch, prefix_len + suffix_len)
-        prefix_valid = self.fill_prefix_cache(*prefix_inputs, cache=cache)
+        _, prefix_valid = (self._compiled_prefix or self.fill_prefix_cache)(*prefix_inputs, cache=cache)
 
         # The suffix's mask rows and rotary embeddings are the same at every step: built once.
         valid = torch.cat([prefix_valid, prefix_valid.new_ones(batch, suffix_len)], dim=1)
@@ -409,26 +410,33 @@ class PiForActionGeneration(PiPreTrainedModel):
         cache.crop(-suffix.shape[1])  # rewind to the prefix; the next step overwrites the suffix slots
         return self.predict_velocity(suffix_out).float()
 
-    def compile_generation_step(self, **options) -> None:
-        """Compiles the step `generate_actions` repeats — one velocity evaluation (π0, π0.5) or one new token
-        (π0-FAST) — with `torch.compile(**options)`; `mode="reduce-overhead"` also replays it as a CUDA graph.
+    def compile_generation(self, prefix: bool = True, **options) -> None:
+        """Compiles what `generate_actions` runs with `torch.compile(**options)`: the step it repeats — one
+        velocity evaluation (π0, π0.5) or one new token (π0-FAST) — and, with `prefix`, the pass that runs
+        the cameras and the prompt into the cache once per call. `mode="reduce-overhead"` also replays both
+        as CUDA graphs, which spares a GPU the launch of each of their hundreds of small kernels.
 
         From then on the flow sampler trims the prompt only to a multiple of `PROMPT_BUCKET` slots, and both
-        samplers reuse one static cache per batch size and length, reset in place at each call, so the
-        compiled step meets few shapes and the same cache tensors every time (the first call of each
-        shape compiles: a deployment sees at most a handful).
+        samplers reuse one static cache per batch size and length, allocated up front and reset in place at
+        each call, so compiled code meets few shapes and the same cache tensors every time (the first call
+        of each shape compiles: a deployment sees at most a handful).
         """
         step = self._velocity if self.config.is_flow else partial(decode_step, self)
         self._compiled_step = torch.compile(step, **options)
+        self._compiled_prefix = torch.compile(self.fill_prefix_cache, **options) if prefix else None
         self._static_caches = {}
 
     def _static_cache(self, batch: int, length: int) -> StaticCache:
-        """A fresh static cache; with a compiled step, the one kept for this shape, reset in place."""
+        """A fresh static cache; with compiled generation, the one kept for this shape, reset in place."""
         if self._compiled_step is None:
             return StaticCache(config=self.config.text_config, max_cache_len=length)
         key = (batch, length, self.dtype, self.device)
         if key not in self._static_caches:
-            self._static_caches[key] = StaticCache(config=self.config.text_config, max_cache_len=length)
+            # Allocated here, not lazily inside compiled code, so its tensors are marked as static addresses.
+            text, kv = self.config.text_config, self.language_model.layers[0].self_attn.k_proj.weight
+            cache = StaticCache(config=text, max_cache_len=length)
+            cache.early_initialization(batch, text.num_key_value_heads, text.head_dim, kv.dtype, kv.device)
+            self._static_caches[key] = cache
         cache = self._static_caches[key]
         cache.reset()
         return cache

@@ -74,3 +74,25 @@ def test_fast_loss_and_greedy_tokens_match_the_reference(converted, device):
             assert torch.equal(tokens, expected_tokens)
         else:
             assert torch.equal(tokens[:, 0], expected_tokens[:, 0])  # later ones may flip where random logits are close
+
+
+@pytest.mark.parametrize("device", ACCELERATORS)
+@torch.no_grad()
+def test_compiled_generation_with_cuda_graphs_matches_the_reference(converted, device):
+    """`compile_generation(mode="reduce-overhead")`: on CUDA the prefix pass and each step replay as CUDA
+    graphs. Two calls each, so the second replays graphs whose cache was reset in place (float32)."""
+    io = load_fixture_io("pi0")
+    inputs, state, noise = _on(io, device, MODEL_INPUTS), io["state"].to(device), io["noise"].to(device)
+    model = AutoModel.from_pretrained(converted("pi0")).to(device).eval()
+    model.compile_generation(mode="reduce-overhead")
+    for _ in range(2):
+        actions = model.generate_actions(*inputs, state=state, noise=noise).cpu()
+        torch.testing.assert_close(actions, io["expected.sample_actions_10_steps"], atol=5e-4, rtol=0)
+
+    io = load_fixture_io("pi0_fast")
+    prompt = _on(io, device, ("pixel_values", "pixel_attention_mask", "decode_prompt", "decode_prompt_mask"))
+    prompt[2] = prompt[2].long()
+    model = AutoModel.from_pretrained(converted("pi0_fast")).to(device).eval()
+    model.compile_generation(mode="reduce-overhead")
+    for _ in range(2):
+        assert torch.equal(model.generate_actions(*prompt, max_new_tokens=16).cpu(), io["expected.greedy_tokens_16"].long())

@@ -37,11 +37,11 @@ def test_greedy_tokens_match_the_reference(fast_case):
 
 
 @torch.no_grad()
-def test_the_compiled_decoding_step_gives_the_reference_tokens(converted):
+def test_compiled_decoding_gives_the_reference_tokens(converted):
     model = AutoModel.from_pretrained(converted("pi0_fast")).eval()
     io = load_fixture_io("pi0_fast")
-    model.compile_generation_step()
-    for _ in range(2):  # the second call reuses the compiled step and its cache, reset in place
+    model.compile_generation()
+    for _ in range(2):  # the second call reuses the compiled code and its cache, reset in place
         assert torch.equal(model.generate_actions(*_prompt(io), max_new_tokens=16), io["expected.greedy_tokens_16"].long())
     assert len(model._static_caches) == 1
 

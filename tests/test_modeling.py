@@ -180,15 +180,16 @@ def test_a_row_samples_the_same_alone_as_beside_a_row_using_every_camera_and_pro
 
 
 @torch.no_grad()
-def test_the_compiled_flow_step_samples_what_the_eager_one_does():
-    """π0.5 (the adaRMS path), heun (two evaluations per step); a second batch of the same shape reuses the
-    compiled step and its cache, reset in place, so it must not see the first batch's prefix."""
+def test_compiled_flow_generation_samples_what_the_eager_one_does():
+    """π0.5 (the adaRMS path), heun (two evaluations per step), prefix pass and step compiled; a second batch
+    of the same shape reuses the compiled code and its cache, reset in place, so it must not see the first
+    batch's prefix."""
     model = _tiny_model("pi05")
     first, second = random_inputs(model.config, seed=0), random_inputs(model.config, seed=1)
     eager = [model.generate_actions(*_args(x), noise=x["noise"], num_steps=3, solver="heun") for x in (first, second)]
     alone = [x[-1:] for x in _args(first)]  # its absent camera goes; its padded prompt slots stay (bucket of 16)
     eager.append(model.generate_actions(*alone, noise=first["noise"][-1:], num_steps=3, solver="heun"))
-    model.compile_generation_step()
+    model.compile_generation()
     for inputs, expected in zip((first, second), eager):
         compiled = model.generate_actions(*_args(inputs), noise=inputs["noise"], num_steps=3, solver="heun")
         torch.testing.assert_close(compiled, expected, atol=1e-5, rtol=0)
