@@ -198,6 +198,18 @@ def test_compiled_flow_generation_samples_what_the_eager_one_does():
     assert len(model._static_caches) == 2  # batch 2 with every camera, batch 1 with two
 
 
+@torch.no_grad()
+def test_compiling_only_the_flow_step_leaves_the_prefix_pass_eager():
+    """`prefix=False` spares the prefix pass's compilation (the longest one at full size); the chunk is unchanged."""
+    model = _tiny_model("pi0")
+    inputs = random_inputs(model.config)
+    eager = model.generate_actions(*_args(inputs), state=inputs["state"], noise=inputs["noise"])
+    model.compile_generation(prefix=False)
+    assert model._compiled_prefix is None and model._compiled_step is not None
+    compiled = model.generate_actions(*_args(inputs), state=inputs["state"], noise=inputs["noise"])
+    torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("solver", ["euler", "heun", "rk4"])
 @torch.no_grad()
 def test_solvers_run_on_the_model(solver):
