@@ -27,7 +27,7 @@ from .flow_matching import integrate, interpolate, sample_flow_time, time_embedd
 from .input_checks import check_fast_inputs, check_flow_inputs, check_inputs
 from .joint_attention import additive_mask, block_causal_mask, joint_layer
 
-PROMPT_BUCKET = 16  # with a compiled step, prompts are trimmed to a multiple of this many slots
+PROMPT_BUCKET = 16  # with compiled generation, prompts are trimmed to a multiple of this many slots
 
 
 @dataclass

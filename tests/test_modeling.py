@@ -172,7 +172,7 @@ def test_a_row_samples_the_same_alone_as_beside_a_row_using_every_camera_and_pro
     alone = [x[-1:] for x in _args(inputs)]
     pixel_values, _, input_ids, _ = drop_unused_prefix(*alone)
     assert pixel_values.shape[1] == 2 and input_ids.shape[1] == 3  # one camera and three prompt slots dropped
-    assert drop_unused_prefix(*alone, bucket=2)[2].shape[1] == 4  # a compiled step's buckets: a multiple of 2
+    assert drop_unused_prefix(*alone, bucket=2)[2].shape[1] == 4  # compiled generation's buckets: a multiple of 2
     assert drop_unused_prefix(*alone, bucket=16)[2].shape[1] == 6  # ... or every slot
     state, noise = inputs["state"], inputs["noise"]
     batched = model.generate_actions(*_args(inputs), state=state, noise=noise)[-1:]
