@@ -32,16 +32,16 @@ MiB = 2**20
 def flow_generate(model, inputs, steps, clock, ours: bool):
     """The chunk sampler of either model, with the vision and prefix parts wrapped for timing (one part,
     "prefix", where our prefix pass is compiled: the vision tower runs inside it)."""
-    if ours and model._compiled_prefix is not None:
+    if not ours:
+        clock.wrap(model.model.vlm, "get_image_features", "vision")
+        clock.wrap(model.model.vlm, "forward", "prefix")
+        return lambda: model.sample_actions(**inputs.transformers(), state=inputs.state, noise=inputs.noise, num_steps=steps)
+    if model._compiled_prefix is not None:
         clock.wrap(model, "_compiled_prefix", "prefix")
-    elif ours:
+    else:
         clock.wrap(model, "get_image_features", "vision")
         clock.wrap(model, "fill_prefix_cache", "prefix")
-    if ours:
-        return lambda: model.generate_actions(**inputs.ours(), state=inputs.state, noise=inputs.noise, num_steps=steps)
-    clock.wrap(model.model.vlm, "get_image_features", "vision")
-    clock.wrap(model.model.vlm, "forward", "prefix")
-    return lambda: model.sample_actions(**inputs.transformers(), state=inputs.state, noise=inputs.noise, num_steps=steps)
+    return lambda: model.generate_actions(**inputs.ours(), state=inputs.state, noise=inputs.noise, num_steps=steps)
 
 
 def train_step(model, inputs, ours: bool):

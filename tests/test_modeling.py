@@ -200,7 +200,8 @@ def test_compiled_flow_generation_samples_what_the_eager_one_does():
 
 @torch.no_grad()
 def test_compiling_only_the_flow_step_leaves_the_prefix_pass_eager():
-    """`prefix=False` spares the prefix pass's compilation (the longest one at full size); the chunk is unchanged."""
+    """`prefix=False` spares the prefix pass its compilation (vision tower and language model: the larger graph); the
+    chunk is unchanged."""
     model = _tiny_model("pi0")
     inputs = random_inputs(model.config)
     eager = model.generate_actions(*_args(inputs), state=inputs["state"], noise=inputs["noise"])
