@@ -40,7 +40,7 @@ def flow_generate(model, inputs, steps, clock, ours: bool):
         clock.wrap(model, "_compiled_prefix", "prefix")
     else:
         clock.wrap(model, "get_image_features", "vision")
-        clock.wrap(model, "fill_prefix_cache", "prefix")
+        clock.wrap(model, "encode_prefix", "prefix")
     return lambda: model.generate_actions(**inputs.ours(), state=inputs.state, noise=inputs.noise, num_steps=steps)
 
 

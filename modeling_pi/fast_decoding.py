@@ -91,7 +91,7 @@ def decode_fast(
         batch, cameras = pixel_attention_mask.shape
         prefix_len = cameras * model.config.num_image_tokens + input_ids.shape[1]
         cache = model._static_cache(batch, prefix_len + max_new_tokens)
-        prefill = model._compiled_prefix or model.fill_prefix_cache
+        prefill = model._compiled_prefix or model.encode_prefix
         hidden, valid = prefill(pixel_values, pixel_attention_mask, input_ids, attention_mask, cache=cache, cache_only=False)
         seen = F.pad(valid, (0, max_new_tokens), value=False)
     else:

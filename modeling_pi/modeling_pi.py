@@ -232,29 +232,19 @@ class PiForActionGeneration(PiPreTrainedModel):
         pixel_attention_mask: torch.Tensor,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Language-model pass over the prefix alone: its final-norm output [B, P, D] and validity [B, P]."""
-        prefix, valid = self.embed_prefix(pixel_values, pixel_attention_mask, input_ids, attention_mask)
-        attention = self._attention_inputs(block_causal_mask(valid, torch.zeros_like(valid)), valid.long().cumsum(1) - 1, prefix)
-        prefix_out, _ = self._run_experts(prefix, None, *attention)
-        return prefix_out, valid
-
-    def fill_prefix_cache(
-        self,
-        pixel_values: torch.Tensor,
-        pixel_attention_mask: torch.Tensor,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        cache: StaticCache,
-        cache_only: bool = True,
+        cache: StaticCache | None = None,
+        cache_only: bool = False,
     ) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """Writes the prefix's keys and values of every layer into `cache`; returns the prefix's final-norm
-        outputs [B, P, D] (None with `cache_only`: then the last layer stops at its keys and values) and its
-        validity [B, P]. The cache may be longer than the prefix (the slots that follow it are masked here).
+        """Language-model pass over the prefix alone: its final-norm output [B, P, D] and validity [B, P].
+
+        With `cache`, every layer's keys and values are written into it (a static cache may be longer than
+        the prefix: the slots that follow it are masked here); with `cache_only` as well, the pass only
+        fills the cache: the last layer stops at its keys and values and no output is returned (None).
         """
         prefix, valid = self.embed_prefix(pixel_values, pixel_attention_mask, input_ids, attention_mask)
         allowed = block_causal_mask(valid, torch.zeros_like(valid))
-        allowed = F.pad(allowed, (0, cache.get_max_length() - allowed.shape[-1]), value=False)
+        if cache is not None:
+            allowed = F.pad(allowed, (0, cache.get_max_length() - allowed.shape[-1]), value=False)
         attention = self._attention_inputs(allowed, valid.long().cumsum(1) - 1, prefix)
         prefix_out, _ = self._run_experts(prefix, None, *attention, cache=cache, cache_only=cache_only)
         return prefix_out, valid
@@ -385,7 +375,7 @@ class PiForActionGeneration(PiPreTrainedModel):
         suffix_len = suffix_ar.shape[0]
         prefix_len = config.num_image_tokens * prefix_inputs[0].shape[1] + prefix_inputs[2].shape[1]
         cache = self._static_cache(batch, prefix_len + suffix_len)
-        _, prefix_valid = (self._compiled_prefix or self.fill_prefix_cache)(*prefix_inputs, cache=cache)
+        _, prefix_valid = (self._compiled_prefix or self.encode_prefix)(*prefix_inputs, cache=cache, cache_only=True)
 
         # The suffix's mask rows and rotary embeddings are the same at every step: built once.
         valid = torch.cat([prefix_valid, prefix_valid.new_ones(batch, suffix_len)], dim=1)
@@ -423,7 +413,7 @@ class PiForActionGeneration(PiPreTrainedModel):
         """
         step = self._velocity if self.config.is_flow else partial(decode_step, self)
         self._compiled_step = torch.compile(step, **options)
-        self._compiled_prefix = torch.compile(self.fill_prefix_cache, **options) if prefix else None
+        self._compiled_prefix = torch.compile(self.encode_prefix, **options) if prefix else None
         self._static_caches = {}
 
     def _static_cache(self, batch: int, length: int) -> StaticCache:
