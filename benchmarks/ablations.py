@@ -6,13 +6,15 @@ duration of a call:
 - `sdpa`: the attention backend is eager instead of sdpa;
 - `batched-cameras`: the vision tower runs once per image instead of once over all cameras;
 - `prefix-trimming`: the prefix pass keeps the prompt's padding and the cameras no row has, and runs
-  the last layer in full although only its keys and values are read.
+  the last layer in full although only its keys and values are read;
+- `sliced-mlp`: on the CPU, wide MLPs run whole instead of in slices of their hidden width.
 """
 
 from contextlib import contextmanager
 
 import torch
 
+import modeling_pi.joint_attention as joint_attention
 import modeling_pi.modeling_pi as modeling
 
 
@@ -47,7 +49,18 @@ def whole_prefix(model):
         model._run_experts, modeling.drop_unused_prefix = run_experts, drop
 
 
-ABLATIONS = {"sdpa": eager_attention, "batched-cameras": per_camera_vision, "prefix-trimming": whole_prefix}
+@contextmanager
+def whole_mlp(model):
+    saved = joint_attention.MLP_SLICE
+    joint_attention.MLP_SLICE = float("inf")
+    try:
+        yield
+    finally:
+        joint_attention.MLP_SLICE = saved
+
+
+ABLATIONS = {"sdpa": eager_attention, "batched-cameras": per_camera_vision, "prefix-trimming": whole_prefix,
+             "sliced-mlp": whole_mlp}
 
 
 def ablated(model, name: str, fn):

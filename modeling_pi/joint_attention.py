@@ -11,12 +11,19 @@ Which token may attend to which follows the reference's block-causal rule: every
 "ar" flag; with c = cumsum(ar), token i attends to token j iff c[j] <= c[i] and both are valid.
 Written here because transformers' mask builders express causal, sliding and bidirectional-block
 masks, not this flag-driven one over two experts' tokens.
+
+At inference on the CPU, a wide MLP runs in slices of its hidden width (`feed_forward`): the sum of the
+slices' down projections is the same product, and at π0's full size (hidden width 16384) the slices'
+smaller matrix products and cache-sized intermediates are measurably faster (`benchmarks`, README).
 """
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.gemma.modeling_gemma import (
     GemmaDecoderLayer,
+    GemmaMLP,
     apply_rotary_pos_emb,
     eager_attention_forward,
 )
@@ -35,6 +42,26 @@ def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Bool [B, T, S] -> additive float mask [B, 1, T, S] as the attention interface takes it."""
     mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
     return mask.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
+
+
+MLP_SLICE = 1024  # hidden units per slice of a sliced CPU feed-forward
+
+
+def feed_forward(mlp: GemmaMLP, x: torch.Tensor) -> torch.Tensor:
+    """Gemma's gated MLP, down(act(gate(x)) * up(x)). Without gradients on the CPU, and when its projections
+    are plain linears (not LoRA-wrapped or quantised), it runs `MLP_SLICE` hidden units at a time."""
+    projections = (mlp.gate_proj, mlp.up_proj, mlp.down_proj)
+    plain = all(type(p) is nn.Linear and p.bias is None for p in projections)
+    width = mlp.gate_proj.out_features
+    if not plain or width <= MLP_SLICE or x.device.type != "cpu" or torch.is_grad_enabled():
+        return mlp(x)
+    out = None
+    for start in range(0, width, MLP_SLICE):
+        units = slice(start, start + MLP_SLICE)
+        hidden = mlp.act_fn(F.linear(x, mlp.gate_proj.weight[units])) * F.linear(x, mlp.up_proj.weight[units])
+        part = F.linear(hidden, mlp.down_proj.weight[:, units])
+        out = part if out is None else out.add_(part)
+    return out
 
 
 def _gated(residual: torch.Tensor, update: torch.Tensor, gate: torch.Tensor | None) -> torch.Tensor:
@@ -88,5 +115,5 @@ def joint_layer(
         layer = layers[i]
         h = _gated(hidden_states[i], layer.self_attn.o_proj(attended_i), gates[i])
         normed, gate = apply_norm(layer.post_attention_layernorm, h, conds[i])
-        outputs[i] = _gated(h, layer.mlp(normed), gate)
+        outputs[i] = _gated(h, feed_forward(layer.mlp, normed), gate)
     return outputs

@@ -9,6 +9,7 @@ from transformers import AutoConfig, AutoModel
 import modeling_pi  # noqa: F401
 from conftest import load_fixture_io, random_inputs, tiny_config
 from modeling_pi import PiConfig, PiForActionGeneration
+from modeling_pi.joint_attention import MLP_SLICE, feed_forward
 from modeling_pi.modeling_pi import drop_unused_prefix
 
 MODEL_INPUTS = ("pixel_values", "pixel_attention_mask", "input_ids", "attention_mask")
@@ -327,3 +328,29 @@ def test_bfloat16_loading_keeps_the_flow_head_and_adarms_modulation_in_float32(c
     assert all(module.weight.dtype == torch.float32 for module in kept)
     assert model.language_model.layers[0].mlp.up_proj.weight.dtype == torch.bfloat16
     assert model.action_expert.layers[0].mlp.up_proj.weight.dtype == torch.bfloat16
+
+
+@torch.no_grad()
+def test_wide_feed_forward_is_sliced_only_where_it_computes_the_same_mlp():
+    """Sliced, a wide MLP gives Gemma's MLP; LoRA-wrapped, it keeps its adapters; under autograd, Gemma's
+    own forward runs."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import GemmaConfig
+    from transformers.models.gemma.modeling_gemma import GemmaMLP
+
+    torch.manual_seed(0)
+    config = GemmaConfig(hidden_size=32, intermediate_size=2 * MLP_SLICE + 40, hidden_activation="gelu_pytorch_tanh")
+    mlp, x = GemmaMLP(config), torch.randn(2, 5, 32)
+    torch.testing.assert_close(feed_forward(mlp, x), mlp(x), atol=1e-6, rtol=1e-5)
+
+    calls = []
+    mlp.register_forward_hook(lambda *args: calls.append(1))
+    with torch.enable_grad():
+        assert feed_forward(mlp, x.requires_grad_()).grad_fn is not None and calls == [1]
+
+    lora = get_peft_model(mlp, LoraConfig(r=4, target_modules=["gate_proj", "up_proj", "down_proj"], init_lora_weights=False))
+    adapted = lora.base_model.model
+    with lora.disable_adapter():
+        without_adapters = adapted(x)
+    assert not torch.allclose(adapted(x), without_adapters)
+    torch.testing.assert_close(feed_forward(adapted, x), adapted(x), atol=0, rtol=0)
