@@ -12,7 +12,7 @@ Which token may attend to which follows the reference's block-causal rule: every
 Written here because transformers' mask builders express causal, sliding and bidirectional-block
 masks, not this flag-driven one over two experts' tokens.
 
-At float32 inference on the CPU, a wide MLP runs in slices of its hidden width (`feed_forward`): the
+At float32 inference on the CPU, over several tokens, a wide MLP runs in slices of its hidden width (`feed_forward`): the
 sum of the slices' down projections is the same product, and at π0's full size (hidden width 16384)
 the slices' smaller matrix products and cache-sized intermediates are measurably faster (`benchmarks`,
 README); bfloat16's emulated products on CPUs without bfloat16 units gain nothing from it.
@@ -49,13 +49,14 @@ MLP_SLICE = 1024  # hidden units per slice of a sliced CPU feed-forward
 
 
 def feed_forward(mlp: GemmaMLP, x: torch.Tensor) -> torch.Tensor:
-    """Gemma's gated MLP, down(act(gate(x)) * up(x)). In float32 on the CPU without gradients, and when its
-    projections are plain linears (not LoRA-wrapped or quantised), it runs `MLP_SLICE` hidden units at a time."""
+    """Gemma's gated MLP, down(act(gate(x)) * up(x)), over `x` [B, T, D]. It runs `MLP_SLICE` hidden units at a
+    time in float32 on the CPU without gradients, over several tokens (a one-token decoding step's products
+    are faster whole), and when its projections are plain linears (not LoRA-wrapped or quantised)."""
     projections = (mlp.gate_proj, mlp.up_proj, mlp.down_proj)
     plain = all(type(p) is nn.Linear and p.bias is None for p in projections)
     width = mlp.gate_proj.out_features
     on_cpu_float32 = x.device.type == "cpu" and x.dtype == torch.float32
-    if not plain or width <= MLP_SLICE or not on_cpu_float32 or torch.is_grad_enabled():
+    if not plain or width <= MLP_SLICE or not on_cpu_float32 or x.shape[-2] == 1 or torch.is_grad_enabled():
         return mlp(x)
     out = None
     for start in range(0, width, MLP_SLICE):

@@ -332,8 +332,8 @@ def test_bfloat16_loading_keeps_the_flow_head_and_adarms_modulation_in_float32(c
 
 @torch.no_grad()
 def test_wide_feed_forward_is_sliced_only_where_it_computes_the_same_mlp():
-    """Sliced, a wide MLP gives Gemma's MLP; LoRA-wrapped, it keeps its adapters; under autograd and in
-    bfloat16, Gemma's own forward runs."""
+    """Sliced, a wide MLP gives Gemma's MLP; LoRA-wrapped, it keeps its adapters; under autograd, over one
+    token per row and in bfloat16, Gemma's own forward runs."""
     from peft import LoraConfig, get_peft_model
     from transformers import GemmaConfig
     from transformers.models.gemma.modeling_gemma import GemmaMLP
@@ -347,8 +347,9 @@ def test_wide_feed_forward_is_sliced_only_where_it_computes_the_same_mlp():
     mlp.register_forward_hook(lambda *args: calls.append(1))
     with torch.enable_grad():
         assert feed_forward(mlp, x.clone().requires_grad_()).grad_fn is not None and calls == [1]
+    feed_forward(mlp, x[:, :1])  # one token per row: a decoding step
     feed_forward(mlp.to(torch.bfloat16), x.bfloat16())
-    assert calls == [1, 1]
+    assert calls == [1, 1, 1]
     mlp.float()
 
     lora = get_peft_model(mlp, LoraConfig(r=4, target_modules=["gate_proj", "up_proj", "down_proj"], init_lora_weights=False))
