@@ -114,13 +114,13 @@ def time_training(models: dict, inputs, dtype, device, repeats: int) -> dict[str
         return {name: {"train_skipped": reason} for name in models}
     inputs.actions, inputs.timestep = inputs.actions.to(dtype), inputs.timestep.to(dtype)
     steps = {name: train_step(model, inputs, ours=name != "transformers") for name, model in models.items()}
-    against = "transformers" if "transformers" in models else None
+    against = ("transformers",) if "transformers" in models else ()
     timings = alternate({name: (Clock(device), step) for name, step in steps.items()}, repeats, against=against)
     fields = {}
     for name, step in steps.items():
         fields[name] = {"train_ms": timings[name]["total"] * 1e3, "train_peak_mib": peak_added_bytes(step, device) / MiB}
         if against:
-            fields[name]["train_ratio"] = timings[name]["ratio"]
+            fields[name]["train_ratio"] = timings[name]["ratio to transformers"]
     return fields
 
 
@@ -152,11 +152,12 @@ def bench_pi0_pair(size, dtype, device, args) -> list[dict]:
                 for name, model in generators.items()}
         for ablation in args.ablations:  # our model again, one optimisation undone
             runs[f"ours without {ablation}"] = (clocks["ours"], ablated(ours, ablation, runs["ours"][1]))
-        timings = alternate(runs, args.repeats, against="transformers")
+        timings = alternate(runs, args.repeats, against=("transformers", "ours"))
         memory = {name: peak_added_bytes(runs[name][1], device) for name in generators}
 
     rows = [{"size": size, "dtype": str(dtype).removeprefix("torch."), "variant": "pi0", "model": name,
-             **_flow_row(timings[name], args.steps), "total_ratio": timings[name]["ratio"],
+             **_flow_row(timings[name], args.steps), "total_ratio": timings[name]["ratio to transformers"],
+             "ratio_to_ours": timings[name]["ratio to ours"] if name.startswith("ours without") else None,
              "peak_mib": memory[name] / MiB if name in memory else None, "max_difference": difference}
             for name in runs]
     if args.train:
@@ -214,7 +215,8 @@ def table(rows) -> str:
                       _cell(row, "total_ms"), _cell(row, "total_ratio", 2)]
         train = [row["train_skipped"], "—", "—"] if "train_skipped" in row else [
             _cell(row, "train_ms"), _cell(row, "train_ratio", 2), _cell(row, "train_peak_mib")]
-        lines.append("| " + " | ".join([row["size"], row["dtype"], row["variant"], row["model"], *timing,
+        model = row["model"] if row.get("ratio_to_ours") is None else f"{row['model']} ({row['ratio_to_ours']:.2f}× ours)"
+        lines.append("| " + " | ".join([row["size"], row["dtype"], row["variant"], model, *timing,
                                         _cell(row, "peak_mib"), *train, _cell(row, "max_difference", 7)]) + " |")
     return "\n".join(lines)
 

@@ -77,10 +77,10 @@ class Clock:
         return {"total": time.perf_counter() - start, **self.parts}
 
 
-def alternate(runs: dict[str, tuple[Clock, object]], repeats: int, warmup: int = 1, against: str | None = None) -> dict:
-    """Runs every entry of `runs` in turn, `warmup + repeats` rounds; the medians of the timed rounds. With
-    `against`, each entry also gets "ratio": the median over rounds of its total over that entry's total in
-    the same round, which cancels the drift of a shared machine's speed between rounds."""
+def alternate(runs: dict[str, tuple[Clock, object]], repeats: int, warmup: int = 1, against: tuple[str, ...] = ()) -> dict:
+    """Runs every entry of `runs` in turn, `warmup + repeats` rounds; the medians of the timed rounds. For each
+    name in `against`, each entry also gets "ratio to <name>": the median over rounds of its total over that
+    entry's total in the same round, which cancels the drift of a shared machine's speed between rounds."""
     samples = {name: defaultdict(list) for name in runs}
     for round_ in range(warmup + repeats):
         for name, (clock, fn) in runs.items():
@@ -88,9 +88,9 @@ def alternate(runs: dict[str, tuple[Clock, object]], repeats: int, warmup: int =
             if round_ >= warmup:
                 for part, seconds in timing.items():
                     samples[name][part].append(seconds)
-    if against is not None:
+    for other in against:
         for name in runs:
-            samples[name]["ratio"] = [a / b for a, b in zip(samples[name]["total"], samples[against]["total"])]
+            samples[name][f"ratio to {other}"] = [a / b for a, b in zip(samples[name]["total"], samples[other]["total"])]
     return {name: {part: statistics.median(values) for part, values in parts.items()} for name, parts in samples.items()}
 
 

@@ -49,6 +49,9 @@ def test_ablation_rows_are_timed_beside_ours_and_transformers(capsys):
     rows = main(["--sizes", "tiny", "--repeats", "1", "--no-train", "--ablations", "batched-cameras,prefix-trimming"])
     assert [row["model"] for row in rows] == ["ours", "transformers", "ours without batched-cameras", "ours without prefix-trimming"]
     assert all(row["total_ms"] > 0 and row["total_ratio"] > 0 for row in rows)
+    assert [row["ratio_to_ours"] is None for row in rows] == [True, True, False, False]
+    assert all(row["ratio_to_ours"] > 0 for row in rows[2:])
+    assert "ours without prefix-trimming (" in capsys.readouterr().out  # its cost relative to ours, per round
     with pytest.raises(SystemExit):
         main(["--ablations", "no-such-thing"])
 
