@@ -26,7 +26,7 @@ from .models import SIZES, make_inputs, ours_alone, sharing_weights, transformer
 from .timing import Clock, alternate, peak_added_bytes, return_freed_memory_to_the_system
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-FAST_TOKENS = 16  # per π0-FAST call; random weights emit no EOS before (checked)
+FAST_TOKENS = 16  # per π0-FAST call (random weights emit no EOS before; `fast_generate` checks)
 MiB = 2**20
 
 

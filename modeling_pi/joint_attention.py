@@ -12,10 +12,10 @@ Which token may attend to which follows the reference's block-causal rule: every
 Written here because transformers' mask builders express causal, sliding and bidirectional-block
 masks, not this flag-driven one over two experts' tokens.
 
-At float32 inference on the CPU, over several tokens, a wide MLP runs in slices of its hidden width (`feed_forward`): the
-sum of the slices' down projections is the same product, and at π0's full size (hidden width 16384)
-the slices' smaller matrix products and cache-sized intermediates are measurably faster (`benchmarks`,
-README); bfloat16's emulated products on CPUs without bfloat16 units gain nothing from it.
+At float32 inference on the CPU, over several tokens, a wide MLP runs in slices of its hidden width
+(`feed_forward`): the sum of the slices' down projections is the same product, and at π0's full size
+(hidden width 16384) the slices' narrower matrix products and cache-sized intermediates are measurably
+faster (`benchmarks`, README); bfloat16's emulated products on CPUs without bfloat16 units gain nothing.
 """
 
 import torch
