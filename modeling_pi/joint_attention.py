@@ -48,18 +48,23 @@ def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 MLP_SLICE = 1024  # hidden units per slice of a sliced CPU feed-forward
 
 
-def feed_forward(mlp: GemmaMLP, x: torch.Tensor) -> torch.Tensor:
-    """Gemma's gated MLP, down(act(gate(x)) * up(x)), over `x` [B, T, D]. It runs `MLP_SLICE` hidden units at a
-    time in float32 on the CPU without gradients, over several tokens (a one-token decoding step's products
-    are faster whole), and when its projections are plain linears (not LoRA-wrapped or quantised)."""
-    projections = (mlp.gate_proj, mlp.up_proj, mlp.down_proj)
-    plain = all(type(p) is nn.Linear and p.bias is None for p in projections)
-    width = mlp.gate_proj.out_features
+def _slicing_pays(mlp: GemmaMLP, x: torch.Tensor) -> bool:
+    """Float32 on the CPU without gradients, over several tokens (a one-token decoding step's products are
+    faster whole), an MLP wider than a slice whose projections are plain linears (not LoRA-wrapped or quantised)."""
+    plain = all(type(p) is nn.Linear and p.bias is None for p in (mlp.gate_proj, mlp.up_proj, mlp.down_proj))
     on_cpu_float32 = x.device.type == "cpu" and x.dtype == torch.float32
-    if not plain or width <= MLP_SLICE or not on_cpu_float32 or x.shape[-2] == 1 or torch.is_grad_enabled():
+    wide = mlp.gate_proj.out_features > MLP_SLICE
+    return plain and wide and on_cpu_float32 and x.shape[-2] > 1 and not torch.is_grad_enabled()
+
+
+def feed_forward(mlp: GemmaMLP, x: torch.Tensor) -> torch.Tensor:
+    """Gemma's gated MLP, down(act(gate(x)) * up(x)), over `x` [B, T, D]; `MLP_SLICE` hidden units at a time where
+    that pays. It slices hidden units, not tokens as transformers' `apply_chunking_to_forward` does: token
+    chunks would keep the full-width products and intermediates."""
+    if not _slicing_pays(mlp, x):
         return mlp(x)
     out = None
-    for start in range(0, width, MLP_SLICE):
+    for start in range(0, mlp.gate_proj.out_features, MLP_SLICE):
         units = slice(start, start + MLP_SLICE)
         hidden = mlp.act_fn(F.linear(x, mlp.gate_proj.weight[units])) * F.linear(x, mlp.up_proj.weight[units])
         part = F.linear(hidden, mlp.down_proj.weight[:, units])
