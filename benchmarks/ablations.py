@@ -7,13 +7,16 @@ duration of a call:
 - `batched-cameras`: the vision tower runs once per image instead of once over all cameras;
 - `prefix-trimming`: the prefix pass keeps the prompt's padding and the cameras no row has, and runs
   the last layer in full although only its keys and values are read;
-- `sliced-mlp`: on the CPU, wide MLPs run whole instead of in slices of their hidden width.
+- `sliced-mlp`: on the CPU, wide MLPs run whole instead of in slices of their hidden width;
+- `float32-products`: in bfloat16 on a CPU without bfloat16 units, linears keep PyTorch's bfloat16
+  kernel instead of computing float32 products.
 """
 
 from contextlib import contextmanager
 
 import torch
 
+import modeling_pi.cpu_bfloat16 as cpu_bfloat16
 import modeling_pi.joint_attention as joint_attention
 import modeling_pi.modeling_pi as modeling
 
@@ -59,8 +62,18 @@ def whole_mlp(model):
         joint_attention.MLP_SLICE = saved
 
 
+@contextmanager
+def native_bfloat16(model):
+    saved = cpu_bfloat16.lacks_bfloat16_arithmetic
+    cpu_bfloat16.lacks_bfloat16_arithmetic = lambda: False
+    try:
+        yield
+    finally:
+        cpu_bfloat16.lacks_bfloat16_arithmetic = saved
+
+
 ABLATIONS = {"sdpa": eager_attention, "batched-cameras": per_camera_vision, "prefix-trimming": whole_prefix,
-             "sliced-mlp": whole_mlp}
+             "sliced-mlp": whole_mlp, "float32-products": native_bfloat16}
 
 
 def ablated(model, name: str, fn):
