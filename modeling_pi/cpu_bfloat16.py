@@ -10,7 +10,7 @@ outputs, weights and the KV cache stay bfloat16.
 `float32_products` decorates the generation entry points: for the call, every plain `nn.Linear` of the
 model (SigLIP's, Gemma's and the projections' alike; the base layers of LoRA-wrapped ones too) computes
 its large products this way. The weight is upcast `UPCAST_SLICE` elements at a time, so no float32 copy of
-a layer, let alone of the model, ever exists. Small products, and those over fewer than `MIN_ROWS` rows (a
+a layer, let alone of the model, ever exists. Small weights, and products over fewer than `MIN_ROWS` rows (a
 decoding step's matrix-vector products), keep the native kernel: there upcasting costs more than it saves.
 Written here because the choice is the kernel library's, per product, and no PyTorch setting makes it.
 """
@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 UPCAST_SLICE = 1 << 22  # weight elements upcast at a time (16 MB in float32)
-MIN_ROWS = 8  # products over fewer rows keep the native bfloat16 kernel,
-MIN_MULTIPLY_ADDS = 1 << 18  # and so do smaller products: upcasting's fixed cost outweighs its gain
+MIN_WEIGHT = 1 << 15  # weight elements: smaller linears keep the native bfloat16 kernel,
+MIN_ROWS = 8  # as do products over fewer rows: there upcasting costs more than it saves
 
 
 def lacks_bfloat16_arithmetic() -> bool:
@@ -45,19 +45,16 @@ def linear_in_float32(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     return out
 
 
-def _upcast_pays(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    bfloat16_on_cpu = x.dtype == weight.dtype == torch.bfloat16 and x.device.type == weight.device.type == "cpu"
-    rows = x.numel() // x.shape[-1]
-    large = rows >= MIN_ROWS and rows * weight.numel() >= MIN_MULTIPLY_ADDS
-    return bfloat16_on_cpu and large
+def _large_bfloat16_on_cpu(weight: torch.Tensor) -> bool:
+    return weight.dtype == torch.bfloat16 and weight.device.type == "cpu" and weight.numel() >= MIN_WEIGHT
 
 
 class _Float32Linear(nn.Linear):
-    """An `nn.Linear` whose large bfloat16 products are computed in float32; a plain linear becomes one only
-    for the duration of an inference call (`_upcasting_linears`)."""
+    """An `nn.Linear` (with a large bfloat16 weight) whose products over several rows are computed in float32; a
+    plain linear becomes one only for the duration of an inference call (`_upcasting_linears`)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _upcast_pays(x, self.weight):
+        if x.numel() >= MIN_ROWS * self.in_features and x.dtype == torch.bfloat16:
             return linear_in_float32(x, self.weight, self.bias)
         return super().forward(x)
 
@@ -65,9 +62,10 @@ class _Float32Linear(nn.Linear):
 @contextmanager
 def _upcasting_linears(model: nn.Module):
     """Within the block, the model's plain `nn.Linear`s (not subclasses: quantised layers keep their own
-    kernels) are `_Float32Linear`s. The class is swapped rather than the forward wrapped: compiled code
-    guards on the class, which stays the same object from call to call."""
-    linears = [module for module in model.modules() if type(module) is nn.Linear]
+    kernels) with bfloat16 weights of at least `MIN_WEIGHT` elements on the CPU are `_Float32Linear`s. The
+    class is swapped rather than the forward wrapped: compiled code guards on the class, which stays the same
+    object from call to call."""
+    linears = [m for m in model.modules() if type(m) is nn.Linear and _large_bfloat16_on_cpu(m.weight)]
     for linear in linears:
         linear.__class__ = _Float32Linear
     try:

@@ -41,7 +41,7 @@ def test_each_optimisation_undone_by_an_ablation_leaves_the_chunk_unchanged(abla
         import modeling_pi.cpu_bfloat16 as cpu_bfloat16
 
         monkeypatch.setattr(cpu_bfloat16, "lacks_bfloat16_arithmetic", lambda: True)
-        monkeypatch.setattr(cpu_bfloat16, "MIN_MULTIPLY_ADDS", 0)
+        monkeypatch.setattr(cpu_bfloat16, "MIN_WEIGHT", 0)
         ours, tolerance = ours.to(torch.bfloat16), 0.05
     inputs = make_inputs(ours.config, batch=2, cameras=3, prompt_tokens=5, device="cpu")
     inputs.pixel_attention_mask[:, 2] = False  # a camera no row has: trimming drops it

@@ -29,7 +29,7 @@ def kernels(monkeypatch):
 
     def choose(upcast: bool, counted: bool = True) -> list[int]:
         monkeypatch.setattr(cpu_bfloat16, "lacks_bfloat16_arithmetic", lambda: upcast)
-        monkeypatch.setattr(cpu_bfloat16, "MIN_MULTIPLY_ADDS", 0)
+        monkeypatch.setattr(cpu_bfloat16, "MIN_WEIGHT", 0)
         monkeypatch.setattr(cpu_bfloat16, "linear_in_float32", count if counted else whole)
         upcast_rows.clear()
         return upcast_rows
