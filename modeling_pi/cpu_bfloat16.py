@@ -1,18 +1,19 @@
 """bfloat16 inference on CPUs without bfloat16 arithmetic: linears computed as float32 products.
 
-Where the CPU has neither bfloat16 instructions nor AVX-512 (on which oneDNN emulates them), PyTorch runs
-a bfloat16 linear through a generic loop several times slower than the same product in float32 (the
-README's bfloat16 benchmark rows were measured on such a CPU). Upcasting is exact, and so is the product of two
-bfloat16 numbers in float32: computing the product in float32 and rounding the output to bfloat16 is the
-arithmetic bfloat16 hardware does, float32 accumulation included, up to the order of the sums. Inputs,
-outputs, weights and the KV cache stay bfloat16.
+Where the CPU has neither bfloat16 instructions nor AVX-512 (on which oneDNN emulates them), PyTorch
+runs a bfloat16 linear through a generic loop, several times slower than the same product in float32
+(the README's bfloat16 rows were measured on such a CPU). Upcasting is exact, and so is the product of
+two bfloat16 numbers in float32: computing the product in float32 and rounding the output once to
+bfloat16 is the arithmetic bfloat16 hardware does, float32 accumulation included, up to the order of
+the sums. Inputs, outputs, weights and the KV cache stay bfloat16.
 
 `float32_products` decorates the generation entry points: for the call, every plain `nn.Linear` of the
-model (SigLIP's, Gemma's and the projections' alike; the base layers of LoRA-wrapped ones too) computes
-its large products this way. The weight is upcast `UPCAST_SLICE` elements at a time, so no float32 copy of
-a layer, let alone of the model, ever exists. Small weights, and products over fewer than `MIN_ROWS` rows (a
-decoding step's matrix-vector products), keep the native kernel: there upcasting costs more than it saves.
-Written here because the choice is the kernel library's, per product, and no PyTorch setting makes it.
+model (SigLIP's, Gemma's and the projections' alike, and the base layers of LoRA-wrapped ones) computes
+its products this way. The weight is upcast `UPCAST_SLICE` elements at a time, so no float32 copy of a
+layer, let alone of the model, ever exists. Small weights, and products over fewer than `MIN_ROWS` rows
+(a decoding step's matrix-vector products), keep the native kernel: there upcasting costs more than it
+saves. Written here because the choice is the kernel library's, per product, and no PyTorch setting
+makes it.
 """
 
 import functools
@@ -28,7 +29,8 @@ MIN_ROWS = 8  # as do products over fewer rows: there upcasting costs more than 
 
 
 def lacks_bfloat16_arithmetic() -> bool:
-    """True on CPUs where PyTorch's bfloat16 matrix products take the generic path (no oneDNN bfloat16)."""
+    """True on CPUs where PyTorch's bfloat16 matrix products take the generic path: PyTorch's own (private)
+    test of whether oneDNN runs them."""
     return not torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
@@ -50,8 +52,8 @@ def _large_bfloat16_on_cpu(weight: torch.Tensor) -> bool:
 
 
 class _Float32Linear(nn.Linear):
-    """An `nn.Linear` (with a large bfloat16 weight) whose products over several rows are computed in float32; a
-    plain linear becomes one only for the duration of an inference call (`_upcasting_linears`)."""
+    """An `nn.Linear` (with a large bfloat16 weight) whose products over several rows are computed in float32;
+    a plain linear becomes one only for the duration of an inference call (`_upcasting_linears`)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.numel() >= MIN_ROWS * self.in_features and x.dtype == torch.bfloat16:

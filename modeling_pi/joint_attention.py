@@ -15,7 +15,8 @@ masks, not this flag-driven one over two experts' tokens.
 At float32 inference on the CPU, over several tokens, a wide MLP runs in slices of its hidden width
 (`feed_forward`): the sum of the slices' down projections is the same product, and at π0's full size
 (hidden width 16384) the slices' narrower matrix products and cache-sized intermediates are measurably
-faster (`benchmarks`, README); bfloat16's emulated products on CPUs without bfloat16 units gain nothing.
+faster (`benchmarks`, README). bfloat16 is left whole: sliced, its emulated products gained nothing on
+a CPU without bfloat16 units, where its linears now run as float32 products instead (`cpu_bfloat16.py`).
 """
 
 import torch

@@ -10,7 +10,6 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModel
 
-import modeling_pi  # noqa: F401
 from conftest import load_fixture_io, random_inputs, tiny_config
 from modeling_pi import PiForActionGeneration, cpu_bfloat16
 from modeling_pi.cpu_bfloat16 import linear_in_float32
