@@ -73,6 +73,14 @@ def policy_folder(converted, tmp_path_factory):
     return get
 
 
+MODEL_INPUTS = ("pixel_values", "pixel_attention_mask", "input_ids", "attention_mask")
+
+
+def model_args(inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    """The model's positional inputs, in order, from a dict of inputs (fixture or `random_inputs`)."""
+    return [inputs[name] for name in MODEL_INPUTS]
+
+
 def tiny_config(variant: str = "pi0", **overrides) -> PiConfig:
     """A small π config (the fixtures' architecture) for tests that need a model but not the reference weights."""
     text = {
@@ -122,3 +130,16 @@ def random_inputs(config: PiConfig, batch: int = 2, prompt_len: int = 6, seed: i
         "actions": torch.randn(chunk, generator=gen),
         "noise": torch.randn(chunk, generator=gen),
     }
+
+
+def noisy_tiny_model(variant: str = "pi0", seed: int = 0, **overrides):
+    """A tiny model in which, as in the fixtures, every parameter carries noise (no closed adaRMS gate, no
+    unit norm)."""
+    from modeling_pi import PiForActionGeneration
+
+    torch.manual_seed(seed)
+    model = PiForActionGeneration(tiny_config(variant, **overrides)).eval()
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(torch.randn_like(param), alpha=0.05)
+    return model

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModel
 
-from conftest import load_fixture_io, random_inputs, tiny_config
-from modeling_pi import PiForActionGeneration, cpu_bfloat16
+from conftest import load_fixture_io, model_args, noisy_tiny_model, random_inputs
+from modeling_pi import cpu_bfloat16
 from modeling_pi.cpu_bfloat16 import linear_in_float32
 
 
@@ -36,19 +36,6 @@ def kernels(monkeypatch):
     return choose
 
 
-def _args(inputs):
-    return [inputs[name] for name in ("pixel_values", "pixel_attention_mask", "input_ids", "attention_mask")]
-
-
-def _tiny_bfloat16_model(variant="pi0"):
-    torch.manual_seed(0)
-    model = PiForActionGeneration(tiny_config(variant)).eval()
-    with torch.no_grad():
-        for param in model.parameters():
-            param.add_(torch.randn_like(param), alpha=0.05)
-    return model.to(torch.bfloat16)
-
-
 def test_the_sliced_float32_product_is_the_bfloat16_linear(monkeypatch):
     """Slice by slice (5 output features each, the last one short), the product is the float32 product of the
     bfloat16 operands rounded once to bfloat16: what the native kernel computes, up to the order of its sums."""
@@ -70,7 +57,7 @@ def test_bfloat16_actions_stay_close_to_the_float32_reference(converted, kernels
     model = AutoModel.from_pretrained(converted(variant), dtype=torch.bfloat16).eval()
     io = load_fixture_io(variant)
     upcast_rows = kernels(upcast)
-    actions = model.generate_actions(*_args(io), state=io["state"], noise=io["noise"])
+    actions = model.generate_actions(*model_args(io), state=io["state"], noise=io["noise"])
     assert actions.dtype == torch.float32
     expected = io["expected.sample_actions_10_steps"]
     # measured: native 0.39% (π0), 0.15% (π0.5); every product upcast 0.47%, 0.14%
@@ -93,15 +80,15 @@ def test_fast_prefill_computes_in_float32_and_its_decoding_steps_stay_native(con
 
 @torch.no_grad()
 def test_linears_are_plain_again_after_a_call_even_a_failed_one(kernels):
-    model = _tiny_bfloat16_model()
+    model = noisy_tiny_model().to(torch.bfloat16)
     inputs = random_inputs(model.config)
     kernels(True)
     seen = []
     model.action_expert.layers[0].mlp.up_proj.register_forward_hook(lambda module, *_: seen.append(type(module)))
-    model.generate_actions(*_args(inputs), state=inputs["state"], noise=inputs["noise"], num_steps=2)
+    model.generate_actions(*model_args(inputs), state=inputs["state"], noise=inputs["noise"], num_steps=2)
     assert seen == [cpu_bfloat16._Float32Linear] * 2
     with pytest.raises(ValueError, match="state"):
-        model.generate_actions(*_args(inputs), noise=inputs["noise"])
+        model.generate_actions(*model_args(inputs), noise=inputs["noise"])
     assert {type(m) for m in model.modules() if isinstance(m, nn.Linear)} == {nn.Linear}
 
 
@@ -109,11 +96,12 @@ def test_linears_are_plain_again_after_a_call_even_a_failed_one(kernels):
 def test_lora_adapters_still_apply_under_float32_products(kernels):
     from peft import LoraConfig, get_peft_model
 
-    model = _tiny_bfloat16_model()
+    model = noisy_tiny_model().to(torch.bfloat16)
     inputs = random_inputs(model.config)
     adapters = LoraConfig(r=4, target_modules=["q_proj", "v_proj", "up_proj"], init_lora_weights=False)
     lora = get_peft_model(model, adapters)
-    run = lambda: lora.base_model.model.generate_actions(*_args(inputs), state=inputs["state"], noise=inputs["noise"])
+    generate = lora.base_model.model.generate_actions
+    run = lambda: generate(*model_args(inputs), state=inputs["state"], noise=inputs["noise"])  # noqa: E731
     kernels(False)
     native = run()
     with lora.disable_adapter():
@@ -128,14 +116,14 @@ def test_lora_adapters_still_apply_under_float32_products(kernels):
 @torch.no_grad()
 def test_compiled_generation_computes_in_float32_without_recompiling(kernels):
     """The linears' class is swapped for each call: compiled code guards on it, and must not recompile."""
-    model = _tiny_bfloat16_model("pi05")
+    model = noisy_tiny_model("pi05").to(torch.bfloat16)
     inputs = random_inputs(model.config)
     kernels(True, counted=False)
-    eager = model.generate_actions(*_args(inputs), noise=inputs["noise"], num_steps=3)
+    eager = model.generate_actions(*model_args(inputs), noise=inputs["noise"], num_steps=3)
     model.compile_generation()
-    compiled = [model.generate_actions(*_args(inputs), noise=inputs["noise"], num_steps=3) for _ in range(3)]
+    compiled = [model.generate_actions(*model_args(inputs), noise=inputs["noise"], num_steps=3) for _ in range(3)]
     graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
-    model.generate_actions(*_args(inputs), noise=inputs["noise"], num_steps=3)
+    model.generate_actions(*model_args(inputs), noise=inputs["noise"], num_steps=3)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
     for actions in compiled:
         torch.testing.assert_close(actions, eager, atol=0.02, rtol=0)

@@ -13,13 +13,12 @@ import torch
 from transformers import AutoModel
 
 import modeling_pi  # noqa: F401
-from conftest import load_fixture_io
+from conftest import MODEL_INPUTS, load_fixture_io
 
 # PI_TEST_DEVICES=cpu runs these checks here too (to check the checks)
 ACCELERATORS = os.environ.get("PI_TEST_DEVICES", "cuda" if torch.cuda.is_available() else "").split(",")
 ACCELERATORS = [device for device in ACCELERATORS if device]
 pytestmark = pytest.mark.skipif(not ACCELERATORS, reason="no accelerator on this machine")
-MODEL_INPUTS = ("pixel_values", "pixel_attention_mask", "input_ids", "attention_mask")
 
 
 @pytest.fixture(autouse=True)

@@ -7,27 +7,10 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModel
 
 import modeling_pi  # noqa: F401
-from conftest import load_fixture_io, random_inputs, tiny_config
+from conftest import load_fixture_io, model_args, noisy_tiny_model, random_inputs, tiny_config
 from modeling_pi import PiConfig, PiForActionGeneration
 from modeling_pi.joint_attention import MLP_SLICE, feed_forward
 from modeling_pi.modeling_pi import drop_unused_prefix
-
-MODEL_INPUTS = ("pixel_values", "pixel_attention_mask", "input_ids", "attention_mask")
-
-
-def _tiny_model(variant, seed=0, **overrides):
-    """A tiny model in which, as in the fixtures, every parameter carries noise (no closed adaRMS gate, no unit norm)."""
-    torch.manual_seed(seed)
-    model = PiForActionGeneration(tiny_config(variant, **overrides)).eval()
-    with torch.no_grad():
-        for param in model.parameters():
-            param.add_(torch.randn_like(param), alpha=0.05)
-    return model
-
-
-def _args(inputs):
-    return [inputs[name] for name in MODEL_INPUTS]
-
 
 @pytest.mark.parametrize("variant", ["pi0", "pi05"])
 @torch.no_grad()
@@ -36,8 +19,8 @@ def test_joint_and_cached_paths_give_the_same_velocity(converted, variant):
     model = AutoModel.from_pretrained(converted(variant)).eval()
     io = load_fixture_io(variant)
     batch = io["noise"].shape[0]
-    joint = model(*_args(io), actions=io["actions"], state=io["state"], noise=io["noise"], timestep=torch.ones(batch))
-    cached = io["noise"] - model.generate_actions(*_args(io), state=io["state"], noise=io["noise"], num_steps=1)
+    joint = model(*model_args(io), actions=io["actions"], state=io["state"], noise=io["noise"], timestep=torch.ones(batch))
+    cached = io["noise"] - model.generate_actions(*model_args(io), state=io["state"], noise=io["noise"], num_steps=1)
     torch.testing.assert_close(cached, joint.velocity, atol=1e-5, rtol=0)
 
 
@@ -46,9 +29,9 @@ def test_joint_and_cached_paths_give_the_same_velocity(converted, variant):
 def test_cache_is_restored_between_flow_steps(variant):
     """Sampling twice from the same noise gives the same chunk, and 2 Euler steps equal two manual 1-step calls
     only if no step sees the previous step's suffix."""
-    model = _tiny_model(variant)
+    model = noisy_tiny_model(variant)
     inputs = random_inputs(model.config)
-    args, state = _args(inputs), inputs["state"]
+    args, state = model_args(inputs), inputs["state"]
     two_steps = model.generate_actions(*args, state=state, noise=inputs["noise"], num_steps=2)
     torch.testing.assert_close(two_steps, model.generate_actions(*args, state=state, noise=inputs["noise"], num_steps=2))
     batch = inputs["noise"].shape[0]
@@ -61,7 +44,7 @@ def test_cache_is_restored_between_flow_steps(variant):
 
 @pytest.mark.parametrize("variant", ["pi0", "pi05"])
 def test_save_and_load_round_trip_exactly(tmp_path, variant):
-    model = _tiny_model(variant)
+    model = noisy_tiny_model(variant)
     model.save_pretrained(tmp_path)
     assert (tmp_path / "model.safetensors").exists()
     assert AutoConfig.from_pretrained(tmp_path).model_type == "pi"
@@ -73,14 +56,14 @@ def test_save_and_load_round_trip_exactly(tmp_path, variant):
         assert torch.equal(original[name], reloaded[name]), name
     inputs = random_inputs(model.config)
     with torch.no_grad():
-        a = model.generate_actions(*_args(inputs), state=inputs["state"], noise=inputs["noise"])
-        b = loaded.generate_actions(*_args(inputs), state=inputs["state"], noise=inputs["noise"])
+        a = model.generate_actions(*model_args(inputs), state=inputs["state"], noise=inputs["noise"])
+        b = loaded.generate_actions(*model_args(inputs), state=inputs["state"], noise=inputs["noise"])
     assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("damage", ["missing", "misshaped", "unexpected"])
 def test_loading_a_damaged_folder_fails_instead_of_initialising_at_random(tmp_path, damage):
-    _tiny_model("pi0").save_pretrained(tmp_path)
+    noisy_tiny_model("pi0").save_pretrained(tmp_path)
     weights = load_file(tmp_path / "model.safetensors")
     if damage == "missing":
         del weights["action_out_proj.weight"]
@@ -101,7 +84,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(variant):
     inputs["timestep"] = torch.tensor([0.3, 0.8])
 
     def grads(checkpointing):
-        model = _tiny_model(variant).train()
+        model = noisy_tiny_model(variant).train()
         calls = []
         if checkpointing:
             model.activation_checkpointing_enable()
@@ -121,7 +104,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(variant):
 
 
 def test_training_pass_draws_noise_and_time_and_backpropagates_into_both_experts():
-    model = _tiny_model("pi05").train()
+    model = noisy_tiny_model("pi05").train()
     inputs = random_inputs(model.config)
     del inputs["noise"]
     out = model(**inputs)
@@ -136,9 +119,9 @@ def test_training_pass_draws_noise_and_time_and_backpropagates_into_both_experts
 
 @torch.no_grad()
 def test_sampling_is_reproducible_with_a_generator():
-    model = _tiny_model("pi0")
+    model = noisy_tiny_model("pi0")
     inputs = random_inputs(model.config)
-    args, state = _args(inputs), inputs["state"]
+    args, state = model_args(inputs), inputs["state"]
     first = model.generate_actions(*args, state=state, generator=torch.Generator().manual_seed(7))
     again = model.generate_actions(*args, state=state, generator=torch.Generator().manual_seed(7))
     other = model.generate_actions(*args, state=state, generator=torch.Generator().manual_seed(8))
@@ -149,9 +132,9 @@ def test_sampling_is_reproducible_with_a_generator():
 @torch.no_grad()
 def test_masked_camera_and_padding_do_not_leak_into_actions():
     """Changing what sits behind a masked camera or a padded prompt token must not change the actions."""
-    model = _tiny_model("pi05")
+    model = noisy_tiny_model("pi05")
     inputs = random_inputs(model.config)
-    args = _args(inputs)
+    args = model_args(inputs)
     actions = model.generate_actions(*args, noise=inputs["noise"])
     pixel_values, input_ids = inputs["pixel_values"].clone(), inputs["input_ids"].clone()
     pixel_values[-1, -1] = -pixel_values[-1, -1]  # the masked camera
@@ -168,15 +151,15 @@ def test_masked_camera_and_padding_do_not_leak_into_actions():
 def test_a_row_samples_the_same_alone_as_beside_a_row_using_every_camera_and_prompt_slot(variant):
     """Alone, the last row's absent camera and padded prompt slots leave the prefix; beside the first row,
     which uses them, they stay in it, masked. The row's chunk must not depend on which."""
-    model = _tiny_model(variant)
+    model = noisy_tiny_model(variant)
     inputs = random_inputs(model.config)
-    alone = [x[-1:] for x in _args(inputs)]
+    alone = [x[-1:] for x in model_args(inputs)]
     pixel_values, _, input_ids, _ = drop_unused_prefix(*alone)
     assert pixel_values.shape[1] == 2 and input_ids.shape[1] == 3  # one camera and three prompt slots dropped
     assert drop_unused_prefix(*alone, bucket=2)[2].shape[1] == 4  # compiled generation's buckets: a multiple of 2
     assert drop_unused_prefix(*alone, bucket=16)[2].shape[1] == 6  # ... or every slot
     state, noise = inputs["state"], inputs["noise"]
-    batched = model.generate_actions(*_args(inputs), state=state, noise=noise)[-1:]
+    batched = model.generate_actions(*model_args(inputs), state=state, noise=noise)[-1:]
     torch.testing.assert_close(model.generate_actions(*alone, state=state[-1:], noise=noise[-1:]), batched, atol=1e-5, rtol=0)
 
 
@@ -185,14 +168,14 @@ def test_compiled_flow_generation_samples_what_the_eager_one_does():
     """π0.5 (the adaRMS path), heun (two evaluations per step), prefix pass and step compiled; a second batch
     of the same shape reuses the compiled code and its cache, reset in place, so it must not see the first
     batch's prefix."""
-    model = _tiny_model("pi05")
+    model = noisy_tiny_model("pi05")
     first, second = random_inputs(model.config, seed=0), random_inputs(model.config, seed=1)
-    eager = [model.generate_actions(*_args(x), noise=x["noise"], num_steps=3, solver="heun") for x in (first, second)]
-    alone = [x[-1:] for x in _args(first)]  # its absent camera goes; its padded prompt slots stay (bucket of 16)
+    eager = [model.generate_actions(*model_args(x), noise=x["noise"], num_steps=3, solver="heun") for x in (first, second)]
+    alone = [x[-1:] for x in model_args(first)]  # its absent camera goes; its padded prompt slots stay (bucket of 16)
     eager.append(model.generate_actions(*alone, noise=first["noise"][-1:], num_steps=3, solver="heun"))
     model.compile_generation()
     for inputs, expected in zip((first, second), eager):
-        compiled = model.generate_actions(*_args(inputs), noise=inputs["noise"], num_steps=3, solver="heun")
+        compiled = model.generate_actions(*model_args(inputs), noise=inputs["noise"], num_steps=3, solver="heun")
         torch.testing.assert_close(compiled, expected, atol=1e-5, rtol=0)
     compiled = model.generate_actions(*alone, noise=first["noise"][-1:], num_steps=3, solver="heun")
     torch.testing.assert_close(compiled, eager[-1], atol=1e-5, rtol=0)
@@ -203,21 +186,22 @@ def test_compiled_flow_generation_samples_what_the_eager_one_does():
 def test_compiling_only_the_flow_step_leaves_the_prefix_pass_eager():
     """`prefix=False` spares the prefix pass its compilation (vision tower and language model: the larger graph); the
     chunk is unchanged."""
-    model = _tiny_model("pi0")
+    model = noisy_tiny_model("pi0")
     inputs = random_inputs(model.config)
-    eager = model.generate_actions(*_args(inputs), state=inputs["state"], noise=inputs["noise"])
+    eager = model.generate_actions(*model_args(inputs), state=inputs["state"], noise=inputs["noise"])
     model.compile_generation(prefix=False)
     assert model._compiled_prefix is None and model._compiled_step is not None
-    compiled = model.generate_actions(*_args(inputs), state=inputs["state"], noise=inputs["noise"])
+    compiled = model.generate_actions(*model_args(inputs), state=inputs["state"], noise=inputs["noise"])
     torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("solver", ["euler", "heun", "rk4"])
 @torch.no_grad()
 def test_solvers_run_on_the_model(solver):
-    model = _tiny_model("pi0")
+    model = noisy_tiny_model("pi0")
     inputs = random_inputs(model.config)
-    actions = model.generate_actions(*_args(inputs), state=inputs["state"], noise=inputs["noise"], solver=solver, num_steps=3)
+    options = {"state": inputs["state"], "noise": inputs["noise"], "solver": solver, "num_steps": 3}
+    actions = model.generate_actions(*model_args(inputs), **options)
     assert actions.shape == inputs["noise"].shape and torch.isfinite(actions).all()
 
 
@@ -225,9 +209,9 @@ def test_solvers_run_on_the_model(solver):
 @torch.no_grad()
 def test_heun_and_rk4_converge_to_the_euler_answer_as_steps_grow(solver):
     """All three solve the same ODE: their gap to Euler at equal steps shrinks like Euler's own O(1/n) error."""
-    model = _tiny_model("pi05")
+    model = noisy_tiny_model("pi05")
     inputs = random_inputs(model.config)
-    args, noise = _args(inputs), inputs["noise"]
+    args, noise = model_args(inputs), inputs["noise"]
     gaps = [(model.generate_actions(*args, noise=noise, num_steps=n, solver=solver)
              - model.generate_actions(*args, noise=noise, num_steps=n)).abs().max().item() for n in (1, 4, 16, 64)]
     assert all(later < earlier / 3 for earlier, later in zip(gaps, gaps[1:])), gaps
@@ -262,7 +246,7 @@ def _bad_cases():
 @pytest.mark.parametrize("case", list(_bad_cases()), ids=str)
 def test_bad_input_raises_a_value_error_naming_the_problem(case):
     changes, message = _bad_cases()[case]
-    model = _tiny_model("pi0")
+    model = noisy_tiny_model("pi0")
     inputs = random_inputs(model.config)
     for name, change in changes.items():
         inputs[name] = change(inputs[name])
@@ -270,25 +254,25 @@ def test_bad_input_raises_a_value_error_naming_the_problem(case):
         model(**inputs)
     if "actions" not in changes:
         with pytest.raises(ValueError, match=message):
-            model.generate_actions(*_args(inputs), state=inputs["state"], noise=inputs["noise"])
+            model.generate_actions(*model_args(inputs), state=inputs["state"], noise=inputs["noise"])
 
 
 def test_pi0_without_state_and_training_without_actions_are_refused():
-    model = _tiny_model("pi0")
+    model = noisy_tiny_model("pi0")
     inputs = random_inputs(model.config)
     with pytest.raises(ValueError, match="state"):
-        model.generate_actions(*_args(inputs))
+        model.generate_actions(*model_args(inputs))
     with pytest.raises(ValueError, match="actions"):
-        model(*_args(inputs), state=inputs["state"])
+        model(*model_args(inputs), state=inputs["state"])
 
 
 def test_unknown_solver_and_step_count_are_refused():
-    model = _tiny_model("pi05")
+    model = noisy_tiny_model("pi05")
     inputs = random_inputs(model.config)
     with pytest.raises(ValueError, match="solver"):
-        model.generate_actions(*_args(inputs), solver="midpoint")
+        model.generate_actions(*model_args(inputs), solver="midpoint")
     with pytest.raises(ValueError, match="num_steps"):
-        model.generate_actions(*_args(inputs), num_steps=0)
+        model.generate_actions(*model_args(inputs), num_steps=0)
 
 
 def test_auto_classes_know_the_pi_model_type():

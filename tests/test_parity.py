@@ -9,9 +9,7 @@ import torch
 from transformers import AutoModel
 
 import modeling_pi  # noqa: F401  (registers "pi" with the Auto classes)
-from conftest import load_fixture_io
-
-MODEL_INPUTS = ("pixel_values", "pixel_attention_mask", "input_ids", "attention_mask")
+from conftest import load_fixture_io, model_args
 
 
 @pytest.fixture(scope="module", params=[(v, impl) for v in ("pi0", "pi05") for impl in ("eager", "sdpa")], ids=str)
@@ -20,10 +18,6 @@ def case(request, converted):
     model = AutoModel.from_pretrained(converted(variant), attn_implementation=impl).eval()
     assert type(model).__name__ == "PiForActionGeneration" and model.config._attn_implementation == impl
     return model, load_fixture_io(variant)
-
-
-def _inputs(io):
-    return [io[name] for name in MODEL_INPUTS]
 
 
 @torch.no_grad()
@@ -36,7 +30,7 @@ def test_image_tokens(case):
 @torch.no_grad()
 def test_prefix_output(case):
     model, io = case
-    prefix_out, valid = model.encode_prefix(*_inputs(io))
+    prefix_out, valid = model.encode_prefix(*model_args(io))
     expected = io["expected.prefix_out"]
     assert prefix_out.shape == expected.shape
     # Rows at masked positions (absent camera, padding) carry no meaning in the reference.
@@ -48,7 +42,7 @@ def test_prefix_output(case):
 @torch.no_grad()
 def test_velocity_and_loss(case):
     model, io = case
-    out = model(*_inputs(io), actions=io["actions"], state=io["state"], noise=io["noise"], timestep=io["time"])
+    out = model(*model_args(io), actions=io["actions"], state=io["state"], noise=io["noise"], timestep=io["time"])
     torch.testing.assert_close(out.velocity, io["expected.v_t"], atol=1e-4, rtol=0)
     torch.testing.assert_close(out.losses, io["expected.loss"], atol=1e-4, rtol=0)
     torch.testing.assert_close(out.loss, io["expected.loss"].mean(), atol=1e-4, rtol=0)
@@ -58,7 +52,7 @@ def test_velocity_and_loss(case):
 @torch.no_grad()
 def test_euler_sampling(case, steps):
     model, io = case
-    actions = model.generate_actions(*_inputs(io), state=io["state"], noise=io["noise"], num_steps=steps)
+    actions = model.generate_actions(*model_args(io), state=io["state"], noise=io["noise"], num_steps=steps)
     torch.testing.assert_close(actions, io[f"expected.sample_actions_{steps}_steps"], atol=5e-4, rtol=0)
 
 
@@ -73,5 +67,5 @@ def test_sliced_feed_forward_keeps_the_reference_actions(case, monkeypatch, unit
     model, io = case
     monkeypatch.setattr(joint_attention, "MLP_SLICE", units)
     monkeypatch.setattr(joint_attention.GemmaMLP, "forward", lambda *args: pytest.fail("the MLP ran unsliced"))
-    actions = model.generate_actions(*_inputs(io), state=io["state"], noise=io["noise"], num_steps=10)
+    actions = model.generate_actions(*model_args(io), state=io["state"], noise=io["noise"], num_steps=10)
     torch.testing.assert_close(actions, io["expected.sample_actions_10_steps"], atol=5e-4, rtol=0)

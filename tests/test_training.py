@@ -6,11 +6,9 @@ from peft import PeftModel
 from transformers import AutoModel, Trainer, TrainingArguments
 
 import modeling_pi  # noqa: F401
-from conftest import random_inputs, tiny_config
+from conftest import MODEL_INPUTS, random_inputs, tiny_config
 from modeling_pi import PiForActionGeneration
 from training_pi import apply_lora, lora_config, set_full_finetuning
-
-MODEL_INPUTS = ("pixel_values", "pixel_attention_mask", "input_ids", "attention_mask")
 
 
 class _Examples(torch.utils.data.Dataset):
