@@ -9,14 +9,15 @@ duration of a call:
   the last layer in full although only its keys and values are read;
 - `sliced-mlp`: on the CPU, wide MLPs run whole instead of in slices of their hidden width;
 - `float32-products`: in bfloat16 on a CPU without bfloat16 units, linears keep PyTorch's bfloat16
-  kernel instead of computing float32 products.
+  kernel instead of computing float32 products;
+- `onednn-products`: in float32 on the CPU, linears keep MKL's product instead of oneDNN's.
 """
 
 from contextlib import contextmanager
 
 import torch
 
-import modeling_pi.cpu_bfloat16 as cpu_bfloat16
+import modeling_pi.cpu_linears as cpu_linears
 import modeling_pi.joint_attention as joint_attention
 import modeling_pi.modeling_pi as modeling
 
@@ -64,16 +65,27 @@ def whole_mlp(model):
 
 @contextmanager
 def native_bfloat16(model):
-    saved = cpu_bfloat16.lacks_bfloat16_arithmetic
-    cpu_bfloat16.lacks_bfloat16_arithmetic = lambda: False
+    saved = cpu_linears.lacks_bfloat16_arithmetic
+    cpu_linears.lacks_bfloat16_arithmetic = lambda: False
     try:
         yield
     finally:
-        cpu_bfloat16.lacks_bfloat16_arithmetic = saved
+        cpu_linears.lacks_bfloat16_arithmetic = saved
+
+
+@contextmanager
+def mkl_float32(model):
+    saved = cpu_linears.ONEDNN_MIN_WEIGHT
+    cpu_linears.ONEDNN_MIN_WEIGHT = float("inf")
+    try:
+        yield
+    finally:
+        cpu_linears.ONEDNN_MIN_WEIGHT = saved
 
 
 ABLATIONS = {"sdpa": eager_attention, "batched-cameras": per_camera_vision, "prefix-trimming": whole_prefix,
-             "sliced-mlp": whole_mlp, "float32-products": native_bfloat16}
+             "sliced-mlp": whole_mlp, "float32-products": native_bfloat16,
+             "onednn-products": mkl_float32}
 
 
 def ablated(model, name: str, fn):

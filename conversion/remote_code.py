@@ -16,7 +16,7 @@ from pathlib import Path
 # What each Auto class needs, in dependency order; every module name is unique across the packages.
 MODULES = {
     "configuration_pi": ("configuration_pi",),
-    "modeling_pi": ("input_checks", "flow_matching", "action_expert", "joint_attention", "cpu_bfloat16",
+    "modeling_pi": ("input_checks", "flow_matching", "action_expert", "joint_attention", "cpu_linears",
                     "fast_decoding", "modeling_pi"),
     "processing_pi": ("normalization", "prompts", "image_processing_pi", "fast_action_tokenizer", "processing_pi"),
 }

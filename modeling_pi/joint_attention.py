@@ -15,13 +15,12 @@ masks, not this flag-driven one over two experts' tokens.
 At float32 inference on the CPU, over several tokens, a wide MLP runs in slices of its hidden width
 (`feed_forward`): the sum of the slices' down projections is the same product, and at π0's full size
 (hidden width 16384) the slices' narrower matrix products and cache-sized intermediates are measurably
-faster (`benchmarks`, README). bfloat16 is left whole: sliced, its emulated products gained nothing on
-a CPU without bfloat16 units, where its linears now run as float32 products instead (`cpu_bfloat16.py`).
+faster (`benchmarks`, README). Each slice's products are computed as `cpu_linears.py` chooses. bfloat16 is
+left whole: sliced, its emulated products gained nothing on a CPU without bfloat16 units, where its
+linears run as float32 products instead (`cpu_linears.py`).
 """
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.gemma.modeling_gemma import (
     GemmaDecoderLayer,
@@ -31,6 +30,7 @@ from transformers.models.gemma.modeling_gemma import (
 )
 
 from .action_expert import apply_norm
+from .cpu_linears import float32_product, is_plain_linear, takes_onednn
 
 
 def block_causal_mask(valid: torch.Tensor, ar: torch.Tensor) -> torch.Tensor:
@@ -47,12 +47,13 @@ def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 MLP_SLICE = 1024  # hidden units per slice of a sliced CPU feed-forward
+WHOLE_BELOW_ROWS = 256  # over fewer rows, an MLP whose products oneDNN computes runs in one slice
 
 
 def _slicing_pays(mlp: GemmaMLP, x: torch.Tensor) -> bool:
     """Float32 on the CPU without gradients, over several tokens (a one-token decoding step's products are
     faster whole), an MLP wider than a slice whose projections are plain linears (not LoRA-wrapped or quantised)."""
-    plain = all(type(p) is nn.Linear and p.bias is None for p in (mlp.gate_proj, mlp.up_proj, mlp.down_proj))
+    plain = all(is_plain_linear(p) and p.bias is None for p in (mlp.gate_proj, mlp.up_proj, mlp.down_proj))
     on_cpu_float32 = x.device.type == "cpu" and x.dtype == torch.float32
     wide = mlp.gate_proj.out_features > MLP_SLICE
     return plain and wide and on_cpu_float32 and x.shape[-2] > 1 and not torch.is_grad_enabled()
@@ -61,14 +62,18 @@ def _slicing_pays(mlp: GemmaMLP, x: torch.Tensor) -> bool:
 def feed_forward(mlp: GemmaMLP, x: torch.Tensor) -> torch.Tensor:
     """Gemma's gated MLP, down(act(gate(x)) * up(x)), over `x` [B, T, D]; `MLP_SLICE` hidden units at a time where
     that pays. It slices hidden units, not tokens as transformers' `apply_chunking_to_forward` does: token
-    chunks would keep the full-width products and intermediates."""
+    chunks would keep the full-width products and intermediates. Over few rows, oneDNN's whole products are
+    faster than slices (whose down projections, strided, stay with MKL): there the MLP runs in one slice."""
     if not _slicing_pays(mlp, x):
         return mlp(x)
+    width = mlp.gate_proj.out_features
+    few_rows = x.numel() // x.shape[-1] < WHOLE_BELOW_ROWS  # a flow step's 51 tokens, say
+    step = width if few_rows and takes_onednn(mlp.gate_proj.weight) else MLP_SLICE
     out = None
-    for start in range(0, mlp.gate_proj.out_features, MLP_SLICE):
-        units = slice(start, start + MLP_SLICE)
-        hidden = mlp.act_fn(F.linear(x, mlp.gate_proj.weight[units])) * F.linear(x, mlp.up_proj.weight[units])
-        part = F.linear(hidden, mlp.down_proj.weight[:, units])
+    for start in range(0, width, step):
+        units = slice(start, start + step)
+        hidden = mlp.act_fn(float32_product(x, mlp.gate_proj.weight[units])) * float32_product(x, mlp.up_proj.weight[units])
+        part = float32_product(hidden, mlp.down_proj.weight[:, units])
         out = part if out is None else out.add_(part)
     return out
 

@@ -22,7 +22,7 @@ from transformers.utils import ModelOutput
 from configuration_pi import PiConfig
 
 from .action_expert import PiActionExpert, PiAdaRMSModulation, apply_norm
-from .cpu_bfloat16 import float32_products
+from .cpu_linears import cpu_products
 from .fast_decoding import PiFastOutput, decode_fast, decode_step, fast_forward
 from .flow_matching import integrate, interpolate, sample_flow_time, time_embedding
 from .input_checks import check_fast_inputs, check_flow_inputs, check_inputs
@@ -336,7 +336,7 @@ class PiForActionGeneration(PiPreTrainedModel):
         return generate(pixel_values, pixel_attention_mask, input_ids, attention_mask, **options)
 
     @torch.no_grad()
-    @float32_products
+    @cpu_products
     def sample_actions(
         self,
         pixel_values: torch.Tensor,
@@ -434,7 +434,7 @@ class PiForActionGeneration(PiPreTrainedModel):
         return cache
 
     @torch.no_grad()
-    @float32_products
+    @cpu_products
     def decode_action_tokens(
         self,
         pixel_values: torch.Tensor,

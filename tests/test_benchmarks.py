@@ -37,12 +37,14 @@ def test_the_harness_reports_every_part_for_both_models_and_each_variant(tmp_pat
 def test_each_optimisation_undone_by_an_ablation_leaves_the_chunk_unchanged(ablation, monkeypatch):
     ours = sharing_weights(transformers_pi0("tiny"), max_token_len=12)
     tolerance = 1e-5
-    if ablation == "float32-products":  # it applies in bfloat16, on a CPU without bfloat16 units, to large products
-        import modeling_pi.cpu_bfloat16 as cpu_bfloat16
+    import modeling_pi.cpu_linears as cpu_linears
 
-        monkeypatch.setattr(cpu_bfloat16, "lacks_bfloat16_arithmetic", lambda: True)
-        monkeypatch.setattr(cpu_bfloat16, "MIN_WEIGHT", 0)
+    if ablation == "float32-products":  # it applies in bfloat16, on a CPU without bfloat16 units, to large products
+        monkeypatch.setattr(cpu_linears, "lacks_bfloat16_arithmetic", lambda: True)
+        monkeypatch.setattr(cpu_linears, "MIN_WEIGHT", 0)
         ours, tolerance = ours.to(torch.bfloat16), 0.05
+    if ablation == "onednn-products":  # it applies in float32 to large products: here, every one
+        monkeypatch.setattr(cpu_linears, "ONEDNN_MIN_WEIGHT", 0)
     inputs = make_inputs(ours.config, batch=2, cameras=3, prompt_tokens=5, device="cpu")
     inputs.pixel_attention_mask[:, 2] = False  # a camera no row has: trimming drops it
     with torch.no_grad():
