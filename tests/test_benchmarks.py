@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from benchmarks.ablations import ABLATIONS, ablated
 from benchmarks.harness import main
@@ -73,3 +74,15 @@ def test_compile_adds_a_compiled_twin_beside_the_eager_model(capsys):
     # the vision tower runs inside the compiled prefix pass: timed as part of it, not apart
     assert compiled["vision_ms"] is None and 0 < compiled["prefix_ms"] < compiled["total_ms"]
     assert compiled["flow_step_ms"] > 0 and rows[0]["vision_ms"] > 0
+
+
+@torch.no_grad()
+def test_the_kernel_benchmark_times_the_same_mlp_either_way():
+    from benchmarks.linear_kernels import sliced_mlp
+    from modeling_pi.cpu_linears import onednn_linear
+
+    torch.manual_seed(0)
+    x, gate, up, down = torch.randn(5, 16), torch.randn(3000, 16), torch.randn(3000, 16), torch.randn(16, 3000) / 50
+    expected = F.linear(F.gelu(F.linear(x, gate), approximate="tanh") * F.linear(x, up), down)
+    for slice_width, product in [(1024, F.linear), (1024, onednn_linear), (3000, onednn_linear)]:
+        torch.testing.assert_close(sliced_mlp(x, gate, up, down, slice_width, product), expected, atol=1e-4, rtol=1e-4)

@@ -1,0 +1,87 @@
+"""float32 linear products on the CPU: MKL (PyTorch's `F.linear`) against oneDNN's inner product, over
+the shapes full-size π0 computes, and a wide MLP sliced or whole. The evidence for `cpu_linears.py`'s
+thresholds and for `joint_attention.py`'s one-slice MLP over few rows.
+
+    python benchmarks/linear_kernels.py [--rounds N]
+
+Rows x in-features x out-features; each time is the median over rounds in which the contenders run
+alternately, so a shared machine's drift falls on both.
+"""
+
+import argparse
+import platform
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from modeling_pi.cpu_linears import onednn_linear
+
+# (rows, in, out): flow step (51 tokens), π0-FAST decoding (1), prefix (788) and SigLIP (768) at full size,
+# and small weights, below `ONEDNN_MIN_WEIGHT`
+SHAPES = [
+    (51, 1024, 2048), (51, 2048, 1024), (51, 1024, 4096), (51, 4096, 1024), (51, 1024, 1024), (51, 512, 1024),
+    (1, 2048, 2048), (1, 2048, 16384), (1, 16384, 2048), (1, 1024, 1024),
+    (128, 1024, 4096), (256, 2048, 2048),
+    (788, 2048, 2048), (788, 2048, 1024), (788, 1024, 1024), (768, 1152, 4304), (768, 4304, 1152),
+    (51, 128, 512), (788, 256, 1024),
+]
+
+
+def alternate(contenders: dict, rounds: int) -> dict[str, float]:
+    times = {name: [] for name in contenders}
+    for fn in contenders.values():
+        fn()
+    for _ in range(rounds):
+        for name, fn in contenders.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) * 1e3 for name, values in times.items()}
+
+
+def sliced_mlp(x, gate, up, down, slice_width, product):
+    """down(gelu(gate(x)) * up(x)) in slices of hidden units; down-projection slices (strided) with MKL, as in
+    `joint_attention.feed_forward`, unless the slice is the whole width."""
+    out = None
+    for start in range(0, gate.shape[0], slice_width):
+        units = slice(start, start + slice_width)
+        hidden = F.gelu(product(x, gate[units]), approximate="tanh") * product(x, up[units])
+        down_units = down[:, units]
+        part = (product if down_units.is_contiguous() else F.linear)(hidden, down_units)
+        out = part if out is None else out.add_(part)
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=21)
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+    print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}\n")
+    print("| rows x in x out | weight elements | MKL ms | oneDNN ms | oneDNN / MKL |\n|---|---|---|---|---|")
+    with torch.no_grad():
+        for rows, fan_in, fan_out in SHAPES:
+            x, weight = torch.randn(rows, fan_in), torch.randn(fan_out, fan_in) * fan_in**-0.5
+            rounds = args.rounds if rows * fan_in * fan_out < 1e9 else max(3, args.rounds // 3)
+            ms = alternate({"mkl": lambda: F.linear(x, weight), "onednn": lambda: onednn_linear(x, weight)}, rounds)
+            print(f"| {rows} x {fan_in} x {fan_out} | {fan_in * fan_out / 2**20:.2f}M | {ms['mkl']:.3f} | "
+                  f"{ms['onednn']:.3f} | {ms['onednn'] / ms['mkl']:.2f} |", flush=True)
+
+        print("\n| MLP (rows, width -> hidden) | MKL, 1024-unit slices ms | oneDNN, 1024-unit slices ms | oneDNN, whole ms |"
+              "\n|---|---|---|---|")
+        for rows, width, hidden, rounds in [(51, 1024, 4096, args.rounds), (788, 2048, 16384, max(3, args.rounds // 3))]:
+            x = torch.randn(rows, width)
+            gate, up = torch.randn(hidden, width) * width**-0.5, torch.randn(hidden, width) * width**-0.5
+            down = torch.randn(width, hidden) * hidden**-0.5
+            ms = alternate({
+                "mkl": lambda: sliced_mlp(x, gate, up, down, 1024, F.linear),
+                "onednn": lambda: sliced_mlp(x, gate, up, down, 1024, onednn_linear),
+                "whole": lambda: sliced_mlp(x, gate, up, down, hidden, onednn_linear),
+            }, rounds)
+            print(f"| {rows}, {width} -> {hidden} | {ms['mkl']:.1f} | {ms['onednn']:.1f} | {ms['whole']:.1f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
