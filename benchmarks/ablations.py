@@ -54,38 +54,29 @@ def whole_prefix(model):
 
 
 @contextmanager
+def _module_setting(module, name: str, value):
+    saved = getattr(module, name)
+    setattr(module, name, value)
+    try:
+        yield
+    finally:
+        setattr(module, name, saved)
+
+
 def whole_mlp(model):
-    saved = joint_attention.MLP_SLICE
-    joint_attention.MLP_SLICE = float("inf")
-    try:
-        yield
-    finally:
-        joint_attention.MLP_SLICE = saved
+    return _module_setting(joint_attention, "MLP_SLICE", float("inf"))
 
 
-@contextmanager
 def native_bfloat16(model):
-    saved = cpu_linears.lacks_bfloat16_arithmetic
-    cpu_linears.lacks_bfloat16_arithmetic = lambda: False
-    try:
-        yield
-    finally:
-        cpu_linears.lacks_bfloat16_arithmetic = saved
+    return _module_setting(cpu_linears, "lacks_bfloat16_arithmetic", lambda: False)
 
 
-@contextmanager
 def mkl_float32(model):
-    saved = cpu_linears.ONEDNN_MIN_WEIGHT
-    cpu_linears.ONEDNN_MIN_WEIGHT = float("inf")
-    try:
-        yield
-    finally:
-        cpu_linears.ONEDNN_MIN_WEIGHT = saved
+    return _module_setting(cpu_linears, "ONEDNN_MIN_WEIGHT", float("inf"))
 
 
 ABLATIONS = {"sdpa": eager_attention, "batched-cameras": per_camera_vision, "prefix-trimming": whole_prefix,
-             "sliced-mlp": whole_mlp, "float32-products": native_bfloat16,
-             "onednn-products": mkl_float32}
+             "sliced-mlp": whole_mlp, "float32-products": native_bfloat16, "onednn-products": mkl_float32}
 
 
 def ablated(model, name: str, fn):

@@ -1,11 +1,11 @@
 """Linears during inference on the CPU: large float32 products through oneDNN, bfloat16 ones in float32.
 
 float32. PyTorch computes a float32 linear on the CPU with MKL's matrix product. oneDNN's inner product,
-which PyTorch ships beside it (its compiler's CPU linears use it), was faster for π0's full-size weights on
-the CPU these numbers come from, above all over few rows: a flow step's 51 tokens and a decoding step's one
-(README, `benchmarks`). Over many rows the two are about even, and for small weights oneDNN's per-call set-up
-costs more than it saves, so weights under `ONEDNN_MIN_WEIGHT` elements keep MKL. So does a non-contiguous
-weight (a slice of a wider matrix): oneDNN reorders it first, which is far slower.
+which PyTorch ships beside it (its compiler's CPU linears use it), was faster on the CPU of the README's
+numbers for π0's full-size weights, above all over few rows: a flow step's 51 tokens, a decoding step's one
+(`benchmarks/linear_kernels.py`). Over many rows the two are about even, and for small weights oneDNN's
+per-call set-up costs more than it saves, so weights under `ONEDNN_MIN_WEIGHT` elements keep MKL. So does a
+non-contiguous weight (a slice of a wider matrix): oneDNN reorders it first, which is far slower.
 
 bfloat16. Where the CPU has neither bfloat16 instructions nor AVX-512 (on which oneDNN emulates them), PyTorch
 runs a bfloat16 linear through a generic loop, several times slower than the same product in float32 (the
