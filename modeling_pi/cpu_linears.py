@@ -36,6 +36,7 @@ MIN_WEIGHT = 1 << 15  # bfloat16 weight elements: smaller linears keep the nativ
 MIN_ROWS = 8  # as do products over fewer rows: there upcasting costs more than it saves
 
 
+@functools.cache
 def has_onednn() -> bool:
     """True where this PyTorch build carries oneDNN's linear (the private op its compiler calls)."""
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
@@ -67,7 +68,7 @@ def float32_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     """`F.linear(x, weight, bias)` for float32 operands, through oneDNN where that pays, no gradient is needed and
     no compiler traces the call (compiled code leaves the products to the compiler, whose oneDNN lowering only
     takes frozen weights)."""
-    if takes_onednn(weight) and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
+    if not torch.compiler.is_compiling() and not torch.is_grad_enabled() and takes_onednn(weight):
         return onednn_linear(x, weight, bias)
     return F.linear(x, weight, bias)
 
