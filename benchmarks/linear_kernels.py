@@ -2,7 +2,7 @@
 the shapes full-size π0 computes, and a wide MLP sliced or whole. The evidence for `cpu_linears.py`'s
 thresholds and for `joint_attention.py`'s one-slice MLP over few rows.
 
-    python benchmarks/linear_kernels.py [--rounds N]
+    python -m benchmarks.linear_kernels [--rounds N]   (from the repository root)
 
 Rows x in-features x out-features; each time is the median over rounds in which the contenders run
 alternately, so a shared machine's drift falls on both.
@@ -10,12 +10,11 @@ alternately, so a shared machine's drift falls on both.
 
 import argparse
 import platform
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 
+from benchmarks.timing import Clock, alternate
 from modeling_pi.cpu_linears import onednn_linear
 
 # (rows, in, out): flow step (51 tokens), π0-FAST decoding (1), prefix (788) and SigLIP (768) at full size,
@@ -29,16 +28,10 @@ SHAPES = [
 ]
 
 
-def alternate(contenders: dict, rounds: int) -> dict[str, float]:
-    times = {name: [] for name in contenders}
-    for fn in contenders.values():
-        fn()
-    for _ in range(rounds):
-        for name, fn in contenders.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) * 1e3 for name, values in times.items()}
+def median_ms(contenders: dict, rounds: int) -> dict[str, float]:
+    """The contenders run alternately (the harness's `alternate`); each one's median milliseconds."""
+    timings = alternate({name: (Clock(torch.device("cpu")), fn) for name, fn in contenders.items()}, rounds)
+    return {name: timing["total"] * 1e3 for name, timing in timings.items()}
 
 
 def sliced_mlp(x, gate, up, down, slice_width, product):
@@ -65,7 +58,7 @@ def main(argv=None):
         for rows, fan_in, fan_out in SHAPES:
             x, weight = torch.randn(rows, fan_in), torch.randn(fan_out, fan_in) * fan_in**-0.5
             rounds = args.rounds if rows * fan_in * fan_out < 1e9 else max(3, args.rounds // 3)
-            ms = alternate({"mkl": lambda: F.linear(x, weight), "onednn": lambda: onednn_linear(x, weight)}, rounds)
+            ms = median_ms({"mkl": lambda: F.linear(x, weight), "onednn": lambda: onednn_linear(x, weight)}, rounds)
             print(f"| {rows} x {fan_in} x {fan_out} | {fan_in * fan_out / 2**20:.2f}M | {ms['mkl']:.3f} | "
                   f"{ms['onednn']:.3f} | {ms['onednn'] / ms['mkl']:.2f} |", flush=True)
 
@@ -75,7 +68,7 @@ def main(argv=None):
             x = torch.randn(rows, width)
             gate, up = torch.randn(hidden, width) * width**-0.5, torch.randn(hidden, width) * width**-0.5
             down = torch.randn(width, hidden) * hidden**-0.5
-            ms = alternate({
+            ms = median_ms({
                 "mkl": lambda: sliced_mlp(x, gate, up, down, 1024, F.linear),
                 "onednn": lambda: sliced_mlp(x, gate, up, down, 1024, onednn_linear),
                 "whole": lambda: sliced_mlp(x, gate, up, down, hidden, onednn_linear),
