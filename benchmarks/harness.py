@@ -11,7 +11,9 @@ per-round ratios (robust to a shared machine speeding up or slowing down between
 the vision tower, the language model's pass over the prefix and `--steps` flow steps, each timed; a
 training step is forward, backward and AdamW. π0.5 and π0-FAST have no transformers counterpart and are
 timed alone; for π0-FAST, one call decodes `FAST_TOKENS` tokens: `prefill` is its prefix pass into the
-cache, `per token` the rest of the call (the decoding loop) per token after the first.
+cache, `per token` the rest of the call (the decoding loop) per token after the first. The arithmetic of
+each eager chunk is counted in one more call (`arithmetic.py`): GFLOP per chunk, and GFLOP/s at its
+median time, which tell work left out from work done faster.
 """
 
 import argparse
@@ -22,6 +24,7 @@ import platform
 import torch
 
 from .ablations import ABLATIONS, ablated
+from .arithmetic import count_gflop
 from .models import SIZES, make_inputs, ours_alone, sharing_weights, transformers_pi0, twin
 from .timing import Clock, alternate, peak_added_bytes, return_freed_memory_to_the_system
 
@@ -106,6 +109,17 @@ def _flow_row(timing: dict, steps: int) -> dict:
             "flow_step_ms": flow * 1e3 / steps, "total_ms": timing["total"] * 1e3}
 
 
+def _arithmetic(fn, seconds: float) -> dict:
+    """GFLOP per call and the rate reached at the median time `seconds`."""
+    gflop = count_gflop(fn)
+    return {"gflop": gflop, "gflop_per_s": gflop / seconds}
+
+
+def _eager(model) -> bool:
+    """Not compiled: the arithmetic of compiled code is the counter's blind spot (and the eager twin's anyway)."""
+    return getattr(model, "_compiled_step", None) is None
+
+
 def time_training(models: dict, inputs, dtype, device, repeats: int) -> dict[str, dict]:
     """Training-step fields per model, alternating (with ratios when transformers' PI0 is among them);
     `train_skipped` with the reason where gradients and optimiser states would not fit."""
@@ -155,9 +169,12 @@ def bench_pi0_pair(size, dtype, device, args) -> list[dict]:
             runs[name] = (clocks["ours"], ablated(ours, ablation, runs["ours"][1]))
         timings = alternate(runs, args.repeats, against=("transformers", "ours"))
         memory = {name: peak_added_bytes(runs[name][1], device) for name in generators}
+        eager = [name for name in runs if _eager(generators.get(name, ours))]
+        arithmetic = {name: _arithmetic(runs[name][1], timings[name]["total"]) for name in eager}
 
     rows = [{"size": size, "dtype": str(dtype).removeprefix("torch."), "variant": "pi0", "model": name,
-             **_flow_row(timings[name], args.steps), "total_ratio": timings[name]["ratio to transformers"],
+             **_flow_row(timings[name], args.steps), **arithmetic.get(name, {}),
+             "total_ratio": timings[name]["ratio to transformers"],
              "ratio_to_ours": timings[name]["ratio to ours"] if name in ablations else None,
              "peak_mib": memory[name] / MiB if name in memory else None, "max_difference": difference}
             for name in runs]
@@ -193,6 +210,8 @@ def bench_ours_alone(variant, size, dtype, device, args) -> list[dict]:
             timings = alternate(runs, args.repeats)
             for name, row in rows.items():
                 row.update(_flow_row(timings[name], args.steps))
+                if _eager(models[name]):
+                    row.update(_arithmetic(runs[name][1], timings[name]["total"]))
                 row["peak_mib"] = peak_added_bytes(runs[name][1], device) / MiB
     if args.train:
         rows["ours"].update(time_training({"ours": model}, inputs, dtype, device, args.repeats)["ours"])
@@ -207,13 +226,14 @@ def _cell(row, key, digits=1):
 def table(rows) -> str:
     """Markdown: one line per model and case."""
     lines = ["| size | dtype | variant | model | vision ms | prefix ms | flow step ms | chunk ms | × transformers "
-             "| peak MiB | train step ms | × transformers | train peak MiB | max Δ actions |", "|" + "---|" * 14]
+             "| GFLOP | GFLOP/s | peak MiB | train step ms | × transformers | train peak MiB | max Δ actions |",
+             "|" + "---|" * 16]
     for row in rows:
         if row["variant"] == "pi0_fast":
-            timing = [f"prefill {_cell(row, 'prefill_ms')}", "—", f"{_cell(row, 'per_token_ms', 2)} / token", "—", "—"]
+            timing = [f"prefill {_cell(row, 'prefill_ms')}", "—", f"{_cell(row, 'per_token_ms', 2)} / token", "—", "—", "—", "—"]
         else:
             timing = [_cell(row, "vision_ms"), _cell(row, "prefix_ms"), _cell(row, "flow_step_ms", 2),
-                      _cell(row, "total_ms"), _cell(row, "total_ratio", 2)]
+                      _cell(row, "total_ms"), _cell(row, "total_ratio", 2), _cell(row, "gflop", 2), _cell(row, "gflop_per_s")]
         train = [row["train_skipped"], "—", "—"] if "train_skipped" in row else [
             _cell(row, "train_ms"), _cell(row, "train_ratio", 2), _cell(row, "train_peak_mib")]
         model = row["model"] if row.get("ratio_to_ours") is None else f"{row['model']} ({row['ratio_to_ours']:.2f}× ours)"

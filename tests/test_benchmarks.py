@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from benchmarks.ablations import ABLATIONS, ablated
 from benchmarks.harness import main
 from benchmarks.models import make_inputs, sharing_weights, transformers_pi0
+from modeling_pi.cpu_linears import has_onednn
 
 
 def test_our_pi0_holds_the_very_tensors_of_transformers_pi0_and_samples_the_same_chunk():
@@ -30,6 +31,10 @@ def test_the_harness_reports_every_part_for_both_models_and_each_variant(tmp_pat
     assert by_model["pi0", "transformers"]["total_ratio"] == 1.0
     assert by_model["pi0", "ours"]["max_difference"] < 1e-5
     assert by_model["pi0_fast", "ours"]["per_token_ms"] > 0
+    for key in ("pi0", "ours"), ("pi0", "transformers"), ("pi05", "ours"):  # arithmetic per chunk, and its rate
+        row = by_model[key]
+        assert row["gflop"] > 0 and row["gflop_per_s"] == pytest.approx(row["gflop"] / row["total_ms"] * 1e3)
+    assert by_model["pi0", "ours"]["gflop"] < by_model["pi0", "transformers"]["gflop"]  # padding trimmed
     printed = capsys.readouterr().out
     assert "| tiny | float32 | pi0 | transformers |" in printed and (tmp_path / "r.json").exists()
 
@@ -74,6 +79,28 @@ def test_compile_adds_a_compiled_twin_beside_the_eager_model(capsys):
     # the vision tower runs inside the compiled prefix pass: timed as part of it, not apart
     assert compiled["vision_ms"] is None and 0 < compiled["prefix_ms"] < compiled["total_ms"]
     assert compiled["flow_step_ms"] > 0 and rows[0]["vision_ms"] > 0
+    assert "gflop" not in compiled and rows[0]["gflop"] > 0  # compiled kernels are invisible to the counter
+
+
+@pytest.mark.skipif(not has_onednn(), reason="this PyTorch build has no oneDNN linear")
+@torch.no_grad()
+def test_arithmetic_counts_the_products_whichever_kernel_computes_them(monkeypatch):
+    import modeling_pi.cpu_linears as cpu_linears
+    from benchmarks.arithmetic import count_gflop
+
+    x, weight, query, key = torch.randn(2, 5, 16), torch.randn(32, 16), torch.randn(1, 4, 7, 8), torch.randn(1, 4, 9, 8)
+    assert count_gflop(lambda: cpu_linears.onednn_linear(x, weight)) * 1e9 == pytest.approx(2 * 10 * 16 * 32)
+    # the CPU's flash attention (not counted by PyTorch's counter): two products of 7 x 9 x 8 per head
+    assert count_gflop(lambda: F.scaled_dot_product_attention(query, key, key)) * 1e9 == pytest.approx(2 * 2 * 4 * 7 * 9 * 8)
+
+    ours = sharing_weights(transformers_pi0("tiny"), max_token_len=12)
+    inputs = make_inputs(ours.config, batch=2, cameras=3, prompt_tokens=5, device="cpu")
+    sample = lambda: ours.generate_actions(**inputs.ours(), state=inputs.state, noise=inputs.noise)  # noqa: E731
+    with_mkl = count_gflop(sample)
+    assert count_gflop(ablated(ours, "sdpa", sample)) == pytest.approx(with_mkl)  # eager attention's matmuls
+    monkeypatch.setattr(cpu_linears, "ONEDNN_MIN_WEIGHT", 0)  # every linear through oneDNN
+    assert count_gflop(sample) == pytest.approx(with_mkl)
+    assert count_gflop(ablated(ours, "prefix-trimming", sample)) > with_mkl
 
 
 @torch.no_grad()
