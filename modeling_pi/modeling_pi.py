@@ -455,7 +455,9 @@ class PiForActionGeneration(PiPreTrainedModel):
         tokens after its EOS are padding. `allowed_token_ids` restricts every choice to those ids (e.g. the
         FAST action range plus "|" and EOS). `use_cache=False` recomputes the whole sequence at each step
         (same result, for checking). `reference_positions` gives the first generated token the position
-        prefill_len + 1, as the reference does; False makes positions contiguous.
+        prefill_len + 1, as the reference does; False makes positions contiguous. As when sampling a chunk,
+        cameras absent from every row and prompt slots padded in every row stay out of the prefix
+        (`drop_unused_prefix`).
         """
         if self.config.is_flow:
             raise ValueError(f"{self.config.variant} samples actions by flow matching: use generate_actions or sample_actions.")
@@ -470,8 +472,12 @@ class PiForActionGeneration(PiPreTrainedModel):
             vocab = self.config.text_config.vocab_size
             if allowed_token_ids.numel() == 0 or allowed_token_ids.min() < 0 or allowed_token_ids.max() >= vocab:
                 raise ValueError(f"allowed_token_ids must be a non-empty set of ids in [0, {vocab}).")
-        return decode_fast(self, pixel_values, pixel_attention_mask, input_ids, attention_mask, max_new_tokens,
-                           temperature, generator, allowed_token_ids, use_cache, reference_positions)
+        prefix_inputs = drop_unused_prefix(
+            pixel_values, pixel_attention_mask, input_ids, attention_mask,
+            bucket=PROMPT_BUCKET if self._compiled_step is not None else None,
+        )
+        return decode_fast(self, *prefix_inputs, max_new_tokens, temperature, generator, allowed_token_ids, use_cache,
+                           reference_positions)
 
 
 def drop_unused_prefix(

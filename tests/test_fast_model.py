@@ -5,7 +5,7 @@ import torch
 from transformers import AutoModel
 
 import modeling_pi  # noqa: F401
-from conftest import load_fixture_io, random_inputs, tiny_config
+from conftest import load_fixture_io, model_args, noisy_tiny_model, random_inputs, tiny_config
 from modeling_pi import PiForActionGeneration
 
 def _prompt(io):
@@ -69,6 +69,22 @@ def test_cached_decoding_equals_recomputing_the_whole_sequence(fast_case):
         full = model.generate_actions(*_prompt(io), max_new_tokens=12, generator=torch.Generator().manual_seed(3),
                                       use_cache=False, **options)
         assert torch.equal(cached, full), options
+
+
+@torch.no_grad()
+def test_a_row_decodes_the_same_alone_without_its_unused_prefix_as_beside_a_row_using_it():
+    """Alone, the last row's absent camera and padded prompt slots stay out of the prefix pass; beside the first
+    row, which uses them, they are in it, masked. Its tokens must not depend on which."""
+    model = noisy_tiny_model("pi0_fast")
+    args = model_args(random_inputs(model.config))
+    widths, encode_prefix = [], model.encode_prefix
+    model.encode_prefix = lambda *inputs, **kwargs: widths.append((inputs[0].shape[1], inputs[2].shape[1])) or encode_prefix(
+        *inputs, **kwargs)
+    options = {"max_new_tokens": 6, "allowed_token_ids": torch.arange(100, 1024)}  # no EOS: six tokens each
+    batched = model.generate_actions(*args, **options)
+    alone = model.generate_actions(*[x[-1:] for x in args], **options)
+    assert widths == [(3, 6), (2, 3)]  # (cameras, prompt slots) in each prefix pass
+    assert torch.equal(alone, batched[-1:])
 
 
 @torch.no_grad()
