@@ -169,7 +169,7 @@ def bench_pi0_pair(size, dtype, device, args) -> list[dict]:
             runs[name] = (clocks["ours"], ablated(ours, ablation, runs["ours"][1]))
         timings = alternate(runs, args.repeats, against=("transformers", "ours"))
         memory = {name: peak_added_bytes(runs[name][1], device) for name in generators}
-        eager = [name for name in runs if _eager(generators.get(name, ours))]
+        eager = [name for name in runs if _eager(generators.get(name, ours))]  # ablation rows run our eager model
         arithmetic = {name: _arithmetic(runs[name][1], timings[name]["total"]) for name in eager}
 
     rows = [{"size": size, "dtype": str(dtype).removeprefix("torch."), "variant": "pi0", "model": name,
@@ -230,7 +230,7 @@ def table(rows) -> str:
              "|" + "---|" * 16]
     for row in rows:
         if row["variant"] == "pi0_fast":
-            timing = [f"prefill {_cell(row, 'prefill_ms')}", "—", f"{_cell(row, 'per_token_ms', 2)} / token", "—", "—", "—", "—"]
+            timing = [f"prefill {_cell(row, 'prefill_ms')}", "—", f"{_cell(row, 'per_token_ms', 2)} / token", *["—"] * 4]
         else:
             timing = [_cell(row, "vision_ms"), _cell(row, "prefix_ms"), _cell(row, "flow_step_ms", 2),
                       _cell(row, "total_ms"), _cell(row, "total_ratio", 2), _cell(row, "gflop", 2), _cell(row, "gflop_per_s")]
