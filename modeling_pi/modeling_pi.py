@@ -369,10 +369,7 @@ class PiForActionGeneration(PiPreTrainedModel):
         num_steps = config.num_inference_steps if num_steps is None else num_steps
 
         compiled = self._compiled_step is not None
-        # Compiled code meets few prefix lengths: prompts are cut only to a multiple of PROMPT_BUCKET slots.
-        prefix_inputs = drop_unused_prefix(
-            pixel_values, pixel_attention_mask, input_ids, attention_mask, bucket=PROMPT_BUCKET if compiled else None
-        )
+        prefix_inputs = self._prefix_in_use(pixel_values, pixel_attention_mask, input_ids, attention_mask)
         suffix_ar = self.suffix_ar_flags(pixel_values.device)
         suffix_len = suffix_ar.shape[0]
         prefix_len = config.num_image_tokens * prefix_inputs[0].shape[1] + prefix_inputs[2].shape[1]
@@ -417,6 +414,11 @@ class PiForActionGeneration(PiPreTrainedModel):
         self._compiled_step = torch.compile(step, **options)
         self._compiled_prefix = torch.compile(self.encode_prefix, **options) if prefix else None
         self._static_caches = {}
+
+    def _prefix_in_use(self, *prefix_inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """`drop_unused_prefix` as both samplers apply it: compiled code meets few prefix lengths, so with
+        compiled generation prompts are cut only to a multiple of `PROMPT_BUCKET` slots."""
+        return drop_unused_prefix(*prefix_inputs, bucket=PROMPT_BUCKET if self._compiled_step is not None else None)
 
     def _static_cache(self, batch: int, length: int) -> StaticCache:
         """A fresh static cache; with compiled generation, the one kept for this shape, reset in place."""
@@ -472,10 +474,7 @@ class PiForActionGeneration(PiPreTrainedModel):
             vocab = self.config.text_config.vocab_size
             if allowed_token_ids.numel() == 0 or allowed_token_ids.min() < 0 or allowed_token_ids.max() >= vocab:
                 raise ValueError(f"allowed_token_ids must be a non-empty set of ids in [0, {vocab}).")
-        prefix_inputs = drop_unused_prefix(
-            pixel_values, pixel_attention_mask, input_ids, attention_mask,
-            bucket=PROMPT_BUCKET if self._compiled_step is not None else None,
-        )
+        prefix_inputs = self._prefix_in_use(pixel_values, pixel_attention_mask, input_ids, attention_mask)
         return decode_fast(self, *prefix_inputs, max_new_tokens, temperature, generator, allowed_token_ids, use_cache,
                            reference_positions)
 
