@@ -13,7 +13,8 @@ training step is forward, backward and AdamW. π0.5 and π0-FAST have no transfo
 timed alone; for π0-FAST, one call decodes `FAST_TOKENS` tokens: `prefill` is its prefix pass into the
 cache, `per token` the rest of the call (the decoding loop) per token after the first. The arithmetic of
 each eager chunk is counted in one more call (`arithmetic.py`): GFLOP per chunk, and GFLOP/s at its
-median time, which tell work left out from work done faster.
+median time, which tell work left out from work done faster; for π0-FAST, the prefill's (`gflop`) and each
+further token's (`per_token_gflop`).
 """
 
 import argparse
@@ -115,6 +116,17 @@ def _arithmetic(fn, seconds: float) -> dict:
     return {"gflop": gflop, "gflop_per_s": gflop / seconds}
 
 
+def _fast_arithmetic(model, inputs, timing: dict) -> dict:
+    """π0-FAST's arithmetic, split as its time is: one call decoding one token (the prefill and the first
+    token's logits) and the GFLOP each further token adds (the difference of two exact counts)."""
+    decoding = lambda tokens: lambda: model.decode_action_tokens(**inputs.ours(), max_new_tokens=tokens)  # noqa: E731
+    prefill = count_gflop(decoding(1))
+    per_token = (count_gflop(decoding(FAST_TOKENS)) - prefill) / (FAST_TOKENS - 1)
+    per_token_seconds = (timing["total"] - timing["prefill"]) / (FAST_TOKENS - 1)
+    return {"gflop": prefill, "gflop_per_s": prefill / timing["prefill"],
+            "per_token_gflop": per_token, "per_token_gflop_per_s": per_token / per_token_seconds}
+
+
 def _eager(model) -> bool:
     """Not compiled: the arithmetic of compiled code is the counter's blind spot (and the eager twin's anyway)."""
     return getattr(model, "_compiled_step", None) is None
@@ -203,6 +215,8 @@ def bench_ours_alone(variant, size, dtype, device, args) -> list[dict]:
                 timing = timings[name]
                 row["prefill_ms"] = timing["prefill"] * 1e3
                 row["per_token_ms"] = (timing["total"] - timing["prefill"]) / (FAST_TOKENS - 1) * 1e3
+                if _eager(models[name]):
+                    row.update(_fast_arithmetic(models[name], inputs, timing))
                 row["peak_mib"] = peak_added_bytes(runs[name][1], device) / MiB
         else:
             clocks = {name: Clock(device) for name in models}
@@ -230,7 +244,8 @@ def table(rows) -> str:
              "|" + "---|" * 16]
     for row in rows:
         if row["variant"] == "pi0_fast":
-            timing = [f"prefill {_cell(row, 'prefill_ms')}", "—", f"{_cell(row, 'per_token_ms', 2)} / token", *["—"] * 4]
+            timing = [f"prefill {_cell(row, 'prefill_ms')}", "—", f"{_cell(row, 'per_token_ms', 2)} / token", "—", "—",
+                      _cell(row, "gflop", 2), _cell(row, "gflop_per_s")]  # the prefill's arithmetic
         else:
             timing = [_cell(row, "vision_ms"), _cell(row, "prefix_ms"), _cell(row, "flow_step_ms", 2),
                       _cell(row, "total_ms"), _cell(row, "total_ratio", 2), _cell(row, "gflop", 2), _cell(row, "gflop_per_s")]

@@ -35,6 +35,9 @@ def test_the_harness_reports_every_part_for_both_models_and_each_variant(tmp_pat
         row = by_model[key]
         assert row["gflop"] > 0 and row["gflop_per_s"] == pytest.approx(row["gflop"] / row["total_ms"] * 1e3)
     assert by_model["pi0", "ours"]["gflop"] < by_model["pi0", "transformers"]["gflop"]  # padding trimmed
+    fast = by_model["pi0_fast", "ours"]  # the prefill's arithmetic and rate, and each further token's
+    assert fast["gflop_per_s"] == pytest.approx(fast["gflop"] / fast["prefill_ms"] * 1e3)
+    assert 0 < fast["per_token_gflop"] < fast["gflop"] and fast["per_token_gflop_per_s"] > 0
     printed = capsys.readouterr().out
     assert "| tiny | float32 | pi0 | transformers |" in printed and (tmp_path / "r.json").exists()
 
