@@ -6,7 +6,7 @@ duration of a call:
 - `sdpa`: the attention backend is eager instead of sdpa;
 - `batched-cameras`: the vision tower runs once per image instead of once over all cameras;
 - `prefix-trimming`: the prefix pass keeps the prompt's padding and the cameras no row has, and runs
-  the last layer in full although only its keys and values are read;
+  the last layer in full although only its keys and values (π0-FAST: and one token's output) are read;
 - `sliced-mlp`: on the CPU, wide MLPs run whole instead of in slices of their hidden width;
 - `float32-products`: in bfloat16 on a CPU without bfloat16 units, linears keep PyTorch's bfloat16
   kernel instead of computing float32 products;
@@ -45,7 +45,12 @@ def per_camera_vision(model):
 @contextmanager
 def whole_prefix(model):
     run_experts, drop = model._run_experts, modeling.drop_unused_prefix
-    model._run_experts = lambda *args, **kwargs: run_experts(*args, **{**kwargs, "cache_only": False})
+
+    def whole_last_layer(*args, read=None, **kwargs):
+        prefix_out, suffix_out = run_experts(*args, **kwargs)
+        return (prefix_out if read is None else joint_attention.at_positions(prefix_out, read)), suffix_out
+
+    model._run_experts = whole_last_layer
     modeling.drop_unused_prefix = lambda *inputs, bucket=None: inputs
     try:
         yield

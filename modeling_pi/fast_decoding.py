@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from transformers.utils import ModelOutput
 
-from .joint_attention import block_causal_mask
+from .joint_attention import block_causal_mask, last_valid_position
 
 
 @dataclass
@@ -92,7 +92,7 @@ def decode_fast(
         prefix_len = cameras * model.config.num_image_tokens + input_ids.shape[1]
         cache = model._static_cache(batch, prefix_len + max_new_tokens)
         prefill = model._compiled_prefix or model.encode_prefix
-        hidden, valid = prefill(pixel_values, pixel_attention_mask, input_ids, attention_mask, cache=cache, cache_only=False)
+        last, valid = prefill(pixel_values, pixel_attention_mask, input_ids, attention_mask, cache=cache, outputs="last")
         seen = F.pad(valid, (0, max_new_tokens), value=False)
     else:
         prefix, valid = model.embed_prefix(pixel_values, pixel_attention_mask, input_ids, attention_mask)
@@ -100,8 +100,7 @@ def decode_fast(
         embeds, positions, seen = [prefix], valid.long().cumsum(1) - 1, valid
         attention = model._attention_inputs(block_causal_mask(valid, torch.zeros_like(valid)), positions, prefix)
         hidden, _ = model._run_experts(prefix, None, *attention)
-    last_valid = (valid.long() * torch.arange(prefix_len, device=valid.device)).argmax(dim=1)
-    last = hidden[torch.arange(batch, device=valid.device), last_valid]
+        last = hidden[torch.arange(batch, device=valid.device), last_valid_position(valid)]
     step_fn = model._compiled_step or partial(decode_step, model)
 
     # Constrained decoding scores only the allowed rows of the tied embedding: the same choice as masking

@@ -40,6 +40,11 @@ def block_causal_mask(valid: torch.Tensor, ar: torch.Tensor) -> torch.Tensor:
     return allowed & valid[:, None, :] & valid[:, :, None]
 
 
+def last_valid_position(valid: torch.Tensor) -> torch.Tensor:
+    """[B, T] validity -> [B] index of each row's last valid token."""
+    return (valid.long() * torch.arange(valid.shape[1], device=valid.device)).argmax(dim=1)
+
+
 def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Bool [B, T, S] -> additive float mask [B, 1, T, S] as the attention interface takes it."""
     mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
@@ -78,6 +83,12 @@ def feed_forward(mlp: GemmaMLP, x: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def at_positions(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """x [B, T, ...] at `positions` [B, K] -> [B, K, ...]: each row's own positions."""
+    index = positions.reshape(*positions.shape, *[1] * (x.dim() - 2)).expand(*positions.shape, *x.shape[2:])
+    return x.gather(1, index)
+
+
 def _gated(residual: torch.Tensor, update: torch.Tensor, gate: torch.Tensor | None) -> torch.Tensor:
     return residual + (update if gate is None else update * gate)
 
@@ -91,28 +102,41 @@ def joint_layer(
     attn_implementation: str,
     cache=None,
     layer_idx: int = 0,
-    cache_only: bool = False,
+    read: torch.Tensor | None = None,
 ) -> list[torch.Tensor | None]:
-    """One decoder layer over both experts' tokens; `None` streams are skipped. With `cache_only` the
-    layer stops once its keys and values are in `cache` (for a last layer whose outputs nothing reads)."""
+    """One decoder layer over both experts' tokens; `None` streams are skipped.
+
+    `read` [B, K] (a last layer over one stream) names the positions whose outputs anyone reads: every
+    position's keys and values are computed, but queries, attention output and MLP only there, and the
+    output is [B, K, D]. With K = 0 the layer stops once its keys and values are in `cache`.
+    """
     active = [i for i, h in enumerate(hidden_states) if h is not None]
+    if read is not None and len(active) != 1:
+        raise ValueError("`read` selects positions of a single stream")
     queries, keys, values, gates = [], [], [], {}
     for i in active:
         attn = layers[i].self_attn
         normed, gates[i] = apply_norm(layers[i].input_layernorm, hidden_states[i], conds[i])
         shape = (*normed.shape[:-1], -1, attn.head_dim)
-        if not cache_only:
-            queries.append(attn.q_proj(normed).view(shape).transpose(1, 2))
         keys.append(attn.k_proj(normed).view(shape).transpose(1, 2))
         values.append(attn.v_proj(normed).view(shape).transpose(1, 2))
+        if read is not None:  # queries only where outputs are read (none: no queries)
+            normed, shape = at_positions(normed, read), (*read.shape, -1, attn.head_dim)
+        if normed.shape[1]:
+            queries.append(attn.q_proj(normed).view(shape).transpose(1, 2))
     key, value = torch.cat(keys, dim=2), torch.cat(values, dim=2)
 
     cos, sin = position_embeddings
-    if cache_only:
+    if read is None:
+        query, key = apply_rotary_pos_emb(torch.cat(queries, dim=2), key, cos, sin)
+    else:
         _, key = apply_rotary_pos_emb(key, key, cos, sin)
-        cache.update(key, value, layer_idx)
-        return list(hidden_states)
-    query, key = apply_rotary_pos_emb(torch.cat(queries, dim=2), key, cos, sin)
+        if read.shape[1] == 0:
+            cache.update(key, value, layer_idx)
+            return list(hidden_states)
+        query, _ = apply_rotary_pos_emb(queries[0], queries[0], at_positions(cos, read), at_positions(sin, read))
+        attention_mask = at_positions(attention_mask.transpose(1, 2), read).transpose(1, 2)
+        hidden_states = [None if h is None else at_positions(h, read) for h in hidden_states]
     if cache is not None:
         key, value = cache.update(key, value, layer_idx)
 

@@ -26,7 +26,7 @@ from .cpu_linears import cpu_products
 from .fast_decoding import PiFastOutput, decode_fast, decode_step, fast_forward
 from .flow_matching import integrate, interpolate, sample_flow_time, time_embedding
 from .input_checks import check_fast_inputs, check_flow_inputs, check_inputs
-from .joint_attention import additive_mask, block_causal_mask, joint_layer
+from .joint_attention import additive_mask, block_causal_mask, joint_layer, last_valid_position
 
 PROMPT_BUCKET = 16  # with compiled generation, prompts are trimmed to a multiple of this many slots
 
@@ -195,14 +195,14 @@ class PiForActionGeneration(PiPreTrainedModel):
         position_embeddings: tuple[torch.Tensor, torch.Tensor],
         adarms_cond: torch.Tensor | None = None,
         cache=None,
-        cache_only: bool = False,
+        read: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Runs whichever streams are given through all joint layers; returns their final-norm outputs.
 
         `prefix` is the language model's stream (the prefix, or π0-FAST's newly generated tokens),
-        `suffix` the action expert's; mask and rotary embeddings come from `_attention_inputs`. With
-        `cache_only` the run only fills `cache`: the last layer stops at its keys and values, and
-        nothing is returned.
+        `suffix` the action expert's; mask and rotary embeddings come from `_attention_inputs`. `read`
+        [B, K] (one stream) names the only positions whose outputs are returned, and the last layer
+        computes no others ([B, K, D]); with K = 0 the run only fills `cache` and returns nothing.
         """
         layer_kwargs = {
             "conds": (None, adarms_cond),
@@ -216,9 +216,9 @@ class PiForActionGeneration(PiPreTrainedModel):
         expert_layers = self.action_expert.layers if self.action_expert is not None else [None] * len(self.language_model.layers)
         last = len(self.language_model.layers) - 1
         for idx, layers in enumerate(zip(self.language_model.layers, expert_layers)):
-            run = partial(_joint_layer_positional, layers, layer_idx=idx, cache_only=cache_only and idx == last, **layer_kwargs)
+            run = partial(_joint_layer_positional, layers, layer_idx=idx, read=read if idx == last else None, **layer_kwargs)
             hidden = self._gradient_checkpointing_func(run, *hidden) if checkpointing else run(*hidden)
-        if cache_only:
+        if read is not None and read.shape[1] == 0:
             return None, None
         prefix_out, suffix_out = hidden
         if prefix_out is not None:
@@ -234,21 +234,27 @@ class PiForActionGeneration(PiPreTrainedModel):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         cache: StaticCache | None = None,
-        cache_only: bool = False,
+        outputs: str = "all",
     ) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """Language-model pass over the prefix alone: its final-norm output [B, P, D] and validity [B, P].
+        """Language-model pass over the prefix alone: its final-norm outputs and validity [B, P].
 
         With `cache`, every layer's keys and values are written into it (a static cache may be longer than
-        the prefix: the slots that follow it are masked here); with `cache_only` as well, the pass only
-        fills the cache: the last layer stops at its keys and values and no output is returned (None).
+        the prefix: the slots that follow it are masked here). `outputs` says which outputs the caller
+        reads, and the last layer computes only those: "all" [B, P, D]; "last", each row's last valid
+        token [B, D] (whose logits give π0-FAST's first token); "none", only the cache is filled (None).
         """
+        if outputs not in ("all", "last", "none"):
+            raise ValueError(f'outputs must be "all", "last" or "none", not {outputs!r}')
         prefix, valid = self.embed_prefix(pixel_values, pixel_attention_mask, input_ids, attention_mask)
         allowed = block_causal_mask(valid, torch.zeros_like(valid))
         if cache is not None:
             allowed = F.pad(allowed, (0, cache.get_max_length() - allowed.shape[-1]), value=False)
         attention = self._attention_inputs(allowed, valid.long().cumsum(1) - 1, prefix)
-        prefix_out, _ = self._run_experts(prefix, None, *attention, cache=cache, cache_only=cache_only)
-        return prefix_out, valid
+        read = None
+        if outputs != "all":
+            read = last_valid_position(valid)[:, None] if outputs == "last" else valid.new_zeros((len(valid), 0), dtype=torch.long)
+        prefix_out, _ = self._run_experts(prefix, None, *attention, cache=cache, read=read)
+        return (prefix_out[:, 0] if outputs == "last" else prefix_out), valid
 
     # ---- training ----------------------------------------------------------------------------------
 
@@ -374,7 +380,7 @@ class PiForActionGeneration(PiPreTrainedModel):
         suffix_len = suffix_ar.shape[0]
         prefix_len = config.num_image_tokens * prefix_inputs[0].shape[1] + prefix_inputs[2].shape[1]
         cache = self._static_cache(batch, prefix_len + suffix_len)
-        _, prefix_valid = (self._compiled_prefix or self.encode_prefix)(*prefix_inputs, cache=cache, cache_only=True)
+        _, prefix_valid = (self._compiled_prefix or self.encode_prefix)(*prefix_inputs, cache=cache, outputs="none")
 
         # The suffix's mask rows and rotary embeddings are the same at every step: built once.
         valid = torch.cat([prefix_valid, prefix_valid.new_ones(batch, suffix_len)], dim=1)

@@ -88,6 +88,23 @@ def test_a_row_decodes_the_same_alone_without_its_unused_prefix_as_beside_a_row_
 
 
 @torch.no_grad()
+def test_the_prefills_last_layer_runs_only_each_rows_last_token():
+    """Only each row's last valid token's output is read after the prefill (its logits give the first token):
+    the last layer computes every token's keys and values, but its MLP sees that one token per row. The rows
+    end at different positions; the tokens match decoding that recomputes every position of every layer."""
+    model = noisy_tiny_model("pi0_fast")
+    args = model_args(random_inputs(model.config))
+    seen = {}
+    for name, layer in (("first", model.language_model.layers[0]), ("last", model.language_model.layers[-1])):
+        layer.mlp.register_forward_pre_hook(lambda _, inputs, name=name: seen.setdefault(name, inputs[0].shape[:2]) and None)
+    options = {"max_new_tokens": 6, "allowed_token_ids": torch.arange(100, 1024)}  # no EOS: six tokens each
+    tokens = model.generate_actions(*args, **options)
+    prefix_len = 3 * model.config.num_image_tokens + args[2].shape[1]
+    assert seen == {"first": (2, prefix_len), "last": (2, 1)}  # the prefill's calls (decoding steps come later)
+    assert torch.equal(tokens, model.generate_actions(*args, **options, use_cache=False))
+
+
+@torch.no_grad()
 def test_reference_positions_matter(fast_case):
     """The reference skips one position after the prompt; contiguous positions decode differently."""
     model, io = fast_case
