@@ -1,4 +1,4 @@
-"""Our π0 with one optimisation undone, so the harness can show what each one buys.
+"""Our model with one optimisation undone, so the harness can show what each one buys.
 
 Each ablation is named after the optimisation it removes, and patches one model instance for the
 duration of a call:
@@ -87,8 +87,8 @@ ABLATIONS = {"sdpa": eager_attention, "batched-cameras": per_camera_vision, "pre
 def ablated(model, name: str, fn):
     """`fn` run with the optimisation `name` undone in `model`."""
 
-    def run():
+    def run(*args, **kwargs):
         with ABLATIONS[name](model):
-            return fn()
+            return fn(*args, **kwargs)
 
     return run

@@ -21,6 +21,7 @@ import argparse
 import gc
 import json
 import platform
+from functools import partial
 
 import torch
 
@@ -53,10 +54,10 @@ def fast_generate(model, inputs, clock):
     """π0-FAST decoding of `FAST_TOKENS` tokens, with its prefix pass wrapped for timing as "prefill"."""
     clock.wrap(model, "encode_prefix" if model._compiled_prefix is None else "_compiled_prefix", "prefill")
 
-    def decode():
-        tokens = model.decode_action_tokens(**inputs.ours(), max_new_tokens=FAST_TOKENS)
-        if tokens.shape[1] != FAST_TOKENS:
-            raise RuntimeError(f"π0-FAST stopped after {tokens.shape[1]} of {FAST_TOKENS} tokens: per-token time undefined")
+    def decode(tokens: int = FAST_TOKENS):
+        generated = model.decode_action_tokens(**inputs.ours(), max_new_tokens=tokens)
+        if generated.shape[1] != tokens:
+            raise RuntimeError(f"π0-FAST stopped after {generated.shape[1]} of {tokens} tokens: per-token time undefined")
 
     return decode
 
@@ -116,12 +117,11 @@ def _arithmetic(fn, seconds: float) -> dict:
     return {"gflop": gflop, "gflop_per_s": gflop / seconds}
 
 
-def _fast_arithmetic(model, inputs, timing: dict) -> dict:
-    """π0-FAST's arithmetic, split as its time is: one call decoding one token (the prefill and the first
-    token's logits) and the GFLOP each further token adds (the difference of two exact counts)."""
-    decoding = lambda tokens: lambda: model.decode_action_tokens(**inputs.ours(), max_new_tokens=tokens)  # noqa: E731
-    prefill = count_gflop(decoding(1))
-    per_token = (count_gflop(decoding(FAST_TOKENS)) - prefill) / (FAST_TOKENS - 1)
+def _fast_arithmetic(decode, timing: dict) -> dict:
+    """π0-FAST's arithmetic, split as its time is: `decode` (from `fast_generate`) counted decoding one token
+    (the prefill and the first token's logits) and all of them; each further token adds a share of the difference."""
+    prefill = count_gflop(partial(decode, 1))
+    per_token = (count_gflop(decode) - prefill) / (FAST_TOKENS - 1)
     per_token_seconds = (timing["total"] - timing["prefill"]) / (FAST_TOKENS - 1)
     return {"gflop": prefill, "gflop_per_s": prefill / timing["prefill"],
             "per_token_gflop": per_token, "per_token_gflop_per_s": per_token / per_token_seconds}
@@ -204,32 +204,36 @@ def bench_ours_alone(variant, size, dtype, device, args) -> list[dict]:
         models[f"ours, compiled ({args.compile})"] = _compiled_twin(model, args.compile)
     inputs = make_inputs(model.config, args.batch, args.cameras, args.prompt_tokens, device)
     inputs.pixel_values = inputs.pixel_values.to(dtype)
-    rows = {name: {"size": size, "dtype": str(dtype).removeprefix("torch."), "variant": variant, "model": name}
-            for name in models}
+    fast = variant == "pi0_fast"
     with torch.no_grad():
-        if variant == "pi0_fast":
-            clocks = {name: Clock(device) for name in models}
-            runs = {name: (clocks[name], fast_generate(m, inputs, clocks[name])) for name, m in models.items()}
-            timings = alternate(runs, args.repeats)
-            for name, row in rows.items():
-                timing = timings[name]
+        clocks = {name: Clock(device) for name in models}
+        runs = {name: (clocks[name], fast_generate(m, inputs, clocks[name]) if fast
+                       else flow_generate(m, inputs, args.steps, clocks[name], ours=True)) for name, m in models.items()}
+        ablations = [f"ours without {ablation}" for ablation in args.ablations]
+        for name, ablation in zip(ablations, args.ablations):
+            runs[name] = (clocks["ours"], ablated(model, ablation, runs["ours"][1]))
+        timings = alternate(runs, args.repeats, against=("ours",) if ablations else ())
+        rows = []
+        for name, (_, run) in runs.items():
+            timing, row = timings[name], {"size": size, "dtype": str(dtype).removeprefix("torch."), "variant": variant, "model": name}
+            eager = _eager(models.get(name, model))  # ablation rows run our eager model
+            if fast:
                 row["prefill_ms"] = timing["prefill"] * 1e3
                 row["per_token_ms"] = (timing["total"] - timing["prefill"]) / (FAST_TOKENS - 1) * 1e3
-                if _eager(models[name]):
-                    row.update(_fast_arithmetic(models[name], inputs, timing))
-                row["peak_mib"] = peak_added_bytes(runs[name][1], device) / MiB
-        else:
-            clocks = {name: Clock(device) for name in models}
-            runs = {name: (clocks[name], flow_generate(m, inputs, args.steps, clocks[name], ours=True)) for name, m in models.items()}
-            timings = alternate(runs, args.repeats)
-            for name, row in rows.items():
-                row.update(_flow_row(timings[name], args.steps))
-                if _eager(models[name]):
-                    row.update(_arithmetic(runs[name][1], timings[name]["total"]))
-                row["peak_mib"] = peak_added_bytes(runs[name][1], device) / MiB
+                if eager:
+                    row.update(_fast_arithmetic(run, timing))
+            else:
+                row.update(_flow_row(timing, args.steps))
+                if eager:
+                    row.update(_arithmetic(run, timing["total"]))
+            if name in ablations:
+                row["ratio_to_ours"] = timing["ratio to ours"]
+            else:
+                row["peak_mib"] = peak_added_bytes(run, device) / MiB
+            rows.append(row)
     if args.train:
-        rows["ours"].update(time_training({"ours": model}, inputs, dtype, device, args.repeats)["ours"])
-    return list(rows.values())
+        rows[0].update(time_training({"ours": model}, inputs, dtype, device, args.repeats)["ours"])
+    return rows
 
 
 def _cell(row, key, digits=1):
@@ -303,8 +307,8 @@ def main(argv=None):
     parser.add_argument("--prompt-length", type=int, default=None, help="padded prompt length (the variant's default)")
     parser.add_argument("--compile", metavar="MODE", help="also time our model with its generation compiled "
                         "(torch.compile mode: default, reduce-overhead for CUDA graphs, ...)")
-    parser.add_argument("--ablations", default="", help=f"comma-separated, from {', '.join(ABLATIONS)}: extra π0 rows, "
-                        "ours with that optimisation undone")
+    parser.add_argument("--ablations", default="", help=f"comma-separated, from {', '.join(ABLATIONS)}: extra rows "
+                        "(each variant), ours with that optimisation undone")
     parser.add_argument("--no-train", dest="train", action="store_false", help="skip the training step")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json", help="also write the rows here")

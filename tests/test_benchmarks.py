@@ -74,6 +74,17 @@ def test_ablation_rows_are_timed_beside_ours_and_transformers(capsys):
         main(["--ablations", "no-such-thing"])
 
 
+def test_ablations_add_rows_for_pi05_and_pi0_fast_too():
+    rows = main(["--sizes", "tiny", "--variants", "pi05,pi0_fast", "--repeats", "1", "--no-train", "--ablations", "prefix-trimming"])
+    assert [(row["variant"], row["model"]) for row in rows] == [
+        ("pi05", "ours"), ("pi05", "ours without prefix-trimming"), ("pi0_fast", "ours"), ("pi0_fast", "ours without prefix-trimming")]
+    assert all(row["ratio_to_ours"] > 0 for row in rows[1::2])
+    pi05, pi05_whole, fast, fast_whole = rows
+    assert pi05_whole["gflop"] > pi05["gflop"] and pi05_whole["total_ms"] > 0
+    # untrimmed, π0-FAST's prefill keeps the prompt's padding and runs its last layer over every token
+    assert fast_whole["gflop"] > fast["gflop"] and fast_whole["prefill_ms"] > 0 and fast_whole["per_token_ms"] > 0
+
+
 def test_compile_adds_a_compiled_twin_beside_the_eager_model(capsys):
     rows = main(["--sizes", "tiny", "--repeats", "1", "--no-train", "--compile", "default"])
     assert [row["model"] for row in rows] == ["ours", "transformers", "ours, compiled (default)"]
