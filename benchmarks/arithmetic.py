@@ -27,8 +27,8 @@ def _attention_flop(query_shape, key_shape, value_shape, *args, **kwargs) -> int
 
 def _formulas() -> dict:
     formulas = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _attention_flop}
-    if has_onednn():
-        formulas[torch.ops.mkldnn._linear_pointwise] = _linear_flop
+    if has_onednn():  # our operator, and oneDNN's own underneath it where it is called directly
+        formulas[torch.ops.pi.onednn_linear] = formulas[torch.ops.mkldnn._linear_pointwise] = _linear_flop
     return formulas
 
 

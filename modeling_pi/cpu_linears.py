@@ -36,10 +36,14 @@ MIN_WEIGHT = 1 << 15  # bfloat16 weight elements: smaller linears keep the nativ
 MIN_ROWS = 8  # as do products over fewer rows: there upcasting costs more than it saves
 
 
-@functools.cache
+# Whether this PyTorch build carries oneDNN's linear (the private op its compiler calls); a constant, which
+# compiled code reads without a graph break.
+_HAS_ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
 def has_onednn() -> bool:
-    """True where this PyTorch build carries oneDNN's linear (the private op its compiler calls)."""
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    """True where this PyTorch build carries oneDNN's linear."""
+    return _HAS_ONEDNN
 
 
 def lacks_bfloat16_arithmetic() -> bool:
@@ -59,16 +63,22 @@ def takes_onednn(weight: torch.Tensor) -> bool:
     )
 
 
+@torch.library.custom_op("pi::onednn_linear", mutates_args=())
 def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """`F.linear(x, weight, bias)` computed by oneDNN (float32, contiguous weight, no gradients)."""
+    """`F.linear(x, weight, bias)` computed by oneDNN (float32, contiguous weight, no gradients). An opaque
+    operator to the compiler, whose own lowering of oneDNN's linear takes only frozen weights: compiled code
+    calls it as it is."""
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
 
+@onednn_linear.register_fake
+def _(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    return x.new_empty(*x.shape[:-1], weight.shape[0])
+
+
 def float32_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """`F.linear(x, weight, bias)` for float32 operands, through oneDNN where that pays, no gradient is needed and
-    no compiler traces the call (compiled code leaves the products to the compiler, whose oneDNN lowering only
-    takes frozen weights)."""
-    if not torch.compiler.is_compiling() and not torch.is_grad_enabled() and takes_onednn(weight):
+    """`F.linear(x, weight, bias)` for float32 operands, through oneDNN where that pays and no gradient is needed."""
+    if not torch.is_grad_enabled() and takes_onednn(weight):
         return onednn_linear(x, weight, bias)
     return F.linear(x, weight, bias)
 

@@ -185,7 +185,8 @@ def test_lora_adapters_still_apply_under_cpu_products(kernels, dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @torch.no_grad()
 def test_compiled_generation_takes_the_chosen_products_without_recompiling(kernels, dtype):
-    """The linears' class is swapped for each call: compiled code guards on it, and must not recompile."""
+    """The linears' class is swapped for each call: compiled code guards on it, and must not recompile. Its
+    float32 products (bfloat16 ones upcast included) go to oneDNN as the eager ones do."""
     model = noisy_tiny_model("pi05").to(dtype)
     inputs = random_inputs(model.config)
     kernels(True, counted=False)
@@ -197,3 +198,6 @@ def test_compiled_generation_takes_the_chosen_products_without_recompiling(kerne
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
     for actions in compiled:
         torch.testing.assert_close(actions, eager, atol=0.02 if dtype == torch.bfloat16 else 1e-4, rtol=0)
+    with torch.profiler.profile() as profile:
+        model.generate_actions(*model_args(inputs), noise=inputs["noise"], num_steps=3)
+    assert "mkldnn::_linear_pointwise" in {event.key for event in profile.key_averages()}
