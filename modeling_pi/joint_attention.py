@@ -89,6 +89,11 @@ def at_positions(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     return x.gather(1, index)
 
 
+def _heads(x: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """[B, T, H * head_dim] -> [B, H, T, head_dim]."""
+    return x.view(*x.shape[:-1], -1, head_dim).transpose(1, 2)
+
+
 def _gated(residual: torch.Tensor, update: torch.Tensor, gate: torch.Tensor | None) -> torch.Tensor:
     return residual + (update if gate is None else update * gate)
 
@@ -113,17 +118,15 @@ def joint_layer(
     active = [i for i, h in enumerate(hidden_states) if h is not None]
     if read is not None and len(active) != 1:
         raise ValueError("`read` selects positions of a single stream")
+    reads_nothing = read is not None and read.shape[1] == 0
     queries, keys, values, gates = [], [], [], {}
     for i in active:
         attn = layers[i].self_attn
         normed, gates[i] = apply_norm(layers[i].input_layernorm, hidden_states[i], conds[i])
-        shape = (*normed.shape[:-1], -1, attn.head_dim)
-        keys.append(attn.k_proj(normed).view(shape).transpose(1, 2))
-        values.append(attn.v_proj(normed).view(shape).transpose(1, 2))
-        if read is not None:  # queries only where outputs are read (none: no queries)
-            normed, shape = at_positions(normed, read), (*read.shape, -1, attn.head_dim)
-        if normed.shape[1]:
-            queries.append(attn.q_proj(normed).view(shape).transpose(1, 2))
+        keys.append(_heads(attn.k_proj(normed), attn.head_dim))
+        values.append(_heads(attn.v_proj(normed), attn.head_dim))
+        if not reads_nothing:  # queries only where outputs are read
+            queries.append(_heads(attn.q_proj(normed if read is None else at_positions(normed, read)), attn.head_dim))
     key, value = torch.cat(keys, dim=2), torch.cat(values, dim=2)
 
     cos, sin = position_embeddings
@@ -131,7 +134,7 @@ def joint_layer(
         query, key = apply_rotary_pos_emb(torch.cat(queries, dim=2), key, cos, sin)
     else:
         _, key = apply_rotary_pos_emb(key, key, cos, sin)
-        if read.shape[1] == 0:
+        if reads_nothing:
             cache.update(key, value, layer_idx)
             return list(hidden_states)
         query, _ = apply_rotary_pos_emb(queries[0], queries[0], at_positions(cos, read), at_positions(sin, read))
