@@ -12,12 +12,12 @@ Which token may attend to which follows the reference's block-causal rule: every
 Written here because transformers' mask builders express causal, sliding and bidirectional-block
 masks, not this flag-driven one over two experts' tokens.
 
-At float32 inference on the CPU, over several tokens, a wide MLP runs in slices of its hidden width
-(`feed_forward`): the sum of the slices' down projections is the same product, and at π0's full size
-(hidden width 16384) the slices' narrower matrix products and cache-sized intermediates are measurably
-faster (`benchmarks`, README). Each slice's products are computed as `cpu_linears.py` chooses. bfloat16 is
-left whole: sliced, its emulated products gained nothing on a CPU without bfloat16 units, where its
-linears run as float32 products instead (`cpu_linears.py`).
+At float32 inference on the CPU, over several tokens, a wide MLP computes its gate and up projections in
+slices of its hidden width and its down projection once (`feed_forward`): the same products as Gemma's
+MLP, with narrower gate and up products and one hidden-width intermediate instead of three, which at π0's
+full size (hidden width 16384) is measurably faster (`benchmarks`, README). Each product is computed as
+`cpu_linears.py` chooses. bfloat16 is left whole: sliced, its emulated products gained nothing on a CPU
+without bfloat16 units, where its linears run as float32 products instead (`cpu_linears.py`).
 """
 
 import torch
@@ -65,22 +65,24 @@ def _slicing_pays(mlp: GemmaMLP, x: torch.Tensor) -> bool:
 
 
 def feed_forward(mlp: GemmaMLP, x: torch.Tensor) -> torch.Tensor:
-    """Gemma's gated MLP, down(act(gate(x)) * up(x)), over `x` [B, T, D]; `MLP_SLICE` hidden units at a time where
-    that pays. It slices hidden units, not tokens as transformers' `apply_chunking_to_forward` does: token
-    chunks would keep the full-width products and intermediates. Over few rows, oneDNN's whole products are
-    faster than slices (whose down projections, strided, stay with MKL): there the MLP runs in one slice."""
+    """Gemma's gated MLP, down(act(gate(x)) * up(x)), over `x` [B, T, D]. Where that pays, the gate and up
+    projections run `MLP_SLICE` hidden units at a time, each slice's activation written into one hidden
+    buffer, and the down projection runs once over the whole buffer: the same products as Gemma's MLP, with
+    one hidden-width intermediate instead of three. It slices hidden units, not tokens as transformers'
+    `apply_chunking_to_forward` does: token chunks would keep the full-width products and intermediates.
+    Over few rows, oneDNN's whole products are faster than slices: there the gate and up projections run in
+    one slice."""
     if not _slicing_pays(mlp, x):
         return mlp(x)
     width = mlp.gate_proj.out_features
     few_rows = x.numel() // x.shape[-1] < WHOLE_BELOW_ROWS  # a flow step's 51 tokens, say
     step = width if few_rows and takes_onednn(mlp.gate_proj.weight) else MLP_SLICE
-    out = None
+    hidden = x.new_empty(*x.shape[:-1], width)
     for start in range(0, width, step):
         units = slice(start, start + step)
-        hidden = mlp.act_fn(float32_product(x, mlp.gate_proj.weight[units])) * float32_product(x, mlp.up_proj.weight[units])
-        part = float32_product(hidden, mlp.down_proj.weight[:, units])
-        out = part if out is None else out.add_(part)
-    return out
+        gate = mlp.act_fn(float32_product(x, mlp.gate_proj.weight[units]))
+        torch.mul(gate, float32_product(x, mlp.up_proj.weight[units]), out=hidden[..., units])
+    return float32_product(hidden, mlp.down_proj.weight)
 
 
 def at_positions(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:

@@ -64,7 +64,8 @@ def test_the_onednn_product_is_the_float32_linear(kernels):
 
 @torch.no_grad()
 def test_a_wide_mlp_runs_whole_through_onednn_over_few_rows_and_in_slices_over_many(kernels):
-    """Gate and up projections go to oneDNN either way; sliced, the strided down projections stay with MKL."""
+    """Every product goes to oneDNN: over few rows the MLP's three whole products; over many, the gate and
+    up projections slice by slice and then one down projection over the whole hidden width."""
     from transformers import GemmaConfig
     from transformers.models.gemma.modeling_gemma import GemmaMLP
 
@@ -78,7 +79,7 @@ def test_a_wide_mlp_runs_whole_through_onednn_over_few_rows_and_in_slices_over_m
     assert onednn_rows == [10] * 3
     onednn_rows.clear()
     torch.testing.assert_close(feed_forward(mlp, many), mlp(many), atol=1e-6, rtol=1e-5)
-    assert onednn_rows == [WHOLE_BELOW_ROWS] * 6
+    assert onednn_rows == [WHOLE_BELOW_ROWS] * 7
 
 
 def test_the_sliced_float32_product_is_the_bfloat16_linear(monkeypatch):
