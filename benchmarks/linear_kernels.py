@@ -42,7 +42,7 @@ def sliced_mlp(x, gate, up, down, slice_width, product):
     hidden = x.new_empty(*x.shape[:-1], gate.shape[0])
     for start in range(0, gate.shape[0], slice_width):
         units = slice(start, start + slice_width)
-        torch.mul(F.gelu(product(x, gate[units]), approximate="tanh"), product(x, up[units]), out=hidden[..., units])
+        hidden[..., units] = F.gelu(product(x, gate[units]), approximate="tanh") * product(x, up[units])
     return product(hidden, down)
 
 

@@ -81,7 +81,8 @@ def feed_forward(mlp: GemmaMLP, x: torch.Tensor) -> torch.Tensor:
     for start in range(0, width, step):
         units = slice(start, start + step)
         gate = mlp.act_fn(float32_product(x, mlp.gate_proj.weight[units]))
-        torch.mul(gate, float32_product(x, mlp.up_proj.weight[units]), out=hidden[..., units])
+        # assigned, not written through `out=`: the compiler breaks its graph at `out=` into a strided slice
+        hidden[..., units] = gate * float32_product(x, mlp.up_proj.weight[units])
     return float32_product(hidden, mlp.down_proj.weight)
 
 

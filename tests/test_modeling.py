@@ -182,6 +182,27 @@ def test_compiled_flow_generation_samples_what_the_eager_one_does():
     assert len(model._static_caches) == 2  # batch 2 with every camera, batch 1 with two
 
 
+@pytest.mark.parametrize("variant", ["pi0", "pi0_fast"])
+@torch.no_grad()
+def test_compiled_generation_has_no_graph_break_with_sliced_mlps(variant, monkeypatch):
+    """With `fullgraph=True` the compiler refuses to break a graph: the prefix pass, its MLPs in slices (narrowed
+    to 24 hidden units), and the repeated step each compile whole, and generate what the eager model does."""
+    from modeling_pi import joint_attention
+
+    monkeypatch.setattr(joint_attention, "MLP_SLICE", 24)
+    model = noisy_tiny_model(variant)
+    inputs = random_inputs(model.config)
+    flow = {"state": inputs["state"], "noise": inputs["noise"], "num_steps": 3}
+    options = {"max_new_tokens": 6} if variant == "pi0_fast" else flow
+    eager = model.generate_actions(*model_args(inputs), **options)
+    model.compile_generation(fullgraph=True)
+    compiled = model.generate_actions(*model_args(inputs), **options)
+    if variant == "pi0_fast":
+        assert torch.equal(compiled, eager)
+    else:
+        torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=0)
+
+
 @torch.no_grad()
 def test_compiling_only_the_flow_step_leaves_the_prefix_pass_eager():
     """`prefix=False` spares the prefix pass its compilation (vision tower and language model: the larger graph); the
