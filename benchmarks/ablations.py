@@ -7,7 +7,6 @@ duration of a call:
 - `batched-cameras`: the vision tower runs once per image instead of once over all cameras;
 - `prefix-trimming`: the prefix pass keeps the prompt's padding and the cameras no row has, and runs
   the last layer in full although only its keys and values (π0-FAST: and one token's output) are read;
-- `sliced-mlp`: on the CPU, wide MLPs run whole instead of in slices of their hidden width;
 - `float32-products`: in bfloat16 on a CPU without bfloat16 units, linears keep PyTorch's bfloat16
   kernel instead of computing float32 products;
 - `onednn-products`: in float32 on the CPU, linears keep MKL's product instead of oneDNN's.
@@ -68,10 +67,6 @@ def _module_setting(module, name: str, value):
         setattr(module, name, saved)
 
 
-def whole_mlp(model):
-    return _module_setting(joint_attention, "MLP_SLICE", float("inf"))
-
-
 def native_bfloat16(model):
     return _module_setting(cpu_linears, "lacks_bfloat16_arithmetic", lambda: False)
 
@@ -81,7 +76,7 @@ def mkl_float32(model):
 
 
 ABLATIONS = {"sdpa": eager_attention, "batched-cameras": per_camera_vision, "prefix-trimming": whole_prefix,
-             "sliced-mlp": whole_mlp, "float32-products": native_bfloat16, "onednn-products": mkl_float32}
+             "float32-products": native_bfloat16, "onednn-products": mkl_float32}
 
 
 def ablated(model, name: str, fn):

@@ -1,6 +1,5 @@
 """float32 linear products on the CPU: MKL (PyTorch's `F.linear`) against oneDNN's inner product, over
-the shapes full-size π0 computes, and a wide MLP sliced or whole. The evidence for `cpu_linears.py`'s
-thresholds and for `joint_attention.py`'s one-slice MLP over few rows.
+the shapes full-size π0 computes. The evidence for `cpu_linears.py`'s thresholds.
 
     python -m benchmarks.linear_kernels [--rounds N]   (from the repository root)
 
@@ -36,16 +35,6 @@ def median_ms(contenders: dict, rounds: int) -> dict[str, float]:
     return {name: timing["total"] * 1e3 for name, timing in timings.items()}
 
 
-def sliced_mlp(x, gate, up, down, slice_width, product):
-    """down(gelu(gate(x)) * up(x)): gate and up projections in slices of hidden units written into one hidden
-    buffer, then one down projection, as in `joint_attention.feed_forward` (one slice: the MLP whole)."""
-    hidden = x.new_empty(*x.shape[:-1], gate.shape[0])
-    for start in range(0, gate.shape[0], slice_width):
-        units = slice(start, start + slice_width)
-        hidden[..., units] = F.gelu(product(x, gate[units]), approximate="tanh") * product(x, up[units])
-    return product(hidden, down)
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=21)
@@ -61,19 +50,6 @@ def main(argv=None):
             rate = 2 * rows * fan_in * fan_out / min(ms.values()) / 1e6
             print(f"| {rows} x {fan_in} x {fan_out} | {fan_in * fan_out / 2**20:.2f}M | {ms['mkl']:.3f} | "
                   f"{ms['onednn']:.3f} | {ms['onednn'] / ms['mkl']:.2f} | {rate:.0f} |", flush=True)
-
-        print("\n| MLP (rows, width -> hidden) | MKL, 1024-unit slices ms | oneDNN, 1024-unit slices ms | oneDNN, whole ms |"
-              "\n|---|---|---|---|")
-        for rows, width, hidden, rounds in [(51, 1024, 4096, args.rounds), (788, 2048, 16384, max(3, args.rounds // 3))]:
-            x = torch.randn(rows, width)
-            gate, up = torch.randn(hidden, width) * width**-0.5, torch.randn(hidden, width) * width**-0.5
-            down = torch.randn(width, hidden) * hidden**-0.5
-            ms = median_ms({
-                "mkl": lambda: sliced_mlp(x, gate, up, down, 1024, F.linear),
-                "onednn": lambda: sliced_mlp(x, gate, up, down, 1024, onednn_linear),
-                "whole": lambda: sliced_mlp(x, gate, up, down, hidden, onednn_linear),
-            }, rounds)
-            print(f"| {rows}, {width} -> {hidden} | {ms['mkl']:.1f} | {ms['onednn']:.1f} | {ms['whole']:.1f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -11,26 +11,17 @@ Which token may attend to which follows the reference's block-causal rule: every
 "ar" flag; with c = cumsum(ar), token i attends to token j iff c[j] <= c[i] and both are valid.
 Written here because transformers' mask builders express causal, sliding and bidirectional-block
 masks, not this flag-driven one over two experts' tokens.
-
-At float32 inference on the CPU, over several tokens, a wide MLP computes its gate and up projections in
-slices of its hidden width and its down projection once (`feed_forward`): the same products as Gemma's
-MLP, with narrower gate and up products and one hidden-width intermediate instead of three, which at π0's
-full size (hidden width 16384) is measurably faster (`benchmarks`, README). Each product is computed as
-`cpu_linears.py` chooses. bfloat16 is left whole: sliced, its emulated products gained nothing on a CPU
-without bfloat16 units, where its linears run as float32 products instead (`cpu_linears.py`).
 """
 
 import torch
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.gemma.modeling_gemma import (
     GemmaDecoderLayer,
-    GemmaMLP,
     apply_rotary_pos_emb,
     eager_attention_forward,
 )
 
 from .action_expert import apply_norm
-from .cpu_linears import float32_product, is_plain_linear, takes_onednn
 
 
 def block_causal_mask(valid: torch.Tensor, ar: torch.Tensor) -> torch.Tensor:
@@ -49,41 +40,6 @@ def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Bool [B, T, S] -> additive float mask [B, 1, T, S] as the attention interface takes it."""
     mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
     return mask.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
-
-
-MLP_SLICE = 1024  # hidden units per slice of a sliced CPU feed-forward
-WHOLE_BELOW_ROWS = 256  # over fewer rows, an MLP whose products oneDNN computes runs in one slice
-
-
-def _slicing_pays(mlp: GemmaMLP, x: torch.Tensor) -> bool:
-    """Float32 on the CPU without gradients, over several tokens (a one-token decoding step's products are
-    faster whole), an MLP wider than a slice whose projections are plain linears (not LoRA-wrapped or quantised)."""
-    plain = all(is_plain_linear(p) and p.bias is None for p in (mlp.gate_proj, mlp.up_proj, mlp.down_proj))
-    on_cpu_float32 = x.device.type == "cpu" and x.dtype == torch.float32
-    wide = mlp.gate_proj.out_features > MLP_SLICE
-    return plain and wide and on_cpu_float32 and x.shape[-2] > 1 and not torch.is_grad_enabled()
-
-
-def feed_forward(mlp: GemmaMLP, x: torch.Tensor) -> torch.Tensor:
-    """Gemma's gated MLP, down(act(gate(x)) * up(x)), over `x` [B, T, D]. Where that pays, the gate and up
-    projections run `MLP_SLICE` hidden units at a time, each slice's activation written into one hidden
-    buffer, and the down projection runs once over the whole buffer: the same products as Gemma's MLP, with
-    one hidden-width intermediate instead of three. It slices hidden units, not tokens as transformers'
-    `apply_chunking_to_forward` does: token chunks would keep the full-width products and intermediates.
-    Over few rows, oneDNN's whole products are faster than slices: there the gate and up projections run in
-    one slice."""
-    if not _slicing_pays(mlp, x):
-        return mlp(x)
-    width = mlp.gate_proj.out_features
-    few_rows = x.numel() // x.shape[-1] < WHOLE_BELOW_ROWS  # a flow step's 51 tokens, say
-    step = width if few_rows and takes_onednn(mlp.gate_proj.weight) else MLP_SLICE
-    hidden = x.new_empty(*x.shape[:-1], width)
-    for start in range(0, width, step):
-        units = slice(start, start + step)
-        gate = mlp.act_fn(float32_product(x, mlp.gate_proj.weight[units]))
-        # assigned, not written through `out=`: the compiler breaks its graph at `out=` into a strided slice
-        hidden[..., units] = gate * float32_product(x, mlp.up_proj.weight[units])
-    return float32_product(hidden, mlp.down_proj.weight)
 
 
 def at_positions(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -159,5 +115,5 @@ def joint_layer(
         layer = layers[i]
         h = _gated(hidden_states[i], layer.self_attn.o_proj(attended_i), gates[i])
         normed, gate = apply_norm(layer.post_attention_layernorm, h, conds[i])
-        outputs[i] = _gated(h, feed_forward(layer.mlp, normed), gate)
+        outputs[i] = _gated(h, layer.mlp(normed), gate)
     return outputs

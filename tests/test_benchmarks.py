@@ -115,15 +115,3 @@ def test_arithmetic_counts_the_products_whichever_kernel_computes_them(monkeypat
     monkeypatch.setattr(cpu_linears, "ONEDNN_MIN_WEIGHT", 0)  # every linear through oneDNN
     assert count_gflop(sample) == pytest.approx(with_mkl)
     assert count_gflop(ablated(ours, "prefix-trimming", sample)) > with_mkl
-
-
-@torch.no_grad()
-def test_the_kernel_benchmark_times_the_same_mlp_either_way():
-    from benchmarks.linear_kernels import sliced_mlp
-    from modeling_pi.cpu_linears import onednn_linear
-
-    torch.manual_seed(0)
-    x, gate, up, down = torch.randn(5, 16), torch.randn(3000, 16), torch.randn(3000, 16), torch.randn(16, 3000) / 50
-    expected = F.linear(F.gelu(F.linear(x, gate), approximate="tanh") * F.linear(x, up), down)
-    for slice_width, product in [(1024, F.linear), (1024, onednn_linear), (3000, onednn_linear)]:
-        torch.testing.assert_close(sliced_mlp(x, gate, up, down, slice_width, product), expected, atol=1e-4, rtol=1e-4)

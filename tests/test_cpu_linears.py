@@ -62,26 +62,6 @@ def test_the_onednn_product_is_the_float32_linear(kernels):
     assert onednn_rows == [60, 60, 34, 1]
 
 
-@torch.no_grad()
-def test_a_wide_mlp_runs_whole_through_onednn_over_few_rows_and_in_slices_over_many(kernels):
-    """Every product goes to oneDNN: over few rows the MLP's three whole products; over many, the gate and
-    up projections slice by slice and then one down projection over the whole hidden width."""
-    from transformers import GemmaConfig
-    from transformers.models.gemma.modeling_gemma import GemmaMLP
-
-    from modeling_pi.joint_attention import MLP_SLICE, WHOLE_BELOW_ROWS, feed_forward
-
-    torch.manual_seed(0)
-    mlp = GemmaMLP(GemmaConfig(hidden_size=32, intermediate_size=3 * MLP_SLICE, hidden_activation="gelu_pytorch_tanh"))
-    onednn_rows = kernels(False)
-    few, many = torch.randn(2, 5, 32), torch.randn(2, WHOLE_BELOW_ROWS // 2, 32)
-    torch.testing.assert_close(feed_forward(mlp, few), mlp(few), atol=1e-6, rtol=1e-5)
-    assert onednn_rows == [10] * 3
-    onednn_rows.clear()
-    torch.testing.assert_close(feed_forward(mlp, many), mlp(many), atol=1e-6, rtol=1e-5)
-    assert onednn_rows == [WHOLE_BELOW_ROWS] * 7
-
-
 def test_the_sliced_float32_product_is_the_bfloat16_linear(monkeypatch):
     """Slice by slice (5 output features each, the last one short), the product is the float32 product of the
     bfloat16 operands rounded once to bfloat16: what the native kernel computes, up to the order of its sums."""

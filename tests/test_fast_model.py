@@ -37,21 +37,6 @@ def test_greedy_tokens_match_the_reference(fast_case):
 
 
 @torch.no_grad()
-def test_sliced_feed_forward_keeps_the_reference_tokens(fast_case, monkeypatch):
-    """The prefill runs the fixture's MLPs in slices (narrowed to 24 hidden units), decoding steps whole."""
-    from modeling_pi import joint_attention
-
-    model, io = fast_case
-    monkeypatch.setattr(joint_attention, "MLP_SLICE", 24)
-    whole = joint_attention.GemmaMLP.forward
-    tokens_seen = []
-    monkeypatch.setattr(joint_attention.GemmaMLP, "forward", lambda mlp, x: tokens_seen.append(x.shape[-2]) or whole(mlp, x))
-    tokens = model.generate_actions(*_prompt(io), max_new_tokens=16)
-    assert torch.equal(tokens, io["expected.greedy_tokens_16"].long())
-    assert tokens_seen and set(tokens_seen) == {1}
-
-
-@torch.no_grad()
 def test_compiled_decoding_gives_the_reference_tokens(converted):
     model = AutoModel.from_pretrained(converted("pi0_fast")).eval()
     io = load_fixture_io("pi0_fast")

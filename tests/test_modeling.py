@@ -9,7 +9,6 @@ from transformers import AutoConfig, AutoModel
 import modeling_pi  # noqa: F401
 from conftest import load_fixture_io, model_args, noisy_tiny_model, random_inputs, tiny_config
 from modeling_pi import PiConfig, PiForActionGeneration
-from modeling_pi.joint_attention import MLP_SLICE, feed_forward
 from modeling_pi.modeling_pi import drop_unused_prefix
 
 @pytest.mark.parametrize("variant", ["pi0", "pi05"])
@@ -184,12 +183,9 @@ def test_compiled_flow_generation_samples_what_the_eager_one_does():
 
 @pytest.mark.parametrize("variant", ["pi0", "pi0_fast"])
 @torch.no_grad()
-def test_compiled_generation_has_no_graph_break_with_sliced_mlps(variant, monkeypatch):
-    """With `fullgraph=True` the compiler refuses to break a graph: the prefix pass, its MLPs in slices (narrowed
-    to 24 hidden units), and the repeated step each compile whole, and generate what the eager model does."""
-    from modeling_pi import joint_attention
-
-    monkeypatch.setattr(joint_attention, "MLP_SLICE", 24)
+def test_compiled_generation_has_no_graph_break(variant):
+    """With `fullgraph=True` the compiler refuses to break a graph: the prefix pass and the repeated step each
+    compile whole, and generate what the eager model does."""
     model = noisy_tiny_model(variant)
     inputs = random_inputs(model.config)
     flow = {"state": inputs["state"], "noise": inputs["noise"], "num_steps": 3}
@@ -321,33 +317,3 @@ def test_bfloat16_loading_keeps_the_flow_head_and_adarms_modulation_in_float32(c
     assert all(module.weight.dtype == torch.float32 for module in kept)
     assert model.language_model.layers[0].mlp.up_proj.weight.dtype == torch.bfloat16
     assert model.action_expert.layers[0].mlp.up_proj.weight.dtype == torch.bfloat16
-
-
-@torch.no_grad()
-def test_wide_feed_forward_is_sliced_only_where_it_computes_the_same_mlp():
-    """Sliced, a wide MLP gives Gemma's MLP; LoRA-wrapped, it keeps its adapters; under autograd, over one
-    token per row and in bfloat16, Gemma's own forward runs."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import GemmaConfig
-    from transformers.models.gemma.modeling_gemma import GemmaMLP
-
-    torch.manual_seed(0)
-    config = GemmaConfig(hidden_size=32, intermediate_size=2 * MLP_SLICE + 40, hidden_activation="gelu_pytorch_tanh")
-    mlp, x = GemmaMLP(config), torch.randn(2, 5, 32)
-    torch.testing.assert_close(feed_forward(mlp, x), mlp(x), atol=1e-6, rtol=1e-5)
-
-    calls = []
-    mlp.register_forward_hook(lambda *args: calls.append(1))
-    with torch.enable_grad():
-        assert feed_forward(mlp, x.clone().requires_grad_()).grad_fn is not None and calls == [1]
-    feed_forward(mlp, x[:, :1])  # one token per row: a decoding step
-    feed_forward(mlp.to(torch.bfloat16), x.bfloat16())
-    assert calls == [1, 1, 1]
-    mlp.float()
-
-    lora = get_peft_model(mlp, LoraConfig(r=4, target_modules=["gate_proj", "up_proj", "down_proj"], init_lora_weights=False))
-    adapted = lora.base_model.model
-    with lora.disable_adapter():
-        without_adapters = adapted(x)
-    assert not torch.allclose(adapted(x), without_adapters)
-    torch.testing.assert_close(feed_forward(adapted, x), adapted(x), atol=0, rtol=0)
