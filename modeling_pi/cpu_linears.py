@@ -119,11 +119,6 @@ class CpuLinear(nn.Linear):
         return super().forward(x)
 
 
-def is_plain_linear(module: nn.Module) -> bool:
-    """An `nn.Linear` itself, or one made a `CpuLinear` for the call (not a subclass such as a quantised layer)."""
-    return type(module) in (nn.Linear, CpuLinear)
-
-
 @contextmanager
 def _cpu_linears(model: nn.Module):
     """Within the block, the model's plain `nn.Linear`s whose weights either case covers are `CpuLinear`s.
