@@ -28,7 +28,7 @@ import torch
 from .ablations import ABLATIONS, ablated
 from .arithmetic import count_gflop
 from .models import SIZES, make_inputs, ours_alone, sharing_weights, transformers_pi0, twin
-from .timing import Clock, alternate, peak_added_bytes, return_freed_memory_to_the_system
+from .timing import Clock, alternate, peak_added_bytes
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 FAST_TOKENS = 16  # per π0-FAST call (random weights emit no EOS before; `fast_generate` checks)
@@ -330,7 +330,6 @@ def main(argv=None):
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    return_freed_memory_to_the_system()
     torch.manual_seed(0)
     processor = platform.processor() or platform.machine()
     machine = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{processor}, {torch.get_num_threads()} threads"

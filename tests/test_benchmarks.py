@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from benchmarks.ablations import ABLATIONS, ablated
 from benchmarks.harness import main
 from benchmarks.models import make_inputs, sharing_weights, transformers_pi0
+from benchmarks.timing import peak_added_bytes
 from modeling_pi.cpu_linears import has_onednn
 
 
@@ -20,6 +21,20 @@ def test_our_pi0_holds_the_very_tensors_of_transformers_pi0_and_samples_the_same
         expected = theirs.sample_actions(**inputs.transformers(), state=inputs.state, noise=inputs.noise)
         actions = ours.generate_actions(**inputs.ours(), state=inputs.state, noise=inputs.noise)
     torch.testing.assert_close(actions, expected, atol=1e-5, rtol=0)
+
+
+def test_peak_memory_is_the_most_tensor_memory_a_call_holds_at_once_whatever_came_before():
+    held = [torch.ones(1 << 20)]  # allocated before the call: not counted
+
+    def call():
+        blocks = [torch.ones(1 << 21) for _ in range(10)]  # 10 x 8 MiB at once
+        del blocks
+        one = torch.ones(1 << 24)  # 64 MiB: less than the blocks
+        held.append(one[:1].clone())  # 4 bytes that outlive the call
+
+    first, second = peak_added_bytes(call, torch.device("cpu")), peak_added_bytes(call, torch.device("cpu"))
+    assert first == second  # the blocks freed by the first call do not make the second look cheaper
+    assert 80 * 2**20 <= first < 81 * 2**20
 
 
 def test_the_harness_reports_every_part_for_both_models_and_each_variant(tmp_path, capsys):
