@@ -9,9 +9,7 @@ duration of a call:
   the last layer in full although only its keys and values (π0-FAST: and one token's output) are read;
 - `float32-products`: in bfloat16 on a CPU without bfloat16 units, linears keep PyTorch's bfloat16
   kernel instead of computing float32 products;
-- `onednn-products`: in float32 on the CPU, linears keep MKL's product instead of oneDNN's;
-- `kernel-by-rows`: oneDNN computes every float32 product with a large enough weight, over however many
-  rows, instead of leaving products over many rows with mid-size weights to MKL.
+- `onednn-products`: in float32 on the CPU, linears keep MKL's product instead of oneDNN's.
 """
 
 from contextlib import contextmanager
@@ -77,12 +75,8 @@ def mkl_float32(model):
     return _module_setting(cpu_linears, "ONEDNN_MIN_WEIGHT", float("inf"))
 
 
-def onednn_over_any_rows(model):
-    return _module_setting(cpu_linears, "ONEDNN_MAX_ROWS", float("inf"))
-
-
 ABLATIONS = {"sdpa": eager_attention, "batched-cameras": per_camera_vision, "prefix-trimming": whole_prefix,
-             "float32-products": native_bfloat16, "onednn-products": mkl_float32, "kernel-by-rows": onednn_over_any_rows}
+             "float32-products": native_bfloat16, "onednn-products": mkl_float32}
 
 
 def ablated(model, name: str, fn):

@@ -2,13 +2,10 @@
 
 float32. PyTorch computes a float32 linear on the CPU with MKL's matrix product. oneDNN's inner product,
 which PyTorch ships beside it (its compiler's CPU linears use it), was faster on the CPU of the README's
-numbers over few rows (a flow step's 51 tokens, a decoding step's one) and for the largest weights
-(full-size Gemma's 16384-wide MLP) whatever the rows (`benchmarks/linear_kernels.py`). Over the prefix's
-hundreds of rows with weights of a few million elements the two are about even in isolation, and in a
-whole chunk MKL was ahead, so there products over more than `ONEDNN_MAX_ROWS` rows keep MKL unless their
-weight has `ONEDNN_ANY_ROWS_WEIGHT` elements or more. For small weights oneDNN's per-call set-up costs more
-than it saves, so weights under `ONEDNN_MIN_WEIGHT` elements keep MKL. So does a non-contiguous weight (a
-slice of a wider matrix): oneDNN reorders it first, which is far slower.
+numbers for π0's full-size weights, above all over few rows: a flow step's 51 tokens, a decoding step's one
+(`benchmarks/linear_kernels.py`). Over many rows the two are about even, and for small weights oneDNN's
+per-call set-up costs more than it saves, so weights under `ONEDNN_MIN_WEIGHT` elements keep MKL. So does a
+non-contiguous weight (a slice of a wider matrix): oneDNN reorders it first, which is far slower.
 
 bfloat16. Where the CPU has neither bfloat16 instructions nor AVX-512 (on which oneDNN emulates them), PyTorch
 runs a bfloat16 linear through a generic loop, several times slower than the same product in float32 (the
@@ -33,9 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ONEDNN_MIN_WEIGHT = 1 << 20  # float32 weight elements from which oneDNN computes the product,
-ONEDNN_MAX_ROWS = 128  # over at most this many rows,
-ONEDNN_ANY_ROWS_WEIGHT = 1 << 24  # or over any number of rows from this many weight elements
+ONEDNN_MIN_WEIGHT = 1 << 20  # float32 weight elements from which oneDNN computes the product
 UPCAST_SLICE = 1 << 22  # bfloat16 weight elements upcast at a time (16 MB in float32)
 MIN_WEIGHT = 1 << 15  # bfloat16 weight elements: smaller linears keep the native bfloat16 kernel,
 MIN_ROWS = 8  # as do products over fewer rows: there upcasting costs more than it saves
@@ -58,8 +53,7 @@ def lacks_bfloat16_arithmetic() -> bool:
 
 
 def takes_onednn(weight: torch.Tensor) -> bool:
-    """Whether `float32_product` may give products with this weight to oneDNN (when no gradient is needed and
-    the rows are few enough: `onednn_pays`)."""
+    """Whether `float32_product` gives products with this weight to oneDNN (when no gradient is needed)."""
     return (
         weight.dtype == torch.float32
         and weight.device.type == "cpu"
@@ -82,14 +76,9 @@ def _(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -
     return x.new_empty(*x.shape[:-1], weight.shape[0])
 
 
-def onednn_pays(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether oneDNN computes `x`'s product with a weight it takes: over few rows, or with a very large weight."""
-    return x.numel() <= ONEDNN_MAX_ROWS * x.shape[-1] or weight.numel() >= ONEDNN_ANY_ROWS_WEIGHT
-
-
 def float32_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """`F.linear(x, weight, bias)` for float32 operands, through oneDNN where that pays and no gradient is needed."""
-    if not torch.is_grad_enabled() and takes_onednn(weight) and onednn_pays(x, weight):
+    if not torch.is_grad_enabled() and takes_onednn(weight):
         return onednn_linear(x, weight, bias)
     return F.linear(x, weight, bias)
 

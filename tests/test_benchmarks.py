@@ -67,7 +67,7 @@ def test_each_optimisation_undone_by_an_ablation_leaves_the_chunk_unchanged(abla
         monkeypatch.setattr(cpu_linears, "lacks_bfloat16_arithmetic", lambda: True)
         monkeypatch.setattr(cpu_linears, "MIN_WEIGHT", 0)
         ours, tolerance = ours.to(torch.bfloat16), 0.05
-    if ablation in ("onednn-products", "kernel-by-rows"):  # they apply in float32 to large products: here, every one
+    if ablation == "onednn-products":  # it applies in float32 to large products: here, every one
         monkeypatch.setattr(cpu_linears, "ONEDNN_MIN_WEIGHT", 0)
     inputs = make_inputs(ours.config, batch=2, cameras=3, prompt_tokens=5, device="cpu")
     inputs.pixel_attention_mask[:, 2] = False  # a camera no row has: trimming drops it
@@ -128,6 +128,5 @@ def test_arithmetic_counts_the_products_whichever_kernel_computes_them(monkeypat
     with_mkl = count_gflop(sample)
     assert count_gflop(ablated(ours, "sdpa", sample)) == pytest.approx(with_mkl)  # eager attention's matmuls
     monkeypatch.setattr(cpu_linears, "ONEDNN_MIN_WEIGHT", 0)  # every linear through oneDNN
-    monkeypatch.setattr(cpu_linears, "ONEDNN_MAX_ROWS", float("inf"))
     assert count_gflop(sample) == pytest.approx(with_mkl)
     assert count_gflop(ablated(ours, "prefix-trimming", sample)) > with_mkl

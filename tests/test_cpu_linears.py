@@ -36,7 +36,6 @@ def kernels(monkeypatch):
         monkeypatch.setattr(cpu_linears, "lacks_bfloat16_arithmetic", lambda: upcast)
         monkeypatch.setattr(cpu_linears, "MIN_WEIGHT", 0)
         monkeypatch.setattr(cpu_linears, "ONEDNN_MIN_WEIGHT", 0 if onednn else float("inf"))
-        monkeypatch.setattr(cpu_linears, "ONEDNN_MAX_ROWS", float("inf"))
         monkeypatch.setattr(cpu_linears, "linear_in_float32", counting(upcast_whole) if counted else upcast_whole)
         monkeypatch.setattr(cpu_linears, "onednn_linear", counting(onednn_whole) if counted else onednn_whole)
         rows.clear()
@@ -61,21 +60,6 @@ def test_the_onednn_product_is_the_float32_linear(kernels):
     with torch.enable_grad():
         assert float32_product(x, weight.requires_grad_()).grad_fn is not None
     assert onednn_rows == [60, 60, 34, 1]
-
-
-@torch.no_grad()
-def test_onednn_computes_products_over_few_rows_or_with_the_largest_weights(kernels, monkeypatch):
-    """Over more than `ONEDNN_MAX_ROWS` rows only a weight of `ONEDNN_ANY_ROWS_WEIGHT` elements or more goes to
-    oneDNN; the rest keep MKL (here both thresholds scaled down: 4 rows, 48 x 40 elements)."""
-    onednn_rows = kernels(False)
-    monkeypatch.setattr(cpu_linears, "ONEDNN_MAX_ROWS", 4)
-    monkeypatch.setattr(cpu_linears, "ONEDNN_ANY_ROWS_WEIGHT", 48 * 40)
-    torch.manual_seed(0)
-    mid, large = torch.randn(37, 48), torch.randn(40, 48)
-    for x in [torch.randn(2, 2, 48), torch.randn(5, 48), torch.randn(2, 3, 48)]:
-        for weight in (mid, large):
-            torch.testing.assert_close(float32_product(x, weight), F.linear(x, weight), atol=1e-5, rtol=1e-5)
-    assert onednn_rows == [4, 4, 5, 6]  # mid over 4 rows; large over 4, 5 and 6
 
 
 def test_the_sliced_float32_product_is_the_bfloat16_linear(monkeypatch):
