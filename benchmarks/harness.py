@@ -108,7 +108,12 @@ def _flow_row(timing: dict, steps: int) -> dict:
     prefix = timing.get("prefix", 0.0)
     flow = timing["total"] - prefix - (vision or 0.0)
     return {"vision_ms": None if vision is None else vision * 1e3, "prefix_ms": prefix * 1e3, "flow_ms": flow * 1e3,
-            "flow_step_ms": flow * 1e3 / steps, "total_ms": timing["total"] * 1e3}
+            "flow_step_ms": flow * 1e3 / steps, "total_ms": timing["total"] * 1e3, **_rounds(timing)}
+
+
+def _rounds(timing: dict) -> dict:
+    """Each timed round's total (the JSON's record of drift within a run; the table shows medians)."""
+    return {"round_ms": [seconds * 1e3 for seconds in timing["rounds"]]}
 
 
 def _arithmetic(fn, seconds: float) -> dict:
@@ -220,6 +225,7 @@ def bench_ours_alone(variant, size, dtype, device, args) -> list[dict]:
             if fast:
                 row["prefill_ms"] = timing["prefill"] * 1e3
                 row["per_token_ms"] = (timing["total"] - timing["prefill"]) / (FAST_TOKENS - 1) * 1e3
+                row.update(_rounds(timing))
                 if eager:
                     row.update(_fast_arithmetic(run, timing))
             else:

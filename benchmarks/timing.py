@@ -68,9 +68,10 @@ class Clock:
 
 
 def alternate(runs: dict[str, tuple[Clock, object]], repeats: int, warmup: int = 1, against: tuple[str, ...] = ()) -> dict:
-    """Runs every entry of `runs` in turn, `warmup + repeats` rounds; the medians of the timed rounds. For each
-    name in `against`, each entry also gets "ratio to <name>": the median over rounds of its total over that
-    entry's total in the same round, which cancels the drift of a shared machine's speed between rounds."""
+    """Runs every entry of `runs` in turn, `warmup + repeats` rounds; the medians of the timed rounds, and under
+    "rounds" each timed round's total, in order. For each name in `against`, each entry also gets "ratio to
+    <name>": the median over rounds of its total over that entry's total in the same round, which cancels the
+    drift of a shared machine's speed between rounds."""
     samples = {name: defaultdict(list) for name in runs}
     for round_ in range(warmup + repeats):
         for name, (clock, fn) in runs.items():
@@ -81,7 +82,8 @@ def alternate(runs: dict[str, tuple[Clock, object]], repeats: int, warmup: int =
     for other in against:
         for name in runs:
             samples[name][f"ratio to {other}"] = [a / b for a, b in zip(samples[name]["total"], samples[other]["total"])]
-    return {name: {part: statistics.median(values) for part, values in parts.items()} for name, parts in samples.items()}
+    return {name: {**{part: statistics.median(values) for part, values in parts.items()}, "rounds": parts["total"]}
+            for name, parts in samples.items()}
 
 
 def _peak_cpu_tensor_bytes(fn) -> int:

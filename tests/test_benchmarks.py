@@ -78,6 +78,16 @@ def test_each_optimisation_undone_by_an_ablation_leaves_the_chunk_unchanged(abla
         assert torch.equal(sample(), expected)  # and the ablation is undone afterwards
 
 
+def test_each_row_keeps_its_rounds_whose_median_is_its_time():
+    rows = main(["--sizes", "tiny", "--variants", "pi0,pi0_fast", "--repeats", "3", "--no-train"])
+    for row in rows:
+        assert len(row["round_ms"]) == 3 and all(ms > 0 for ms in row["round_ms"])
+    flow = rows[0]
+    assert sorted(flow["round_ms"])[1] == pytest.approx(flow["total_ms"])
+    ratios = [ours / theirs for ours, theirs in zip(flow["round_ms"], rows[1]["round_ms"])]
+    assert sorted(ratios)[1] == pytest.approx(flow["total_ratio"])
+
+
 def test_ablation_rows_are_timed_beside_ours_and_transformers(capsys):
     rows = main(["--sizes", "tiny", "--repeats", "1", "--no-train", "--ablations", "batched-cameras,prefix-trimming"])
     assert [row["model"] for row in rows] == ["ours", "transformers", "ours without batched-cameras", "ours without prefix-trimming"]
