@@ -35,6 +35,7 @@ allocator keep large blocks.
 """
 
 import functools
+import math
 from contextlib import contextmanager
 
 import torch
@@ -46,7 +47,7 @@ ONEDNN_MIN_WEIGHT = 1 << 20  # float32 weight elements from which oneDNN compute
 UPCAST_SLICE = 1 << 22  # bfloat16 weight elements upcast at a time (16 MB in float32)
 MIN_WEIGHT = 1 << 15  # bfloat16 weight elements: smaller linears keep the native bfloat16 kernel,
 MIN_ROWS = 8  # as do products over fewer rows: there upcasting costs more than it saves
-MLP_CHUNK_BYTES = 1 << 24  # an MLP's activations over its rows, above which it runs a chunk of rows at a time
+MLP_CHUNK_BYTES = 1 << 23  # an MLP's activations over its rows, above which it runs a chunk of rows at a time
 
 
 # Whether this PyTorch build carries oneDNN's linear (the private op its compiler calls); a constant, which
@@ -138,7 +139,7 @@ class CpuMLP(GemmaMLP):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.shape[:-1].numel()
-        chunks = -(-rows * self.intermediate_size * x.element_size() // MLP_CHUNK_BYTES)
+        chunks = math.ceil(rows * self.intermediate_size * x.element_size() / MLP_CHUNK_BYTES)
         if torch.is_grad_enabled() or chunks <= 1:
             return super().forward(x)
         outputs = []
