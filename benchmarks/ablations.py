@@ -9,8 +9,7 @@ duration of a call:
   the last layer in full although only its keys and values (π0-FAST: and one token's output) are read;
 - `float32-products`: in bfloat16 on a CPU without bfloat16 units, linears keep PyTorch's bfloat16
   kernel instead of computing float32 products;
-- `onednn-products`: in float32 on the CPU, linears keep MKL's product instead of oneDNN's;
-- `mlp-row-chunks`: on the CPU, Gemma's MLPs run over all their rows at once however large their activations.
+- `onednn-products`: in float32 on the CPU, linears keep MKL's product instead of oneDNN's.
 """
 
 from contextlib import contextmanager
@@ -76,12 +75,8 @@ def mkl_float32(model):
     return _module_setting(cpu_linears, "ONEDNN_MIN_WEIGHT", float("inf"))
 
 
-def whole_mlps(model):
-    return _module_setting(cpu_linears, "MLP_CHUNK_BYTES", float("inf"))
-
-
 ABLATIONS = {"sdpa": eager_attention, "batched-cameras": per_camera_vision, "prefix-trimming": whole_prefix,
-             "float32-products": native_bfloat16, "onednn-products": mkl_float32, "mlp-row-chunks": whole_mlps}
+             "float32-products": native_bfloat16, "onednn-products": mkl_float32}
 
 
 def ablated(model, name: str, fn):

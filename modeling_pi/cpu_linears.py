@@ -1,5 +1,4 @@
-"""Linears during inference on the CPU: large float32 products through oneDNN, bfloat16 ones in float32, wide
-MLPs a chunk of rows at a time.
+"""Linears during inference on the CPU: large float32 products through oneDNN, bfloat16 ones in float32.
 
 float32. PyTorch computes a float32 linear on the CPU with MKL's matrix product. oneDNN's inner product,
 which PyTorch ships beside it (its compiler's CPU linears use it), was faster on the CPU of the README's
@@ -18,36 +17,23 @@ float32 copy of a layer, let alone of the model, ever exists. Weights under `MIN
 products over fewer than `MIN_ROWS` rows (a decoding step's matrix-vector products), keep the native
 kernel: there upcasting costs more than it saves.
 
-Wide MLPs. PyTorch's CPU allocator takes every tensor from glibc's malloc, which maps blocks above its mmap
-threshold (at most 32 MiB) afresh at each allocation and unmaps them at each free, so their pages fault in again
-at every use. Full-size Gemma's MLP over a prefix of some 800 tokens holds 52 MB float32 activations (16384
-hidden units a token): in every layer of every prefix pass they are mapped and faulted in anew (about 900k page
-faults a pass). Over more rows than `MLP_CHUNK_BYTES` of activations hold, a Gemma MLP runs a chunk of rows at a
-time, each chunk's activations small enough for malloc to reuse; the products then run over a few hundred rows
-each, which keeps those kernels at their rate. Training keeps the MLP whole (its activations are kept for the
-backward pass anyway).
-
 `cpu_products` decorates the generation entry points: for the call, the model's plain `nn.Linear`s (SigLIP's,
 Gemma's and the projections' alike, and the base layers of LoRA-wrapped ones) that either case covers compute
-their products this way, and its Gemma MLPs run by rows. Written here because the choice is the kernel
-library's, per product, and no PyTorch setting makes it for full-precision products; nor does any make the
-allocator keep large blocks.
+their products this way. Written here because the choice is the kernel library's, per product, and no PyTorch
+setting makes it for full-precision products.
 """
 
 import functools
-import math
 from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers.models.gemma.modeling_gemma import GemmaMLP
 
 ONEDNN_MIN_WEIGHT = 1 << 20  # float32 weight elements from which oneDNN computes the product
 UPCAST_SLICE = 1 << 22  # bfloat16 weight elements upcast at a time (16 MB in float32)
 MIN_WEIGHT = 1 << 15  # bfloat16 weight elements: smaller linears keep the native bfloat16 kernel,
 MIN_ROWS = 8  # as do products over fewer rows: there upcasting costs more than it saves
-MLP_CHUNK_BYTES = 1 << 23  # an MLP's activations over its rows, above which it runs a chunk of rows at a time
 
 
 # Whether this PyTorch build carries oneDNN's linear (the private op its compiler calls); a constant, which
@@ -133,45 +119,21 @@ class CpuLinear(nn.Linear):
         return super().forward(x)
 
 
-class CpuMLP(GemmaMLP):
-    """A Gemma MLP that, without gradients, runs over its rows a chunk at a time where their activations would
-    exceed `MLP_CHUNK_BYTES`; a Gemma MLP becomes one only for the duration of an inference call."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.shape[:-1].numel()
-        chunks = math.ceil(rows * self.intermediate_size * x.element_size() / MLP_CHUNK_BYTES)
-        if torch.is_grad_enabled() or chunks <= 1:
-            return super().forward(x)
-        outputs = []
-        for part in x.reshape(rows, -1).chunk(chunks):
-            outputs.append(super().forward(part))
-        return torch.cat(outputs).view(*x.shape[:-1], -1)
-
-
-@contextmanager
-def _swapped(modules: list[nn.Module], cls: type):
-    """Within the block, each of `modules` is of class `cls`, a subclass of its own. The class is swapped rather
-    than the forward wrapped: compiled code guards on the class, which stays the same object from call to call."""
-    classes = [type(m) for m in modules]
-    for module in modules:
-        module.__class__ = cls
-    try:
-        yield
-    finally:
-        for module, original in zip(modules, classes):
-            module.__class__ = original
-
-
 @contextmanager
 def _cpu_linears(model: nn.Module):
-    """Within the block, the model's plain `nn.Linear`s whose weights either case covers are `CpuLinear`s,
-    and its Gemma MLPs `CpuMLP`s. Subclasses (quantised layers) keep their own kernels."""
+    """Within the block, the model's plain `nn.Linear`s whose weights either case covers are `CpuLinear`s.
+    Subclasses (quantised layers) keep their own kernels. The class is swapped rather than the forward
+    wrapped: compiled code guards on the class, which stays the same object from call to call."""
     linears = [
         m for m in model.modules() if type(m) is nn.Linear and (takes_onednn(m.weight) or _upcasts(m.weight))
     ]
-    mlps = [m for m in model.modules() if type(m) is GemmaMLP]
-    with _swapped(linears, CpuLinear), _swapped(mlps, CpuMLP):
+    for linear in linears:
+        linear.__class__ = CpuLinear
+    try:
         yield
+    finally:
+        for linear in linears:
+            linear.__class__ = nn.Linear
 
 
 def cpu_products(method):

@@ -69,8 +69,6 @@ def test_each_optimisation_undone_by_an_ablation_leaves_the_chunk_unchanged(abla
         ours, tolerance = ours.to(torch.bfloat16), 0.05
     if ablation == "onednn-products":  # it applies in float32 to large products: here, every one
         monkeypatch.setattr(cpu_linears, "ONEDNN_MIN_WEIGHT", 0)
-    if ablation == "mlp-row-chunks":  # it applies to MLPs whose activations exceed the limit: here, chunks of 4 rows
-        monkeypatch.setattr(cpu_linears, "MLP_CHUNK_BYTES", 4 * ours.config.text_config.intermediate_size * 4)
     inputs = make_inputs(ours.config, batch=2, cameras=3, prompt_tokens=5, device="cpu")
     inputs.pixel_attention_mask[:, 2] = False  # a camera no row has: trimming drops it
     with torch.no_grad():

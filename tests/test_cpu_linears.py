@@ -1,4 +1,4 @@
-"""Linears during CPU inference: float32 products through oneDNN, bfloat16 ones computed in float32, wide MLPs by rows.
+"""Linears during CPU inference: float32 products through oneDNN, bfloat16 ones computed in float32.
 
 Whatever this CPU has, the tests choose the kernels themselves (`kernels`), and make every product of the
 fixture-sized models large enough to take the chosen one.
@@ -8,12 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoModel, GemmaConfig
-from transformers.models.gemma.modeling_gemma import GemmaMLP
+from transformers import AutoModel
 
 from conftest import load_fixture_io, model_args, noisy_tiny_model, random_inputs
 from modeling_pi import cpu_linears
-from modeling_pi.cpu_linears import CpuLinear, CpuMLP, float32_product, linear_in_float32
+from modeling_pi.cpu_linears import CpuLinear, float32_product, linear_in_float32
 
 pytestmark = pytest.mark.skipif(not cpu_linears.has_onednn(), reason="this PyTorch build has no oneDNN linear")
 
@@ -140,7 +139,6 @@ def test_linears_are_plain_again_after_a_call_even_a_failed_one(kernels, dtype):
     with pytest.raises(ValueError, match="state"):
         model.generate_actions(*model_args(inputs), noise=inputs["noise"])
     assert {type(m) for m in model.modules() if isinstance(m, nn.Linear)} == {nn.Linear}
-    assert {type(m) for m in model.modules() if isinstance(m, GemmaMLP)} == {GemmaMLP}
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -184,57 +182,3 @@ def test_compiled_generation_takes_the_chosen_products_without_recompiling(kerne
     with torch.profiler.profile() as profile:
         model.generate_actions(*model_args(inputs), noise=inputs["noise"], num_steps=3)
     assert "mkldnn::_linear_pointwise" in {event.key for event in profile.key_averages()}
-
-
-def _rows_seen(mlp: nn.Module) -> list[int]:
-    """The row counts of the down projections `mlp` computes from then on."""
-    rows = []
-    mlp.down_proj.register_forward_hook(lambda module, args, out: rows.append(args[0].numel() // args[0].shape[-1]))
-    return rows
-
-
-def test_a_wide_mlp_runs_a_chunk_of_rows_at_a_time_only_without_gradients(monkeypatch):
-    """Over 2 x 30 rows of 64 hidden units (15 KiB of float32 activations) and a 4 KiB limit: four chunks of 15
-    rows, whose outputs are the whole MLP's. With gradients, or under the limit, it runs whole."""
-    monkeypatch.setattr(cpu_linears, "MLP_CHUNK_BYTES", 4096)
-    torch.manual_seed(0)
-    mlp = GemmaMLP(GemmaConfig(hidden_size=16, intermediate_size=64, hidden_act="gelu_pytorch_tanh"))
-    x = torch.randn(2, 30, 16)
-    whole = mlp(x)
-    rows = _rows_seen(mlp)
-    mlp.__class__ = CpuMLP
-    with torch.no_grad():
-        torch.testing.assert_close(mlp(x), whole, atol=1e-6, rtol=1e-6)
-        assert rows == [15] * 4
-        rows.clear()
-        mlp(x[:, :8])  # 16 rows: exactly 4 KiB
-        assert rows == [16]
-    rows.clear()
-    assert mlp(x).grad_fn is not None and rows == [60]
-
-
-@pytest.mark.parametrize("variant", ["pi0", "pi05", "pi0_fast"])
-@torch.no_grad()
-def test_outputs_with_mlps_run_by_rows_are_the_reference_ones(converted, monkeypatch, variant):
-    """With a limit that cuts the fixture-sized prefix into chunks of at most 8 rows (8 rows of float32
-    activations), the language model's MLPs see the same rows as whole, and the chunk and π0-FAST's tokens are
-    the reference's."""
-    model = AutoModel.from_pretrained(converted(variant)).eval()
-    io = load_fixture_io(variant)
-    rows = _rows_seen(model.language_model.layers[0].mlp)
-
-    def generate():
-        if variant == "pi0_fast":
-            prompt = io["pixel_values"], io["pixel_attention_mask"], io["decode_prompt"].long(), io["decode_prompt_mask"]
-            return model.generate_actions(*prompt, max_new_tokens=16)
-        return model.generate_actions(*model_args(io), state=io["state"], noise=io["noise"])
-
-    generate()
-    whole = rows.copy()
-    rows.clear()
-    monkeypatch.setattr(cpu_linears, "MLP_CHUNK_BYTES", 8 * model.config.text_config.intermediate_size * 4)
-    if variant == "pi0_fast":
-        assert torch.equal(generate(), io["expected.greedy_tokens_16"].long())
-    else:
-        torch.testing.assert_close(generate(), io["expected.sample_actions_10_steps"], atol=5e-4, rtol=0)
-    assert max(whole) > 8 >= max(rows) and sum(rows) == sum(whole)
