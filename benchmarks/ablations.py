@@ -9,7 +9,9 @@ duration of a call:
   the last layer in full although only its keys and values (π0-FAST: and one token's output) are read;
 - `float32-products`: in bfloat16 on a CPU without bfloat16 units, linears keep PyTorch's bfloat16
   kernel instead of computing float32 products;
-- `onednn-products`: in float32 on the CPU, linears keep MKL's product instead of oneDNN's.
+- `onednn-products`: in float32 on the CPU, linears keep MKL's product instead of oneDNN's;
+- `in-place-mlp`: without gradients, Gemma's MLPs allocate their activation and product afresh, as when
+  training, instead of computing them in the gate projection's output.
 """
 
 from contextlib import contextmanager
@@ -75,8 +77,12 @@ def mkl_float32(model):
     return _module_setting(cpu_linears, "ONEDNN_MIN_WEIGHT", float("inf"))
 
 
+def allocating_mlp(model):
+    return _module_setting(joint_attention, "gemma_mlp", lambda mlp, x: mlp(x))
+
+
 ABLATIONS = {"sdpa": eager_attention, "batched-cameras": per_camera_vision, "prefix-trimming": whole_prefix,
-             "float32-products": native_bfloat16, "onednn-products": mkl_float32}
+             "float32-products": native_bfloat16, "onednn-products": mkl_float32, "in-place-mlp": allocating_mlp}
 
 
 def ablated(model, name: str, fn):

@@ -81,7 +81,8 @@ def test_the_prefills_last_layer_runs_only_each_rows_last_token():
     args = model_args(random_inputs(model.config))
     seen = {}
     for name, layer in (("first", model.language_model.layers[0]), ("last", model.language_model.layers[-1])):
-        layer.mlp.register_forward_pre_hook(lambda _, inputs, name=name: seen.setdefault(name, inputs[0].shape[:2]) and None)
+        mlp_input = layer.mlp.gate_proj  # the MLP's first projection sees the tokens the MLP does
+        mlp_input.register_forward_pre_hook(lambda _, inputs, name=name: seen.setdefault(name, inputs[0].shape[:2]) and None)
     options = {"max_new_tokens": 6, "allowed_token_ids": torch.arange(100, 1024)}  # no EOS: six tokens each
     tokens = model.generate_actions(*args, **options)
     prefix_len = 3 * model.config.num_image_tokens + args[2].shape[1]

@@ -1,5 +1,6 @@
 """PiForActionGeneration behaviour a user relies on: the two paths agree, saving and loading are exact,
-broken folders fail, gradient checkpointing is transparent, sampling is reproducible, bad input is refused."""
+broken folders fail, gradient checkpointing is transparent, sampling is reproducible, bad input is refused,
+the MLP computed in place when sampling is Gemma's."""
 
 import pytest
 import torch
@@ -7,8 +8,10 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModel
 
 import modeling_pi  # noqa: F401
+from benchmarks.timing import peak_added_bytes
 from conftest import load_fixture_io, model_args, noisy_tiny_model, random_inputs, tiny_config
 from modeling_pi import PiConfig, PiForActionGeneration
+from modeling_pi.joint_attention import gemma_mlp
 from modeling_pi.modeling_pi import drop_unused_prefix
 
 @pytest.mark.parametrize("variant", ["pi0", "pi05"])
@@ -39,6 +42,37 @@ def test_cache_is_restored_between_flow_steps(variant):
     # x_t at t=0.5 from (actions=x_half, noise=x_half) is x_half itself.
     v2 = model(*args, actions=x_half, state=state, noise=x_half, timestep=torch.full((batch,), 0.5)).velocity
     torch.testing.assert_close(two_steps, x_half - 0.5 * v2, atol=1e-5, rtol=0)
+
+
+def _gemma_mlp(hidden_act: str, dtype: torch.dtype):
+    from transformers import GemmaConfig
+    from transformers.models.gemma.modeling_gemma import GemmaMLP
+
+    torch.manual_seed(0)
+    config = GemmaConfig(hidden_size=64, intermediate_size=4096, hidden_act=hidden_act)
+    return GemmaMLP(config).to(dtype), torch.randn(2, 100, 64, dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("hidden_act", ["gelu_pytorch_tanh", "silu"])
+def test_mlp_without_gradients_computes_in_place_what_gemma_computes(hidden_act, dtype):
+    mlp, x = _gemma_mlp(hidden_act, dtype)
+    hidden_bytes = x.shape[0] * x.shape[1] * mlp.intermediate_size * x.element_size()
+    with torch.no_grad():
+        assert torch.equal(gemma_mlp(mlp, x), mlp(x))
+        assert peak_added_bytes(lambda: mlp(x), x.device) >= 3 * hidden_bytes
+        assert peak_added_bytes(lambda: gemma_mlp(mlp, x), x.device) <= 2 * hidden_bytes + x.nbytes
+
+
+def test_mlp_with_gradients_is_gemmas_and_backpropagates():
+    mlp, x = _gemma_mlp("gelu_pytorch_tanh", torch.float32)
+    x.requires_grad_(True)
+    gemma_mlp(mlp, x).square().sum().backward()
+    ours = x.grad.clone(), mlp.gate_proj.weight.grad.clone()
+    x.grad = None
+    mlp.zero_grad()
+    mlp(x).square().sum().backward()
+    assert torch.equal(ours[0], x.grad) and torch.equal(ours[1], mlp.gate_proj.weight.grad)
 
 
 @pytest.mark.parametrize("variant", ["pi0", "pi05"])
