@@ -5,7 +5,8 @@ the MLP computed in place when sampling is Gemma's."""
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import AutoConfig, AutoModel
+from transformers import AutoConfig, AutoModel, GemmaConfig
+from transformers.models.gemma.modeling_gemma import GemmaMLP
 
 import modeling_pi  # noqa: F401
 from benchmarks.timing import peak_added_bytes
@@ -44,10 +45,7 @@ def test_cache_is_restored_between_flow_steps(variant):
     torch.testing.assert_close(two_steps, x_half - 0.5 * v2, atol=1e-5, rtol=0)
 
 
-def _gemma_mlp(hidden_act: str, dtype: torch.dtype):
-    from transformers import GemmaConfig
-    from transformers.models.gemma.modeling_gemma import GemmaMLP
-
+def _mlp_and_input(hidden_act: str, dtype: torch.dtype):
     torch.manual_seed(0)
     config = GemmaConfig(hidden_size=64, intermediate_size=4096, hidden_act=hidden_act)
     return GemmaMLP(config).to(dtype), torch.randn(2, 100, 64, dtype=dtype)
@@ -56,7 +54,7 @@ def _gemma_mlp(hidden_act: str, dtype: torch.dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("hidden_act", ["gelu_pytorch_tanh", "silu"])
 def test_mlp_without_gradients_computes_in_place_what_gemma_computes(hidden_act, dtype):
-    mlp, x = _gemma_mlp(hidden_act, dtype)
+    mlp, x = _mlp_and_input(hidden_act, dtype)
     hidden_bytes = x.shape[0] * x.shape[1] * mlp.intermediate_size * x.element_size()
     with torch.no_grad():
         assert torch.equal(gemma_mlp(mlp, x), mlp(x))
@@ -65,7 +63,7 @@ def test_mlp_without_gradients_computes_in_place_what_gemma_computes(hidden_act,
 
 
 def test_mlp_with_gradients_is_gemmas_and_backpropagates():
-    mlp, x = _gemma_mlp("gelu_pytorch_tanh", torch.float32)
+    mlp, x = _mlp_and_input("gelu_pytorch_tanh", torch.float32)
     x.requires_grad_(True)
     gemma_mlp(mlp, x).square().sum().backward()
     ours = x.grad.clone(), mlp.gate_proj.weight.grad.clone()
