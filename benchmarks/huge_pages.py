@@ -34,7 +34,7 @@ def minor_faults() -> int:
 
 def measure(size: str, repeats: int, steps: int) -> dict:
     """In this process: both models' chunk times (seconds, per timed round) and page faults per chunk."""
-    import torch
+    import torch  # here, not above: the parent process only starts the measuring ones
 
     from .harness import flow_generate
     from .models import make_inputs, sharing_weights, transformers_pi0
