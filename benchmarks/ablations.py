@@ -11,9 +11,13 @@ duration of a call:
   kernel instead of computing float32 products;
 - `onednn-products`: in float32 on the CPU, linears keep MKL's product instead of oneDNN's;
 - `in-place-mlp`: without gradients, Gemma's MLPs allocate their activation and product afresh, as when
-  training, instead of computing them in the gate projection's output.
+  training, instead of computing them in the gate projection's output;
+- `cache-in-place`: every velocity evaluation (π0, π0.5) runs against a copy of the KV cache, prefix
+  included, instead of writing its keys and values into the suffix slots of the one cache and rewinding
+  (π0-FAST's decoding is left as it is).
 """
 
+import copy
 from contextlib import contextmanager
 
 import torch
@@ -81,8 +85,18 @@ def allocating_mlp(model):
     return _module_setting(joint_attention, "gemma_mlp", lambda mlp, x: mlp(x))
 
 
+def copied_cache(model):
+    in_place = model._velocity
+
+    def velocity(x_t, timestep, state, attention, cache):
+        return in_place(x_t, timestep, state, attention, copy.deepcopy(cache))
+
+    return _module_setting(model, "_velocity", velocity)
+
+
 ABLATIONS = {"sdpa": eager_attention, "batched-cameras": per_camera_vision, "prefix-trimming": whole_prefix,
-             "float32-products": native_bfloat16, "onednn-products": mkl_float32, "in-place-mlp": allocating_mlp}
+             "float32-products": native_bfloat16, "onednn-products": mkl_float32, "in-place-mlp": allocating_mlp,
+             "cache-in-place": copied_cache}
 
 
 def ablated(model, name: str, fn):

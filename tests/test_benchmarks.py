@@ -78,6 +78,26 @@ def test_each_optimisation_undone_by_an_ablation_leaves_the_chunk_unchanged(abla
         assert torch.equal(sample(), expected)  # and the ablation is undone afterwards
 
 
+def test_undoing_cache_in_place_gives_every_velocity_evaluation_its_own_copy_of_the_cache(monkeypatch):
+    ours = sharing_weights(transformers_pi0("tiny"), max_token_len=12)
+    caches = []  # kept alive, so no two copies share an id
+    in_place = type(ours)._velocity
+
+    def seen(model, x_t, timestep, state, attention, cache):
+        caches.append(cache)
+        return in_place(model, x_t, timestep, state, attention, cache)
+
+    monkeypatch.setattr(type(ours), "_velocity", seen)
+    inputs = make_inputs(ours.config, batch=1, cameras=3, prompt_tokens=5, device="cpu")
+    sample = lambda: ours.generate_actions(**inputs.ours(), state=inputs.state, noise=inputs.noise, num_steps=3)  # noqa: E731
+    with torch.no_grad():
+        sample()
+        assert len({id(cache) for cache in caches}) == 1  # one cache, rewound after each evaluation
+        caches.clear()
+        ablated(ours, "cache-in-place", sample)()
+        assert len({id(cache) for cache in caches}) == 3
+
+
 def test_each_row_keeps_its_rounds_whose_median_is_its_time():
     rows = main(["--sizes", "tiny", "--variants", "pi0,pi0_fast", "--repeats", "3", "--no-train"])
     for row in rows:
