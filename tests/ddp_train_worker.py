@@ -14,21 +14,22 @@ from training_pi import train
 if __name__ == "__main__":
     parser = pi_cli.build_parser()
     args = parser.parse_args(["train", *sys.argv[1:]])
-    model_holder = {}
+    digest, trainer_view = hashlib.sha256(), {}
     original = train.Trainer
 
     class RecordingTrainer(original):
         def train(self, *a, **k):
             result = super().train(*a, **k)
-            model_holder["model"] = self.model
+            # the weights as training left them: afterwards rank 0 alone merges the adapters into them to save
+            for name, param in sorted(self.model.named_parameters()):
+                digest.update(name.encode() + param.detach().cpu().numpy().tobytes())
+            trainer_view.update(processes=self.args.world_size, index=self.args.process_index)
             return result
 
     train.Trainer = RecordingTrainer
     train.train(args)
-    digest = hashlib.sha256()
-    for name, param in sorted(model_holder["model"].named_parameters()):
-        digest.update(name.encode() + param.detach().cpu().numpy().tobytes())
     if not dist.is_initialized():
         raise SystemExit("not launched as a distributed job")
-    record = {"world_size": dist.get_world_size(), "backend": dist.get_backend_config(), "weights": digest.hexdigest()}
+    record = {"world_size": dist.get_world_size(), "backend": dist.get_backend_config(), "weights": digest.hexdigest(),
+              "trainer": trainer_view}
     (Path(args.output) / f"rank{dist.get_rank()}.json").write_text(json.dumps(record))

@@ -217,14 +217,16 @@ def test_bad_dataset_makes_pi_train_exit_non_zero(dataset_root, model_folder, tm
 
 def test_two_cpu_processes_over_gloo_end_with_identical_weights(dataset_root, model_folder, tmp_path):
     output = tmp_path / "ddp"
-    # accelerate's DDP launcher (torchrun underneath); without a GPU each process runs on the CPU over gloo
+    # accelerate's DDP launcher (torchrun underneath). Without a GPU, ACCELERATE_USE_CPU makes the processes one
+    # multi-CPU job over gloo; without it each would train alone on the same batches, and both save the folder
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                "--mixed_precision", "no", "--dynamo_backend", "no", str(Path(__file__).with_name("ddp_train_worker.py")),
                "--model", str(model_folder), "--dataset", str(dataset_root), "--output", str(output), "--steps", "4",
                "--batch-size", "2", "--logging-steps", "1", "--save-steps", "100", "--learning-rate", "1e-2", *MAP_ARGS]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     records = [json.loads((output / f"rank{rank}.json").read_text()) for rank in (0, 1)]
     assert all(r["world_size"] == 2 and "gloo" in r["backend"] for r in records), records
+    assert [r["trainer"] for r in records] == [{"processes": 2, "index": 0}, {"processes": 2, "index": 1}]  # one job
     assert records[0]["weights"] == records[1]["weights"]
