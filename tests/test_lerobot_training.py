@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -21,6 +22,7 @@ from lerobot_fixture import CAMERAS, brightness, write_lerobot_dataset
 from modeling_pi import PiForActionGeneration
 from processing_pi import NormStats, PiImageProcessor, PiProcessor, tokenizer_from_sentencepiece
 from training_pi import DatasetError, LeRobotDataset, PiCollator, compute_norm_stats, write_norm_stats
+from training_pi.train import check_one_job
 
 CAMERA_MAP = {CAMERAS[0]: "base_0_rgb", CAMERAS[1]: "left_wrist_0_rgb"}
 MAP_ARGS = ["--camera-map", *(f"{k}={v}" for k, v in CAMERA_MAP.items())]
@@ -230,3 +232,13 @@ def test_two_cpu_processes_over_gloo_end_with_identical_weights(dataset_root, mo
     assert all(r["world_size"] == 2 and "gloo" in r["backend"] for r in records), records
     assert [r["trainer"] for r in records] == [{"processes": 2, "index": 0}, {"processes": 2, "index": 1}]  # one job
     assert records[0]["weights"] == records[1]["weights"]
+
+
+def test_processes_the_trainer_does_not_join_into_one_job_are_refused(monkeypatch):
+    alone = SimpleNamespace(world_size=1)  # the TrainingArguments of a process that joined no job
+    monkeypatch.setenv("WORLD_SIZE", "2")  # what a launcher of two processes sets
+    with pytest.raises(RuntimeError, match="2 processes were launched, but the Trainer sees 1.*ACCELERATE_USE_CPU"):
+        check_one_job(alone)
+    check_one_job(SimpleNamespace(world_size=2))
+    monkeypatch.delenv("WORLD_SIZE")
+    check_one_job(alone)  # a single process is one job

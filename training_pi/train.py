@@ -14,6 +14,7 @@ continues from). Runs unchanged under `accelerate launch` (DDP).
 """
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -77,6 +78,7 @@ def train(args: argparse.Namespace) -> Path:
         bf16=args.bf16, activation_checkpointing=args.gradient_checkpointing, remove_unused_columns=False,
         report_to=[], seed=args.seed, dataloader_num_workers=0,
     )
+    check_one_job(training_args)
     trainer = Trainer(model=trainable, args=training_args, train_dataset=dataset, data_collator=PiCollator(processor))
     trainer.train(resume_from_checkpoint=True if args.resume else None)
 
@@ -93,6 +95,18 @@ def train(args: argparse.Namespace) -> Path:
         if logged:
             save_loss_curve(*map(list, zip(*logged)), output / "loss_curve.png")
     return output
+
+
+def check_one_job(training_args: TrainingArguments) -> None:
+    """Raises when the launcher started several processes but the Trainer runs each as a job of its own: each
+    would train alone on the same batches and all of them would write the output folder."""
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and training_args.world_size != launched:
+        raise RuntimeError(
+            f"{launched} processes were launched, but the Trainer sees {training_args.world_size}: they would train "
+            "apart and all write the output. On a machine without GPUs, set ACCELERATE_USE_CPU=true for accelerate "
+            "to run them as one job."
+        )
 
 
 def _model_card(args: argparse.Namespace, model, processor) -> ModelCard:
