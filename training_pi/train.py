@@ -10,7 +10,8 @@ written beside the output in openpi's and LeRobot's formats; the processor saved
 them. OUT receives the fine-tuned model (LoRA adapters merged in, so `AutoModel.from_pretrained`
 loads it), the processor, a model card and the remote code (so `pi push` publishes it as it is),
 `adapter/` (LoRA runs), `loss_curve.png` and Trainer checkpoints (`checkpoint-*`, what `--resume`
-continues from). Runs unchanged under `accelerate launch` (DDP).
+continues from). Runs unchanged under `accelerate launch` (DDP; on a machine without GPUs, with
+ACCELERATE_USE_CPU=true, or the processes form no job and `check_one_job` stops the run).
 """
 
 import argparse
