@@ -90,35 +90,46 @@ def joint_layer(
 ) -> list[torch.Tensor | None]:
     """One decoder layer over both experts' tokens; `None` streams are skipped.
 
-    `read` [B, K] (a last layer over one stream) names the positions whose outputs anyone reads: every
-    position's keys and values are computed, but queries, attention output and MLP only there, and the
-    output is [B, K, D]. With K = 0 the layer stops once its keys and values are in `cache`.
+    `read` [B, K] (a last layer) names the positions of the language model's stream whose outputs anyone
+    reads: all its keys and values are computed, but its queries, attention output and MLP only there, and
+    its output is [B, K, D], or None with K = 0; the action expert's stream, if any, is computed in full.
+    A layer left with no queries stops once its keys and values are in `cache`.
     """
     active = [i for i, h in enumerate(hidden_states) if h is not None]
-    if read is not None and len(active) != 1:
-        raise ValueError("`read` selects positions of a single stream")
-    reads_nothing = read is not None and read.shape[1] == 0
+    queried = None  # the rows of the joint sequence that get queries, where not all of them do
+    if read is not None:
+        if hidden_states[0] is None:
+            raise ValueError("`read` selects positions of the language model's stream, which is absent")
+        lengths = [hidden_states[i].shape[1] for i in active]
+        rest = torch.arange(lengths[0], sum(lengths), device=read.device).expand(len(read), -1)
+        queried = torch.cat([read, rest], dim=1)
     queries, keys, values, gates = [], [], [], {}
     for i in active:
         attn = layers[i].self_attn
         normed, gates[i] = apply_norm(layers[i].input_layernorm, hidden_states[i], conds[i])
         keys.append(_heads(attn.k_proj(normed), attn.head_dim))
         values.append(_heads(attn.v_proj(normed), attn.head_dim))
-        if not reads_nothing:  # queries only where outputs are read
-            queries.append(_heads(attn.q_proj(normed if read is None else at_positions(normed, read)), attn.head_dim))
+        if i == 0 and queried is not None:
+            if read.shape[1] == 0:
+                continue
+            normed = at_positions(normed, read)
+        queries.append(_heads(attn.q_proj(normed), attn.head_dim))
     key, value = torch.cat(keys, dim=2), torch.cat(values, dim=2)
 
     cos, sin = position_embeddings
-    if read is None:
+    if queried is None:
         query, key = apply_rotary_pos_emb(torch.cat(queries, dim=2), key, cos, sin)
     else:
         _, key = apply_rotary_pos_emb(key, key, cos, sin)
-        if reads_nothing:
-            cache.update(key, value, layer_idx)
-            return list(hidden_states)
-        query, _ = apply_rotary_pos_emb(queries[0], queries[0], at_positions(cos, read), at_positions(sin, read))
-        attention_mask = at_positions(attention_mask.transpose(1, 2), read).transpose(1, 2)
-        hidden_states = [None if h is None else at_positions(h, read) for h in hidden_states]
+        if not queries:
+            if cache is not None:
+                cache.update(key, value, layer_idx)
+            return [None] * len(hidden_states)
+        query = torch.cat(queries, dim=2)
+        query, _ = apply_rotary_pos_emb(query, query, at_positions(cos, queried), at_positions(sin, queried))
+        attention_mask = at_positions(attention_mask.transpose(1, 2), queried).transpose(1, 2)
+        hidden_states = list(hidden_states)
+        hidden_states[0] = at_positions(hidden_states[0], read) if read.shape[1] else None
     if cache is not None:
         key, value = cache.update(key, value, layer_idx)
 
@@ -127,11 +138,12 @@ def joint_layer(
     attended, _ = attention(
         attn_module, query, key, value, attention_mask, dropout=0.0, scaling=attn_module.scaling
     )
-    lengths = [hidden_states[i].shape[1] for i in active]
+    queried_streams = [i for i in active if hidden_states[i] is not None]
+    lengths = [hidden_states[i].shape[1] for i in queried_streams]
     attended = attended.reshape(*attended.shape[:2], -1).split(lengths, dim=1)
 
     outputs = list(hidden_states)
-    for i, attended_i in zip(active, attended):
+    for i, attended_i in zip(queried_streams, attended):
         layer = layers[i]
         h = _gated(hidden_states[i], layer.self_attn.o_proj(attended_i), gates[i])
         normed, gate = apply_norm(layer.post_attention_layernorm, h, conds[i])

@@ -201,8 +201,9 @@ class PiForActionGeneration(PiPreTrainedModel):
 
         `prefix` is the language model's stream (the prefix, or π0-FAST's newly generated tokens),
         `suffix` the action expert's; mask and rotary embeddings come from `_attention_inputs`. `read`
-        [B, K] (one stream) names the only positions whose outputs are returned, and the last layer
-        computes no others ([B, K, D]); with K = 0 the run only fills `cache` and returns nothing.
+        [B, K] names the only positions of the language model's stream whose outputs are returned, and
+        the last layer computes no others ([B, K, D]; with K = 0, None: the prefix alone then only fills
+        `cache`, and beside the suffix only gives it keys and values).
         """
         layer_kwargs = {
             "conds": (None, adarms_cond),
@@ -218,8 +219,6 @@ class PiForActionGeneration(PiPreTrainedModel):
         for idx, layers in enumerate(zip(self.language_model.layers, expert_layers)):
             run = partial(_joint_layer_positional, layers, layer_idx=idx, read=read if idx == last else None, **layer_kwargs)
             hidden = self._gradient_checkpointing_func(run, *hidden) if checkpointing else run(*hidden)
-        if read is not None and read.shape[1] == 0:
-            return None, None
         prefix_out, suffix_out = hidden
         if prefix_out is not None:
             prefix_out = self.language_model.norm(prefix_out)
@@ -316,13 +315,17 @@ class PiForActionGeneration(PiPreTrainedModel):
             )
         x_t, target_velocity = interpolate(actions, noise, timestep)
 
-        prefix, prefix_valid = self.embed_prefix(pixel_values, pixel_attention_mask, input_ids, attention_mask)
+        # The loss reads only the suffix: the prefix leaves out what no row uses, and the language model's
+        # last layer gives the suffix its keys and values, nothing more (as when sampling).
+        prefix_inputs = drop_unused_prefix(pixel_values, pixel_attention_mask, input_ids, attention_mask)
+        prefix, prefix_valid = self.embed_prefix(*prefix_inputs)
         suffix, adarms_cond = self.embed_suffix(state, x_t, timestep)
         valid = torch.cat([prefix_valid, prefix_valid.new_ones(suffix.shape[:2])], dim=1)
         suffix_ar = self.suffix_ar_flags(valid.device)
         ar = torch.cat([suffix_ar.new_zeros(prefix.shape[1]), suffix_ar])[None].expand_as(valid)
         attention = self._attention_inputs(block_causal_mask(valid, ar), valid.long().cumsum(1) - 1, prefix)
-        _, suffix_out = self._run_experts(prefix, suffix, *attention, adarms_cond)
+        no_prefix_output = valid.new_zeros((len(valid), 0), dtype=torch.long)
+        _, suffix_out = self._run_experts(prefix, suffix, *attention, adarms_cond, read=no_prefix_output)
         velocity = self.predict_velocity(suffix_out)
         losses = (velocity.float() - target_velocity.float()).pow(2).mean(dim=-1)
         if action_is_pad is None:

@@ -194,6 +194,36 @@ def test_a_row_samples_the_same_alone_as_beside_a_row_using_every_camera_and_pro
     torch.testing.assert_close(model.generate_actions(*alone, state=state[-1:], noise=noise[-1:]), batched, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("variant", ["pi0", "pi05"])
+def test_a_row_trains_the_same_alone_as_beside_a_row_using_every_camera_and_prompt_slot(variant):
+    """The training pass trims the prefix as sampling does, and the language model's last layer computes only
+    the prefix's keys and values: the row's loss and every gradient must not depend on either."""
+    model = noisy_tiny_model(variant).train()
+    inputs = random_inputs(model.config)
+    inputs["timestep"] = torch.tensor([0.3, 0.8])
+    last_mlp_rows, images = [], []
+    model.language_model.layers[-1].mlp.register_forward_hook(lambda m, args, out: last_mlp_rows.append(args[0].shape[1]))
+    model.vision_tower.embeddings.register_forward_hook(lambda m, args, out: images.append(out.shape[0]))
+
+    def loss_and_gradients(batch_inputs, row):
+        model.zero_grad()
+        loss = model(**batch_inputs).losses[row].mean()
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    beside, beside_grads = loss_and_gradients(inputs, -1)
+    alone, alone_grads = loss_and_gradients({k: v[-1:] for k, v in inputs.items()}, 0)
+    torch.testing.assert_close(alone, beside, atol=1e-6, rtol=1e-5)
+    assert alone_grads.keys() == beside_grads.keys()
+    assert "vision_tower.embeddings.patch_embedding.weight" in alone_grads
+    for name in alone_grads:
+        torch.testing.assert_close(alone_grads[name], beside_grads[name], atol=1e-6, rtol=1e-4, msg=name)
+    assert images == [6, 2]  # alone, the row's absent camera leaves the prefix
+    assert last_mlp_rows == []  # no prefix token's output is computed in the last layer
+    last = f"language_model.layers.{model.config.text_config.num_hidden_layers - 1}."
+    assert not any(name.startswith(last + "mlp") for name in alone_grads)
+
+
 @torch.no_grad()
 def test_compiled_flow_generation_samples_what_the_eager_one_does():
     """π0.5 (the adaRMS path), heun (two evaluations per step), prefix pass and step compiled; a second batch
