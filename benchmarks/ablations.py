@@ -7,6 +7,7 @@ duration of a call:
 - `batched-cameras`: the vision tower runs once per image instead of once over all cameras;
 - `prefix-trimming`: the prefix pass keeps the prompt's padding and the cameras no row has, and runs
   the last layer in full although only its keys and values (π0-FAST: and one token's output) are read;
+  so does the flow variants' training pass, whose loss reads only the suffix;
 - `float32-products`: in bfloat16 on a CPU without bfloat16 units, linears keep PyTorch's bfloat16
   kernel instead of computing float32 products;
 - `onednn-products`: in float32 on the CPU, linears keep MKL's product instead of oneDNN's;
@@ -15,6 +16,9 @@ duration of a call:
 - `cache-in-place`: every velocity evaluation (π0, π0.5) runs against a copy of the KV cache, prefix
   included, instead of writing its keys and values into the suffix slots of the one cache and rewinding
   (π0-FAST's decoding is left as it is).
+
+`sdpa`, `batched-cameras` and (π0, π0.5) `prefix-trimming` also change a training step; the others apply only
+without gradients.
 """
 
 import copy
@@ -97,6 +101,11 @@ def copied_cache(model):
 ABLATIONS = {"sdpa": eager_attention, "batched-cameras": per_camera_vision, "prefix-trimming": whole_prefix,
              "float32-products": native_bfloat16, "onednn-products": mkl_float32, "in-place-mlp": allocating_mlp,
              "cache-in-place": copied_cache}
+
+
+def changes_training(name: str, variant: str) -> bool:
+    """Whether undoing the optimisation `name` changes a training step of `variant`."""
+    return name in ("sdpa", "batched-cameras") or (name == "prefix-trimming" and variant != "pi0_fast")
 
 
 def ablated(model, name: str, fn):

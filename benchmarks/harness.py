@@ -25,7 +25,7 @@ from functools import partial
 
 import torch
 
-from .ablations import ABLATIONS, ablated
+from .ablations import ABLATIONS, ablated, changes_training
 from .arithmetic import count_gflop
 from .models import SIZES, make_inputs, ours_alone, sharing_weights, transformers_pi0, twin
 from .timing import Clock, alternate, peak_added_bytes
@@ -137,19 +137,28 @@ def _eager(model) -> bool:
     return getattr(model, "_compiled_step", None) is None
 
 
-def time_training(models: dict, inputs, dtype, device, repeats: int) -> dict[str, dict]:
-    """Training-step fields per model, alternating (with ratios when transformers' PI0 is among them);
-    `train_skipped` with the reason where gradients and optimiser states would not fit."""
+def time_training(models: dict, inputs, dtype, device, repeats: int, ablations=()) -> dict[str, dict]:
+    """Training-step fields per model, alternating (with ratios when transformers' PI0 is among them), and
+    per ablation of those in `ablations` that change a training step (our model with it undone, with its
+    ratio to ours); `train_skipped` with the reason where gradients and optimiser states would not fit."""
     fits, reason = training_fits(models.values(), device)
     if not fits:
         return {name: {"train_skipped": reason} for name in models}
     inputs.actions, inputs.timestep = inputs.actions.to(dtype), inputs.timestep.to(dtype)
     steps = {name: train_step(model, inputs, ours=name != "transformers") for name, model in models.items()}
+    ours = models["ours"]
+    undone = {f"ours without {name}": ablated(ours, name, steps["ours"])
+              for name in ablations if changes_training(name, ours.config.variant)}
     against = ("transformers",) if "transformers" in models else ()
-    timings = alternate({name: (Clock(device), step) for name, step in steps.items()}, repeats, against=against)
+    timings = alternate({name: (Clock(device), step) for name, step in {**steps, **undone}.items()}, repeats,
+                        against=against + (("ours",) if undone else ()))
     fields = {}
-    for name, step in steps.items():
-        fields[name] = {"train_ms": timings[name]["total"] * 1e3, "train_peak_mib": peak_added_bytes(step, device) / MiB}
+    for name in [*steps, *undone]:
+        fields[name] = {"train_ms": timings[name]["total"] * 1e3}
+        if name in steps:
+            fields[name]["train_peak_mib"] = peak_added_bytes(steps[name], device) / MiB
+        else:
+            fields[name]["train_ratio_to_ours"] = timings[name]["ratio to ours"]
         if against:
             fields[name]["train_ratio"] = timings[name]["ratio to transformers"]
     return fields
@@ -196,9 +205,9 @@ def bench_pi0_pair(size, dtype, device, args) -> list[dict]:
              "peak_mib": memory[name] / MiB if name in memory else None, "max_difference": difference}
             for name in runs]
     if args.train:
-        training = time_training(models, inputs, dtype, device, args.repeats)
-        for row in rows[:2]:
-            row.update(training[row["model"]])
+        training = time_training(models, inputs, dtype, device, args.repeats, args.ablations)
+        for row in rows:
+            row.update(training.get(row["model"], {}))
     return rows
 
 
@@ -238,7 +247,9 @@ def bench_ours_alone(variant, size, dtype, device, args) -> list[dict]:
                 row["peak_mib"] = peak_added_bytes(run, device) / MiB
             rows.append(row)
     if args.train:
-        rows[0].update(time_training({"ours": model}, inputs, dtype, device, args.repeats)["ours"])
+        training = time_training({"ours": model}, inputs, dtype, device, args.repeats, args.ablations)
+        for row in rows:
+            row.update(training.get(row["model"], {}))
     return rows
 
 
@@ -261,7 +272,10 @@ def table(rows) -> str:
                       _cell(row, "total_ms"), _cell(row, "total_ratio", 2), _cell(row, "gflop", 2), _cell(row, "gflop_per_s")]
         train = [row["train_skipped"], "—", "—"] if "train_skipped" in row else [
             _cell(row, "train_ms"), _cell(row, "train_ratio", 2), _cell(row, "train_peak_mib")]
-        model = row["model"] if row.get("ratio_to_ours") is None else f"{row['model']} ({row['ratio_to_ours']:.2f}× ours)"
+        model = row["model"]
+        if row.get("ratio_to_ours") is not None:
+            trained = "" if row.get("train_ratio_to_ours") is None else f"; training {row['train_ratio_to_ours']:.2f}×"
+            model += f" ({row['ratio_to_ours']:.2f}× ours{trained})"
         lines.append("| " + " | ".join([row["size"], row["dtype"], row["variant"], model, *timing,
                                         _cell(row, "peak_mib"), *train, _cell(row, "max_difference", 7)]) + " |")
     return "\n".join(lines)

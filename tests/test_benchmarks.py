@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from benchmarks.ablations import ABLATIONS, ablated
+from benchmarks.ablations import ABLATIONS, ablated, changes_training
 from benchmarks.harness import main
 from benchmarks.models import make_inputs, sharing_weights, transformers_pi0
 from benchmarks.timing import peak_added_bytes
@@ -58,7 +58,7 @@ def test_the_harness_reports_every_part_for_both_models_and_each_variant(tmp_pat
 
 
 @pytest.mark.parametrize("ablation", list(ABLATIONS))
-def test_each_optimisation_undone_by_an_ablation_leaves_the_chunk_unchanged(ablation, monkeypatch):
+def test_each_optimisation_undone_by_an_ablation_leaves_the_chunk_and_training_unchanged(ablation, monkeypatch):
     ours = sharing_weights(transformers_pi0("tiny"), max_token_len=12)
     tolerance = 1e-5
     import modeling_pi.cpu_linears as cpu_linears
@@ -76,6 +76,10 @@ def test_each_optimisation_undone_by_an_ablation_leaves_the_chunk_unchanged(abla
         expected = sample()
         torch.testing.assert_close(ablated(ours, ablation, sample)(), expected, atol=tolerance, rtol=0)
         assert torch.equal(sample(), expected)  # and the ablation is undone afterwards
+    if changes_training(ablation, "pi0"):  # ... and so is a training pass
+        train = lambda: ours(**inputs.ours(), state=inputs.state, actions=inputs.actions, noise=inputs.noise,  # noqa: E731
+                             timestep=inputs.timestep).velocity
+        torch.testing.assert_close(ablated(ours, ablation, train)(), train(), atol=tolerance, rtol=0)
 
 
 def test_undoing_cache_in_place_gives_every_velocity_evaluation_its_own_copy_of_the_cache(monkeypatch):
@@ -117,6 +121,18 @@ def test_ablation_rows_are_timed_beside_ours_and_transformers(capsys):
     assert "ours without prefix-trimming (" in capsys.readouterr().out  # its cost relative to ours, per round
     with pytest.raises(SystemExit):
         main(["--ablations", "no-such-thing"])
+
+
+def test_ablations_that_change_training_time_a_training_step_too(capsys):
+    rows = main(["--sizes", "tiny", "--variants", "pi0,pi0_fast", "--repeats", "1", "--ablations", "prefix-trimming,in-place-mlp"])
+    by_model = {(row["variant"], row["model"]): row for row in rows}
+    trimmed = by_model["pi0", "ours without prefix-trimming"]  # the flow variants' training pass trims its prefix
+    assert trimmed["train_ms"] > 0 and trimmed["train_ratio_to_ours"] > 0 and trimmed["train_ratio"] > 0
+    assert f"× ours; training {trimmed['train_ratio_to_ours']:.2f}×)" in capsys.readouterr().out
+    # the in-place MLP applies only without gradients, and π0-FAST's training pass trims nothing
+    for key in ("pi0", "ours without in-place-mlp"), ("pi0_fast", "ours without prefix-trimming"):
+        assert "train_ms" not in by_model[key] and by_model[key]["ratio_to_ours"] > 0
+    assert by_model["pi0", "ours"]["train_ms"] > 0 and "train_ratio_to_ours" not in by_model["pi0", "ours"]
 
 
 def test_ablations_add_rows_for_pi05_and_pi0_fast_too():
