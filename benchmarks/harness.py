@@ -14,7 +14,8 @@ timed alone; for π0-FAST, one call decodes `FAST_TOKENS` tokens: `prefill` is i
 cache, `per token` the rest of the call (the decoding loop) per token after the first. The arithmetic of
 each eager chunk is counted in one more call (`arithmetic.py`): GFLOP per chunk, and GFLOP/s at its
 median time, which tell work left out from work done faster; for π0-FAST, the prefill's (`gflop`) and each
-further token's (`per_token_gflop`).
+further token's (`per_token_gflop`). `--ablations` adds our model with one optimisation undone (`ablations.py`),
+timed in the same rounds, and, for those that change a training step, its training step beside ours.
 """
 
 import argparse
