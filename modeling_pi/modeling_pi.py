@@ -315,8 +315,8 @@ class PiForActionGeneration(PiPreTrainedModel):
             )
         x_t, target_velocity = interpolate(actions, noise, timestep)
 
-        # The loss reads only the suffix: the prefix leaves out what no row uses, and the language model's
-        # last layer gives the suffix its keys and values, nothing more (as when sampling).
+        # The loss reads only the suffix: the prefix leaves out what no row uses, and in the language model's
+        # last layer prefix tokens give the suffix their keys and values, nothing more (as when sampling).
         prefix_inputs = drop_unused_prefix(pixel_values, pixel_attention_mask, input_ids, attention_mask)
         prefix, prefix_valid = self.embed_prefix(*prefix_inputs)
         suffix, adarms_cond = self.embed_suffix(state, x_t, timestep)
