@@ -297,7 +297,9 @@ class PiForActionGeneration(PiPreTrainedModel):
             if any(x is not None for x in (actions, state, noise, timestep, action_is_pad)):
                 raise ValueError("π0-FAST reads actions as tokens: pass `labels` (and `token_type_ids`), not actions/state/noise/timestep.")
             check_fast_inputs(self.config, input_ids, token_type_ids, labels)
-            output = fast_forward(self, pixel_values, pixel_attention_mask, input_ids, attention_mask, token_type_ids, labels)
+            # Cameras no row has stay out of the prefix; prompt slots stay, as the logits cover every one.
+            cameras = drop_absent_cameras(pixel_values, pixel_attention_mask)
+            output = fast_forward(self, *cameras, input_ids, attention_mask, token_type_ids, labels)
         return output if return_dict is not False else output.to_tuple()
 
     def _flow_forward(
@@ -498,9 +500,7 @@ def drop_unused_prefix(
     With `bucket`, only trailing prompt slots go, and the prompt keeps a multiple of `bucket` slots (or
     all of them), so that prompts of many lengths share a few shapes.
     """
-    cameras = pixel_attention_mask.bool().any(dim=0)
-    if cameras.any() and not cameras.all():
-        pixel_values, pixel_attention_mask = pixel_values[:, cameras], pixel_attention_mask[:, cameras]
+    pixel_values, pixel_attention_mask = drop_absent_cameras(pixel_values, pixel_attention_mask)
     slots = attention_mask.bool().any(dim=0)
     if bucket is not None:
         used = int(slots.nonzero().max()) + 1 if slots.any() else 0
@@ -509,6 +509,14 @@ def drop_unused_prefix(
     if not slots.all():
         input_ids, attention_mask = input_ids[:, slots], attention_mask[:, slots]
     return pixel_values, pixel_attention_mask, input_ids, attention_mask
+
+
+def drop_absent_cameras(pixel_values, pixel_attention_mask) -> tuple[torch.Tensor, torch.Tensor]:
+    """The cameras without those absent from every row (all of them where no row has any)."""
+    cameras = pixel_attention_mask.bool().any(dim=0)
+    if cameras.any() and not cameras.all():
+        return pixel_values[:, cameras], pixel_attention_mask[:, cameras]
+    return pixel_values, pixel_attention_mask
 
 
 def _joint_layer_positional(layers, prefix, suffix, **kwargs):

@@ -142,6 +142,36 @@ def test_training_pass_backpropagates_into_vision_and_language_model():
     assert model.language_model.layers[0].mlp.up_proj.weight.grad.abs().sum() > 0
 
 
+def test_a_row_trains_the_same_alone_without_the_camera_no_row_has_as_beside_a_row_using_it():
+    """The training pass leaves out of the prefix the cameras absent from every row (its prompt slots stay:
+    the logits cover every one); the row's loss, logits and gradients must not depend on it."""
+    model = _tiny_fast().train()
+    pixel_values, pixel_attention_mask, input_ids, attention_mask = _tiny_prompt(model)
+    token_type_ids = torch.zeros_like(input_ids)
+    token_type_ids[:, 1:] = 1
+    labels = input_ids.masked_fill((token_type_ids == 0) | ~attention_mask, -100)
+    images = []
+    model.vision_tower.embeddings.register_forward_hook(lambda m, args, out: images.append(out.shape[0]))
+
+    def train(rows, row):
+        model.zero_grad()
+        out = model(pixel_values[rows], pixel_attention_mask[rows], input_ids[rows], attention_mask[rows],
+                    token_type_ids=token_type_ids[rows], labels=labels[rows])
+        out.losses[row].backward()
+        return out.losses[row].detach(), out.logits[row].detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    beside_loss, beside_logits, beside_grads = train(slice(None), -1)
+    alone_loss, alone_logits, alone_grads = train(slice(1, 2), 0)
+    assert images == [6, 2]  # alone, the row's absent camera leaves the prefix
+    assert alone_logits.shape == beside_logits.shape == (input_ids.shape[1], model.config.text_config.vocab_size)
+    valid = attention_mask[1]
+    torch.testing.assert_close(alone_logits[valid], beside_logits[valid], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(alone_loss, beside_loss, atol=1e-6, rtol=1e-5)
+    assert alone_grads.keys() == beside_grads.keys() and "vision_tower.embeddings.patch_embedding.weight" in alone_grads
+    for name in alone_grads:
+        torch.testing.assert_close(alone_grads[name], beside_grads[name], atol=1e-6, rtol=1e-4, msg=name)
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda kw: kw.update(input_ids=kw["input_ids"] + 5000), "input_ids"),
     (lambda kw: kw.update(labels=kw["labels"][:, :3]), "labels"),
