@@ -7,7 +7,8 @@ duration of a call:
 - `batched-cameras`: the vision tower runs once per image instead of once over all cameras;
 - `prefix-trimming`: the prefix pass keeps the prompt's padding and the cameras no row has, and runs
   the last layer in full although only its keys and values (π0-FAST: and one token's output) are read;
-  so does the flow variants' training pass, whose loss reads only the suffix;
+  so does the flow variants' training pass, whose loss reads only the suffix, and π0-FAST's keeps the
+  cameras no row has;
 - `float32-products`: in bfloat16 on a CPU without bfloat16 units, linears keep PyTorch's bfloat16
   kernel instead of computing float32 products;
 - `onednn-products`: in float32 on the CPU, linears keep MKL's product instead of oneDNN's;
@@ -17,8 +18,8 @@ duration of a call:
   included, instead of writing its keys and values into the suffix slots of the one cache and rewinding
   (π0-FAST's decoding is left as it is).
 
-`sdpa`, `batched-cameras` and (π0, π0.5) `prefix-trimming` also change a training step; the others apply only
-without gradients.
+`sdpa`, `batched-cameras` and `prefix-trimming` also change a training step (π0-FAST's only where a camera is
+absent from every row); the others apply only without gradients.
 """
 
 import copy
@@ -53,7 +54,7 @@ def per_camera_vision(model):
 
 @contextmanager
 def whole_prefix(model):
-    run_experts, drop = model._run_experts, modeling.drop_unused_prefix
+    run_experts, drop, drop_cameras = model._run_experts, modeling.drop_unused_prefix, modeling.drop_absent_cameras
 
     def whole_last_layer(*args, read=None, **kwargs):
         prefix_out, suffix_out = run_experts(*args, **kwargs)
@@ -61,10 +62,11 @@ def whole_prefix(model):
 
     model._run_experts = whole_last_layer
     modeling.drop_unused_prefix = lambda *inputs, bucket=None: inputs
+    modeling.drop_absent_cameras = lambda *cameras: cameras
     try:
         yield
     finally:
-        model._run_experts, modeling.drop_unused_prefix = run_experts, drop
+        model._run_experts, modeling.drop_unused_prefix, modeling.drop_absent_cameras = run_experts, drop, drop_cameras
 
 
 @contextmanager
@@ -103,9 +105,7 @@ ABLATIONS = {"sdpa": eager_attention, "batched-cameras": per_camera_vision, "pre
              "cache-in-place": copied_cache}
 
 
-def changes_training(name: str, variant: str) -> bool:
-    """Whether undoing the optimisation `name` changes a training step of `variant`."""
-    return name in ("sdpa", "batched-cameras") or (name == "prefix-trimming" and variant != "pi0_fast")
+TRAINING_ABLATIONS = ("sdpa", "batched-cameras", "prefix-trimming")  # those that change a training step too
 
 
 def ablated(model, name: str, fn):

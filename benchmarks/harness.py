@@ -2,6 +2,7 @@
 
     python -m benchmarks [--sizes tiny,small,base,full] [--dtypes float32,bfloat16] [--device cpu]
                          [--variants pi0,pi05,pi0_fast] [--repeats 5] [--steps 10] [--compile MODE] [--no-train]
+                         [--cameras 3] [--absent-cameras 0] [--prompt-tokens 20]
                          [--ablations sdpa,batched-cameras,prefix-trimming] [--json rows.json] [--plot latency.png]
     python -m benchmarks --merge a.json,b.json [--plot latency.png]
 
@@ -26,7 +27,7 @@ from functools import partial
 
 import torch
 
-from .ablations import ABLATIONS, ablated, changes_training
+from .ablations import ABLATIONS, TRAINING_ABLATIONS, ablated
 from .arithmetic import count_gflop
 from .models import SIZES, make_inputs, ours_alone, sharing_weights, transformers_pi0, twin
 from .timing import Clock, alternate, peak_added_bytes
@@ -149,7 +150,7 @@ def time_training(models: dict, inputs, dtype, device, repeats: int, ablations=(
     steps = {name: train_step(model, inputs, ours=name != "transformers") for name, model in models.items()}
     ours = models["ours"]
     undone = {f"ours without {name}": ablated(ours, name, steps["ours"])
-              for name in ablations if changes_training(name, ours.config.variant)}
+              for name in ablations if name in TRAINING_ABLATIONS}
     against = ("transformers",) if "transformers" in models else ()
     timings = alternate({name: (Clock(device), step) for name, step in {**steps, **undone}.items()}, repeats,
                         against=against + (("ours",) if undone else ()))
@@ -175,7 +176,7 @@ def _compiled_twin(model, mode):
 def bench_pi0_pair(size, dtype, device, args) -> list[dict]:
     theirs = transformers_pi0(size, device).to(dtype)
     ours = sharing_weights(theirs, max_token_len=args.prompt_length or 48)
-    inputs = make_inputs(ours.config, args.batch, args.cameras, args.prompt_tokens, device)
+    inputs = make_inputs(ours.config, args.batch, args.cameras, args.prompt_tokens, device, absent=args.absent_cameras)
     inputs.pixel_values = inputs.pixel_values.to(dtype)
     models = {"ours": ours, "transformers": theirs}
 
@@ -217,7 +218,7 @@ def bench_ours_alone(variant, size, dtype, device, args) -> list[dict]:
     models = {"ours": model}
     if args.compile:
         models[f"ours, compiled ({args.compile})"] = _compiled_twin(model, args.compile)
-    inputs = make_inputs(model.config, args.batch, args.cameras, args.prompt_tokens, device)
+    inputs = make_inputs(model.config, args.batch, args.cameras, args.prompt_tokens, device, absent=args.absent_cameras)
     inputs.pixel_values = inputs.pixel_values.to(dtype)
     fast = variant == "pi0_fast"
     with torch.no_grad():
@@ -324,6 +325,8 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=10, help="flow steps per chunk")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--cameras", type=int, default=3)
+    parser.add_argument("--absent-cameras", type=int, default=0, help="of those, how many are masked in every row "
+                        "(a robot with fewer cameras than the checkpoint)")
     parser.add_argument("--prompt-tokens", type=int, default=20, help="real prompt tokens; the rest is padding")
     parser.add_argument("--prompt-length", type=int, default=None, help="padded prompt length (the variant's default)")
     parser.add_argument("--compile", metavar="MODE", help="also time our model with its generation compiled "
@@ -337,6 +340,8 @@ def main(argv=None):
     parser.add_argument("--plot", help="write a PNG of π0 chunk latency here (needs matplotlib)")
     args = parser.parse_args(argv)
     args.ablations = [name for name in args.ablations.split(",") if name]
+    if not 0 <= args.absent_cameras < args.cameras:
+        parser.error(f"--absent-cameras must leave at least one of the {args.cameras} cameras present")
     unknown = set(args.ablations) - set(ABLATIONS)
     if unknown:
         parser.error(f"unknown ablation(s) {', '.join(sorted(unknown))}; choose from {', '.join(ABLATIONS)}")
@@ -354,7 +359,8 @@ def main(argv=None):
     torch.manual_seed(0)
     processor = platform.processor() or platform.machine()
     machine = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{processor}, {torch.get_num_threads()} threads"
-    print(f"{machine}, torch {torch.__version__}; batch {args.batch}, {args.cameras} cameras, {args.steps} flow steps, "
+    cameras = f"{args.cameras} cameras" + (f" ({args.absent_cameras} absent)" if args.absent_cameras else "")
+    print(f"{machine}, torch {torch.__version__}; batch {args.batch}, {cameras}, {args.steps} flow steps, "
           f"median of {args.repeats}\n", flush=True)
 
     rows = []

@@ -72,8 +72,10 @@ class Inputs:
                 "attention_mask": torch.cat([image_mask, self.attention_mask], dim=1).long()}
 
 
-def make_inputs(config: PiConfig, batch: int, cameras: int, prompt_tokens: int, device, seed: int = 0) -> Inputs:
-    """Random images in [-1, 1], a prompt of `prompt_tokens` real tokens right-padded to the config's
+def make_inputs(config: PiConfig, batch: int, cameras: int, prompt_tokens: int, device, seed: int = 0,
+                absent: int = 0) -> Inputs:
+    """Random images in [-1, 1], the last `absent` cameras masked in every row (as the processor masks the
+    cameras a robot lacks), a prompt of `prompt_tokens` real tokens right-padded to the config's
     `max_token_len` (as the processor pads it), state, noise, a target chunk and flow times."""
     generator = torch.Generator().manual_seed(seed)
     size, length = config.vision_config.image_size, config.max_token_len
@@ -83,7 +85,7 @@ def make_inputs(config: PiConfig, batch: int, cameras: int, prompt_tokens: int, 
     chunk = (batch, config.action_horizon, config.action_dim)
     tensors = Inputs(
         pixel_values=torch.rand(batch, cameras, 3, size, size, generator=generator) * 2 - 1,
-        pixel_attention_mask=torch.ones(batch, cameras, dtype=torch.bool),
+        pixel_attention_mask=(torch.arange(cameras) < cameras - absent).repeat(batch, 1),
         input_ids=input_ids.masked_fill(~attention_mask, 0),
         attention_mask=attention_mask,
         state=torch.randn(batch, config.action_dim, generator=generator),

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from benchmarks.ablations import ABLATIONS, ablated, changes_training
+from benchmarks.ablations import ABLATIONS, TRAINING_ABLATIONS, ablated
 from benchmarks.harness import main
 from benchmarks.models import make_inputs, sharing_weights, transformers_pi0
 from benchmarks.timing import peak_added_bytes
@@ -76,7 +76,7 @@ def test_each_optimisation_undone_by_an_ablation_leaves_the_chunk_and_training_u
         expected = sample()
         torch.testing.assert_close(ablated(ours, ablation, sample)(), expected, atol=tolerance, rtol=0)
         assert torch.equal(sample(), expected)  # and the ablation is undone afterwards
-    if changes_training(ablation, "pi0"):  # ... and so is a training pass
+    if ablation in TRAINING_ABLATIONS:  # ... and so is a training pass
         train = lambda: ours(**inputs.ours(), state=inputs.state, actions=inputs.actions, noise=inputs.noise,  # noqa: E731
                              timestep=inputs.timestep).velocity
         torch.testing.assert_close(ablated(ours, ablation, train)(), train(), atol=tolerance, rtol=0)
@@ -124,15 +124,22 @@ def test_ablation_rows_are_timed_beside_ours_and_transformers(capsys):
 
 
 def test_ablations_that_change_training_time_a_training_step_too(capsys):
-    rows = main(["--sizes", "tiny", "--variants", "pi0,pi0_fast", "--repeats", "1", "--ablations", "prefix-trimming,in-place-mlp"])
+    rows = main(["--sizes", "tiny", "--variants", "pi0,pi0_fast", "--repeats", "1", "--absent-cameras", "1",
+                 "--ablations", "prefix-trimming,in-place-mlp"])
+    printed = capsys.readouterr().out
+    assert "3 cameras (1 absent)" in printed
     by_model = {(row["variant"], row["model"]): row for row in rows}
-    trimmed = by_model["pi0", "ours without prefix-trimming"]  # the flow variants' training pass trims its prefix
-    assert trimmed["train_ms"] > 0 and trimmed["train_ratio_to_ours"] > 0 and trimmed["train_ratio"] > 0
-    assert f"× ours; training {trimmed['train_ratio_to_ours']:.2f}×)" in capsys.readouterr().out
-    # the in-place MLP applies only without gradients, and π0-FAST's training pass trims nothing
-    for key in ("pi0", "ours without in-place-mlp"), ("pi0_fast", "ours without prefix-trimming"):
-        assert "train_ms" not in by_model[key] and by_model[key]["ratio_to_ours"] > 0
+    for variant in "pi0", "pi0_fast":  # the training pass leaves the absent camera out
+        untrimmed = by_model[variant, "ours without prefix-trimming"]
+        assert untrimmed["train_ms"] > 0 and untrimmed["train_ratio_to_ours"] > 0
+        assert untrimmed["gflop"] > by_model[variant, "ours"]["gflop"]
+    untrimmed = by_model["pi0", "ours without prefix-trimming"]
+    assert untrimmed["train_ratio"] > 0  # against transformers' PI0 too
+    assert f"× ours; training {untrimmed['train_ratio_to_ours']:.2f}×)" in printed
+    assert "train_ms" not in by_model["pi0", "ours without in-place-mlp"]  # it applies only without gradients
     assert by_model["pi0", "ours"]["train_ms"] > 0 and "train_ratio_to_ours" not in by_model["pi0", "ours"]
+    with pytest.raises(SystemExit):
+        main(["--absent-cameras", "3"])
 
 
 def test_ablations_add_rows_for_pi05_and_pi0_fast_too():
