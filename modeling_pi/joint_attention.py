@@ -100,8 +100,8 @@ def joint_layer(
     if read is not None:
         if hidden_states[0] is None:
             raise ValueError("`read` selects positions of the language model's stream, which is absent")
-        lengths = [hidden_states[i].shape[1] for i in active]
-        rest = torch.arange(lengths[0], sum(lengths), device=read.device).expand(len(read), -1)
+        total = sum(hidden_states[i].shape[1] for i in active)
+        rest = torch.arange(hidden_states[0].shape[1], total, device=read.device).expand(len(read), -1)
         queried = torch.cat([read, rest], dim=1)
     queries, keys, values, gates = [], [], [], {}
     for i in active:
