@@ -26,7 +26,8 @@ class PiFastOutput(ModelOutput):
     """
     loss (`torch.FloatTensor` of shape `()`): mean over the batch of `losses`.
     losses (`torch.FloatTensor` of shape `(batch,)`): per example, mean negative log-likelihood of its target tokens.
-    logits (`torch.FloatTensor` of shape `(batch, prompt length, vocab)`): next-token logits at each prompt position.
+    logits (`torch.FloatTensor` of shape `(batch, prompt length, vocab)`): next-token logits at each prompt position;
+        None from a training pass called with `output_logits=False`.
     """
 
     loss: torch.FloatTensor | None = None
@@ -34,21 +35,39 @@ class PiFastOutput(ModelOutput):
     logits: torch.FloatTensor | None = None
 
 
-def fast_forward(model, pixel_values, pixel_attention_mask, input_ids, attention_mask, token_type_ids, labels) -> PiFastOutput:
-    """Prefix-LM pass; with `labels`, the per-example mean NLL of each target given the tokens before it."""
-    prefix, valid = model.embed_prefix(pixel_values, pixel_attention_mask, input_ids, attention_mask)
+def fast_forward(
+    model, pixel_values, pixel_attention_mask, input_ids, attention_mask, token_type_ids, labels, output_logits=True
+) -> PiFastOutput:
+    """Prefix-LM pass; with `labels`, the per-example mean NLL of each target given the tokens before it.
+
+    Without `output_logits` (training), the tied head runs only where a target is read, and the trailing
+    prompt slots that no row fills or labels stay out of the pass: nothing reads them."""
     roles = torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids
+    if not output_logits:
+        input_ids, attention_mask, roles, labels = drop_unread_slots(input_ids, attention_mask, roles, labels)
+    prefix, valid = model.embed_prefix(pixel_values, pixel_attention_mask, input_ids, attention_mask)
     ar = torch.cat([roles.new_zeros(valid.shape[0], valid.shape[1] - roles.shape[1]), roles], dim=1)
     attention = model._attention_inputs(block_causal_mask(valid, ar), valid.long().cumsum(1) - 1, prefix)
     hidden, _ = model._run_experts(prefix, None, *attention)
-    logits = F.linear(hidden[:, -input_ids.shape[1] :], model.language_model.embed_tokens.weight)  # tied head
+    hidden = hidden[:, -input_ids.shape[1] :]
+    head = partial(F.linear, weight=model.language_model.embed_tokens.weight)  # tied to the embedding
+    logits = head(hidden) if output_logits else None
     if labels is None:
         return PiFastOutput(logits=logits)
     targets = labels[:, 1:]
-    nll = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), targets, ignore_index=-100, reduction="none")
-    counts = (targets != -100).sum(dim=1)
-    losses = nll.sum(dim=1) / counts.clamp(min=1)
+    read = targets != -100  # position t predicts target t + 1
+    scores = logits[:, :-1][read] if output_logits else head(hidden[:, :-1][read])
+    nll = F.cross_entropy(scores.float(), targets[read], reduction="none")
+    rows = read.nonzero()[:, 0]
+    losses = nll.new_zeros(len(labels)).index_add(0, rows, nll) / read.sum(dim=1).clamp(min=1)
     return PiFastOutput(loss=losses.mean(), losses=losses, logits=logits)
+
+
+def drop_unread_slots(input_ids, attention_mask, token_type_ids, labels) -> tuple[torch.Tensor, ...]:
+    """The four without the prompt's trailing slots that are padding in every row and carry no label."""
+    used = (attention_mask.bool() | (labels != -100)).any(dim=0).nonzero()
+    keep = int(used.max()) + 1 if len(used) else 1
+    return input_ids[:, :keep], attention_mask[:, :keep], token_type_ids[:, :keep], labels[:, :keep]
 
 
 def _choose(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:

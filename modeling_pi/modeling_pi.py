@@ -270,6 +270,7 @@ class PiForActionGeneration(PiPreTrainedModel):
         token_type_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         action_is_pad: torch.Tensor | None = None,
+        output_logits: bool = True,
         return_dict: bool | None = None,
     ) -> PiFlowMatchingOutput | PiFastOutput | tuple:
         r"""
@@ -284,12 +285,14 @@ class PiForActionGeneration(PiPreTrainedModel):
         π0-FAST (prefix-LM):
             token_type_ids (`[B, L]`): 0 = prefix (bidirectional), 1 = postfix (causal); all prefix when absent.
             labels (`[B, L]`): target ids aligned with `input_ids`, -100 where no loss. Returns loss,
-            losses [B] (mean target NLL per example) and logits.
+            losses [B] (mean target NLL per example) and logits [B, L, V]. output_logits=False (training, with
+            labels; `PiCollator` sets it) returns no logits: the vocabulary-wide head then runs only where a target
+            is read, and trailing prompt slots that every row pads and none labels stay out of the pass.
         """
         check_inputs(self.config, pixel_values, pixel_attention_mask, input_ids, attention_mask)
         if self.config.is_flow:
-            if token_type_ids is not None or labels is not None:
-                raise ValueError(f"{self.config.variant} learns from `actions`; token_type_ids/labels are π0-FAST's.")
+            if token_type_ids is not None or labels is not None or not output_logits:
+                raise ValueError(f"{self.config.variant} learns from `actions`; token_type_ids/labels/output_logits are π0-FAST's.")
             output = self._flow_forward(
                 pixel_values, pixel_attention_mask, input_ids, attention_mask, actions, state, noise, timestep, action_is_pad
             )
@@ -297,9 +300,11 @@ class PiForActionGeneration(PiPreTrainedModel):
             if any(x is not None for x in (actions, state, noise, timestep, action_is_pad)):
                 raise ValueError("π0-FAST reads actions as tokens: pass `labels` (and `token_type_ids`), not actions/state/noise/timestep.")
             check_fast_inputs(self.config, input_ids, token_type_ids, labels)
-            # Cameras no row has stay out of the prefix; prompt slots stay, as the logits cover every one.
+            if labels is None and not output_logits:
+                raise ValueError("output_logits=False leaves a pass without `labels` nothing to return.")
+            # Cameras no row has stay out of the prefix; prompt slots stay unless no logits are output.
             cameras = drop_absent_cameras(pixel_values, pixel_attention_mask)
-            output = fast_forward(self, *cameras, input_ids, attention_mask, token_type_ids, labels)
+            output = fast_forward(self, *cameras, input_ids, attention_mask, token_type_ids, labels, output_logits)
         return output if return_dict is not False else output.to_tuple()
 
     def _flow_forward(

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 from transformers import AutoModel
 
 import modeling_pi  # noqa: F401
@@ -27,6 +28,10 @@ def test_per_example_loss_matches_the_reference(fast_case):
     torch.testing.assert_close(out.losses, io["expected.loss"], atol=1e-4, rtol=0)
     torch.testing.assert_close(out.loss, io["expected.loss"].mean(), atol=1e-4, rtol=0)
     assert out.logits.shape == (*io["input_ids"].shape, model.config.text_config.vocab_size)
+    without_logits = model(io["pixel_values"], io["pixel_attention_mask"], io["input_ids"], io["attention_mask"],
+                           token_type_ids=io["token_ar_mask"].long(), labels=labels, output_logits=False)
+    torch.testing.assert_close(without_logits.losses, io["expected.loss"], atol=1e-4, rtol=0)
+    assert without_logits.logits is None
 
 
 @torch.no_grad()
@@ -172,12 +177,43 @@ def test_a_row_trains_the_same_alone_without_the_camera_no_row_has_as_beside_a_r
         torch.testing.assert_close(alone_grads[name], beside_grads[name], atol=1e-6, rtol=1e-4, msg=name)
 
 
+def test_a_training_pass_without_logits_leaves_out_unread_slots_and_trains_the_same():
+    """output_logits=False (what `PiCollator` asks for) computes the head only where a target is read and leaves
+    out the trailing slots no row fills or labels: the same loss and gradients, a shorter sequence."""
+    model = _tiny_fast().train()
+    pixel_values, pixel_attention_mask, input_ids, attention_mask = _tiny_prompt(model)
+    input_ids, attention_mask = F.pad(input_ids, (0, 4)), F.pad(attention_mask, (0, 4))  # 4 slots no row fills
+    token_type_ids = torch.zeros_like(input_ids)
+    token_type_ids[:, 2:] = 1
+    labels = input_ids.masked_fill((token_type_ids == 0) | ~attention_mask, -100)
+    lengths = []
+    model.language_model.layers[0].input_layernorm.register_forward_hook(lambda m, args, out: lengths.append(out.shape[1]))
+
+    def train(**options):
+        model.zero_grad()
+        out = model(pixel_values, pixel_attention_mask, input_ids, attention_mask, token_type_ids=token_type_ids,
+                    labels=labels, **options)
+        out.loss.backward()
+        return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    full, full_grads = train()
+    trimmed, trimmed_grads = train(output_logits=False)
+    images = model.config.num_image_tokens * pixel_attention_mask.shape[1]
+    assert lengths == [images + input_ids.shape[1], images + input_ids.shape[1] - 4]
+    assert full.logits.shape[1] == input_ids.shape[1] and trimmed.logits is None
+    torch.testing.assert_close(trimmed.losses, full.losses, atol=1e-6, rtol=1e-5)
+    assert trimmed_grads.keys() == full_grads.keys() and "language_model.embed_tokens.weight" in full_grads
+    for name in full_grads:
+        torch.testing.assert_close(trimmed_grads[name], full_grads[name], atol=1e-6, rtol=1e-4, msg=name)
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda kw: kw.update(input_ids=kw["input_ids"] + 5000), "input_ids"),
     (lambda kw: kw.update(labels=kw["labels"][:, :3]), "labels"),
     (lambda kw: kw.update(labels=kw["labels"].masked_fill(kw["labels"] > 0, 99999)), "labels"),
     (lambda kw: kw.update(token_type_ids=kw["token_type_ids"] + 2), "token_type_ids"),
     (lambda kw: kw.update(actions=torch.zeros(2, 32, 32)), "labels"),
+    (lambda kw: kw.update(labels=None, output_logits=False), "output_logits"),
 ])
 def test_bad_training_input_raises_a_value_error(change, message):
     model = _tiny_fast()

@@ -104,6 +104,21 @@ def test_collator_gives_float32_model_inputs(dataset_root, model_folder):
     assert torch.isfinite(out.loss)
 
 
+def test_collator_asks_pi0_fast_for_the_loss_without_logits(dataset_root):
+    from processing_pi import FastActionTokenizer
+
+    dataset = LeRobotDataset(dataset_root, HORIZON, CAMERA_MAP)
+    fast = FastActionTokenizer.from_pretrained(FIXTURES / "processor" / "fast_tokenizer")
+    processor = _processor("pi0_fast", stats=compute_norm_stats(dataset), fast=fast, max_token_len=64)
+    batch = PiCollator(processor)([dataset[t] for t in (0, 19, 33)])
+    assert batch["output_logits"] is False and (batch["labels"] != -100).any()
+    torch.manual_seed(0)
+    model = PiForActionGeneration(tiny_config("pi0_fast", image_keys=list(CAMERA_MAP.values()), max_token_len=64))
+    out = model(**batch)
+    assert torch.isfinite(out.loss) and out.logits is None
+    torch.testing.assert_close(out.losses, model(**{**batch, "output_logits": True}).losses)
+
+
 # ---- bad datasets -----------------------------------------------------------------------------------
 
 

@@ -186,7 +186,8 @@ def write_norm_stats(stats: NormStats, folder: str | os.PathLike) -> None:
 
 
 class PiCollator:
-    """Samples -> float32 model inputs through the model's PiProcessor (plus `action_is_pad` for flow models)."""
+    """Samples -> float32 model inputs through the model's PiProcessor, plus `action_is_pad` for flow models and,
+    for π0-FAST, `output_logits=False`: a training step reads only the loss, so the model skips the logits."""
 
     def __init__(self, processor):
         self.processor = processor
@@ -198,6 +199,8 @@ class PiCollator:
                                state=np.stack([s["state"] for s in samples]),
                                actions=np.stack([s["actions"] for s in samples]), return_tensors="pt")
         batch = dict(batch)
-        if self.processor.variant != "pi0_fast":
+        if self.processor.variant == "pi0_fast":
+            batch["output_logits"] = False
+        else:
             batch["action_is_pad"] = torch.from_numpy(np.stack([s["action_is_pad"] for s in samples]))
         return batch
