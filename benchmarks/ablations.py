@@ -16,10 +16,13 @@ duration of a call:
   training, instead of computing them in the gate projection's output;
 - `cache-in-place`: every velocity evaluation (π0, π0.5) runs against a copy of the KV cache, prefix
   included, instead of writing its keys and values into the suffix slots of the one cache and rewinding
-  (π0-FAST's decoding is left as it is).
+  (π0-FAST's decoding is left as it is);
+- `logit-skipping`: π0-FAST's training pass outputs the logits of every prompt slot, as `forward` does by
+  default, instead of running the head only where a target is read and leaving out the trailing slots no
+  row fills or labels (`output_logits=False`, which `PiCollator` passes).
 
 `sdpa`, `batched-cameras` and `prefix-trimming` also change a training step (π0-FAST's only where a camera is
-absent from every row); the others apply only without gradients.
+absent from every row), and `logit-skipping` changes only π0-FAST's; the others apply only without gradients.
 """
 
 import copy
@@ -100,12 +103,31 @@ def copied_cache(model):
     return _module_setting(model, "_velocity", velocity)
 
 
+@contextmanager
+def every_logit(model):
+    forward = model.forward
+    model.forward = lambda *args, **kwargs: forward(*args, **{**kwargs, "output_logits": True})
+    try:
+        yield
+    finally:
+        del model.forward  # the class's again
+
+
 ABLATIONS = {"sdpa": eager_attention, "batched-cameras": per_camera_vision, "prefix-trimming": whole_prefix,
              "float32-products": native_bfloat16, "onednn-products": mkl_float32, "in-place-mlp": allocating_mlp,
-             "cache-in-place": copied_cache}
+             "cache-in-place": copied_cache, "logit-skipping": every_logit}
 
 
-TRAINING_ABLATIONS = ("sdpa", "batched-cameras", "prefix-trimming")  # those that change a training step too
+TRAINING_ABLATIONS = ("sdpa", "batched-cameras", "prefix-trimming", "logit-skipping")  # those that change a training step
+TRAINING_ONLY = {"logit-skipping": "pi0_fast"}  # those that change nothing else, and the variant whose training they change
+
+
+def changes_inference(name: str) -> bool:
+    return name not in TRAINING_ONLY
+
+
+def changes_training(name: str, variant: str) -> bool:
+    return name in TRAINING_ABLATIONS and TRAINING_ONLY.get(name, variant) == variant
 
 
 def ablated(model, name: str, fn):

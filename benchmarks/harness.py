@@ -27,7 +27,7 @@ from functools import partial
 
 import torch
 
-from .ablations import ABLATIONS, TRAINING_ABLATIONS, ablated
+from .ablations import ABLATIONS, ablated, changes_inference, changes_training
 from .arithmetic import count_gflop
 from .models import SIZES, make_inputs, ours_alone, sharing_weights, transformers_pi0, twin
 from .timing import Clock, alternate, peak_added_bytes
@@ -65,7 +65,9 @@ def fast_generate(model, inputs, clock):
 
 
 def train_step(model, inputs, ours: bool):
-    """One optimisation step on a fixed batch: forward, backward, AdamW, gradients released."""
+    """One optimisation step on a fixed batch: forward, backward, AdamW, gradients released. π0-FAST's batch, as
+    `PiCollator` gives it: the second half of each row's real prompt tokens as its postfix, whose targets are
+    labelled, and no logits output."""
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=1e-9)
     if ours:
@@ -73,7 +75,10 @@ def train_step(model, inputs, ours: bool):
         if model.config.variant == "pi0":
             options["state"] = inputs.state
         if model.config.variant == "pi0_fast":
-            options = {"labels": inputs.input_ids.masked_fill(~inputs.attention_mask, -100)}
+            real = inputs.attention_mask
+            postfix = real & (real.cumsum(dim=1) > real.sum(dim=1, keepdim=True) // 2)
+            options = {"token_type_ids": postfix.long(), "labels": inputs.input_ids.masked_fill(~postfix, -100),
+                       "output_logits": False}
         forward = lambda: model(**inputs.ours(), **options).loss  # noqa: E731
     else:
         forward = lambda: model(**inputs.transformers(), state=inputs.state, noise=inputs.noise,  # noqa: E731
@@ -150,7 +155,7 @@ def time_training(models: dict, inputs, dtype, device, repeats: int, ablations=(
     steps = {name: train_step(model, inputs, ours=name != "transformers") for name, model in models.items()}
     ours = models["ours"]
     undone = {f"ours without {name}": ablated(ours, name, steps["ours"])
-              for name in ablations if name in TRAINING_ABLATIONS}
+              for name in ablations if changes_training(name, ours.config.variant)}
     against = ("transformers",) if "transformers" in models else ()
     timings = alternate({name: (Clock(device), step) for name, step in {**steps, **undone}.items()}, repeats,
                         against=against + (("ours",) if undone else ()))
@@ -192,8 +197,9 @@ def bench_pi0_pair(size, dtype, device, args) -> list[dict]:
         clocks = {name: Clock(device) for name in generators}
         runs = {name: (clocks[name], flow_generate(model, inputs, args.steps, clocks[name], name != "transformers"))
                 for name, model in generators.items()}
-        ablations = [f"ours without {ablation}" for ablation in args.ablations]  # our model, one optimisation undone
-        for name, ablation in zip(ablations, args.ablations):
+        undone = [ablation for ablation in args.ablations if changes_inference(ablation)]
+        ablations = [f"ours without {ablation}" for ablation in undone]  # our model, one optimisation undone
+        for name, ablation in zip(ablations, undone):
             runs[name] = (clocks["ours"], ablated(ours, ablation, runs["ours"][1]))
         timings = alternate(runs, args.repeats, against=("transformers", "ours"))
         memory = {name: peak_added_bytes(runs[name][1], device) for name in generators}
@@ -207,10 +213,16 @@ def bench_pi0_pair(size, dtype, device, args) -> list[dict]:
              "peak_mib": memory[name] / MiB if name in memory else None, "max_difference": difference}
             for name in runs]
     if args.train:
-        training = time_training(models, inputs, dtype, device, args.repeats, args.ablations)
-        for row in rows:
-            row.update(training.get(row["model"], {}))
+        _add_training(rows, time_training(models, inputs, dtype, device, args.repeats, args.ablations))
     return rows
+
+
+def _add_training(rows: list[dict], training: dict[str, dict]) -> None:
+    """Each model's training fields into its row; a row of their own for ablations that change only training."""
+    for row in rows:
+        row.update(training.pop(row["model"], {}))
+    case = {key: rows[0][key] for key in ("size", "dtype", "variant")}
+    rows += [{**case, "model": name, **fields} for name, fields in training.items()]
 
 
 def bench_ours_alone(variant, size, dtype, device, args) -> list[dict]:
@@ -225,8 +237,9 @@ def bench_ours_alone(variant, size, dtype, device, args) -> list[dict]:
         clocks = {name: Clock(device) for name in models}
         runs = {name: (clocks[name], fast_generate(m, inputs, clocks[name]) if fast
                        else flow_generate(m, inputs, args.steps, clocks[name], ours=True)) for name, m in models.items()}
-        ablations = [f"ours without {ablation}" for ablation in args.ablations]
-        for name, ablation in zip(ablations, args.ablations):
+        undone = [ablation for ablation in args.ablations if changes_inference(ablation)]
+        ablations = [f"ours without {ablation}" for ablation in undone]
+        for name, ablation in zip(ablations, undone):
             runs[name] = (clocks["ours"], ablated(model, ablation, runs["ours"][1]))
         timings = alternate(runs, args.repeats, against=("ours",) if ablations else ())
         rows = []
@@ -249,9 +262,7 @@ def bench_ours_alone(variant, size, dtype, device, args) -> list[dict]:
                 row["peak_mib"] = peak_added_bytes(run, device) / MiB
             rows.append(row)
     if args.train:
-        training = time_training({"ours": model}, inputs, dtype, device, args.repeats, args.ablations)
-        for row in rows:
-            row.update(training.get(row["model"], {}))
+        _add_training(rows, time_training({"ours": model}, inputs, dtype, device, args.repeats, args.ablations))
     return rows
 
 
@@ -266,7 +277,7 @@ def table(rows) -> str:
              "| GFLOP | GFLOP/s | peak MiB | train step ms | × transformers | train peak MiB | max Δ actions |",
              "|" + "---|" * 16]
     for row in rows:
-        if row["variant"] == "pi0_fast":
+        if row["variant"] == "pi0_fast" and "prefill_ms" in row:
             timing = [f"prefill {_cell(row, 'prefill_ms')}", "—", f"{_cell(row, 'per_token_ms', 2)} / token", "—", "—",
                       _cell(row, "gflop", 2), _cell(row, "gflop_per_s")]  # the prefill's arithmetic
         else:
@@ -278,6 +289,8 @@ def table(rows) -> str:
         if row.get("ratio_to_ours") is not None:
             trained = "" if row.get("train_ratio_to_ours") is None else f"; training {row['train_ratio_to_ours']:.2f}×"
             model += f" ({row['ratio_to_ours']:.2f}× ours{trained})"
+        elif row.get("train_ratio_to_ours") is not None:  # an ablation that changes only training
+            model += f" (training {row['train_ratio_to_ours']:.2f}× ours)"
         lines.append("| " + " | ".join([row["size"], row["dtype"], row["variant"], model, *timing,
                                         _cell(row, "peak_mib"), *train, _cell(row, "max_difference", 7)]) + " |")
     return "\n".join(lines)

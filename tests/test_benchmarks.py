@@ -4,9 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from benchmarks.ablations import ABLATIONS, TRAINING_ABLATIONS, ablated
+from benchmarks.ablations import ABLATIONS, ablated, changes_training
 from benchmarks.harness import main
-from benchmarks.models import make_inputs, sharing_weights, transformers_pi0
+from benchmarks.models import make_inputs, ours_alone, sharing_weights, transformers_pi0
 from benchmarks.timing import peak_added_bytes
 from modeling_pi.cpu_linears import has_onednn
 
@@ -76,10 +76,15 @@ def test_each_optimisation_undone_by_an_ablation_leaves_the_chunk_and_training_u
         expected = sample()
         torch.testing.assert_close(ablated(ours, ablation, sample)(), expected, atol=tolerance, rtol=0)
         assert torch.equal(sample(), expected)  # and the ablation is undone afterwards
-    if ablation in TRAINING_ABLATIONS:  # ... and so is a training pass
+    if changes_training(ablation, "pi0"):  # ... and so is a training pass
         train = lambda: ours(**inputs.ours(), state=inputs.state, actions=inputs.actions, noise=inputs.noise,  # noqa: E731
                              timestep=inputs.timestep).velocity
         torch.testing.assert_close(ablated(ours, ablation, train)(), train(), atol=tolerance, rtol=0)
+    if changes_training(ablation, "pi0_fast"):  # ... and π0-FAST's, as `PiCollator` asks for it
+        fast = ours_alone("pi0_fast", "tiny", max_token_len=12)
+        labels = inputs.input_ids.masked_fill(~inputs.attention_mask, -100)
+        train = lambda: fast(**inputs.ours(), labels=labels, output_logits=False).losses  # noqa: E731
+        torch.testing.assert_close(ablated(fast, ablation, train)(), train(), atol=tolerance, rtol=0)
 
 
 def test_undoing_cache_in_place_gives_every_velocity_evaluation_its_own_copy_of_the_cache(monkeypatch):
@@ -125,7 +130,7 @@ def test_ablation_rows_are_timed_beside_ours_and_transformers(capsys):
 
 def test_ablations_that_change_training_time_a_training_step_too(capsys):
     rows = main(["--sizes", "tiny", "--variants", "pi0,pi0_fast", "--repeats", "1", "--absent-cameras", "1",
-                 "--ablations", "prefix-trimming,in-place-mlp"])
+                 "--ablations", "prefix-trimming,in-place-mlp,logit-skipping"])
     printed = capsys.readouterr().out
     assert "3 cameras (1 absent)" in printed
     by_model = {(row["variant"], row["model"]): row for row in rows}
@@ -138,6 +143,10 @@ def test_ablations_that_change_training_time_a_training_step_too(capsys):
     assert f"× ours; training {untrimmed['train_ratio_to_ours']:.2f}×)" in printed
     assert "train_ms" not in by_model["pi0", "ours without in-place-mlp"]  # it applies only without gradients
     assert by_model["pi0", "ours"]["train_ms"] > 0 and "train_ratio_to_ours" not in by_model["pi0", "ours"]
+    every_logit = by_model["pi0_fast", "ours without logit-skipping"]  # it changes only π0-FAST's training step
+    assert every_logit["train_ms"] > 0 and "prefill_ms" not in every_logit and "gflop" not in every_logit
+    assert f"ours without logit-skipping (training {every_logit['train_ratio_to_ours']:.2f}× ours)" in printed
+    assert ("pi0", "ours without logit-skipping") not in by_model
     with pytest.raises(SystemExit):
         main(["--absent-cameras", "3"])
 
