@@ -145,9 +145,9 @@ def _eager(model) -> bool:
 
 
 def time_training(models: dict, inputs, dtype, device, repeats: int, ablations=()) -> dict[str, dict]:
-    """Training-step fields per model, alternating (with ratios when transformers' PI0 is among them), and
-    per ablation of those in `ablations` that change a training step (our model with it undone, with its
-    ratio to ours); `train_skipped` with the reason where gradients and optimiser states would not fit."""
+    """Training-step time and peak memory per model, alternating (with ratios when transformers' PI0 is among
+    them), and per ablation of those in `ablations` that change a training step (our model with it undone, with
+    its ratio to ours); `train_skipped` with the reason where gradients and optimiser states would not fit."""
     fits, reason = training_fits(models.values(), device)
     if not fits:
         return {name: {"train_skipped": reason} for name in models}
@@ -156,15 +156,14 @@ def time_training(models: dict, inputs, dtype, device, repeats: int, ablations=(
     ours = models["ours"]
     undone = {f"ours without {name}": ablated(ours, name, steps["ours"])
               for name in ablations if changes_training(name, ours.config.variant)}
+    runs = {**steps, **undone}
     against = ("transformers",) if "transformers" in models else ()
-    timings = alternate({name: (Clock(device), step) for name, step in {**steps, **undone}.items()}, repeats,
+    timings = alternate({name: (Clock(device), step) for name, step in runs.items()}, repeats,
                         against=against + (("ours",) if undone else ()))
     fields = {}
-    for name in [*steps, *undone]:
-        fields[name] = {"train_ms": timings[name]["total"] * 1e3}
-        if name in steps:
-            fields[name]["train_peak_mib"] = peak_added_bytes(steps[name], device) / MiB
-        else:
+    for name, step in runs.items():
+        fields[name] = {"train_ms": timings[name]["total"] * 1e3, "train_peak_mib": peak_added_bytes(step, device) / MiB}
+        if name in undone:
             fields[name]["train_ratio_to_ours"] = timings[name]["ratio to ours"]
         if against:
             fields[name]["train_ratio"] = timings[name]["ratio to transformers"]

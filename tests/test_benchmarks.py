@@ -145,6 +145,7 @@ def test_ablations_that_change_training_time_a_training_step_too(capsys):
     assert by_model["pi0", "ours"]["train_ms"] > 0 and "train_ratio_to_ours" not in by_model["pi0", "ours"]
     every_logit = by_model["pi0_fast", "ours without logit-skipping"]  # it changes only π0-FAST's training step
     assert every_logit["train_ms"] > 0 and "prefill_ms" not in every_logit and "gflop" not in every_logit
+    assert every_logit["train_peak_mib"] > by_model["pi0_fast", "ours"]["train_peak_mib"]  # every slot's logits held
     assert f"ours without logit-skipping (training {every_logit['train_ratio_to_ours']:.2f}× ours)" in printed
     assert ("pi0", "ours without logit-skipping") not in by_model
     with pytest.raises(SystemExit):
