@@ -177,6 +177,12 @@ def _compiled_twin(model, mode):
     return compiled
 
 
+def _undone(model, ablations, run) -> dict:
+    """`run` (a clock and a call of `model`) again per ablation that changes inference, with it undone."""
+    clock, call = run
+    return {f"ours without {name}": (clock, ablated(model, name, call)) for name in ablations if changes_inference(name)}
+
+
 def bench_pi0_pair(size, dtype, device, args) -> list[dict]:
     theirs = transformers_pi0(size, device).to(dtype)
     ours = sharing_weights(theirs, max_token_len=args.prompt_length or 48)
@@ -196,10 +202,8 @@ def bench_pi0_pair(size, dtype, device, args) -> list[dict]:
         clocks = {name: Clock(device) for name in generators}
         runs = {name: (clocks[name], flow_generate(model, inputs, args.steps, clocks[name], name != "transformers"))
                 for name, model in generators.items()}
-        undone = [ablation for ablation in args.ablations if changes_inference(ablation)]
-        ablations = [f"ours without {ablation}" for ablation in undone]  # our model, one optimisation undone
-        for name, ablation in zip(ablations, undone):
-            runs[name] = (clocks["ours"], ablated(ours, ablation, runs["ours"][1]))
+        ablations = _undone(ours, args.ablations, runs["ours"])  # our model, one optimisation undone
+        runs.update(ablations)
         timings = alternate(runs, args.repeats, against=("transformers", "ours"))
         memory = {name: peak_added_bytes(runs[name][1], device) for name in generators}
         eager = [name for name in runs if _eager(generators.get(name, ours))]  # ablation rows run our eager model
@@ -236,10 +240,8 @@ def bench_ours_alone(variant, size, dtype, device, args) -> list[dict]:
         clocks = {name: Clock(device) for name in models}
         runs = {name: (clocks[name], fast_generate(m, inputs, clocks[name]) if fast
                        else flow_generate(m, inputs, args.steps, clocks[name], ours=True)) for name, m in models.items()}
-        undone = [ablation for ablation in args.ablations if changes_inference(ablation)]
-        ablations = [f"ours without {ablation}" for ablation in undone]
-        for name, ablation in zip(ablations, undone):
-            runs[name] = (clocks["ours"], ablated(model, ablation, runs["ours"][1]))
+        ablations = _undone(model, args.ablations, runs["ours"])
+        runs.update(ablations)
         timings = alternate(runs, args.repeats, against=("ours",) if ablations else ())
         rows = []
         for name, (_, run) in runs.items():
