@@ -54,12 +54,18 @@ def _mlp_and_input(hidden_act: str, dtype: torch.dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("hidden_act", ["gelu_pytorch_tanh", "silu"])
 def test_mlp_without_gradients_computes_in_place_what_gemma_computes(hidden_act, dtype):
+    """Gemma's MLP holds three hidden-width tensors at once (activation, up projection, product); ours holds
+    only the activation beside what its projections allocate on their own. Those are measured, not assumed:
+    a CPU's bfloat16 kernels, for one, take workspace that its float32 kernels do not."""
     mlp, x = _mlp_and_input(hidden_act, dtype)
     hidden_bytes = x.shape[0] * x.shape[1] * mlp.intermediate_size * x.element_size()
     with torch.no_grad():
         assert torch.equal(gemma_mlp(mlp, x), mlp(x))
+        hidden = mlp.up_proj(x)
+        projection = max(peak_added_bytes(lambda: mlp.up_proj(x), x.device),
+                         peak_added_bytes(lambda: mlp.down_proj(hidden), x.device))
         assert peak_added_bytes(lambda: mlp(x), x.device) >= 3 * hidden_bytes
-        assert peak_added_bytes(lambda: gemma_mlp(mlp, x), x.device) <= 2 * hidden_bytes + x.nbytes
+        assert peak_added_bytes(lambda: gemma_mlp(mlp, x), x.device) <= hidden_bytes + projection
 
 
 def test_mlp_with_gradients_is_gemmas_and_backpropagates():
