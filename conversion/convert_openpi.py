@@ -1,6 +1,6 @@
 """openpi (JAX, orbax) checkpoints -> Hugging Face folders that `AutoModel.from_pretrained` loads.
 
-    pi convert openpi --checkpoint DIR --variant pi0|pi05|pi0_fast --output OUT \\
+    pi convert openpi --checkpoint DIR --output OUT [--config NAME | --robot robot.json] [--variant pi0|pi05|pi0_fast] \\
         [--action-horizon N] [--max-token-len N] [--dtype float32|bfloat16] \\
         [--tokenizer paligemma_tokenizer.model] [--fast-tokenizer FOLDER] [--asset-id ID] \\
         [--license ID] [--base-model ORG/NAME] [--push-to-hub ORG/NAME [--private]]
@@ -8,9 +8,15 @@
 DIR is an openpi checkpoint folder or its `params/`; both the released layout and the training layout
 (every leaf under a trailing `value` key) are read. With `--tokenizer` the output also holds the
 processor (tokenizer, image settings and the checkpoint's `assets/<asset_id>/norm_stats.json`), so
-that `AutoProcessor.from_pretrained` loads it too; π0-FAST also needs `--fast-tokenizer`. Widths, depths, heads, vocabulary and action dim
-are inferred from the parameter shapes; the action horizon and prompt length are not in the weights
-and come from the caller (defaults: the variant's). Every openpi parameter must map onto exactly one
+that `AutoProcessor.from_pretrained` loads it too; π0-FAST also needs `--fast-tokenizer`. The variant,
+widths, depths, heads, vocabulary and action dim are inferred from the parameter shapes; the action
+horizon and prompt length are not in the weights and come from the caller (defaults: the variant's).
+
+`--config NAME` (one of openpi's policy configs, `openpi_configs.OPENPI_CONFIGS`) or `--robot robot.json`
+(a user's own) fixes all that is not in the weights — horizon, prompt length, state in the prompt, asset
+id, camera layout, robot transforms, server metadata — and records it in the processor, so that the
+processor, the pipeline and `pi serve` read the robot's raw observations and answer in its commands with
+no flags. The statistics must then exist and cover the robot's state and action dims. Every openpi parameter must map onto exactly one
 model parameter of the right shape and every model parameter must be filled: otherwise the
 conversion stops with a message naming the parameters, exits non-zero and leaves no output behind.
 
@@ -30,8 +36,9 @@ import torch
 from tqdm.auto import tqdm
 
 from configuration_pi import PiConfig
-from configuration_pi.configuration_pi import FLOW_VARIANTS, VARIANTS
+from configuration_pi.configuration_pi import DEFAULT_ACTION_HORIZON, DEFAULT_MAX_TOKEN_LEN, FLOW_VARIANTS, VARIANTS
 from conversion.hf_folder import DTYPES, ConversionError, build_processor, check_output, expected_shapes, write_folder
+from conversion.openpi_configs import OPENPI_CONFIGS, PolicyConfig, openpi_config
 from conversion.push import add_publish_arguments, card_options, publish
 from processing_pi import NormStats
 
@@ -98,12 +105,13 @@ def detect_variant(keys) -> str:
 
 
 def infer_config(
-    params: dict, variant: str, action_horizon: int | None = None, max_token_len: int | None = None
+    params: dict, variant: str | None = None, action_horizon: int | None = None, max_token_len: int | None = None
 ) -> PiConfig:
     """The `PiConfig` whose parameters have these shapes; horizon and prompt length from the caller."""
+    found = detect_variant(params)
+    variant = variant or found
     if variant not in VARIANTS:
         raise ConversionError(f"Unknown variant {variant!r}; expected one of {', '.join(VARIANTS)}.")
-    found = detect_variant(params)
     if found != variant:
         raise ConversionError(f"--variant {variant} was asked for, but the checkpoint is a {found} checkpoint.")
 
@@ -304,11 +312,13 @@ def convert_params(params: dict, config: PiConfig, dtype: torch.dtype | None = N
 
 
 def find_norm_stats(checkpoint: str | os.PathLike, asset_id: str | None = None) -> NormStats | None:
-    """`assets/<asset_id>/norm_stats.json` beside the params; None when the checkpoint has no assets."""
+    """`assets/<asset_id>/norm_stats.json` beside the params (an asset id may hold a `/`); None when the
+    checkpoint has no assets."""
     root = Path(checkpoint).resolve()
     if root.name == "params":
         root = root.parent
-    found = {path.parent.name: path for path in sorted(root.glob("assets/*/norm_stats.json"))}
+    assets = root / "assets"
+    found = {path.parent.relative_to(assets).as_posix(): path for path in sorted(assets.rglob("norm_stats.json"))}
     if asset_id is not None:
         if asset_id not in found:
             raise ConversionError(f"No assets/{asset_id}/norm_stats.json in {root}; found: {', '.join(found) or 'none'}.")
@@ -318,12 +328,47 @@ def find_norm_stats(checkpoint: str | os.PathLike, asset_id: str | None = None) 
     return NormStats.from_json(next(iter(found.values()))) if found else None
 
 
+def fit_norm_stats(stats: NormStats | None, policy: PolicyConfig, source: str) -> NormStats:
+    """The statistics of a robot policy, cut to its state and action dims (openpi reads only those); fewer
+    dims than the robot's, or none at all, are an error now rather than at the first request."""
+    if stats is None:
+        raise ConversionError(f"{source} has no assets/{policy.asset_id}/norm_stats.json, which the policy needs.")
+    dims = {"state": policy.robot.state_dim, "actions": policy.robot.action_dim}
+    for key, dim in dims.items():
+        found = getattr(stats, key)
+        if found is None:
+            raise ConversionError(f"{source}'s statistics have no '{key}' entry.")
+        if dim is not None and found.dim < dim:
+            raise ConversionError(f"{source}'s '{key}' statistics cover {found.dim} dims; the robot has {dim}.")
+    return stats.cut(**dims)
+
+
+def _apply_policy(config: PiConfig, policy: PolicyConfig) -> None:
+    """What the policy config fixes beyond the weights, into the model's config."""
+    config.action_horizon = policy.action_horizon or DEFAULT_ACTION_HORIZON[config.variant]
+    config.max_token_len = policy.max_token_len or DEFAULT_MAX_TOKEN_LEN[config.variant]
+    config.image_keys = list(policy.robot.cameras)
+    if config.variant == "pi0_fast" and policy.robot.action_dim:  # the dims its FAST tokens decode to
+        config.action_dim = policy.robot.action_dim
+
+
+def load_policy(config_name: str | None, robot_file: str | os.PathLike | None) -> PolicyConfig | None:
+    if config_name and robot_file:
+        raise ConversionError("Pass --config (one of openpi's) or --robot (your own), not both.")
+    try:
+        if config_name:
+            return openpi_config(config_name)
+        return PolicyConfig.from_json(robot_file) if robot_file else None
+    except ValueError as err:
+        raise ConversionError(str(err)) from err
+
+
 # ---- writing ----------------------------------------------------------------------------------------
 
 
 def convert_openpi(
     checkpoint: str | os.PathLike,
-    variant: str,
+    variant: str | None,
     output: str | os.PathLike,
     action_horizon: int | None = None,
     max_token_len: int | None = None,
@@ -332,19 +377,36 @@ def convert_openpi(
     tokenizer: str | os.PathLike | None = None,
     fast_tokenizer: str | os.PathLike | None = None,
     asset_id: str | None = None,
+    policy: PolicyConfig | None = None,
     **card,
 ) -> Path:
     """Converts and writes `output` (config, safetensors, model card, remote code, and with `tokenizer` the
-    processor) atomically; returns its path. `card`: `write_folder`'s model-card options."""
+    processor) atomically; returns its path. `policy` (`openpi_config(name)` or a user's `PolicyConfig`) fixes
+    what the weights do not say. `card`: `write_folder`'s model-card options."""
     if dtype not in DTYPES:
         raise ConversionError(f"Unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}.")
     output = check_output(output)
+    if policy is not None:
+        if action_horizon is not None or max_token_len is not None:
+            raise ConversionError("The policy config fixes the action horizon and prompt length: drop --action-horizon "
+                                  "and --max-token-len (or declare them in a --robot file).")
+        if tokenizer is None:
+            raise ConversionError("A robot policy is recorded in the processor, which needs --tokenizer.")
+        if variant is not None and policy.variant is not None and variant != policy.variant:
+            raise ConversionError(f"--variant {variant} contradicts the policy config's variant {policy.variant}.")
+        variant = variant or policy.variant
 
     params = load_openpi_params(checkpoint)
     config = infer_config(params, variant, action_horizon, max_token_len)
     config.dtype = dtype
     processor = None
-    if tokenizer is not None:
+    if policy is not None:
+        _apply_policy(config, policy)
+        asset_id = asset_id or policy.asset_id
+        stats = fit_norm_stats(find_norm_stats(checkpoint, asset_id), policy, str(checkpoint))
+        processor = build_processor(config, tokenizer, fast_tokenizer, stats,
+                                    discrete_state_input=policy.discrete_state_input, robot=policy.robot)
+    elif tokenizer is not None:
         processor = build_processor(config, tokenizer, fast_tokenizer, find_norm_stats(checkpoint, asset_id))
     elif fast_tokenizer is not None or asset_id is not None:
         raise ConversionError("--fast-tokenizer and --asset-id build the processor, which also needs --tokenizer.")
@@ -357,7 +419,9 @@ def convert_openpi(
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", required=True, help="openpi checkpoint folder, or its params/ folder")
-    parser.add_argument("--variant", required=True, choices=VARIANTS)
+    parser.add_argument("--config", help=f"openpi's policy config the checkpoint was trained with: {', '.join(OPENPI_CONFIGS)}")
+    parser.add_argument("--robot", help="your own robot's policy config, a JSON file (see the README)")
+    parser.add_argument("--variant", choices=VARIANTS, help="check the checkpoint is this variant (default: what its weights say)")
     parser.add_argument("--output", required=True, help="folder to write (must not exist, or be empty)")
     parser.add_argument("--action-horizon", type=int, default=None, help="action chunk length (default: 50 flow, 32 FAST)")
     parser.add_argument("--max-token-len", type=int, default=None, help="prompt length (default: 48 π0, 200 π0.5, 250 FAST)")
@@ -370,9 +434,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     try:
+        policy = load_policy(args.config, args.robot)
         path = convert_openpi(args.checkpoint, args.variant, args.output, args.action_horizon, args.max_token_len, args.dtype,
                               tokenizer=args.tokenizer, fast_tokenizer=args.fast_tokenizer, asset_id=args.asset_id,
-                              **card_options(args))
+                              policy=policy, **card_options(args))
     except ConversionError as err:
         print(f"pi convert openpi: error: {err}", file=sys.stderr)
         return 1

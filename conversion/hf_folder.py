@@ -12,7 +12,7 @@ from huggingface_hub import save_torch_state_dict
 
 from configuration_pi import PiConfig
 from model_cards import DEFAULT_LICENSE, PALIGEMMA, converted_from, render_model_card
-from processing_pi import FastActionTokenizer, NormStats, PiImageProcessor, PiProcessor, tokenizer_from_sentencepiece
+from processing_pi import FastActionTokenizer, NormStats, PiImageProcessor, PiProcessor, Robot, tokenizer_from_sentencepiece
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -45,10 +45,11 @@ def check_complete(state_dict: dict, config: PiConfig, source: str = "the checkp
 
 
 def build_processor(
-    config: PiConfig, tokenizer: str, fast_tokenizer: str | None, norm_stats: NormStats | None, norm_mode: str | None = None
+    config: PiConfig, tokenizer: str, fast_tokenizer: str | None, norm_stats: NormStats | None, norm_mode: str | None = None,
+    discrete_state_input: bool | None = None, robot: Robot | None = None,
 ) -> PiProcessor:
     """The processor of a converted folder: the SentencePiece tokenizer, the image size and cameras of
-    `config`, and the checkpoint's statistics."""
+    `config`, the checkpoint's statistics, and the robot's layout when the policy config gives one."""
     if config.variant == "pi0_fast" and fast_tokenizer is None:
         raise ConversionError("A π0-FAST processor needs its FAST tokenizer: pass --fast-tokenizer.")
     try:
@@ -63,6 +64,8 @@ def build_processor(
             action_dim=config.action_dim,
             action_horizon=config.action_horizon,
             norm_mode=norm_mode,
+            discrete_state_input=discrete_state_input,
+            robot=robot,
         )
     except (OSError, ValueError) as err:
         raise ConversionError(f"Cannot build the processor: {err}") from err

@@ -99,6 +99,16 @@ class NormStats:
         """Writes openpi's format."""
         Path(path).write_text(json.dumps({"norm_stats": self.to_dict()}, indent=2) + "\n")
 
+    def cut(self, state: int | None = None, actions: int | None = None) -> "NormStats":
+        """The statistics of the first `state` / `actions` dims (None: all), as openpi reads wider ones."""
+
+        def first(stats: ArrayStats | None, dim: int | None) -> ArrayStats | None:
+            if stats is None or dim is None:
+                return stats
+            return ArrayStats(**{name: None if value is None else value[:dim] for name, value in vars(stats).items()})
+
+        return NormStats(state=first(self.state, state), actions=first(self.actions, actions))
+
     def get(self, key: str, mode: str) -> ArrayStats:
         """The statistics of `key`, checked to hold what `mode` needs."""
         stats = getattr(self, key)

@@ -5,10 +5,16 @@
                        return_tensors="pt")
     out = processor.post_process(model.generate_actions(**inputs))   # out.actions, out.valid
 
+A processor that knows its robot (`robot`, a `Robot`: a folder converted with `--config` or `--robot`) also
+takes the raw observation a robot client sends and answers in that robot's commands:
+
+    inputs = processor(observation=obs)                               # or a list of observations
+    out = processor.post_process(generated, observation=obs)          # e.g. ALOHA's absolute joint targets
+
 The model inputs are DESIGN.md's. Normalisation follows the variant (z-score for π0, quantile for
 π0.5 and π0-FAST) unless `norm_mode` says otherwise; with `norm_stats=None` state and actions are
 taken as already normalised. π0 gets the state as a vector padded to `action_dim`; π0.5 and π0-FAST
-read its 256-bin discretisation in the prompt. π0-FAST training sequences come with `token_type_ids`
+read its 256-bin discretisation in the prompt (π0.5 not with `discrete_state_input=False`). π0-FAST training sequences come with `token_type_ids`
 and `labels`; its generated ids are cut between "Action: " and "|" and FAST-decoded.
 """
 
@@ -29,20 +35,23 @@ from .fast_action_tokenizer import FastActionTokenizer
 from .image_processing_pi import PiImageProcessor
 from .normalization import MODES, NormStats
 from .prompts import fast_ids_to_vocab, tokenize_prompt
+from .robots import Robot
 
 DEFAULT_NORM_MODE = {"pi0": "zscore", "pi05": "quantile", "pi0_fast": "quantile"}
 FAST_FOLDER = "fast_tokenizer"
 PROCESSOR_CONFIG = "processor_config.json"
 PROCESSOR_FILES = [PROCESSOR_CONFIG, "tokenizer*.json", "special_tokens_map.json", f"{FAST_FOLDER}/*"]
 HUB_OPTIONS = ("revision", "token", "cache_dir", "local_files_only")
-SETTINGS = ("variant", "image_keys", "max_token_len", "action_dim", "action_horizon", "robot_action_dim", "norm_mode")
+SETTINGS = ("variant", "image_keys", "max_token_len", "action_dim", "action_horizon", "robot_action_dim", "norm_mode",
+            "discrete_state_input")
 
 
 @dataclass
 class PiActionOutput(ModelOutput):
     """
     actions (`torch.FloatTensor` of shape `(batch, horizon, robot action dim)`): in the robot's units.
-    valid (`torch.BoolTensor` of shape `(batch,)`): False where a FAST sequence did not decode (its actions are zeros).
+    valid (`torch.BoolTensor` of shape `(batch,)`): False where a FAST sequence did not decode; its actions are then
+        openpi's fallback, the zero chunk in normalised units taken to the robot's (not a prediction: do not execute).
     """
 
     actions: torch.FloatTensor | None = None
@@ -85,9 +94,13 @@ class PiProcessor(ProcessorMixin):
         action_horizon: int | None = None,
         robot_action_dim: int | None = None,
         norm_mode: str | None = None,
+        discrete_state_input: bool | None = None,
+        robot: Robot | dict | None = None,
     ):
         """`action_horizon`: the chunk length FAST ids decode to (default: the FAST tokenizer's). `robot_action_dim`:
-        the robot's own action dims, which post-processing keeps (default: the size of the action statistics)."""
+        the robot's own action dims, which post-processing keeps (default: the robot's, else the size of the action
+        statistics). `discrete_state_input`: whether the prompt carries the state (default: all but π0; π0-FAST
+        always does). `robot`: the robot whose raw observations `observation=` takes (module docstring)."""
         super().__init__(image_processor, tokenizer)
         if variant not in VARIANTS:
             raise ValueError(f"Unknown π variant {variant!r}; expected one of {', '.join(VARIANTS)}.")
@@ -107,6 +120,14 @@ class PiProcessor(ProcessorMixin):
         if norm_stats is not None:  # missing statistics are an error now, not a silent identity later
             for key in ("state", "actions"):
                 norm_stats.get(key, self.norm_mode)
+        self.discrete_state_input = variant != "pi0" if discrete_state_input is None else bool(discrete_state_input)
+        if variant == "pi0_fast" and not self.discrete_state_input:
+            raise ValueError("π0-FAST always reads the state in its prompt: discrete_state_input cannot be False.")
+        self.robot = Robot.from_dict(robot) if isinstance(robot, dict) else robot
+        if self.robot is not None:
+            unknown = sorted(set(self.robot.cameras) - set(self.image_keys))
+            if unknown:
+                raise ValueError(f"The robot's camera(s) {', '.join(unknown)} are not the model's ({', '.join(self.image_keys)}).")
 
     @classmethod
     def get_attributes(cls):
@@ -115,7 +136,17 @@ class PiProcessor(ProcessorMixin):
 
     # ---- inputs ------------------------------------------------------------------------------
 
-    def __call__(self, images: dict, prompt, state=None, actions=None, return_tensors="pt") -> BatchFeature:
+    def __call__(self, images: dict | None = None, prompt=None, state=None, actions=None, observation=None,
+                 return_tensors="pt") -> BatchFeature:
+        """`images` (camera -> image or batch), `prompt` (one or a list), `state` [S] or [B, S] in robot units,
+        `actions` [H, A] or [B, H, A] (training); or `observation`, a robot's raw observation (or a list of them),
+        read by the processor's `robot`, with `actions` then in the robot's own commands."""
+        if observation is not None:
+            if images is not None or prompt is not None or state is not None:
+                raise ValueError("Pass either `observation` or images / prompt / state, not both.")
+            images, prompt, state, actions = self._read_observations(observation, actions)
+        if prompt is None:
+            raise ValueError("Pass a `prompt` (or an `observation`).")
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         batch = len(prompts)
         if batch == 0:
@@ -128,7 +159,8 @@ class PiProcessor(ProcessorMixin):
         if chunks is not None and self.variant == "pi0_fast":
             fast_ids = self.action_tokenizer(chunks)
         tokens = [
-            tokenize_prompt(self.tokenizer, self.variant, text, self.max_token_len, state[i], fast_ids[i])
+            tokenize_prompt(self.tokenizer, self.variant, text, self.max_token_len, state[i], fast_ids[i],
+                            state_in_prompt=self.discrete_state_input)
             for i, text in enumerate(prompts)
         ]
         features["input_ids"] = np.array([t.input_ids for t in tokens], dtype=np.int64)
@@ -141,6 +173,19 @@ class PiProcessor(ProcessorMixin):
         elif chunks is not None:
             features["actions"] = _pad(chunks, self.action_dim, "actions").astype(np.float32)
         return BatchFeature(features, tensor_type=return_tensors)
+
+    def _read_observations(self, observation, actions) -> tuple:
+        """Raw observation(s) -> images (None where a camera is masked), prompts, robot states, training targets."""
+        if self.robot is None:
+            raise ValueError("This processor has no robot layout to read raw observations with: convert the model with "
+                             "--config or --robot, or pass images, prompt and state.")
+        observations = observation if isinstance(observation, (list, tuple)) else [observation]
+        fields = [self.robot.read(item) for item in observations]
+        images = {camera: [f["images"][camera] for f in fields] for camera in self.robot.cameras}
+        state = np.stack([f["state"] for f in fields])
+        if actions is not None:
+            actions = self.robot.from_robot(_batch(actions, 3, "actions"), state)
+        return images, [f["prompt"] for f in fields], state, actions
 
     def _images(self, images: dict, batch: int) -> dict:
         if not isinstance(images, dict):
@@ -203,8 +248,9 @@ class PiProcessor(ProcessorMixin):
 
     # ---- outputs -----------------------------------------------------------------------------
 
-    def post_process(self, generated) -> PiActionOutput:
-        """Flow output [B, H, D] or FAST ids [B, T] -> actions in robot units [B, H, robot dim] and validity [B]."""
+    def post_process(self, generated, observation=None) -> PiActionOutput:
+        """Flow output [B, H, D] or FAST ids [B, T] -> actions in robot units [B, H, robot dim] and validity [B].
+        With the `observation`(s) the inputs came from, the processor's robot turns them into its commands."""
         generated = generated.detach().cpu() if hasattr(generated, "detach") else torch.as_tensor(generated)
         if self.variant == "pi0_fast":
             actions, valid = self._decode_fast(generated.long().tolist())
@@ -213,15 +259,25 @@ class PiProcessor(ProcessorMixin):
                 raise ValueError(f"Expected a normalised action chunk [B, H, D], got shape {tuple(generated.shape)}.")
             actions, valid = generated.double().numpy(), np.ones(len(generated), dtype=bool)
         if self.norm_stats is not None:
-            stats = self.norm_stats.get("actions", self.norm_mode)
-            actions = stats.unnormalize(actions, self.norm_mode)
-            actions[~valid] = 0.0
+            actions = self.norm_stats.get("actions", self.norm_mode).unnormalize(actions, self.norm_mode)
         actions = actions[..., : self._robot_action_dim() or actions.shape[-1]]
+        if observation is not None:
+            actions = self._to_robot(actions, observation)
         return PiActionOutput(actions=torch.from_numpy(actions).float(), valid=torch.from_numpy(valid))
+
+    def _to_robot(self, actions: np.ndarray, observation) -> np.ndarray:
+        if self.robot is None:
+            raise ValueError("post_process(observation=...) needs the processor's robot layout, which it has none of.")
+        observations = observation if isinstance(observation, (list, tuple)) else [observation]
+        if len(observations) != len(actions):
+            raise ValueError(f"{len(observations)} observation(s) for {len(actions)} generated chunk(s).")
+        return self.robot.to_robot(actions, np.stack([self.robot.state(item) for item in observations]))
 
     def _robot_action_dim(self) -> int | None:
         if self.robot_action_dim:
             return self.robot_action_dim
+        if self.robot is not None and self.robot.action_dim:
+            return self.robot.action_dim
         if self.norm_stats is not None:
             return self.norm_stats.actions.dim
         return self.action_tokenizer.action_dim if self.action_tokenizer is not None else None
@@ -256,6 +312,7 @@ class PiProcessor(ProcessorMixin):
             "image_processor": self.image_processor.to_dict(),
             "norm_stats": None if self.norm_stats is None else self.norm_stats.to_dict(),
             **{name: getattr(self, name) for name in SETTINGS},
+            "robot": None if self.robot is None else self.robot.to_dict(),
         }
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs):
@@ -289,5 +346,6 @@ class PiProcessor(ProcessorMixin):
             PreTrainedTokenizerFast.from_pretrained(folder),
             action_tokenizer=FastActionTokenizer.from_pretrained(fast_folder) if fast_folder.is_dir() else None,
             norm_stats=NormStats.from_dict(config["norm_stats"]) if config.get("norm_stats") else None,
+            robot=config.get("robot"),
             **{name: config[name] for name in SETTINGS if name in config},
         )

@@ -1,7 +1,8 @@
 """Prompts as the π models read them, tokenized with PaliGemma's tokenizer.
 
 - π0: BOS + clean(prompt) + "\\n".
-- π0.5: BOS + "Task: {clean(prompt)}, State: {bins};\\nAction: ".
+- π0.5: BOS + "Task: {clean(prompt)}, State: {bins};\\nAction: "; without the state in the prompt (openpi's
+  `discrete_state_input=False`, e.g. its LIBERO π0.5), π0's format.
 - π0-FAST: prefix BOS + "Task: {fast_clean(prompt)}, State: {bins};\\n" (bidirectional); for training,
   postfix "Action: " + FAST ids mapped into the vocabulary + "|" + EOS (causal, the loss targets).
 
@@ -103,16 +104,20 @@ def tokenize_prompt(
     max_len: int,
     state: np.ndarray | None = None,
     fast_ids: list[int] | None = None,
+    state_in_prompt: bool | None = None,
 ) -> PromptTokens:
     """The variant's prompt format; `state` is the normalised robot state (π0.5, π0-FAST), `fast_ids` the FAST
-    ids of the target chunk (π0-FAST training; None for inference)."""
+    ids of the target chunk (π0-FAST training; None for inference). `state_in_prompt` (openpi's
+    `discrete_state_input`; default: all but π0) picks the flow variants' format: without the state, π0's."""
     bos = [tokenizer.bos_token_id]
-    if variant == "pi0":
+    if state_in_prompt is None:
+        state_in_prompt = variant != "pi0"
+    if variant != "pi0_fast" and not state_in_prompt:
         return _pad(bos + _encode(tokenizer, clean_prompt(prompt)) + _encode(tokenizer, "\n"), [], max_len)
     if state is None:
         raise ValueError(f"The {variant} prompt carries the robot state: pass `state`.")
     bins = " ".join(map(str, discretize_state(state)))
-    if variant == "pi05":
+    if variant != "pi0_fast":
         return _pad(bos + _encode(tokenizer, f"Task: {clean_prompt(prompt)}, State: {bins};\nAction: "), [], max_len)
     prefix = bos + _encode(tokenizer, f"Task: {fast_clean_prompt(prompt)}, State: {bins};\n")
     postfix = []
