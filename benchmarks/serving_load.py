@@ -23,7 +23,7 @@ from openpi_client.websocket_client_policy import WebsocketClientPolicy
 from transformers import AutoModel, AutoProcessor
 
 import modeling_pi  # noqa: F401
-from serving_pi import BatchingPolicy, ObservationLayout, serve_in_background
+from serving_pi import BatchingPolicy, preset, serve_in_background
 
 
 def observation(rng: np.random.Generator, cameras: list[str], state_dim: int) -> dict:
@@ -89,7 +89,7 @@ def main() -> None:
         return
     model = AutoModel.from_pretrained(args.model)
     options = {"num_steps": args.num_steps} if args.num_steps else {}
-    policy = BatchingPolicy(model, processor, ObservationLayout.preset("pi"), max_batch=args.max_batch, **options)
+    policy = BatchingPolicy(model, processor, preset("pi"), max_batch=args.max_batch, **options)
     with serve_in_background(policy) as server:
         load("127.0.0.1", server.port, args.clients, args.requests, cameras, state_dim)
 

@@ -10,10 +10,17 @@
     out["valid"]                             # False only where a π0-FAST answer did not decode (its actions are zeros)
     policy([observation, ...])               # {"images", "prompt", "state"} dicts: one model batch, a list of outputs
 
+A model whose processor knows its robot (converted with `--config` or `--robot`) takes that robot's raw
+observations instead, as its clients send them, and answers in the robot's commands:
+
+    policy = pipeline("robotics", model="converted/pi0_aloha")
+    policy({"images": {"cam_high": chw, ...}, "state": joints, "prompt": "fold the towel"}, noise=noise)
+
 It is `PiProcessor` -> `generate_actions` -> `PiProcessor.post_process` and nothing more, so that serving code,
 notebooks and `pi generate` get the numbers of those three calls written out. Every keyword but `seed` goes to
 `generate_actions` (`num_steps`, `solver`, `noise` for π0 / π0.5; `max_new_tokens`, `temperature`,
-`allowed_token_ids` for π0-FAST); `seed` seeds a generator on the model's device for each model call. The model
+`allowed_token_ids` for π0-FAST; a `noise` [H, D] is one chunk's); `seed` seeds a generator on the model's device
+for each model call. The model
 casts its inputs to its own dtype (and keeps the flow in float32), so the pipeline only places them on its device.
 
 `pi generate` is the same from the command line (`add_arguments` / `run`):
@@ -77,10 +84,16 @@ class RoboticsPipeline(Pipeline):
                 raise ValueError("Pass seed or generator, not both.")
             generate_kwargs["seed"] = seed
         if "noise" in generate_kwargs:
-            generate_kwargs["noise"] = torch.as_tensor(generate_kwargs["noise"], dtype=torch.float32)
+            noise = torch.as_tensor(generate_kwargs["noise"], dtype=torch.float32)
+            generate_kwargs["noise"] = noise[None] if noise.ndim == 2 else noise
         return {}, generate_kwargs, {}
 
     def preprocess(self, observation):
+        robot = self.processor.robot
+        if robot is not None:  # the robot's own observation, read by its layout
+            inputs = self.processor(observation=observation, return_tensors="pt")
+            inputs["robot_state"] = torch.from_numpy(robot.state(observation))[None]
+            return inputs
         if not isinstance(observation, dict):
             raise ValueError(f"An observation is a dict of {', '.join(OBSERVATION_FIELDS)}, got {type(observation).__name__}.")
         unknown = sorted(set(observation) - set(OBSERVATION_FIELDS))
@@ -98,10 +111,13 @@ class RoboticsPipeline(Pipeline):
         if seed is not None:
             generate_kwargs["generator"] = torch.Generator(self.device).manual_seed(seed)
         generate_kwargs = self._ensure_tensor_on_device(generate_kwargs, self.device)
-        return {"generated": self.model.generate_actions(**model_inputs, **generate_kwargs)}
+        robot_state = model_inputs.pop("robot_state", None)
+        return {"generated": self.model.generate_actions(**model_inputs, **generate_kwargs), "robot_state": robot_state}
 
     def postprocess(self, model_outputs) -> dict:
-        out = self.processor.post_process(model_outputs["generated"])
+        robot_state = model_outputs["robot_state"]
+        robot_state = None if robot_state is None else robot_state.cpu()
+        out = self.processor.post_process(model_outputs["generated"], robot_state=robot_state)
         return {"actions": out.actions[0].numpy(), "valid": bool(out.valid[0])}
 
 

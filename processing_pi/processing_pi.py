@@ -248,9 +248,10 @@ class PiProcessor(ProcessorMixin):
 
     # ---- outputs -----------------------------------------------------------------------------
 
-    def post_process(self, generated, observation=None) -> PiActionOutput:
+    def post_process(self, generated, observation=None, robot_state=None) -> PiActionOutput:
         """Flow output [B, H, D] or FAST ids [B, T] -> actions in robot units [B, H, robot dim] and validity [B].
-        With the `observation`(s) the inputs came from, the processor's robot turns them into its commands."""
+        With the `observation`(s) the inputs came from, or their states as `self.robot.state` reads them
+        (`robot_state` [B, S]), the processor's robot turns the actions into its commands."""
         generated = generated.detach().cpu() if hasattr(generated, "detach") else torch.as_tensor(generated)
         if self.variant == "pi0_fast":
             actions, valid = self._decode_fast(generated.long().tolist())
@@ -261,17 +262,22 @@ class PiProcessor(ProcessorMixin):
         if self.norm_stats is not None:
             actions = self.norm_stats.get("actions", self.norm_mode).unnormalize(actions, self.norm_mode)
         actions = actions[..., : self._robot_action_dim() or actions.shape[-1]]
-        if observation is not None:
-            actions = self._to_robot(actions, observation)
+        if observation is not None or robot_state is not None:
+            actions = self._to_robot(actions, observation, robot_state)
         return PiActionOutput(actions=torch.from_numpy(actions).float(), valid=torch.from_numpy(valid))
 
-    def _to_robot(self, actions: np.ndarray, observation) -> np.ndarray:
+    def _to_robot(self, actions: np.ndarray, observation, robot_state) -> np.ndarray:
         if self.robot is None:
             raise ValueError("post_process(observation=...) needs the processor's robot layout, which it has none of.")
-        observations = observation if isinstance(observation, (list, tuple)) else [observation]
-        if len(observations) != len(actions):
-            raise ValueError(f"{len(observations)} observation(s) for {len(actions)} generated chunk(s).")
-        return self.robot.to_robot(actions, np.stack([self.robot.state(item) for item in observations]))
+        if observation is not None and robot_state is not None:
+            raise ValueError("Pass `observation` or `robot_state`, not both.")
+        if robot_state is None:
+            observations = observation if isinstance(observation, (list, tuple)) else [observation]
+            robot_state = np.stack([self.robot.state(item) for item in observations])
+        robot_state = _batch(robot_state, 2, "robot_state")
+        if len(robot_state) != len(actions):
+            raise ValueError(f"{len(robot_state)} observation(s) for {len(actions)} generated chunk(s).")
+        return self.robot.to_robot(actions, robot_state)
 
     def _robot_action_dim(self) -> int | None:
         if self.robot_action_dim:

@@ -1,14 +1,17 @@
 """One model, many clients: requests are preprocessed on their own, queued, and run in batches by a single
 worker thread, so the weights are never used by two calls at once.
 
-Each request is read (`ObservationLayout`) and processed (`PiProcessor`) as soon as it arrives, in a
-thread pool: a bad observation fails alone, before it can join a batch. The worker takes the oldest
+Each request is read by the processor's robot (`processing_pi.Robot`: the folder's own, or a preset's for a
+folder without one) and processed (`PiProcessor`) as soon as it arrives, in a thread pool: a bad observation
+fails alone, before it can join a batch. The worker takes the oldest
 waiting request and whatever else is already waiting (up to `max_batch`), concatenates their model
-inputs, calls `generate_actions` once and `post_process` once, and answers each request with its row.
+inputs, calls `generate_actions` once and `post_process` once (each row with its own observation's state, for
+the robot's conversions), and answers each request with its row.
 Flow noise is drawn per request, so a request's actions do not depend on which batch it ran in.
 """
 
 import asyncio
+import copy
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -16,21 +19,29 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .observations import ObservationLayout
+from processing_pi import Robot
 
 
 @dataclass
 class _Request:
     inputs: dict
+    robot_state: np.ndarray
     noise: torch.Tensor | None
     arrived: float
     answer: asyncio.Future
 
 
 class BatchingPolicy:
-    def __init__(self, model, processor, layout: ObservationLayout, max_batch: int = 8, seed: int | None = None,
+    def __init__(self, model, processor, layout: Robot | None = None, max_batch: int = 8, seed: int | None = None,
                  **generate_kwargs):
-        self.model, self.processor, self.layout = model.eval(), processor, layout
+        """`layout`: how to read observations when the processor has no robot of its own (`serving_pi.preset`)."""
+        if layout is not None:
+            processor = copy.copy(processor)
+            processor.robot = layout
+        elif processor.robot is None:
+            raise ValueError("The processor knows no robot: pass a layout (serving_pi.preset(...)), or convert the "
+                             "model with --config or --robot.")
+        self.model, self.processor = model.eval(), processor
         self.max_batch = max_batch
         self.generate_kwargs = generate_kwargs
         self.generator = torch.Generator().manual_seed(seed) if seed is not None else torch.Generator()
@@ -39,9 +50,11 @@ class BatchingPolicy:
         self._worker: asyncio.Task | None = None
 
     def metadata(self) -> dict:
-        config = self.model.config
-        return {"variant": config.variant, "action_horizon": config.action_horizon, "image_keys": list(config.image_keys),
-                "max_batch": self.max_batch, "observation_layout": self.layout.describe()}
+        """The robot's own metadata (openpi's `policy_metadata`, e.g. ALOHA's `reset_pose`) and the server's."""
+        config, robot = self.model.config, self.processor.robot
+        return {**robot.metadata, "variant": config.variant, "action_horizon": config.action_horizon,
+                "image_keys": list(config.image_keys), "max_batch": self.max_batch, "robot": robot.name,
+                "observation_layout": robot.describe()}
 
     def start(self) -> None:
         """Starts the worker on the running event loop, and the one thread that runs the model."""
@@ -60,18 +73,19 @@ class BatchingPolicy:
         observation raises `ObservationError` / `ValueError` naming the problem."""
         arrived = time.monotonic()
         loop = asyncio.get_running_loop()
-        inputs = await loop.run_in_executor(None, self._preprocess, observation)
+        inputs, robot_state = await loop.run_in_executor(None, self._preprocess, observation)
         noise = None
         if self.model.config.is_flow and "noise" not in self.generate_kwargs:
             config = self.model.config
             noise = torch.randn(1, config.action_horizon, config.action_dim, generator=self.generator)
-        request = _Request(inputs, noise, arrived, loop.create_future())
+        request = _Request(inputs, robot_state, noise, arrived, loop.create_future())
         self._queue.put_nowait(request)
         return await request.answer
 
-    def _preprocess(self, observation) -> dict:
-        fields = self.layout.read(observation)
-        return dict(self.processor(**fields, return_tensors="pt"))
+    def _preprocess(self, observation) -> tuple[dict, np.ndarray]:
+        """observation -> (model inputs, its state as the robot reads it)."""
+        inputs = dict(self.processor(observation=observation, return_tensors="pt"))
+        return inputs, self.processor.robot.state(observation)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -102,7 +116,7 @@ class BatchingPolicy:
         with torch.inference_mode():
             generated = self.model.generate_actions(**{k: v.to(device) for k, v in inputs.items()},
                                                     **{k: v.to(device) if torch.is_tensor(v) else v for k, v in options.items()})
-        out = self.processor.post_process(generated.cpu())
+        out = self.processor.post_process(generated.cpu(), robot_state=np.stack([request.robot_state for request in batch]))
         infer_ms = (time.monotonic() - started) * 1000
         return [
             {"actions": out.actions[i].numpy().astype(np.float32), "valid": bool(out.valid[i]),

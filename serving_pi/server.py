@@ -5,10 +5,15 @@
              [--camera MODEL_CAMERA=OBSERVATION_KEY ...] [--state-key KEY ...] [--prompt-key KEY]
              [--default-prompt TEXT] [--max-batch N] [--num-steps N] [--max-message-mb N] [--device DEVICE]
 
-The protocol (openpi's): on connect the server sends its metadata (msgpack); then each binary msgpack
-message is one observation and is answered with a dict holding `actions` [H, robot dims] and the
-timings (`policy_timing`, `server_timing`), plus `valid` (False where a π0-FAST answer did not
-decode into actions; they are zeros then). A request that cannot be served is answered with a text
+A folder converted with `--config` or `--robot` knows its robot: the server reads that robot's raw
+observations and answers in its commands with no flags (`--prompt-key` and `--default-prompt` may still
+override). For other folders, `--preset` (default `pi`), `--camera` and `--state-key` say how to read them.
+
+The protocol (openpi's): on connect the server sends its metadata (msgpack: the policy's own, such as
+ALOHA's `reset_pose`, and the server's); then each binary msgpack message is one observation and is
+answered with a dict holding `actions` [H, robot dims] and the timings (`policy_timing`,
+`server_timing`), plus `valid` (False where a π0-FAST answer did not decode into actions; they are then
+openpi's fallback, not a prediction). A request that cannot be served is answered with a text
 message naming the problem, which the client raises as an error; the connection stays open.
 Messages larger than `--max-message-mb` close that connection (code 1009); other clients are not
 affected. `GET /healthz` answers 200 while serving and 503 while shutting down. On SIGTERM or
@@ -30,7 +35,7 @@ from http import HTTPStatus
 import websockets
 from websockets.asyncio.server import ServerConnection, serve
 
-from .observations import PRESETS, ObservationLayout
+from .observations import PRESETS, preset
 from .policy import BatchingPolicy
 from .wire import packb, unpackb
 
@@ -150,7 +155,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--model", required=True, help="π model folder with its processor")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000, help="0 picks a free port")
-    parser.add_argument("--preset", choices=tuple(PRESETS), default="pi", help="observation layout of a common robot client")
+    parser.add_argument("--preset", choices=tuple(PRESETS),
+                        help="observation layout of a common robot client, for a folder that declares no robot (default: pi)")
     parser.add_argument("--camera", action="append", metavar="MODEL_CAMERA=KEY",
                         help="map an observation key to a model camera (replaces the preset's cameras)")
     parser.add_argument("--state-key", action="append", metavar="KEY", help="observation keys concatenated into the state")
@@ -169,22 +175,30 @@ def build_policy(args: argparse.Namespace) -> BatchingPolicy:
 
     import modeling_pi  # noqa: F401  (registers "pi")
 
-    cameras = None
-    if args.camera:
-        pairs = [spec.partition("=") for spec in args.camera]
-        if any(not (camera and equals and key) for camera, equals, key in pairs):
-            raise ValueError(f"--camera takes MODEL_CAMERA=KEY pairs, got {args.camera}.")
-        cameras = {camera: key for camera, _, key in pairs}
-    layout = ObservationLayout.preset(args.preset, cameras=cameras, state_keys=args.state_key, prompt_key=args.prompt_key,
-                                      default_prompt=args.default_prompt)
+    import dataclasses
+
     import torch
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = AutoModel.from_pretrained(args.model).to(device)
     processor = AutoProcessor.from_pretrained(args.model)
+    prompt = {key: value for key, value in (("prompt_key", args.prompt_key), ("default_prompt", args.default_prompt)) if value}
+    if processor.robot is not None:
+        if args.preset or args.camera or args.state_key:
+            raise ValueError(f"{args.model} declares its robot ({processor.robot.name}); --preset, --camera and "
+                             "--state-key are for folders that do not.")
+        layout = dataclasses.replace(processor.robot, **prompt)
+    else:
+        cameras = None
+        if args.camera:
+            pairs = [spec.partition("=") for spec in args.camera]
+            if any(not (camera and equals and key) for camera, equals, key in pairs):
+                raise ValueError(f"--camera takes MODEL_CAMERA=KEY pairs, got {args.camera}.")
+            cameras = {camera: key for camera, _, key in pairs}
+        layout = preset(args.preset or "pi", cameras=cameras, state_keys=args.state_key, **prompt)
     unknown = sorted(set(layout.cameras) - set(processor.image_keys))
     if unknown:
         raise ValueError(f"Camera(s) {', '.join(unknown)} are not the model's ({', '.join(processor.image_keys)}).")
+    model = AutoModel.from_pretrained(args.model).to(device)
     options = {}
     if args.num_steps is not None:
         if not model.config.is_flow:

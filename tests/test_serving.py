@@ -26,8 +26,8 @@ from transformers import AutoModel, AutoProcessor
 
 import modeling_pi  # noqa: F401
 from conftest import CAMERAS, ROBOT_DIM
-from serving_pi import BatchingPolicy, ObservationLayout
-from serving_pi.observations import ObservationError
+from processing_pi import ObservationError, Robot
+from serving_pi import BatchingPolicy, preset
 from serving_pi.server import serve_in_background
 from serving_pi.wire import WireError, packb, unpackb
 
@@ -41,15 +41,15 @@ def _observation(seed: int, prompt: str = "pick up the red cup") -> dict:
     return {**images, "state": rng.normal(size=ROBOT_DIM), "prompt": prompt}
 
 
-def _policy(folder, layout: ObservationLayout | None = None, **kwargs) -> BatchingPolicy:
+def _policy(folder, layout: Robot | None = None, **kwargs) -> BatchingPolicy:
     model, processor = AutoModel.from_pretrained(folder), AutoProcessor.from_pretrained(folder)
-    return BatchingPolicy(model, processor, layout or ObservationLayout.preset("pi"), **kwargs)
+    return BatchingPolicy(model, processor, layout or preset("pi"), **kwargs)
 
 
 def _direct(folder, observation: dict, noise: torch.Tensor | None) -> dict:
     """The same observation through processor -> generate_actions -> post_process, in this thread."""
     model, processor = AutoModel.from_pretrained(folder).eval(), AutoProcessor.from_pretrained(folder)
-    fields = ObservationLayout.preset("pi").read(observation)
+    fields = preset("pi").read(observation)
     with torch.inference_mode():
         out = processor.post_process(model.generate_actions(**processor(**fields), **({"noise": noise} if noise is not None else {})))
     return {"actions": out.actions[0].numpy(), "valid": bool(out.valid[0])}
@@ -153,9 +153,10 @@ def test_a_flow_request_gets_the_same_actions_batched_or_alone(policy_folder):
     policy = _policy(policy_folder("pi05"))
     requests = []
     for i in range(3):
-        inputs = policy._preprocess(_observation(20 + i))
+        inputs, robot_state = policy._preprocess(_observation(20 + i))
         noise = torch.randn(1, policy.model.config.action_horizon, policy.model.config.action_dim)
-        requests.append(type("Request", (), {"inputs": inputs, "noise": noise, "arrived": time.monotonic()})())
+        requests.append(type("Request", (), {"inputs": inputs, "robot_state": robot_state, "noise": noise,
+                                             "arrived": time.monotonic()})())
     together = policy._generate(requests)
     for request, answer in zip(requests, together):
         alone = policy._generate([request])[0]
@@ -167,21 +168,21 @@ def test_presets_read_the_openpi_robot_layouts():
     chw = rng.integers(0, 256, (3, 32, 40), dtype=np.uint8)
     aloha = {"images": {"cam_high": chw, "cam_low": chw, "cam_left_wrist": chw, "cam_right_wrist": chw},
              "state": np.arange(14.0), "prompt": "fold"}
-    fields = ObservationLayout.preset("aloha").read(aloha)
+    fields = preset("aloha").read(aloha)
     assert sorted(fields["images"]) == sorted(CAMERAS) and fields["images"]["base_0_rgb"].shape == (32, 40, 3)
     np.testing.assert_array_equal(fields["images"]["base_0_rgb"], chw.transpose(1, 2, 0))
     hwc = rng.integers(0, 256, (224, 224, 3), dtype=np.uint8)
     droid = {"observation/exterior_image_1_left": hwc, "observation/wrist_image_left": hwc,
              "observation/joint_position": np.arange(7.0), "observation/gripper_position": np.array([0.5])}
-    fields = ObservationLayout.preset("droid", default_prompt="pick up the fork").read(droid)
+    fields = preset("droid", default_prompt="pick up the fork").read(droid)
     assert list(fields["images"]) == ["base_0_rgb", "left_wrist_0_rgb"] and fields["prompt"] == "pick up the fork"
     np.testing.assert_array_equal(fields["state"], [0, 1, 2, 3, 4, 5, 6, 0.5])
     libero = {"observation/image": hwc, "observation/wrist_image": hwc, "observation/state": np.zeros(8), "prompt": b"open"}
-    assert ObservationLayout.preset("libero").read(libero)["prompt"] == "open"
+    assert preset("libero").read(libero)["prompt"] == "open"
     with pytest.raises(ObservationError, match="no default prompt"):
-        ObservationLayout.preset("droid").read(droid)
+        preset("droid").read(droid)
     with pytest.raises(ValueError, match="Unknown observation preset"):
-        ObservationLayout.preset("franka")
+        preset("franka")
 
 
 def test_wire_format_is_openpis_and_refuses_what_is_not_plain_numbers():
