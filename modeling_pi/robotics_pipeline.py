@@ -7,7 +7,8 @@
     out = policy(images={"base_0_rgb": img, "left_wrist_0_rgb": wrist}, prompt="fold the towel", state=raw_state,
                  num_steps=10, seed=0)
     out["actions"]                           # np.ndarray [H, robot action dim], float32
-    out["valid"]                             # False only where a π0-FAST answer did not decode (its actions are zeros)
+    out["valid"]                             # False only where a π0-FAST answer did not decode (its actions are then
+                                             # openpi's fallback, the normalised zero chunk: not a prediction)
     policy([observation, ...])               # {"images", "prompt", "state"} dicts: one model batch, a list of outputs
 
 A model whose processor knows its robot (converted with `--config` or `--robot`) takes that robot's raw
@@ -144,6 +145,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         observation = {"images": _read_images(args.image), "prompt": args.prompt, "state": _parse_state(args.state)}
         policy = pipeline(TASK, model=str(args.model), device=args.device)
+        if policy.processor.robot is not None:
+            raise ValueError(f"{args.model} reads the raw observations of its robot ({policy.processor.robot.name}), "
+                             "which pi generate does not build: use pipeline('robotics', ...) or pi serve.")
         if args.num_steps is not None and not policy.model.config.is_flow:
             raise ValueError("--num-steps sets the flow solver's steps; π0-FAST decodes tokens.")
         options = {name: value for name, value in (("num_steps", args.num_steps), ("seed", args.seed)) if value is not None}
@@ -155,7 +159,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"pi generate: error: {err}", file=sys.stderr)
         return 1
     if not out["valid"]:
-        print("pi generate: warning: the generated tokens do not decode into actions; the chunk is zeros.", file=sys.stderr)
+        print("pi generate: warning: the generated tokens do not decode into actions; the chunk is openpi's fallback "
+              "(the normalised zero chunk), not a prediction.", file=sys.stderr)
     if args.output:
         print(f"wrote {args.output}")
     else:

@@ -119,6 +119,19 @@ def test_the_model_gets_the_inputs_openpi_builds(policy, name):
         assert _relative_error(out.actions[0].double().numpy(), io[f"expected.actions.{i}"].numpy()) < 1e-4
 
 
+@torch.no_grad()
+def test_a_batch_of_observations_gives_each_its_own_actions(policy):
+    """Three ALOHA observations of different image sizes, one without its right wrist camera, in one model call."""
+    _, observations, io = _fixture("pi0_aloha")
+    folder = policy("pi0_aloha")
+    model, processor = AutoModel.from_pretrained(folder).eval(), AutoProcessor.from_pretrained(folder)
+    noise = torch.stack([io[f"noise.{i}"] for i in range(len(observations))])
+    generated = model.generate_actions(**processor(observation=observations), noise=noise)
+    out = processor.post_process(generated, observation=observations)
+    for i, actions in enumerate(out.actions.double().numpy()):
+        assert _relative_error(actions, io[f"expected.actions.{i}"].numpy()) < 1e-4
+
+
 def test_a_robot_file_declares_what_a_config_does(tmp_path):
     """The README's robot.json example (a LIBERO arm with delta pose actions) converts the π0 LIBERO checkpoint into
     the policy `--config pi0_libero` gives."""
