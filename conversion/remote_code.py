@@ -18,7 +18,7 @@ MODULES = {
     "configuration_pi": ("configuration_pi",),
     "modeling_pi": ("input_checks", "flow_matching", "action_expert", "joint_attention", "cpu_linears",
                     "fast_decoding", "modeling_pi"),
-    "processing_pi": ("normalization", "prompts", "image_processing_pi", "fast_action_tokenizer", "processing_pi"),
+    "processing_pi": ("normalization", "prompts", "image_processing_pi", "fast_action_tokenizer", "robots", "processing_pi"),
 }
 AUTO_MAP = {
     "config.json": {"AutoConfig": "configuration_pi.PiConfig", "AutoModel": "modeling_pi.PiForActionGeneration"},

@@ -11,11 +11,12 @@ takes the raw observation a robot client sends and answers in that robot's comma
     inputs = processor(observation=obs)                               # or a list of observations
     out = processor.post_process(generated, observation=obs)          # e.g. ALOHA's absolute joint targets
 
-The model inputs are DESIGN.md's. Normalisation follows the variant (z-score for π0, quantile for
-π0.5 and π0-FAST) unless `norm_mode` says otherwise; with `norm_stats=None` state and actions are
-taken as already normalised. π0 gets the state as a vector padded to `action_dim`; π0.5 and π0-FAST
-read its 256-bin discretisation in the prompt (π0.5 not with `discrete_state_input=False`). π0-FAST training sequences come with `token_type_ids`
-and `labels`; its generated ids are cut between "Action: " and "|" and FAST-decoded.
+The outputs are the inputs `PiForActionGeneration` takes. Normalisation follows the variant (z-score for π0,
+quantile for π0.5 and π0-FAST) unless `norm_mode` says otherwise; with `norm_stats=None` state and actions
+are taken as already normalised. π0 gets the state as a vector padded to `action_dim`; π0.5 and π0-FAST
+read its 256-bin discretisation in the prompt (π0.5 not with `discrete_state_input=False`). π0-FAST
+training sequences come with `token_type_ids` and `labels`; its generated ids are cut between "Action: "
+and "|" and FAST-decoded.
 """
 
 import json
