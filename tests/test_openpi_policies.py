@@ -132,6 +132,19 @@ def test_a_batch_of_observations_gives_each_its_own_actions(policy):
         assert _relative_error(actions, io[f"expected.actions.{i}"].numpy()) < 1e-4
 
 
+@pytest.mark.parametrize("name", ["pi0_aloha", "pi0_libero"])
+def test_a_training_chunk_comes_back_as_the_same_commands(policy, name):
+    """The robot's own chunk through the training path (converted, made deltas, normalised, padded), read back as
+    if the model had generated it, is the chunk again: the two directions of every robot transform agree."""
+    _, observations, _ = _fixture(name)
+    processor = AutoProcessor.from_pretrained(policy(name))
+    chunk = np.random.default_rng(0).uniform(0.2, 0.8, (len(observations), 5, processor.robot.action_dim))
+    targets = processor(observation=observations, actions=chunk)["actions"]
+    assert targets.shape[-1] == 32 and not np.allclose(targets[..., : chunk.shape[-1]], chunk)
+    back = processor.post_process(targets, observation=observations).actions
+    np.testing.assert_allclose(back.numpy(), chunk, atol=1e-5)
+
+
 def test_a_robot_file_declares_what_a_config_does(tmp_path):
     """The README's robot.json example (a LIBERO arm with delta pose actions) converts the π0 LIBERO checkpoint into
     the policy `--config pi0_libero` gives."""
