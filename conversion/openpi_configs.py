@@ -66,7 +66,6 @@ def _aloha(delta: bool = True, default_prompt: str | None = None, metadata: dict
     """openpi's ALOHA: channel-first images under `images/cam_*` (`cam_low` unused, wrists optional), 14 dims
     converted to the π runtime's space, joints as deltas of the state."""
     return Robot(
-        name="aloha",
         cameras={"base_0_rgb": "images/cam_high", "left_wrist_0_rgb": "images/cam_left_wrist",
                  "right_wrist_0_rgb": "images/cam_right_wrist"},
         optional_cameras=["left_wrist_0_rgb", "right_wrist_0_rgb"],
@@ -90,7 +89,6 @@ def _droid(variant: str, delta: bool = False) -> Robot:
     else:
         cameras = {"base_0_rgb": exterior, "left_wrist_0_rgb": wrist, "right_wrist_0_rgb": None}
     return Robot(
-        name="droid",
         cameras=cameras,
         show_blank_cameras=variant == "pi0_fast",
         state_keys=["observation/joint_position", "observation/gripper_position"],
@@ -104,7 +102,6 @@ def _libero(variant: str, delta: bool) -> Robot:
     """openpi's LIBERO: agent-view and wrist cameras, 8 state dims, 7 action dims (the older π0 checkpoints
     predict the 6 pose dims relative to the state)."""
     return Robot(
-        name="libero",
         cameras={"base_0_rgb": "observation/image", "left_wrist_0_rgb": "observation/wrist_image", "right_wrist_0_rgb": None},
         show_blank_cameras=variant == "pi0_fast",
         state_keys=["observation/state"],

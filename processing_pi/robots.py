@@ -53,8 +53,8 @@ def _from_unit(x, low, high):
 def _gripper_to_pi(position: np.ndarray) -> np.ndarray:
     """ALOHA's normalised linear gripper position -> the π runtime's normalised gripper angle."""
     linear = _from_unit(position, *_ALOHA_GRIPPER_LINEAR)
-    cosine = (_GRIPPER_HORN**2 + linear**2 - _GRIPPER_ARM**2) / (2 * _GRIPPER_HORN * linear)
-    return _to_unit(np.arcsin(np.clip(cosine, -1.0, 1.0)), *_PI_GRIPPER_ANGLE)
+    sine = (_GRIPPER_HORN**2 + linear**2 - _GRIPPER_ARM**2) / (2 * _GRIPPER_HORN * linear)  # of the horn's angle
+    return _to_unit(np.arcsin(np.clip(sine, -1.0, 1.0)), *_PI_GRIPPER_ANGLE)
 
 
 def _gripper_from_pi(angle: np.ndarray) -> np.ndarray:
