@@ -36,7 +36,7 @@ import torch
 from tqdm.auto import tqdm
 
 from configuration_pi import PiConfig
-from configuration_pi.configuration_pi import DEFAULT_ACTION_HORIZON, DEFAULT_MAX_TOKEN_LEN, FLOW_VARIANTS, VARIANTS
+from configuration_pi.configuration_pi import FLOW_VARIANTS, VARIANTS
 from conversion.hf_folder import DTYPES, ConversionError, build_processor, check_output, expected_shapes, write_folder
 from conversion.openpi_configs import OPENPI_CONFIGS, PolicyConfig, openpi_config
 from conversion.push import add_publish_arguments, card_options, publish
@@ -343,10 +343,8 @@ def fit_norm_stats(stats: NormStats | None, policy: PolicyConfig, source: str) -
     return stats.cut(**dims)
 
 
-def _apply_policy(config: PiConfig, policy: PolicyConfig) -> None:
-    """What the policy config fixes beyond the weights, into the model's config."""
-    config.action_horizon = policy.action_horizon or DEFAULT_ACTION_HORIZON[config.variant]
-    config.max_token_len = policy.max_token_len or DEFAULT_MAX_TOKEN_LEN[config.variant]
+def _apply_robot(config: PiConfig, policy: PolicyConfig) -> None:
+    """The robot's cameras (and π0-FAST's action dims) into the model's config."""
     config.image_keys = list(policy.robot.cameras)
     if config.variant == "pi0_fast" and policy.robot.action_dim:  # the dims its FAST tokens decode to
         config.action_dim = policy.robot.action_dim
@@ -395,13 +393,14 @@ def convert_openpi(
         if variant is not None and policy.variant is not None and variant != policy.variant:
             raise ConversionError(f"--variant {variant} contradicts the policy config's variant {policy.variant}.")
         variant = variant or policy.variant
+        action_horizon, max_token_len = policy.action_horizon, policy.max_token_len
 
     params = load_openpi_params(checkpoint)
     config = infer_config(params, variant, action_horizon, max_token_len)
     config.dtype = dtype
     processor = None
     if policy is not None:
-        _apply_policy(config, policy)
+        _apply_robot(config, policy)
         asset_id = asset_id or policy.asset_id
         stats = fit_norm_stats(find_norm_stats(checkpoint, asset_id), policy, str(checkpoint))
         processor = build_processor(config, tokenizer, fast_tokenizer, stats,
