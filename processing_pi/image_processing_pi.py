@@ -85,9 +85,8 @@ class PiImageProcessor(BaseImageProcessor):
         return (255 * (array - low) / (high - low)).astype(np.uint8)
 
     def preprocess(self, images, camera: str = "image", return_tensors=None, **kwargs) -> BatchFeature:
-        if isinstance(images, (list, tuple)) and len(images) > 1:  # each its own size: resized one by one
-            resized = np.concatenate([resize_with_pad(self.to_uint8(image, camera), self.size, self.size) for image in images])
-        else:
-            resized = resize_with_pad(self.to_uint8(images, camera), self.size, self.size)
+        # a list's images may differ in size: each is resized on its own (an empty list is `to_uint8`'s error)
+        items = images if isinstance(images, (list, tuple)) and images else [images]
+        resized = np.concatenate([resize_with_pad(self.to_uint8(item, camera), self.size, self.size) for item in items])
         pixel_values = (resized.astype(np.float32) / 255.0 * 2.0 - 1.0).transpose(0, 3, 1, 2)
         return BatchFeature({"pixel_values": pixel_values}, tensor_type=return_tensors)
