@@ -23,6 +23,7 @@ the connections and exits.
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import signal
 import sys
@@ -174,8 +175,6 @@ def build_policy(args: argparse.Namespace) -> BatchingPolicy:
     from transformers import AutoModel, AutoProcessor
 
     import modeling_pi  # noqa: F401  (registers "pi")
-
-    import dataclasses
 
     import torch
 

@@ -146,11 +146,11 @@ def test_a_training_chunk_comes_back_as_the_same_commands(policy, name):
 
 
 def test_a_robot_file_declares_what_a_config_does(tmp_path):
-    """The README's robot.json example (a LIBERO arm with delta pose actions) converts the π0 LIBERO checkpoint into
-    the policy `--config pi0_libero` gives."""
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    """The documented robot.json example (a LIBERO arm with delta pose actions) converts the π0 LIBERO checkpoint
+    into the policy `--config pi0_libero` gives."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "robots.md").read_text()
     example = re.search(r"<!-- robot.json -->\s*```json\n(.*?)```", text, re.S)
-    assert example, "the README shows a robot.json example"
+    assert example, "docs/robots.md shows a robot.json example"
     (tmp_path / "robot.json").write_text(example.group(1))
     _, observations, io = _fixture("pi0_libero")
     folder = tmp_path / "mine"
@@ -179,7 +179,7 @@ def test_configs_beyond_the_fixtures_follow_openpis_definitions(tmp_path):
     sim = pipeline("robotics", model=str(_convert("pi0_aloha", tmp_path / "sim", "pi0_aloha_sim",
                                                     asset_id="trossen")))
     robot = sim.processor.robot
-    assert robot.delta_action_mask is None and sim.processor.robot.default_prompt == "Transfer cube"
+    assert robot.delta_action_mask is None and robot.default_prompt == "Transfer cube"
     absolute, delta = sim(observations[0], noise=noise)["actions"], plain(observations[0], noise=noise)["actions"]
     state = robot.state(observations[0])
     # the same model output, once converted directly and once after adding the state on the joints
