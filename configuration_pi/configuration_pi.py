@@ -79,6 +79,12 @@ class PiConfig(PreTrainedConfig):
             training flow time is `Beta(alpha, beta) * scale + offset` (t=1 is noise, t=0 is data).
         min_period, max_period (`float`): periods of the sine-cosine flow-time embedding.
         max_new_tokens (`int`, defaults to 256): π0-FAST's decoding budget.
+        tie_word_embeddings (`bool`, defaults to `True`):
+            π0-FAST's logits use the token embedding table, as openpi's do; False gives it an output head of
+            its own (`lm_head`), as LeRobot's π0-FAST trains one. The flow variants read no logits.
+        skip_position_after_prefix (`bool`, defaults to `True`):
+            π0-FAST decoding: openpi gives the first generated token the position prefix length + 1, one
+            past the prefix; LeRobot's π0-FAST (False) continues the positions without a gap.
     """
 
     model_type = "pi"
@@ -108,6 +114,8 @@ class PiConfig(PreTrainedConfig):
     min_period: float = 4e-3
     max_period: float = 4.0
     max_new_tokens: int = 256
+    tie_word_embeddings: bool = True
+    skip_position_after_prefix: bool = True
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):
@@ -119,6 +127,8 @@ class PiConfig(PreTrainedConfig):
             self.action_horizon = DEFAULT_ACTION_HORIZON[self.variant]
         if self.variant == "pi0_fast" and self.expert_config is not None:
             raise ValueError("π0-FAST has no action expert: leave expert_config unset.")
+        if self.variant in FLOW_VARIANTS and not self.tie_word_embeddings:
+            raise ValueError("Only π0-FAST reads logits: the flow variants have no output head to untie.")
         if self.variant in FLOW_VARIANTS and self.expert_config is None:
             self.expert_config = {"model_type": "gemma", **_GEMMA_300M}
         self.image_keys = list(self.image_keys)

@@ -2,7 +2,7 @@
 
 The sequence is images, then a bidirectional prefix ("Task: ..., State: ...;\\n"), then a causal
 postfix ("Action: " + FAST ids + "|" + EOS); `token_type_ids` marks prefix (0) and postfix (1).
-Logits use the tied embedding table. Decoding runs the prefix once into an HF `StaticCache` with room
+Logits use the tied embedding table (or π0-FAST's own `lm_head` where the config unties it). Decoding runs the prefix once into an HF `StaticCache` with room
 for every new token, then one language-model step per new token against it.
 
 Written here rather than through `GenerationMixin.generate`: the prefix attends bidirectionally over
@@ -40,7 +40,7 @@ def fast_forward(
 ) -> PiFastOutput:
     """Prefix-LM pass; with `labels`, the per-example mean NLL of each target given the tokens before it.
 
-    Without `output_logits` (training), the tied head runs only where a target is read, and the trailing
+    Without `output_logits` (training), the head runs only where a target is read, and the trailing
     prompt slots that no row fills or labels stay out of the pass: nothing reads them."""
     roles = torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids
     if not output_logits:
@@ -50,7 +50,7 @@ def fast_forward(
     attention = model._attention_inputs(block_causal_mask(valid, ar), valid.long().cumsum(1) - 1, prefix)
     hidden, _ = model._run_experts(prefix, None, *attention)
     hidden = hidden[:, -input_ids.shape[1] :]
-    head = partial(F.linear, weight=model.language_model.embed_tokens.weight)  # tied to the embedding
+    head = partial(F.linear, weight=model.lm_head_weight())
     logits = head(hidden) if output_logits else None
     if labels is None:
         return PiFastOutput(logits=logits)
@@ -122,9 +122,9 @@ def decode_fast(
         last = hidden[torch.arange(batch, device=valid.device), last_valid_position(valid)]
     step_fn = model._compiled_step or partial(decode_step, model)
 
-    # Constrained decoding scores only the allowed rows of the tied embedding: the same choice as masking
+    # Constrained decoding scores only the allowed rows of the head: the same choice as masking
     # every other logit to -inf, at a fraction of the cost of the full-vocabulary head.
-    head = model.language_model.embed_tokens.weight
+    head = model.lm_head_weight()
     if allowed_token_ids is not None:
         allowed_token_ids = allowed_token_ids.to(valid.device)
         head = head[allowed_token_ids]

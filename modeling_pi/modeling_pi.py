@@ -99,6 +99,8 @@ class PiForActionGeneration(PiPreTrainedModel):
         self.action_expert = None
         if config.is_flow:
             self._init_flow_head(config)
+        elif not config.tie_word_embeddings:
+            self.lm_head = nn.Linear(text.hidden_size, text.vocab_size, bias=False)
         self.gradient_checkpointing = False
         self._compiled_prefix = self._compiled_step = None  # see compile_generation
         self.post_init()
@@ -122,6 +124,15 @@ class PiForActionGeneration(PiPreTrainedModel):
 
     def set_input_embeddings(self, value):
         self.language_model.embed_tokens = value
+
+    def get_output_embeddings(self):
+        """π0-FAST's own output head, when untied (`config.tie_word_embeddings=False`); else None."""
+        return getattr(self, "lm_head", None)
+
+    def lm_head_weight(self) -> torch.Tensor:
+        """[vocab, width]: the matrix π0-FAST's logits are read with, its own head or the tied embedding."""
+        head = self.get_output_embeddings()
+        return (self.get_input_embeddings() if head is None else head).weight
 
     # ---- prefix: images then prompt --------------------------------------------------------------
 
@@ -464,7 +475,7 @@ class PiForActionGeneration(PiPreTrainedModel):
         generator: torch.Generator | None = None,
         allowed_token_ids: torch.Tensor | None = None,
         use_cache: bool = True,
-        reference_positions: bool = True,
+        reference_positions: bool | None = None,
     ) -> torch.Tensor:
         """π0-FAST: decodes action tokens after the (right-padded, prefix-only) prompt; returns ids [B, T].
 
@@ -473,7 +484,8 @@ class PiForActionGeneration(PiPreTrainedModel):
         tokens after its EOS are padding. `allowed_token_ids` restricts every choice to those ids (e.g. the
         FAST action range plus "|" and EOS). `use_cache=False` recomputes the whole sequence at each step
         (same result, for checking). `reference_positions` gives the first generated token the position
-        prefill_len + 1, as the reference does; False makes positions contiguous. As when sampling a chunk,
+        prefill_len + 1, as openpi does; False makes positions contiguous, as LeRobot does (default:
+        `config.skip_position_after_prefix`). As when sampling a chunk,
         cameras absent from every row and prompt slots padded in every row stay out of the prefix
         (`drop_unused_prefix`).
         """
@@ -490,6 +502,8 @@ class PiForActionGeneration(PiPreTrainedModel):
             vocab = self.config.text_config.vocab_size
             if allowed_token_ids.numel() == 0 or allowed_token_ids.min() < 0 or allowed_token_ids.max() >= vocab:
                 raise ValueError(f"allowed_token_ids must be a non-empty set of ids in [0, {vocab}).")
+        if reference_positions is None:
+            reference_positions = self.config.skip_position_after_prefix
         prefix_inputs = self._prefix_in_use(pixel_values, pixel_attention_mask, input_ids, attention_mask)
         return decode_fast(self, *prefix_inputs, max_new_tokens, temperature, generator, allowed_token_ids, use_cache,
                            reference_positions)
