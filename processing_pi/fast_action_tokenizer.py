@@ -106,8 +106,9 @@ class FastActionTokenizer:
 
     # ---- decoding -----------------------------------------------------------------------------
 
-    def decode(self, id_lists, *, time_horizon: int | None = None, action_dim: int | None = None):
-        """id lists -> (actions [B, H, D] float32, valid [B] bool). Invalid sequences give zeros and False."""
+    def decode(self, id_lists, *, time_horizon: int | None = None, action_dim: int | None = None, lenient: bool = False):
+        """id lists -> (actions [B, H, D] float32, valid [B] bool). Invalid sequences give zeros and False;
+        `lenient` decodes as LeRobot does (module docstring)."""
         horizon = time_horizon or self.time_horizon
         dim = action_dim or self.action_dim
         if not horizon or not dim:
@@ -116,7 +117,8 @@ class FastActionTokenizer:
         actions = np.zeros((len(id_lists), horizon, dim), dtype=np.float32)
         valid = np.zeros(len(id_lists), dtype=bool)
         for i, ids in enumerate(id_lists):
-            coefficients = self._decode_coefficients(list(map(int, ids)), horizon * dim)
+            read = self._lenient_coefficients if lenient else self._decode_coefficients
+            coefficients = read(list(map(int, ids)), horizon * dim)
             if coefficients is None:
                 logger.warning("FAST sequence %d does not decode to a %dx%d chunk; returning zeros.", i, horizon, dim)
                 continue
@@ -132,6 +134,13 @@ class FastActionTokenizer:
             return None
         codes = np.fromiter(map(ord, text), dtype=np.int64, count=len(text))
         return codes + self.min_token if len(codes) == count else None
+
+    def _lenient_coefficients(self, ids: list[int], count: int) -> np.ndarray | None:
+        if any(token < 0 for token in ids):
+            return None
+        text = self.bpe.decode(ids, skip_special_tokens=False)  # ids past the vocabulary are skipped
+        codes = np.fromiter(map(ord, text), dtype=np.int64, count=len(text))[:count]
+        return np.pad(codes + self.min_token, (0, count - len(codes)))
 
     # ---- fitting ------------------------------------------------------------------------------
 

@@ -4,6 +4,10 @@ Two modes, as the reference uses them: z-score (π0) `(x − mean) / (std + 1e-6
 π0-FAST) `(x − q01) / (q99 − q01 + 1e-6) · 2 − 1`. Statistics cover the robot's own dims; a model's
 output is wider (zero-padded to its action dim): un-normalising pads the z-score statistics with
 mean 0 / std 1 and passes the extra dims through in quantile mode.
+
+LeRobot's normaliser (`conventions="lerobot"`) places its epsilon (1e-8) elsewhere: z-score divides by
+`std + 1e-8` and multiplies back by `std` alone; quantile divides by `q99 − q01`, replaced by 1e-8 only
+where it is zero.
 """
 
 import json
@@ -14,7 +18,9 @@ from pathlib import Path
 import numpy as np
 
 MODES = ("zscore", "quantile")
+CONVENTIONS = ("openpi", "lerobot")
 EPS = 1e-6
+LEROBOT_EPS = 1e-8
 # LeRobot's feature names -> ours
 LEROBOT_KEYS = {"observation.state": "state", "action": "actions"}
 
@@ -40,7 +46,7 @@ class ArrayStats:
 
     @property
     def dim(self) -> int:
-        return len(self.mean)
+        return len(self.mean if self.mean is not None else self.q01)
 
     def require(self, mode: str, key: str) -> None:
         needed = ("mean", "std") if mode == "zscore" else ("q01", "q99")
@@ -48,23 +54,28 @@ class ArrayStats:
         if missing:
             raise ValueError(f"{mode} normalisation of {key} needs {', '.join(missing)}, which the statistics lack.")
 
-    def normalize(self, x: np.ndarray, mode: str) -> np.ndarray:
+    def _spread(self, conventions: str) -> np.ndarray:
+        """The quantile range the conventions divide by."""
+        spread = self.q99 - self.q01
+        return spread + EPS if conventions == "openpi" else np.where(spread == 0, LEROBOT_EPS, spread)
+
+    def normalize(self, x: np.ndarray, mode: str, conventions: str = "openpi") -> np.ndarray:
         """x [..., dim] (the robot's dims) -> normalised, same shape."""
         if x.shape[-1] != self.dim:
             raise ValueError(f"Expected {self.dim} dims (the statistics' size), got {x.shape[-1]}.")
         if mode == "zscore":
-            return (x - self.mean) / (self.std + EPS)
-        return (x - self.q01) / (self.q99 - self.q01 + EPS) * 2.0 - 1.0
+            return (x - self.mean) / (self.std + (EPS if conventions == "openpi" else LEROBOT_EPS))
+        return (x - self.q01) / self._spread(conventions) * 2.0 - 1.0
 
-    def unnormalize(self, x: np.ndarray, mode: str) -> np.ndarray:
+    def unnormalize(self, x: np.ndarray, mode: str, conventions: str = "openpi") -> np.ndarray:
         """x [..., D >= dim] (model output) -> robot units, same shape; dims past the statistics as the reference treats them."""
         extra = x.shape[-1] - self.dim
         if extra < 0:
             raise ValueError(f"Expected at least {self.dim} dims, got {x.shape[-1]}.")
         if mode == "zscore":
             mean, std = np.pad(self.mean, (0, extra)), np.pad(self.std, (0, extra), constant_values=1.0)
-            return x * (std + EPS) + mean
-        head = (x[..., : self.dim] + 1.0) / 2.0 * (self.q99 - self.q01 + EPS) + self.q01
+            return x * (std + (EPS if conventions == "openpi" else 0.0)) + mean
+        head = (x[..., : self.dim] + 1.0) / 2.0 * self._spread(conventions) + self.q01
         return np.concatenate([head, x[..., self.dim :]], axis=-1)
 
 

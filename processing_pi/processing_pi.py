@@ -17,6 +17,10 @@ are taken as already normalised. π0 gets the state as a vector padded to `actio
 read its 256-bin discretisation in the prompt (π0.5 not with `discrete_state_input=False`). π0-FAST
 training sequences come with `token_type_ids` and `labels`; its generated ids are cut between "Action: "
 and "|" and FAST-decoded.
+
+`conventions` records whose pre- and post-processing the policy was trained with: "openpi" (the default)
+or "lerobot" (a folder converted from LeRobot): LeRobot's normaliser epsilon, prompt text, float image
+resize and lenient FAST decoding (see `normalization`, `prompts`, `image_processing_pi`).
 """
 
 import json
@@ -34,7 +38,7 @@ from configuration_pi.configuration_pi import DEFAULT_IMAGE_KEYS, DEFAULT_MAX_TO
 
 from .fast_action_tokenizer import FastActionTokenizer
 from .image_processing_pi import PiImageProcessor
-from .normalization import MODES, NormStats
+from .normalization import CONVENTIONS, MODES, NormStats
 from .prompts import fast_ids_to_vocab, tokenize_prompt
 from .robots import Robot
 
@@ -44,7 +48,7 @@ PROCESSOR_CONFIG = "processor_config.json"
 PROCESSOR_FILES = [PROCESSOR_CONFIG, "tokenizer*.json", "special_tokens_map.json", f"{FAST_FOLDER}/*"]
 HUB_OPTIONS = ("revision", "token", "cache_dir", "local_files_only")
 SETTINGS = ("variant", "image_keys", "max_token_len", "action_dim", "action_horizon", "robot_action_dim", "norm_mode",
-            "discrete_state_input")
+            "discrete_state_input", "conventions")
 
 
 @dataclass
@@ -97,16 +101,25 @@ class PiProcessor(ProcessorMixin):
         norm_mode: str | None = None,
         discrete_state_input: bool | None = None,
         robot: Robot | dict | None = None,
+        conventions: str | None = None,
     ):
         """`action_horizon`: the chunk length FAST ids decode to (default: the FAST tokenizer's). `robot_action_dim`:
         the robot's own action dims, which post-processing keeps (default: the robot's, else the size of the action
         statistics). `discrete_state_input`: whether the prompt carries the state (default: all but π0; π0-FAST
-        always does). `robot`: the robot whose raw observations `observation=` takes (module docstring)."""
+        always does). `robot`: the robot whose raw observations `observation=` takes (module docstring).
+        `conventions`: whose pre- and post-processing a policy was trained with, "openpi" or "lerobot" (default:
+        the image processor's, "openpi" unless set)."""
         super().__init__(image_processor, tokenizer)
         if variant not in VARIANTS:
             raise ValueError(f"Unknown π variant {variant!r}; expected one of {', '.join(VARIANTS)}.")
         if variant == "pi0_fast" and action_tokenizer is None:
             raise ValueError("π0-FAST needs its FAST action tokenizer (action_tokenizer=FastActionTokenizer...).")
+        self.conventions = conventions or image_processor.conventions
+        if self.conventions not in CONVENTIONS:
+            raise ValueError(f"conventions must be one of {', '.join(CONVENTIONS)}, got {conventions!r}.")
+        if image_processor.conventions != self.conventions:
+            raise ValueError(f"The image processor follows {image_processor.conventions}'s conventions, the processor "
+                             f"{self.conventions}'s: build both with the same.")
         self.action_tokenizer = action_tokenizer
         self.variant = variant
         self.image_keys = list(image_keys)
@@ -161,7 +174,7 @@ class PiProcessor(ProcessorMixin):
             fast_ids = self.action_tokenizer(chunks)
         tokens = [
             tokenize_prompt(self.tokenizer, self.variant, text, self.max_token_len, state[i], fast_ids[i],
-                            state_in_prompt=self.discrete_state_input)
+                            state_in_prompt=self.discrete_state_input, conventions=self.conventions)
             for i, text in enumerate(prompts)
         ]
         features["input_ids"] = np.array([t.input_ids for t in tokens], dtype=np.int64)
@@ -225,7 +238,7 @@ class PiProcessor(ProcessorMixin):
         if len(state) != batch:
             raise ValueError(f"state has batch size {len(state)} for {batch} prompts.")
         if self.norm_stats is not None:
-            state = self.norm_stats.get("state", self.norm_mode).normalize(state, self.norm_mode)
+            state = self.norm_stats.get("state", self.norm_mode).normalize(state, self.norm_mode, self.conventions)
         return state
 
     def _actions(self, actions, batch: int) -> np.ndarray | None:
@@ -235,7 +248,7 @@ class PiProcessor(ProcessorMixin):
         if len(chunks) != batch:
             raise ValueError(f"actions has batch size {len(chunks)} for {batch} prompts.")
         if self.norm_stats is not None:
-            chunks = self.norm_stats.get("actions", self.norm_mode).normalize(chunks, self.norm_mode)
+            chunks = self.norm_stats.get("actions", self.norm_mode).normalize(chunks, self.norm_mode, self.conventions)
         return chunks
 
     def action_token_ids(self) -> torch.Tensor:
@@ -261,7 +274,7 @@ class PiProcessor(ProcessorMixin):
                 raise ValueError(f"Expected a normalised action chunk [B, H, D], got shape {tuple(generated.shape)}.")
             actions, valid = generated.double().numpy(), np.ones(len(generated), dtype=bool)
         if self.norm_stats is not None:
-            actions = self.norm_stats.get("actions", self.norm_mode).unnormalize(actions, self.norm_mode)
+            actions = self.norm_stats.get("actions", self.norm_mode).unnormalize(actions, self.norm_mode, self.conventions)
         actions = actions[..., : self._robot_action_dim() or actions.shape[-1]]
         if observation is not None or robot_state is not None:
             actions = self._to_robot(actions, observation, robot_state)
@@ -296,11 +309,15 @@ class PiProcessor(ProcessorMixin):
             raise ValueError("Decoding FAST tokens needs the chunk's horizon and action dim: set action_horizon and "
                              "robot_action_dim (or norm_stats).")
         start = self.tokenizer.encode("Action: ", add_special_tokens=False)
-        end = set(self.tokenizer.encode("|", add_special_tokens=False)) | {self.tokenizer.eos_token_id}
-        fast_rows = [self._fast_ids(row, start, end) for row in rows]
-        actions, valid = self.action_tokenizer.decode([ids or [] for ids in fast_rows], time_horizon=horizon, action_dim=dim)
-        valid &= np.array([ids is not None for ids in fast_rows])
-        return actions.astype(np.float64), valid
+        if self.conventions == "lerobot":
+            fast_rows, well_formed = zip(*(self._lerobot_fast_ids(row, start) for row in rows))
+        else:
+            end = set(self.tokenizer.encode("|", add_special_tokens=False)) | {self.tokenizer.eos_token_id}
+            fast_rows = [self._fast_ids(row, start, end) for row in rows]
+            well_formed = [ids is not None for ids in fast_rows]
+        actions, valid = self.action_tokenizer.decode([ids or [] for ids in fast_rows], time_horizon=horizon, action_dim=dim,
+                                                      lenient=self.conventions == "lerobot")
+        return actions.astype(np.float64), valid & np.array(well_formed)
 
     def _fast_ids(self, row: list[int], start: list[int], end: set[int]) -> list[int] | None:
         """The FAST ids between "Action: " and "|" (or EOS, or the end), mapped back from the vocabulary."""
@@ -310,6 +327,20 @@ class PiProcessor(ProcessorMixin):
                 stop = next((j for j, token in enumerate(body) if token in end), len(body))
                 return fast_ids_to_vocab(body[:stop], len(self.tokenizer))
         return None
+
+    def _lerobot_fast_ids(self, row: list[int], start: list[int]) -> tuple[list[int], bool]:
+        """LeRobot's reading of generated ids: everything before the first "|", with every "Action: " taken out,
+        mapped back from the vocabulary; well-formed when it began with "Action: "."""
+        bar = self.tokenizer.get_vocab().get("|")
+        body = row[: row.index(bar)] if bar in row else row
+        ids, i = [], 0
+        while i < len(body):
+            if body[i : i + len(start)] == start:
+                i += len(start)
+            else:
+                ids.append(body[i])
+                i += 1
+        return fast_ids_to_vocab(ids, len(self.tokenizer)), body[: len(start)] == start
 
     # ---- saving and loading ------------------------------------------------------------------
 

@@ -10,6 +10,12 @@ clean = strip, "_" -> " ", "\\n" -> " "; fast_clean = lower-case, strip, "_" -> 
 the reference does); bins = the normalised state discretised into 256 bins over
 [-1, 1]. Sequences are right-padded with 0 to `max_len`, and truncated there with a warning.
 
+LeRobot's ports (`conventions="lerobot"`) write the same formats with three differences, which a policy
+trained there has learnt: π0 reads the task as it is, with "\\n" appended unless it ends with one
+(no cleaning); π0-FAST's task is cleaned as π0.5's is (not lower-cased); and π0-FAST's prompt, padded to
+`max_len`, is followed by one more BOS, which LeRobot appends before decoding and puts at the head of
+the training targets (the postfix then holds up to `LEROBOT_ACTION_TOKENS` tokens of its own).
+
 The tokenizer itself is `tokenizers`' BPE built by transformers' SentencePiece converter from the
 `.model` file openpi ships; only the proto is read, so neither sentencepiece nor the slow tokenizer is
 needed.
@@ -27,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 STATE_BINS = np.linspace(-1, 1, 256 + 1)[:-1]
 FAST_SKIP_TOKENS = 128  # the reference keeps the last 128 ids of the vocabulary clear of FAST tokens
+LEROBOT_ACTION_TOKENS = 256  # LeRobot's π0-FAST `max_action_tokens`: the length of its training targets
 
 
 def tokenizer_from_sentencepiece(path: str | os.PathLike) -> PreTrainedTokenizerFast:
@@ -58,6 +65,10 @@ def fast_clean_prompt(prompt: str) -> str:
     return prompt.lower().strip().replace("_", " ")
 
 
+def lerobot_pi0_prompt(prompt: str) -> str:
+    return prompt if prompt.endswith("\n") else prompt + "\n"
+
+
 def discretize_state(state: np.ndarray) -> np.ndarray:
     """Normalised state -> bin indices in [0, 255] (values outside [-1, 1] fall in the end bins)."""
     return np.digitize(np.asarray(state), bins=STATE_BINS) - 1
@@ -82,12 +93,15 @@ def _encode(tokenizer, text: str) -> list[int]:
     return tokenizer.encode(text, add_special_tokens=False)
 
 
-def _pad(prefix: list[int], postfix: list[int], max_len: int) -> PromptTokens:
-    ids = prefix + postfix
-    roles = [0] * len(prefix) + [1] * len(postfix)
+def _truncate(ids: list[int], max_len: int) -> list[int]:
     if len(ids) > max_len:
         logger.warning("Prompt of %d tokens truncated to max_token_len=%d.", len(ids), max_len)
-        ids, roles = ids[:max_len], roles[:max_len]
+    return ids[:max_len]
+
+
+def _pad(prefix: list[int], postfix: list[int], max_len: int) -> PromptTokens:
+    ids = _truncate(prefix + postfix, max_len)
+    roles = ([0] * len(prefix) + [1] * len(postfix))[:max_len]
     padding = max_len - len(ids)
     return PromptTokens(
         input_ids=ids + [0] * padding,
@@ -105,23 +119,36 @@ def tokenize_prompt(
     state: np.ndarray | None = None,
     fast_ids: list[int] | None = None,
     state_in_prompt: bool | None = None,
+    conventions: str = "openpi",
 ) -> PromptTokens:
     """The variant's prompt format; `state` is the normalised robot state (π0.5, π0-FAST), `fast_ids` the FAST
     ids of the target chunk (π0-FAST training; None for inference). `state_in_prompt` (openpi's
-    `discrete_state_input`; default: all but π0) picks the flow variants' format: without the state, π0's."""
+    `discrete_state_input`; default: all but π0) picks the flow variants' format: without the state, π0's.
+    `conventions` "lerobot" writes the prompts LeRobot's ports write (module docstring)."""
     bos = [tokenizer.bos_token_id]
+    lerobot = conventions == "lerobot"
     if state_in_prompt is None:
         state_in_prompt = variant != "pi0"
     if variant != "pi0_fast" and not state_in_prompt:
-        return _pad(bos + _encode(tokenizer, clean_prompt(prompt)) + _encode(tokenizer, "\n"), [], max_len)
+        text = lerobot_pi0_prompt(prompt) if lerobot else clean_prompt(prompt) + "\n"
+        return _pad(bos + _encode(tokenizer, text), [], max_len)
     if state is None:
         raise ValueError(f"The {variant} prompt carries the robot state: pass `state`.")
     bins = " ".join(map(str, discretize_state(state)))
     if variant != "pi0_fast":
         return _pad(bos + _encode(tokenizer, f"Task: {clean_prompt(prompt)}, State: {bins};\nAction: "), [], max_len)
-    prefix = bos + _encode(tokenizer, f"Task: {fast_clean_prompt(prompt)}, State: {bins};\n")
+    task = clean_prompt(prompt) if lerobot else fast_clean_prompt(prompt)
+    prefix = bos + _encode(tokenizer, f"Task: {task}, State: {bins};\n")
     postfix = []
     if fast_ids is not None:
         action_ids = fast_ids_to_vocab(fast_ids, len(tokenizer))
         postfix = _encode(tokenizer, "Action: ") + action_ids + _encode(tokenizer, "|") + [tokenizer.eos_token_id]
-    return _pad(prefix, postfix, max_len)
+    if not lerobot:
+        return _pad(prefix, postfix, max_len)
+    if fast_ids is None:  # the extra BOS closes the prefix, after its padding
+        padded = _pad(prefix, [], max_len)
+        return PromptTokens(padded.input_ids + bos, padded.attention_mask + [True], [0] * (max_len + 1), [False] * (max_len + 1))
+    prefix, postfix = _truncate(prefix, max_len), _truncate(bos + postfix, LEROBOT_ACTION_TOKENS)
+    tokens = _pad(prefix, postfix, max_len + LEROBOT_ACTION_TOKENS)
+    tokens.loss_mask[len(prefix)] = False  # the BOS is read, not predicted
+    return tokens
