@@ -6,19 +6,32 @@
          [--push-to-hub ORG/NAME [--private]])
 
 Both store the PyTorch port of openpi in one safetensors layout: `paligemma_with_expert.paligemma.*`
-(SigLIP, projector, Gemma 2B), `paligemma_with_expert.gemma_expert.*` (the action expert) and the
-flow projections at the top, optionally under a `model.` prefix (LeRobot's policy wrapper). Since
-the tied embedding may be stored only as `paligemma.lm_head`, and the language model may sit under
-one `model.` level more (transformers' `PI0ForConditionalGeneration.save_pretrained`), the names are
-normalised before mapping. Tensors keep their layout ([out, in] Linear weights); only the π0.5
-adaRMS projections (`*norm.dense`) are renamed. The expert's own embedding / `lm_head` is never read
-by the model and is dropped, as are π0.5 checkpoints' unused `state_proj` and plain expert norm
-scales; anything else unknown stops the conversion.
+(SigLIP, projector, Gemma), `paligemma_with_expert.gemma_expert.*` (the action expert) and the flow
+projections at the top, optionally under a `model.` prefix (LeRobot's policy wrapper), the language
+model possibly one `model.` level further down (transformers' `PI0ForConditionalGeneration`). Names are
+normalised before mapping; tensors keep their layout ([out, in] Linear weights); only the π0.5 adaRMS
+projections (`*norm.dense`) are renamed. The expert's own embedding / `lm_head` is never read and is
+dropped, as are π0.5 checkpoints' unused `state_proj` and plain expert norm scales; anything else
+unknown stops the conversion.
 
-The architecture comes from the checkpoint's `config.json`: transformers' PI0 stores its full
-sub-configs; LeRobot names openpi's Gemma variants (`gemma_2b`, `gemma_300m`, and their `_lora`
-forms); other variants need `--config`, a PiConfig JSON giving the architecture. Either way every
-tensor's shape is checked against the model.
+PaliGemma's `lm_head`: openpi ties it to the token embedding, and LeRobot starts from such weights but
+keeps two tensors. A copy equal to the embedding (or standing in for a missing one) is the embedding.
+Training moves them apart: π0 and π0.5 never read the head, so it is dropped (and said so); π0-FAST
+computes its logits with it, so it stays as the model's own `lm_head` (`tie_word_embeddings=False`).
+
+LeRobot's architecture comes from the tensors' shapes, whatever the `paligemma_variant` in its
+config.json says. Two numbers are not in any shape: the query heads of the Gemma stacks, which
+LeRobot's joint attention fixes at 8 (every Gemma variant it builds has 8), and SigLIP's heads, read
+from the ViT width table (SigLIP So400m, 1152 wide, has 16; the table is Table 2 of "Scaling Vision
+Transformers", arXiv 2106.04560); a width outside the table (a test-sized tower) gets heads 16 wide,
+as the table's smallest entry has, and the output says so. `--config` (a PiConfig JSON) overrides the
+inferred architecture.
+transformers' PI0 stores its full sub-configs, which are used as they are. Either way every tensor's
+shape is checked against the model.
+
+A converted LeRobot folder keeps LeRobot's camera names (the feature keys without
+`observation.images.`) and, with `--tokenizer`, a processor that follows LeRobot's conventions
+(`conventions="lerobot"`): its normaliser and statistics, its prompt text, its image resize.
 """
 
 import argparse
@@ -31,16 +44,24 @@ import torch
 from safetensors import safe_open
 
 from configuration_pi import PiConfig
-from configuration_pi.configuration_pi import _GEMMA_2B, _GEMMA_300M, _SIGLIP_SO400M, DEFAULT_IMAGE_KEYS
+from configuration_pi.configuration_pi import DEFAULT_IMAGE_KEYS, FLOW_VARIANTS
 from conversion.hf_folder import DTYPES, ConversionError, build_processor, check_complete, check_output, write_folder
 from conversion.push import add_publish_arguments, card_options, publish
 from processing_pi.normalization import ArrayStats, NormStats
 
 LEROBOT_VARIANTS = {"pi0": "pi0", "pi05": "pi05", "pi0_fast": "pi0_fast", "pi0fast": "pi0_fast"}
-GEMMA_VARIANTS = {"gemma_2b": _GEMMA_2B, "gemma_2b_lora": _GEMMA_2B, "gemma_300m": _GEMMA_300M, "gemma_300m_lora": _GEMMA_300M}
+LEROBOT_QUERY_HEADS = 8  # LeRobot's joint attention reshapes its output to 8 heads; all its Gemma variants have 8
+# ViT widths -> heads (big_vision's table: mu, Ti, S, M, B, L, So400m, H, g, g-opt / G-opt, G, e)
+SIGLIP_HEADS = {32: 2, 192: 3, 384: 6, 512: 8, 768: 12, 1024: 16, 1152: 16, 1280: 16, 1408: 16, 1536: 16, 1664: 16,
+                1792: 16}
+SMALL_VIT_HEAD_DIM = 16  # the head width of the table's smallest entry (mu: 32 wide, 2 heads)
 # LeRobot normaliser modes -> the processor's
 NORM_MODES = {"MEAN_STD": "zscore", "QUANTILES": "quantile"}
 IMAGE_PREFIX = "observation.images."
+EMBEDDING = "language_model.embed_tokens.weight"
+ARCHITECTURE_HINT = ("The architecture was inferred from the tensors' shapes; if it is not the checkpoint's, pass it "
+                     "with --config (a PiConfig JSON).")
+CONFIG_HINT = "The architecture of --config does not fit the tensors: leave --config out to infer it from their shapes."
 
 # Source-name rewrites, applied in order; the first matching rule wins.
 _RENAMES = [
@@ -53,7 +74,7 @@ _TARGETS = [
     (r"^paligemma_with_expert\.paligemma\.(?:model\.)?vision_tower\.(?:vision_model\.)?", "vision_tower."),
     (r"^paligemma_with_expert\.paligemma\.(?:model\.)?multi_modal_projector\.linear\.", "multi_modal_projector."),
     (r"^paligemma_with_expert\.paligemma\.(?:model\.)?language_model\.(?:model\.)?", "language_model."),
-    (r"^paligemma_with_expert\.paligemma\.lm_head\.weight$", "language_model.embed_tokens.weight"),
+    (r"^paligemma_with_expert\.paligemma\.(?:model\.)?lm_head\.weight$", "lm_head.weight"),
     (r"^paligemma_with_expert\.gemma_expert\.model\.", "action_expert."),
 ]
 _NEVER_READ = re.compile(r"^(paligemma_with_expert\.gemma_expert\.lm_head|action_expert\.embed_tokens)\.")
@@ -72,23 +93,48 @@ def our_name(key: str) -> str:
     return key
 
 
-def convert_state_dict(tensors: dict[str, torch.Tensor], config: PiConfig, dtype: torch.dtype | None = None) -> dict:
-    """Renames, drops what the model never reads, and checks the result fills the model exactly."""
-    state_dict = {}
+def rename_state_dict(tensors: dict[str, torch.Tensor], variant: str) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Our names for the tensors the model reads, and a line for each tensor dropped that a user may miss.
+
+    PaliGemma's `lm_head` ends up as the embedding (a tied copy), as π0-FAST's own head `lm_head.weight`
+    (trained apart from the embedding), or dropped (π0 / π0.5, which never read it)."""
+    renamed, notes = {}, []
     for key, tensor in tensors.items():
         name = our_name(key)
         if _NEVER_READ.match(name):
             continue
-        if config.use_adarms:
+        if variant == "pi05":
             if _PI05_UNUSED.match(name):
                 continue
             name = re.sub(r"(layernorm|norm)\.dense\.", r"\1.modulation.", name)
-        if name in state_dict:
-            if not torch.equal(state_dict[name], tensor):
+        if name in renamed:
+            if not torch.equal(renamed[name], tensor):
                 raise ConversionError(f"{key} and another tensor both give {name}, with different values.")
             continue
-        state_dict[name] = tensor.to(dtype or tensor.dtype)
-    check_complete(state_dict, config)
+        renamed[name] = tensor
+    head, embedding = renamed.pop("lm_head.weight", None), renamed.get(EMBEDDING)
+    if head is None:
+        return renamed, notes
+    if embedding is None or torch.equal(head, embedding):
+        renamed[EMBEDDING] = head  # the tied embedding, stored as the head
+    elif variant == "pi0_fast":
+        renamed["lm_head.weight"] = head
+        notes.append("kept PaliGemma's lm_head as π0-FAST's own output head: it differs from the token embedding "
+                     "(tie_word_embeddings=False)")
+    else:
+        difference = (head.float() - embedding.float()).abs().max().item()
+        notes.append(f"dropped PaliGemma's lm_head (max |lm_head − embedding| {difference:.3g}): {variant} never reads "
+                     "it; training moved only the embedding")
+    return renamed, notes
+
+
+def convert_state_dict(tensors: dict[str, torch.Tensor], config: PiConfig, dtype: torch.dtype | None = None,
+                       hint: str = ARCHITECTURE_HINT) -> dict:
+    """Renames, drops what the model never reads, and checks the result fills the model exactly (else an error
+    naming at most ten tensors, then `hint`)."""
+    state_dict, _ = rename_state_dict(tensors, config.variant)
+    state_dict = {name: tensor.to(dtype or tensor.dtype) for name, tensor in state_dict.items()}
+    check_complete(state_dict, config, hint=hint)
     return state_dict
 
 
@@ -132,32 +178,102 @@ def transformers_pi0_config(settings: dict, image_keys=None, max_token_len: int 
     )
 
 
-def lerobot_config(settings: dict, architecture: PiConfig | None = None, image_keys=None) -> PiConfig:
-    """LeRobot's policy config.json (`"type": "pi0" | "pi05" | "pi0_fast"`) -> ours."""
+def _layers(shapes: dict, prefix: str) -> int:
+    return len({name.removeprefix(prefix).split(".")[0] for name in shapes if name.startswith(prefix)})
+
+
+def _shape(shapes: dict, name: str) -> tuple[int, ...]:
+    if name not in shapes:
+        raise ConversionError(f"The checkpoint has no tensor for {name}: not a π policy's weights. {ARCHITECTURE_HINT}")
+    return shapes[name]
+
+
+def _gemma_sizes(shapes: dict, stack: str, **extra) -> dict:
+    """A Gemma stack's sizes from its first layer: 8 query heads (LeRobot's), the rest from the shapes."""
+    layer = f"{stack}.layers.0."
+    queries, width = _shape(shapes, f"{layer}self_attn.q_proj.weight")
+    if queries % LEROBOT_QUERY_HEADS:
+        raise ConversionError(f"{stack}'s queries are {queries} wide, not {LEROBOT_QUERY_HEADS} heads as LeRobot builds "
+                              f"them. {ARCHITECTURE_HINT}")
+    head_dim = queries // LEROBOT_QUERY_HEADS
+    return {
+        "model_type": "gemma",
+        "hidden_size": width,
+        "intermediate_size": _shape(shapes, f"{layer}mlp.gate_proj.weight")[0],
+        "num_hidden_layers": _layers(shapes, f"{stack}.layers."),
+        "num_attention_heads": LEROBOT_QUERY_HEADS,
+        "num_key_value_heads": _shape(shapes, f"{layer}self_attn.k_proj.weight")[0] // head_dim,
+        "head_dim": head_dim,
+        "hidden_act": "gelu_pytorch_tanh",
+        "use_bidirectional_attention": True,
+        **extra,
+    }
+
+
+def siglip_heads(width: int) -> tuple[int, str | None]:
+    """SigLIP's head count for a tower `width` wide, and a note when it is an assumption outside the ViT table."""
+    if width in SIGLIP_HEADS:
+        return SIGLIP_HEADS[width], None
+    if width % SMALL_VIT_HEAD_DIM:
+        raise ConversionError(f"The vision tower is {width} wide, outside the ViT width table and not a multiple of "
+                              f"{SMALL_VIT_HEAD_DIM}: its head count is in no tensor shape. Pass the architecture with --config.")
+    heads = width // SMALL_VIT_HEAD_DIM
+    return heads, (f"assumed {heads} SigLIP heads of {SMALL_VIT_HEAD_DIM} for a {width}-wide vision tower, a width outside "
+                   "the ViT table (no tensor shape gives the head count); pass --config if the checkpoint has others")
+
+
+def _siglip_sizes(shapes: dict) -> dict:
+    width, _, patch, _ = _shape(shapes, "vision_tower.embeddings.patch_embedding.weight")
+    return {
+        "model_type": "siglip_vision_model",
+        "hidden_size": width,
+        "intermediate_size": _shape(shapes, "vision_tower.encoder.layers.0.mlp.fc1.weight")[0],
+        "num_hidden_layers": _layers(shapes, "vision_tower.encoder.layers."),
+        "num_attention_heads": siglip_heads(width)[0],
+        "patch_size": patch,
+        "image_size": round(_shape(shapes, "vision_tower.embeddings.position_embedding.weight")[0] ** 0.5) * patch,
+        "hidden_act": "gelu_pytorch_tanh",
+        "layer_norm_eps": 1e-6,
+        "vision_use_head": False,
+    }
+
+
+def architecture_from_shapes(shapes: dict[str, tuple[int, ...]], variant: str) -> dict:
+    """PiConfig's sizes (vision, text and expert configs, action dim) from our names' shapes."""
+    vocab_size = _shape(shapes, EMBEDDING)[0]
+    sizes = {"vision_config": _siglip_sizes(shapes), "text_config": _gemma_sizes(shapes, "language_model", vocab_size=vocab_size)}
+    if variant in FLOW_VARIANTS:
+        sizes["expert_config"] = _gemma_sizes(shapes, "action_expert", vocab_size=1, pad_token_id=None, bos_token_id=None,
+                                              eos_token_id=None)
+        sizes["action_dim"] = _shape(shapes, "action_in_proj.weight")[1]
+    return sizes
+
+
+def lerobot_variant(settings: dict, path: Path | str = "config.json") -> str:
     variant = LEROBOT_VARIANTS.get(settings.get("type"))
     if variant is None:
-        raise ConversionError(f"Not a LeRobot π policy config: type {settings.get('type')!r}; expected one of "
-                              f"{', '.join(LEROBOT_VARIANTS)}.")
+        raise ConversionError(f"{path}: the policy type (key 'type') is {settings.get('type')!r}, not a π policy; "
+                              f"expected one of {', '.join(LEROBOT_VARIANTS)}.")
+    return variant
+
+
+def lerobot_config(settings: dict, shapes: dict, architecture: PiConfig | None = None, image_keys=None) -> PiConfig:
+    """LeRobot's policy config.json (`"type": "pi0" | "pi05" | "pi0_fast"`) and our names' tensor shapes -> ours.
+    `architecture` (a PiConfig) replaces the sizes inferred from the shapes."""
+    variant = lerobot_variant(settings)
     if settings.get("max_state_dim", 32) != settings.get("max_action_dim", 32):
         raise ConversionError("The π family pads state and actions to one dim; this checkpoint has max_state_dim "
                               f"{settings['max_state_dim']} and max_action_dim {settings['max_action_dim']}.")
+    if settings.get("use_relative_actions"):
+        raise ConversionError("config.json: use_relative_actions is on (actions relative to the state, per joint); "
+                              "converting such a policy is not supported yet.")
     if architecture is not None:
-        sizes = {"vision_config": architecture.vision_config.to_dict(), "text_config": architecture.text_config.to_dict()}
-        if variant != "pi0_fast":
+        sizes = {"vision_config": architecture.vision_config.to_dict(), "text_config": architecture.text_config.to_dict(),
+                 "action_dim": architecture.action_dim}
+        if variant in FLOW_VARIANTS:
             sizes["expert_config"] = architecture.expert_config.to_dict()
     else:
-        names = [settings.get("paligemma_variant", "gemma_2b")] + ([settings.get("action_expert_variant", "gemma_300m")]
-                                                                    if variant != "pi0_fast" else [])
-        unknown = [name for name in names if name not in GEMMA_VARIANTS]
-        if unknown:
-            raise ConversionError(f"Unknown Gemma variant {', '.join(unknown)}: pass the architecture with --config.")
-        resolution = settings.get("image_resolution", [224, 224])
-        if resolution[0] != resolution[1]:
-            raise ConversionError(f"image_resolution {resolution} is not square.")
-        sizes = {"vision_config": {"model_type": "siglip_vision_model", **_SIGLIP_SO400M, "image_size": resolution[0]},
-                 "text_config": {"model_type": "gemma", **GEMMA_VARIANTS[names[0]]}}
-        if variant != "pi0_fast":
-            sizes["expert_config"] = {"model_type": "gemma", **GEMMA_VARIANTS[names[1]]}
+        sizes = architecture_from_shapes(shapes, variant)
     cameras = [key.removeprefix(IMAGE_PREFIX) for key, feature in settings.get("input_features", {}).items()
                if feature.get("type") == "VISUAL"]
     schedule = {
@@ -170,14 +286,15 @@ def lerobot_config(settings: dict, architecture: PiConfig | None = None, image_k
         "max_period": settings.get("max_period"),
         "max_new_tokens": settings.get("max_decoding_steps"),
     }
+    fast = {"tie_word_embeddings": "lm_head.weight" not in shapes, "skip_position_after_prefix": False} if variant == "pi0_fast" else {}
     try:
         return PiConfig(
             variant=variant,
             **sizes,
-            action_dim=settings.get("max_action_dim", 32),
             action_horizon=settings.get("chunk_size"),
             max_token_len=settings.get("tokenizer_max_length"),
             image_keys=image_keys or cameras or DEFAULT_IMAGE_KEYS,
+            **fast,
             **{key: value for key, value in schedule.items() if value is not None},
         )
     except ValueError as err:
@@ -198,14 +315,20 @@ def lerobot_norm_stats(folder: Path) -> tuple[NormStats | None, str | None]:
     if len(modes) != 1 or None in modes:
         raise ConversionError(f"{pipeline}: state and actions must both be MEAN_STD or both QUANTILES, got "
                               f"{normalizer['config']['norm_map']}.")
-    with safe_open(folder / normalizer["state_file"], "pt") as stats_file:
+    path = folder / normalizer["state_file"]
+    if not path.is_file():
+        raise ConversionError(f"{pipeline} names the statistics file {normalizer['state_file']}, which is missing.")
+    with safe_open(path, "pt") as stats_file:
         flat = {key: stats_file.get_tensor(key).double().numpy() for key in stats_file.keys()}
+    mode = modes.pop()
+    needed = ("mean", "std") if mode == "zscore" else ("q01", "q99")
     stats = {}
     for theirs, ours in (("observation.state", "state"), ("action", "actions")):
-        fields = {name: flat.get(f"{theirs}.{name}") for name in ("mean", "std", "q01", "q99")}
-        if fields["mean"] is not None or fields["q01"] is not None:
-            stats[ours] = ArrayStats(**fields)
-    return (NormStats(**stats) if stats else None), modes.pop()
+        missing = [f"{theirs}.{name}" for name in needed if f"{theirs}.{name}" not in flat]
+        if missing:
+            raise ConversionError(f"{path}: the {mode} normaliser needs {', '.join(missing)}, which the file lacks.")
+        stats[ours] = ArrayStats(**{name: flat.get(f"{theirs}.{name}") for name in ("mean", "std", "q01", "q99")})
+    return NormStats(**stats), mode
 
 
 def transformers_pi0_norm_stats(folder: Path) -> tuple[NormStats | None, str | None]:
@@ -254,18 +377,27 @@ def convert_checkpoint(
         raise ConversionError(f"Unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}.")
     output = check_output(output)
     settings = json.loads((checkpoint / "config.json").read_text())
-    norm_stats, norm_mode = None, None
+    tensors = load_safetensors(checkpoint)
+    notes, conventions = [], None
     if source == "lerobot":
-        config = lerobot_config(settings, PiConfig.from_json_file(config_path) if config_path else None, image_keys)
+        variant = lerobot_variant(settings, checkpoint / "config.json")
+        renamed, notes = rename_state_dict(tensors, variant)
+        architecture = PiConfig.from_json_file(config_path) if config_path else None
+        config = lerobot_config(settings, {name: tuple(t.shape) for name, t in renamed.items()}, architecture, image_keys)
         norm_stats, norm_mode = lerobot_norm_stats(checkpoint)
+        conventions = "lerobot"
+        if architecture is None:
+            notes.append(siglip_heads(config.vision_config.hidden_size)[1])
     else:
         config = transformers_pi0_config(settings, image_keys)
         norm_stats, norm_mode = transformers_pi0_norm_stats(checkpoint)
-    state_dict = convert_state_dict(load_safetensors(checkpoint), config, DTYPES.get(dtype))
+    state_dict = convert_state_dict(tensors, config, DTYPES.get(dtype), CONFIG_HINT if config_path else ARCHITECTURE_HINT)
     config.dtype = str(next(iter(state_dict.values())).dtype).removeprefix("torch.")
     processor = None
     if tokenizer is not None:
-        processor = build_processor(config, tokenizer, fast_tokenizer, norm_stats, norm_mode)
+        processor = build_processor(config, tokenizer, fast_tokenizer, norm_stats, norm_mode, conventions=conventions)
+    for note in filter(None, notes):
+        print(f"{checkpoint.name}: {note}")
     kind = "LeRobot checkpoint" if source == "lerobot" else "transformers PI0 checkpoint"
     return write_folder(output, config, state_dict, checkpoint.resolve().name, processor, source_kind=kind, **card)
 
@@ -274,8 +406,8 @@ def add_arguments(parser: argparse.ArgumentParser, source: str) -> argparse.Argu
     parser.add_argument("--checkpoint", required=True, help="folder with config.json and model.safetensors")
     parser.add_argument("--output", required=True, help="folder to write (must not exist, or be empty)")
     if source == "lerobot":
-        parser.add_argument("--config", help="PiConfig JSON with the architecture, for Gemma variants other than "
-                                             "gemma_2b / gemma_300m")
+        parser.add_argument("--config", help="PiConfig JSON whose architecture replaces the one inferred from the "
+                                             "tensors' shapes")
         parser.add_argument("--fast-tokenizer", help="FAST tokenizer folder (π0-FAST's processor)")
     parser.add_argument("--image-keys", nargs="+", help="camera names, in the model's order (default: the checkpoint's)")
     parser.add_argument("--dtype", choices=tuple(DTYPES), help="default: the checkpoint's")

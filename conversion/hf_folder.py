@@ -30,31 +30,42 @@ def expected_shapes(config: PiConfig) -> dict[str, tuple[int, ...]]:
     return {name: tuple(t.shape) for name, t in model.state_dict().items()}
 
 
-def check_complete(state_dict: dict, config: PiConfig, source: str = "the checkpoint") -> None:
-    """Every model parameter is filled with the right shape, and nothing else is there."""
+def _some(names: list[str], most: int = 10) -> str:
+    """At most `most` names, and how many more there are."""
+    listed = ", ".join(names[:most])
+    return listed + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def check_complete(state_dict: dict, config: PiConfig, source: str = "the checkpoint", hint: str = "") -> None:
+    """Every model parameter is filled with the right shape, and nothing else is there; errors name at most
+    ten tensors, then `hint` (what to try)."""
     expected = expected_shapes(config)
+    hint = f" {hint}" if hint else ""
     unknown = sorted(set(state_dict) - set(expected))
     if unknown:
-        raise ConversionError(f"{source} has parameters the {config.variant} model does not have: {', '.join(unknown)}.")
+        raise ConversionError(f"{source} has {len(unknown)} parameter(s) the {config.variant} model does not have: "
+                              f"{_some(unknown)}.{hint}")
     missing = sorted(set(expected) - set(state_dict))
     if missing:
-        raise ConversionError(f"No parameter of {source} fills: {', '.join(missing)}.")
-    for name, tensor in state_dict.items():
-        if tuple(tensor.shape) != expected[name]:
-            raise ConversionError(f"{name} has the shape {tuple(tensor.shape)} in {source}; the model needs {expected[name]}.")
+        raise ConversionError(f"{len(missing)} model parameter(s) are filled by no tensor of {source}: {_some(missing)}.{hint}")
+    wrong = [f"{name} {tuple(tensor.shape)} (the model needs {expected[name]})" for name, tensor in sorted(state_dict.items())
+             if tuple(tensor.shape) != expected[name]]
+    if wrong:
+        raise ConversionError(f"{len(wrong)} tensor(s) of {source} have the wrong shape: {_some(wrong)}.{hint}")
 
 
 def build_processor(
     config: PiConfig, tokenizer: str, fast_tokenizer: str | None, norm_stats: NormStats | None, norm_mode: str | None = None,
-    discrete_state_input: bool | None = None, robot: Robot | None = None,
+    discrete_state_input: bool | None = None, robot: Robot | None = None, conventions: str | None = None,
 ) -> PiProcessor:
     """The processor of a converted folder: the SentencePiece tokenizer, the image size and cameras of
-    `config`, the checkpoint's statistics, and the robot's layout when the policy config gives one."""
+    `config`, the checkpoint's statistics, the robot's layout when the policy config gives one, and the
+    pre-processing conventions of the checkpoint's origin ("openpi" or "lerobot")."""
     if config.variant == "pi0_fast" and fast_tokenizer is None:
         raise ConversionError("A π0-FAST processor needs its FAST tokenizer: pass --fast-tokenizer.")
     try:
         return PiProcessor(
-            PiImageProcessor(size=config.vision_config.image_size),
+            PiImageProcessor(size=config.vision_config.image_size, conventions=conventions or "openpi"),
             tokenizer_from_sentencepiece(tokenizer),
             action_tokenizer=FastActionTokenizer.from_pretrained(fast_tokenizer) if fast_tokenizer else None,
             norm_stats=norm_stats,
@@ -66,6 +77,7 @@ def build_processor(
             norm_mode=norm_mode,
             discrete_state_input=discrete_state_input,
             robot=robot,
+            conventions=conventions,
         )
     except (OSError, ValueError) as err:
         raise ConversionError(f"Cannot build the processor: {err}") from err
