@@ -85,12 +85,14 @@ def init_model_folder(output: str | Path, variant: str = "pi05", seed: int = 0) 
 
 def train_arguments(model: Path, dataset: Path, output: Path, steps: int, batch_size: int = 32,
                     learning_rate: float = 1e-3) -> list[str]:
-    """`pi train` arguments of the recipe: full training (there is nothing pretrained to keep)."""
+    """`pi train` arguments of the recipe: full training (there is nothing pretrained to keep), normalised with
+    statistics recomputed in float64 over every frame, as the shipped model was (the demonstrations' stats.json
+    holds float32 ones)."""
     camera_map = [f"{key}={camera}" for camera, key in IMAGE_KEYS.items()]
     return ["train", "--model", str(model), "--dataset", str(dataset), "--output", str(output), "--full",
             "--steps", str(steps), "--batch-size", str(batch_size), "--learning-rate", str(learning_rate),
             "--warmup-steps", str(min(200, steps // 10)), "--logging-steps", str(max(1, steps // 50)),
-            "--save-steps", str(steps), "--camera-map", *camera_map]
+            "--save-steps", str(steps), "--recompute-stats", "--camera-map", *camera_map]
 
 
 SHIPPED_FILES = ("config.json", "model.safetensors", "processor_config.json", "tokenizer.json", "tokenizer_config.json",

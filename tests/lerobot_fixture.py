@@ -2,7 +2,11 @@
 PNG images inside the parquet files.
 
 Frame brightness encodes (episode, frame) so decoded frames can be checked; actions are a smooth
-function of the state, so a model can learn them.
+function of the state, so a model can learn them. `meta/stats.json` has LeRobot's layout and its way of
+aggregating: statistics per episode (min, max, mean, std, count, q01 ... q99), then combined over the
+episodes (pooled mean and std; quantiles as the count-weighted mean of the episodes' quantiles, so they are
+not the exact quantiles of all frames). LeRobot estimates an episode's quantiles from a histogram; here
+they are exact per episode.
 """
 
 import io
@@ -18,6 +22,7 @@ FPS, SIZE = 10, 64
 CAMERAS = ("observation.images.top", "observation.images.wrist")
 TASKS = ("pick up the cube", "place the cube in the bowl")
 STATE_DIM, ACTION_DIM = 4, 3
+QUANTILES = {"q01": 0.01, "q10": 0.10, "q50": 0.50, "q90": 0.90, "q99": 0.99}
 
 
 def brightness(episode: int, frame: int, camera: int) -> int:
@@ -41,6 +46,31 @@ def _png(image: np.ndarray) -> dict:
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="PNG")
     return {"bytes": buffer.getvalue(), "path": None}
+
+
+def _episode_stats(values: np.ndarray) -> dict:
+    values = values.astype(np.float64)
+    return {"min": values.min(0), "max": values.max(0), "mean": values.mean(0), "std": values.std(0),
+            "count": np.array([len(values)]), **{key: np.quantile(values, q, axis=0) for key, q in QUANTILES.items()}}
+
+
+def _combine(episodes: list[dict]) -> dict:
+    counts = np.array([e["count"][0] for e in episodes], dtype=np.float64)[:, None]
+    stacked = {key: np.stack([e[key] for e in episodes]) for key in episodes[0]}
+    mean = (stacked["mean"] * counts).sum(0) / counts.sum()
+    variance = ((stacked["std"] ** 2 + (stacked["mean"] - mean) ** 2) * counts).sum(0) / counts.sum()
+    return {"min": stacked["min"].min(0), "max": stacked["max"].max(0), "mean": mean, "std": np.sqrt(variance),
+            "count": np.array([int(counts.sum())]),
+            **{key: (stacked[key] * counts).sum(0) / counts.sum() for key in QUANTILES}}
+
+
+def lerobot_stats(frames: pd.DataFrame) -> dict:
+    """State and action statistics as LeRobot's `meta/stats.json` holds them (see the module docstring)."""
+    stats = {}
+    for key in ("observation.state", "action"):
+        episodes = [_episode_stats(np.stack(group[key])) for _, group in frames.groupby("episode_index")]
+        stats[key] = {name: value.tolist() for name, value in _combine(episodes).items()}
+    return stats
 
 
 def write_lerobot_dataset(root: Path, lengths=(20, 14, 17, 9), seed: int = 0, images_in_parquet: bool = False) -> Path:
@@ -81,13 +111,7 @@ def write_lerobot_dataset(root: Path, lengths=(20, 14, 17, 9), seed: int = 0, im
     for camera in () if images_in_parquet else CAMERAS:
         _write_video(root / "videos" / camera / "chunk-000" / "file-000.mp4", videos[camera])
 
-    frames = pd.DataFrame(rows)
-    stats = {}
-    for key in ("observation.state", "action"):
-        values = np.stack(frames[key])
-        stats[key] = {"mean": values.mean(0).tolist(), "std": values.std(0).tolist(),
-                      "min": values.min(0).tolist(), "max": values.max(0).tolist()}
-    (root / "meta" / "stats.json").write_text(json.dumps(stats))
+    (root / "meta" / "stats.json").write_text(json.dumps(lerobot_stats(pd.DataFrame(rows))))
     features = {
         "observation.state": {"dtype": "float32", "shape": [STATE_DIM]},
         "action": {"dtype": "float32", "shape": [ACTION_DIM]},

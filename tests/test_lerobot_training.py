@@ -123,9 +123,6 @@ def test_collator_asks_pi0_fast_for_the_loss_without_logits(dataset_root):
 
 
 def _damage(root: Path, damage: str) -> str:
-    if damage == "missing stats":
-        (root / "meta" / "stats.json").unlink()
-        return "stats.json"
     if damage == "missing camera video":
         (root / "videos" / CAMERAS[1] / "chunk-000" / "file-000.mp4").unlink()
         return f"{CAMERAS[1]}.*file-000.mp4: missing"
@@ -142,7 +139,7 @@ def _damage(root: Path, damage: str) -> str:
     raise AssertionError(damage)
 
 
-@pytest.mark.parametrize("damage", ["missing stats", "missing camera video", "action dim mismatch", "unknown camera"])
+@pytest.mark.parametrize("damage", ["missing camera video", "action dim mismatch", "unknown camera"])
 def test_bad_datasets_stop_with_an_error_naming_the_file_and_the_problem(dataset_root, tmp_path, damage):
     root = shutil.copytree(dataset_root, tmp_path / "ds")
     message = _damage(root, damage)

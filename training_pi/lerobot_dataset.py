@@ -5,7 +5,10 @@ and the action chunk t..t+H−1. Steps past the episode's end repeat its last ac
 loader does) and are flagged in `action_is_pad`, which the flow loss leaves out.
 
 The frame table is read with `datasets` (Arrow, memory-mapped); camera videos are decoded with PyAV at
-the frame's timestamp in the episode's file; cameras stored as images in the parquet files work too.
+the frame's timestamp in the episode's file. Cameras stored as images in the parquet files come back
+from `datasets` already decoded when the file declares its `Image` feature (LeRobot's writer does), or
+as raw `{bytes, path}` structs when it does not; both are read. Normalisation statistics are, as in
+LeRobot, the dataset's own `meta/stats.json`, or exact ones recomputed over every frame.
 Written here because the `lerobot` package itself is not a dependency of ours; only its file layout is.
 """
 
@@ -86,10 +89,6 @@ class LeRobotDataset(torch.utils.data.Dataset):
             if key not in features:
                 raise DatasetError(f"{root / 'meta' / 'info.json'}: no '{key}' feature.")
         self.state_dim, self.action_dim = (int(np.prod(features[key]["shape"])) for key in (STATE, ACTION))
-        stats = _read_json(root / "meta" / "stats.json")
-        for key in (STATE, ACTION):
-            if key not in stats:
-                raise DatasetError(f"{root / 'meta' / 'stats.json'}: no statistics for '{key}'.")
         cameras = {key: spec["dtype"] for key, spec in features.items() if spec.get("dtype") in ("video", "image")}
         self.camera_map = dict(camera_map) if camera_map is not None else {
             key: key.removeprefix("observation.images.") for key in cameras}
@@ -137,6 +136,19 @@ class LeRobotDataset(torch.utils.data.Dataset):
                 if not path.is_file():
                     raise DatasetError(f"{path}: missing (camera '{camera}').")
 
+    def _image(self, cell, camera: str, t: int) -> np.ndarray:
+        """A camera cell of the parquet files as uint8 HWC RGB: decoded by `datasets` (an array, or a PIL image)
+        or a raw `{bytes, path}` struct (PNG/JPEG bytes; a path is relative to the dataset's folder)."""
+        if isinstance(cell, dict):
+            if cell.get("bytes") is not None:
+                cell = Image.open(io.BytesIO(cell["bytes"]))
+            elif cell.get("path"):
+                cell = Image.open(self.root / cell["path"])
+            else:
+                raise DatasetError(f"{self.root / 'data'}: frame {t} of camera '{camera}' holds neither image bytes nor a path.")
+        image = cell if isinstance(cell, Image.Image) else Image.fromarray(np.asarray(cell))
+        return np.array(image.convert("RGB"))
+
     def __len__(self) -> int:
         return len(self.frames)
 
@@ -152,7 +164,7 @@ class LeRobotDataset(torch.utils.data.Dataset):
                 timestamp = float(episode[f"videos/{camera}/from_timestamp"]) + float(row["timestamp"])
                 images[target] = self._videos.frame(self._video_path(camera, episode), timestamp, self.fps)
             else:
-                images[target] = np.asarray(Image.open(io.BytesIO(row[camera]["bytes"])).convert("RGB"))
+                images[target] = self._image(row[camera], camera, t)
         return {
             "images": images,
             "prompt": self.tasks[int(row["task_index"])],
@@ -162,11 +174,40 @@ class LeRobotDataset(torch.utils.data.Dataset):
         }
 
 
+_RECOMPUTE = "; `pi train --recompute-stats` computes the statistics from the frames instead."
+NEEDED_STATS = {"zscore": ("mean", "std"), "quantile": ("q01", "q99")}  # what each normalisation mode reads
+
+
+def dataset_norm_stats(dataset: LeRobotDataset, mode: str) -> NormStats:
+    """State and action statistics from the dataset's `meta/stats.json`, as LeRobot normalises with them (its
+    q01/q99 are count-weighted means of per-episode quantiles). Stops when the file lacks what `mode` needs."""
+    path = dataset.root / "meta" / "stats.json"
+    if not path.is_file():
+        raise DatasetError(f"{path}: missing{_RECOMPUTE}")
+    stats = json.loads(path.read_text())
+    return NormStats(**{LEROBOT_KEYS[key]: _feature_stats(path, stats, key, dim, mode)
+                        for key, dim in ((STATE, dataset.state_dim), (ACTION, dataset.action_dim))})
+
+
+def _feature_stats(path: Path, stats: dict, key: str, dim: int, mode: str) -> ArrayStats:
+    if key not in stats:
+        raise DatasetError(f"{path}: no statistics for '{key}'{_RECOMPUTE}")
+    missing = [name for name in NEEDED_STATS[mode] if stats[key].get(name) is None]
+    if missing:
+        raise DatasetError(f"{path}: '{key}' has no {', '.join(map(repr, missing))}, which {mode} normalisation needs{_RECOMPUTE}")
+    found = ArrayStats.from_dict(stats[key])
+    for name, values in vars(found).items():
+        if values is not None and len(values) != dim:
+            raise DatasetError(f"{path}: '{key}' {name} has {len(values)} values, info.json says {dim} dims.")
+    return found
+
+
 def compute_norm_stats(dataset: LeRobotDataset, batch_size: int = 10_000) -> NormStats:
     """Mean, std, q01 and q99 of state and actions over every frame (exact quantiles)."""
     columns = {STATE: [], ACTION: []}
-    for start in tqdm(range(0, len(dataset.frames), batch_size), desc="norm stats", unit="batch"):
-        rows = dataset.frames[start : start + batch_size]
+    numbers = dataset.frames.select_columns(list(columns))  # the cameras are not decoded
+    for start in tqdm(range(0, len(numbers), batch_size), desc="norm stats", unit="batch"):
+        rows = numbers[start : start + batch_size]
         for key in columns:
             columns[key].append(np.stack(rows[key]).astype(np.float64))
     stats = {}

@@ -2,16 +2,17 @@
 
     pi train --model CONVERTED --dataset LEROBOT_DIR --output OUT [--lora | --full] [--freeze-vision]
              [--steps N] [--batch-size N] [--learning-rate LR] [--warmup-steps N] [--resume]
-             [--camera-map DATASET_KEY=MODEL_KEY ...] [--bf16] [--gradient-checkpointing]
+             [--camera-map DATASET_KEY=MODEL_KEY ...] [--bf16] [--gradient-checkpointing] [--recompute-stats]
 
 The schedule is the reference's: AdamW (β2 0.95, weight decay 1e-10, gradient clip 1.0), linear
-warm-up, cosine decay to a tenth of the peak. The dataset's norm statistics are computed first and
-written beside the output in openpi's and LeRobot's formats; the processor saved with the model uses
-them. OUT receives the fine-tuned model (LoRA adapters merged in, so `AutoModel.from_pretrained`
-loads it), the processor, a model card and the remote code (so `pi push` publishes it as it is),
-`adapter/` (LoRA runs), `loss_curve.png` and Trainer checkpoints (`checkpoint-*`, what `--resume`
-continues from). Runs unchanged under `accelerate launch` (DDP; on a machine without GPUs, with
-ACCELERATE_USE_CPU=true, or the processes form no job and `check_one_job` stops the run).
+warm-up, cosine decay to a tenth of the peak. The norm statistics are, as LeRobot trains with them, the
+dataset's `meta/stats.json` (`--recompute-stats`: exact ones over every frame instead); they are written
+beside the output in openpi's and LeRobot's formats, the processor saved with the model uses them and
+the model card says which were used. OUT receives the fine-tuned model (LoRA adapters merged in, so
+`AutoModel.from_pretrained` loads it), the processor, a model card and the remote code (so `pi push`
+publishes it as it is), `adapter/` (LoRA runs), `loss_curve.png` and Trainer checkpoints (`checkpoint-*`,
+what `--resume` continues from). Runs unchanged under `accelerate launch` (DDP; on a machine without
+GPUs, with ACCELERATE_USE_CPU=true, or the processes form no job and `check_one_job` stops the run).
 """
 
 import argparse
@@ -26,7 +27,8 @@ import modeling_pi  # noqa: F401  (registers "pi" with AutoModel / AutoProcessor
 from conversion.remote_code import add_remote_code
 from model_cards import DEFAULT_LICENSE, render_model_card
 
-from .lerobot_dataset import DatasetError, LeRobotDataset, PiCollator, compute_norm_stats, write_norm_stats
+from .lerobot_dataset import (DatasetError, LeRobotDataset, PiCollator, compute_norm_stats, dataset_norm_stats,
+                              write_norm_stats)
 from .lora import apply_lora, set_full_finetuning
 from .loss_curve import save_loss_curve
 
@@ -50,6 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--camera-map", nargs="*", default=None, metavar="DATASET_KEY=MODEL_KEY")
     parser.add_argument("--bf16", action="store_true", help="bfloat16 mixed precision (hardware permitting)")
     parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--recompute-stats", action="store_true",
+                        help="normalise with exact statistics over every frame, not the dataset's meta/stats.json")
     parser.add_argument("--seed", type=int, default=0)
     return parser
 
@@ -67,7 +71,7 @@ def train(args: argparse.Namespace) -> Path:
     model = AutoModel.from_pretrained(args.model)
     processor = AutoProcessor.from_pretrained(args.model)
     dataset = LeRobotDataset(args.dataset, model.config.action_horizon, _camera_map(args.camera_map), processor.image_keys)
-    processor.norm_stats = compute_norm_stats(dataset)
+    processor.norm_stats, stats_source = _norm_stats(dataset, processor.norm_mode, args.recompute_stats)
 
     trainable = set_full_finetuning(model, args.freeze_vision) if args.full else apply_lora(model, freeze_vision=args.freeze_vision)
     training_args = TrainingArguments(
@@ -90,12 +94,19 @@ def train(args: argparse.Namespace) -> Path:
             trainable = trainable.merge_and_unload()
         trainable.save_pretrained(output)
         processor.save_pretrained(output)
-        _model_card(args, trainable, processor).save(output / "README.md")
+        _model_card(args, trainable, processor, stats_source).save(output / "README.md")
         add_remote_code(output)
         logged = [(log["step"], log["loss"]) for log in trainer.state.log_history if "loss" in log]
         if logged:
             save_loss_curve(*map(list, zip(*logged)), output / "loss_curve.png")
     return output
+
+
+def _norm_stats(dataset: LeRobotDataset, mode: str, recompute: bool):
+    """The statistics the run normalises with, and where they come from (for the model card)."""
+    if recompute:
+        return compute_norm_stats(dataset), f"recomputed over all {len(dataset)} frames (exact quantiles)"
+    return dataset_norm_stats(dataset, mode), "the dataset's `meta/stats.json`, as LeRobot trains with them"
 
 
 def check_one_job(training_args: TrainingArguments) -> None:
@@ -110,13 +121,13 @@ def check_one_job(training_args: TrainingArguments) -> None:
         )
 
 
-def _model_card(args: argparse.Namespace, model, processor) -> ModelCard:
+def _model_card(args: argparse.Namespace, model, processor, stats_source: str) -> ModelCard:
     """The fine-tuned folder's card: the base model's license and lineage, this run's provenance."""
     base_card = Path(args.model) / "README.md"
     base = ModelCard.load(base_card).data if base_card.is_file() else None
     method = "full fine-tuning" if args.full else "LoRA, merged into the weights"
     provenance = (f"Fine-tuned with `pi train` from `{Path(args.model).name}` on the LeRobot dataset "
-                  f"`{Path(args.dataset).name}`: {args.steps} steps, {method}.")
+                  f"`{Path(args.dataset).name}`: {args.steps} steps, {method}. Normalisation statistics: {stats_source}.")
     return render_model_card(
         model.config, model.num_parameters(), Path(args.output).name, provenance,
         license=(base.license if base else None) or DEFAULT_LICENSE,
