@@ -115,7 +115,8 @@ def write_folder(
         num_parameters = sum(t.numel() for t in state_dict.values())
         stats = processor.norm_stats.to_dict() if processor is not None and processor.norm_stats is not None else None
         provenance = converted_from(source, source_kind, str(config.dtype).removeprefix("torch."))
-        card = render_model_card(config, num_parameters, repo_id or output.name, provenance, license, base_model, stats)
+        card = render_model_card(config, num_parameters, repo_id or output.name, provenance, license, base_model, stats,
+                                 processor)
         card.save(staging / "README.md")
         if processor is not None:
             processor.save_pretrained(staging)

@@ -47,8 +47,10 @@ def render_model_card(
     license: str = DEFAULT_LICENSE,
     base_model: str | None = PALIGEMMA,
     norm_stats=None,
+    processor=None,
 ) -> ModelCard:
-    """The README.md of a π folder, filled from its config; `provenance` says where its weights come from."""
+    """The README.md of a π folder, filled from its config; `provenance` says where its weights come from. A
+    `processor` that follows LeRobot's conventions is described as such (the templates give openpi's)."""
     cameras = config.image_keys
     data = card_data(config, license, base_model)
     text = _TEMPLATES.get_template(f"{config.variant}.md").render(
@@ -78,8 +80,19 @@ def render_model_card(
             else "This folder carries no normalisation statistics: give the processor the statistics of your "
             "robot's data (`pi train` computes them), or feed already normalised inputs."
         ),
+        conventions_sentence=_conventions_sentence(processor),
     )
     return ModelCard(text)
+
+
+def _conventions_sentence(processor) -> str:
+    if processor is None or processor.conventions != "lerobot":
+        return ""
+    mode = {"zscore": "z-score (`(x - mean) / (std + 1e-8)`)", "quantile": "quantile (`2 (x - q01) / (q99 - q01) - 1`)"}
+    return (f"This policy was trained in LeRobot, and its processor follows LeRobot's conventions rather than the "
+            f"above: {mode[processor.norm_mode]} normalisation, the task text as LeRobot tokenises it, images resized "
+            "in float (bilinear, then padded)" + (", one more BOS after the prompt and LeRobot's lenient decoding of "
+                                                 "the action tokens." if processor.variant == "pi0_fast" else "."))
 
 
 def retarget_card(text: str, old_id: str, new_id: str) -> str:

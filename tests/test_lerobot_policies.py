@@ -7,6 +7,7 @@ its preprocessor, the policy, its postprocessor. Converted with no `--config`, o
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -33,7 +34,7 @@ def _convert(folder, output, *options) -> int:
 
 @pytest.fixture(scope="module")
 def lerobot_policy(tmp_path_factory):
-    """variant -> (model, processor, io, io.json, the conversion's output), converted once per module."""
+    """variant -> (model, processor, io, io.json), converted once per module (the folder: `model.name_or_path`)."""
     cache = {}
 
     def get(variant):
@@ -70,6 +71,7 @@ def test_the_architecture_and_conventions_come_from_the_checkpoint_alone(lerobot
     assert config.image_keys == [camera.removeprefix("observation.images.") for camera in meta["cameras"]]
     assert processor.conventions == "lerobot" and processor.image_processor.conventions == "lerobot"
     assert processor.norm_mode == ("quantile" if variant == "pi05" else "zscore")
+    assert "follows LeRobot's conventions" in (Path(model.name_or_path) / "README.md").read_text()
 
 
 @pytest.mark.parametrize("variant", FLOW)

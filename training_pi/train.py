@@ -132,7 +132,7 @@ def _model_card(args: argparse.Namespace, model, processor, stats_source: str) -
         model.config, model.num_parameters(), Path(args.output).name, provenance,
         license=(base.license if base else None) or DEFAULT_LICENSE,
         base_model=None if Path(args.model).is_dir() else args.model,
-        norm_stats=processor.norm_stats.to_dict(),
+        norm_stats=processor.norm_stats.to_dict(), processor=processor,
     )
 
 
