@@ -21,6 +21,21 @@ def _finite(name: str, tensor: torch.Tensor) -> None:
         raise ValueError(f"{name} contains NaN or infinite values.")
 
 
+PIXEL_TOLERANCE = 1e-3  # float rounding of x / 255 * 2 - 1, nothing more
+
+
+def _pixel_range(pixel_values: torch.Tensor) -> None:
+    """SigLIP reads pixels in [-1, 1]: raw 0..255 values or uint8 images given straight to the model are refused."""
+    if not pixel_values.is_floating_point():
+        raise ValueError(f"pixel_values must be floats in [-1, 1], got {pixel_values.dtype}: pass images through the "
+                         "processor (it maps 0..255 to [-1, 1]).")
+    _finite("pixel_values", pixel_values)
+    low, high = pixel_values.min().item(), pixel_values.max().item()
+    if low < -1 - PIXEL_TOLERANCE or high > 1 + PIXEL_TOLERANCE:
+        raise ValueError(f"pixel_values must lie in [-1, 1], got values in [{low:g}, {high:g}]: pass images through the "
+                         "processor (it maps 0..255 to [-1, 1]).")
+
+
 def check_inputs(
     config: PiConfig,
     pixel_values: torch.Tensor,
@@ -43,7 +58,7 @@ def check_inputs(
         )
     size = config.vision_config.image_size
     _shape("pixel_values", pixel_values, (batch, cameras, 3, size, size), f"{size}x{size} RGB images")
-    _finite("pixel_values", pixel_values)
+    _pixel_range(pixel_values)
     _shape("pixel_attention_mask", pixel_attention_mask, (batch, cameras), "camera present")
     if input_ids.ndim != 2:
         raise ValueError(f"input_ids must have shape [batch, prompt length], got {list(input_ids.shape)}.")
@@ -65,6 +80,9 @@ def check_flow_inputs(
 ) -> None:
     """State, action chunk, noise, flow time and padded-step mask of π0 / π0.5."""
     chunk = (batch, config.action_horizon, config.action_dim)
+    if config.variant == "pi05" and state is not None:
+        raise ValueError("π0.5 reads the robot state in its prompt (the processor writes it there as 256 bins), not as "
+                         "a model input: pass no `state`.")
     if config.variant == "pi0":
         if state is None:
             raise ValueError("π0 reads the robot state as a token: pass `state` [batch, action_dim].")

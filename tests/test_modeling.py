@@ -324,6 +324,9 @@ def _bad_cases():
                                                                  "attention_mask", "state", "actions", "noise")},
                         "[Ee]mpty batch"),
         "token ids": (edit(input_ids=lambda i: i + 5000), "input_ids"),
+        "raw 0..255 pixels": (edit(pixel_values=lambda x: (x + 1) * 127.5), r"pixel_values must lie in \[-1, 1\]"),
+        "uint8 pixels": (edit(pixel_values=lambda x: ((x + 1) * 127.5).to(torch.uint8)), "pixel_values must be floats"),
+        "NaN pixels": (edit(pixel_values=lambda x: x.index_fill(2, torch.tensor([0]), float("nan"))), "pixel_values.*NaN"),
         "mask shape": (edit(attention_mask=lambda m: m[:, :2]), "attention_mask"),
     }
 
@@ -349,6 +352,16 @@ def test_pi0_without_state_and_training_without_actions_are_refused():
         model.generate_actions(*model_args(inputs))
     with pytest.raises(ValueError, match="actions"):
         model(*model_args(inputs), state=inputs["state"])
+
+
+def test_pi05_refuses_a_state_given_to_the_model():
+    model = noisy_tiny_model("pi05")
+    inputs = random_inputs(model.config)
+    state = torch.zeros(len(inputs["actions"]), model.config.action_dim)
+    with pytest.raises(ValueError, match="π0.5 reads the robot state in its prompt"):
+        model.generate_actions(*model_args(inputs), state=state)
+    with pytest.raises(ValueError, match="π0.5 reads the robot state in its prompt"):
+        model(*model_args(inputs), actions=inputs["actions"], state=state)
 
 
 def test_unknown_solver_and_step_count_are_refused():
