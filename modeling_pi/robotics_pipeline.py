@@ -7,8 +7,8 @@
     out = policy(images={"base_0_rgb": img, "left_wrist_0_rgb": wrist}, prompt="fold the towel", state=raw_state,
                  num_steps=10, seed=0)
     out["actions"]                           # np.ndarray [H, robot action dim], float32
-    out["valid"]                             # False only where a π0-FAST answer did not decode (its actions are then
-                                             # openpi's fallback, the normalised zero chunk: not a prediction)
+    out["valid"]                             # False where a π0-FAST answer did not decode (its actions are then openpi's
+                                             # fallback, the normalised zero chunk) or the chunk is not finite: not a prediction
     policy([observation, ...])               # {"images", "prompt", "state"} dicts: one model batch, a list of outputs
 
 A model whose processor knows its robot (converted with `--config` or `--robot`) takes that robot's raw
@@ -30,6 +30,8 @@ casts its inputs to its own dtype (and keeps the flow in float32), so the pipeli
                 [--num-steps N] [--seed S] [--device DEVICE] [--output actions.npy]
 
 It prints the chunk as JSON ({"actions": [[...], ...], "valid": true}), or with `--output` saves it with `np.save`.
+A chunk that is not a prediction (`valid` false) is printed with `"valid": false` and never saved, and the
+command exits 1.
 """
 
 import argparse
@@ -152,19 +154,27 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--num-steps sets the flow solver's steps; π0-FAST decodes tokens.")
         options = {name: value for name, value in (("num_steps", args.num_steps), ("seed", args.seed)) if value is not None}
         out = policy(observation, **options)
-        if args.output:
-            with open(args.output, "wb") as file:
-                np.save(file, out["actions"])
     except (OSError, ValueError) as err:
         print(f"pi generate: error: {err}", file=sys.stderr)
         return 1
     if not out["valid"]:
-        print("pi generate: warning: the generated tokens do not decode into actions; the chunk is openpi's fallback "
-              "(the normalised zero chunk), not a prediction.", file=sys.stderr)
-    if args.output:
-        print(f"wrote {args.output}")
-    else:
-        print(json.dumps({"actions": out["actions"].tolist(), "valid": out["valid"]}))
+        why = ("holds NaN or infinite values" if not np.isfinite(out["actions"]).all()
+               else "is openpi's fallback (the normalised zero chunk): the generated tokens do not decode into actions")
+        print(f"pi generate: error: the chunk {why}; it is not a prediction{' and was not written' if args.output else ''}.",
+              file=sys.stderr)
+        if not args.output:
+            print(json.dumps({"actions": out["actions"].tolist(), "valid": False}, allow_nan=True))
+        return 1
+    if not args.output:
+        print(json.dumps({"actions": out["actions"].tolist(), "valid": True}))
+        return 0
+    try:
+        with open(args.output, "wb") as file:
+            np.save(file, out["actions"])
+    except OSError as err:
+        print(f"pi generate: error: {err}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.output}")
     return 0
 
 

@@ -55,8 +55,9 @@ SETTINGS = ("variant", "image_keys", "max_token_len", "action_dim", "action_hori
 class PiActionOutput(ModelOutput):
     """
     actions (`torch.FloatTensor` of shape `(batch, horizon, robot action dim)`): in the robot's units.
-    valid (`torch.BoolTensor` of shape `(batch,)`): False where a FAST sequence did not decode; its actions are then
-        openpi's fallback, the zero chunk in normalised units taken to the robot's (not a prediction: do not execute).
+    valid (`torch.BoolTensor` of shape `(batch,)`): False where a FAST sequence did not decode (its actions are then
+        openpi's fallback, the zero chunk in normalised units taken to the robot's) or where the chunk holds a NaN or
+        infinite value: not a prediction, do not execute.
     """
 
     actions: torch.FloatTensor | None = None
@@ -278,6 +279,7 @@ class PiProcessor(ProcessorMixin):
         actions = actions[..., : self._robot_action_dim() or actions.shape[-1]]
         if observation is not None or robot_state is not None:
             actions = self._to_robot(actions, observation, robot_state)
+        valid &= np.isfinite(actions).reshape(len(actions), -1).all(axis=1)
         return PiActionOutput(actions=torch.from_numpy(actions).float(), valid=torch.from_numpy(valid))
 
     def _to_robot(self, actions: np.ndarray, observation, robot_state) -> np.ndarray:

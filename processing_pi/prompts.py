@@ -8,7 +8,12 @@
 
 clean = strip, "_" -> " ", "\\n" -> " "; fast_clean = lower-case, strip, "_" -> " " (newlines kept, as
 the reference does); bins = the normalised state discretised into 256 bins over
-[-1, 1]. Sequences are right-padded with 0 to `max_len`, and truncated there with a warning.
+[-1, 1]. Sequences are right-padded with 0 to `max_len`.
+
+Too long a prompt: where a cut would lose what the model acts on — the state and "Action: " of π0.5,
+π0-FAST's prefix (its state), or every training target of π0-FAST — it is a `PromptTooLong` error; where
+it loses only the end of the task text (π0) or some training targets, it is cut with a warning that says
+how many tokens went.
 
 LeRobot's ports (`conventions="lerobot"`) write the same formats with three differences, which a policy
 trained there has learnt: π0 reads the task as it is, with "\\n" appended unless it ends with one
@@ -93,14 +98,26 @@ def _encode(tokenizer, text: str) -> list[int]:
     return tokenizer.encode(text, add_special_tokens=False)
 
 
-def _truncate(ids: list[int], max_len: int) -> list[int]:
-    if len(ids) > max_len:
-        logger.warning("Prompt of %d tokens truncated to max_token_len=%d.", len(ids), max_len)
-    return ids[:max_len]
+class PromptTooLong(ValueError):
+    """A prompt that `max_token_len` would cut where the model reads the state or its targets."""
+
+
+def _fit(prefix: list[int], max_len: int, variant: str, postfix: list[int] = ()) -> None:
+    """Refuses a cut that loses the state or every target; warns about one that loses less."""
+    if len(prefix) > max_len and variant != "pi0":
+        raise PromptTooLong(f"The {variant} prompt is {len(prefix)} tokens, more than max_token_len={max_len}: cutting "
+                            "it would drop the robot state from it. Shorten the task or raise max_token_len.")
+    if postfix and len(prefix) >= max_len:
+        raise PromptTooLong(f"The {variant} prompt takes all {max_len} tokens of max_token_len, leaving none of the "
+                            f"{len(postfix)} training targets. Shorten the task or raise max_token_len.")
+    cut = len(prefix) + len(postfix) - max_len
+    if cut > 0:
+        what = f"{cut} of the {len(postfix)} training target tokens" if postfix else f"the last {cut} tokens of the task"
+        logger.warning("Prompt longer than max_token_len=%d: %s cut off.", max_len, what)
 
 
 def _pad(prefix: list[int], postfix: list[int], max_len: int) -> PromptTokens:
-    ids = _truncate(prefix + postfix, max_len)
+    ids = (prefix + postfix)[:max_len]
     roles = ([0] * len(prefix) + [1] * len(postfix))[:max_len]
     padding = max_len - len(ids)
     return PromptTokens(
@@ -131,12 +148,16 @@ def tokenize_prompt(
         state_in_prompt = variant != "pi0"
     if variant != "pi0_fast" and not state_in_prompt:
         text = lerobot_pi0_prompt(prompt) if lerobot else clean_prompt(prompt) + "\n"
-        return _pad(bos + _encode(tokenizer, text), [], max_len)
+        ids = bos + _encode(tokenizer, text)
+        _fit(ids, max_len, "pi0")
+        return _pad(ids, [], max_len)
     if state is None:
         raise ValueError(f"The {variant} prompt carries the robot state: pass `state`.")
     bins = " ".join(map(str, discretize_state(state)))
     if variant != "pi0_fast":
-        return _pad(bos + _encode(tokenizer, f"Task: {clean_prompt(prompt)}, State: {bins};\nAction: "), [], max_len)
+        ids = bos + _encode(tokenizer, f"Task: {clean_prompt(prompt)}, State: {bins};\nAction: ")
+        _fit(ids, max_len, variant)
+        return _pad(ids, [], max_len)
     task = clean_prompt(prompt) if lerobot else fast_clean_prompt(prompt)
     prefix = bos + _encode(tokenizer, f"Task: {task}, State: {bins};\n")
     postfix = []
@@ -144,11 +165,14 @@ def tokenize_prompt(
         action_ids = fast_ids_to_vocab(fast_ids, len(tokenizer))
         postfix = _encode(tokenizer, "Action: ") + action_ids + _encode(tokenizer, "|") + [tokenizer.eos_token_id]
     if not lerobot:
+        _fit(prefix, max_len, variant, postfix)
         return _pad(prefix, postfix, max_len)
+    _fit(prefix, max_len, variant)
     if fast_ids is None:  # the extra BOS closes the prefix, after its padding
         padded = _pad(prefix, [], max_len)
         return PromptTokens(padded.input_ids + bos, padded.attention_mask + [True], [0] * (max_len + 1), [False] * (max_len + 1))
-    prefix, postfix = _truncate(prefix, max_len), _truncate(bos + postfix, LEROBOT_ACTION_TOKENS)
-    tokens = _pad(prefix, postfix, max_len + LEROBOT_ACTION_TOKENS)
+    postfix = bos + postfix
+    _fit([], LEROBOT_ACTION_TOKENS, variant, postfix)
+    tokens = _pad(prefix, postfix[:LEROBOT_ACTION_TOKENS], max_len + LEROBOT_ACTION_TOKENS)
     tokens.loss_mask[len(prefix)] = False  # the BOS is read, not predicted
     return tokens

@@ -165,3 +165,17 @@ def test_generate_reports_bad_arguments(policy_folder, tmp_path, capsys):
     fast = ["--model", policy_folder("pi0_fast"), "--prompt", "pick", "--image", f"base_0_rgb={tmp_path / 'front.png'}", *state]
     assert _generate(*fast, "--num-steps", 3) == 1
     assert "--num-steps" in capsys.readouterr().err
+
+
+def test_generate_exits_non_zero_on_a_chunk_that_is_not_finite(policy_folder, tmp_path, capsys, monkeypatch):
+    folder = policy_folder("pi05")
+    observation = _observation(0)
+    args = ["--model", folder, *_camera_files(tmp_path, observation), "--prompt", observation["prompt"],
+            "--state", ",".join(map(str, observation["state"].tolist()))]
+    generate = PiForActionGeneration.generate_actions
+    monkeypatch.setattr(PiForActionGeneration, "generate_actions",
+                        lambda self, *a, **k: generate(self, *a, **k).index_fill(1, torch.tensor([3]), float("nan")))
+    assert _generate(*args, "--output", tmp_path / "chunk.npy") == 1
+    assert "NaN or infinite" in capsys.readouterr().err and not (tmp_path / "chunk.npy").exists()
+    assert _generate(*args) == 1
+    assert json.loads(capsys.readouterr().out)["valid"] is False

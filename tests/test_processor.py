@@ -79,10 +79,34 @@ def test_fast_training_and_inference_sequences(tokenizer, fast, i):
     assert "labels" not in infer
 
 
-def test_long_prompts_are_truncated_with_a_warning(tokenizer, caplog):
+def test_a_long_pi0_task_is_cut_with_a_warning_saying_what_went(tokenizer, caplog):
     out = _processor(tokenizer, "pi0", max_token_len=8)(images=IMAGE, prompt=PROMPTS[3], state=np.zeros(7))
+    full = _processor(tokenizer, "pi0", max_token_len=200)(images=IMAGE, prompt=PROMPTS[3], state=np.zeros(7))
     assert out["input_ids"].shape == (1, 8) and out["attention_mask"].all()
-    assert "truncated" in caplog.text
+    assert f"the last {int(full['attention_mask'].sum()) - 8} tokens of the task cut off" in caplog.text
+
+
+@pytest.mark.parametrize("variant", ["pi05", "pi0_fast"])
+def test_a_cut_that_would_lose_the_state_is_refused(tokenizer, fast, variant):
+    from processing_pi.prompts import PromptTooLong
+
+    processor = _processor(tokenizer, variant, fast if variant == "pi0_fast" else None, max_token_len=12, action_horizon=4)
+    with pytest.raises(PromptTooLong, match="drop the robot state"):
+        processor(images=IMAGE, prompt=PROMPTS[3], state=np.zeros(7))
+
+
+def test_fast_training_targets_cut_entirely_are_refused_and_partly_are_warned(tokenizer, fast, caplog):
+    from processing_pi.prompts import PromptTooLong
+
+    def call(max_len):
+        processor = _processor(tokenizer, "pi0_fast", fast, max_token_len=max_len, action_horizon=4)
+        return processor(images=IMAGE, prompt="go", state=np.zeros(7), actions=np.ones((4, 7)))
+
+    prefix = int((call(400)["token_type_ids"] == 0).logical_and(call(400)["attention_mask"]).sum())
+    with pytest.raises(PromptTooLong, match="leaving none of the"):
+        call(prefix)
+    out = call(prefix + 2)
+    assert (out["labels"] != -100).sum() == 2 and "training target tokens cut off" in caplog.text
 
 
 def test_fast_post_processing_takes_the_ids_between_action_and_bar(tokenizer, fast):
@@ -220,3 +244,11 @@ def test_save_and_load_round_trip_through_auto_processor(tmp_path, tokenizer, fa
     assert a.keys() == b.keys()
     for key in a:
         np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_a_chunk_with_a_non_finite_value_is_not_valid(tokenizer):
+    processor = _processor(tokenizer, "pi0")
+    chunk = torch.zeros(3, 4, 32)
+    chunk[1, 2, 5] = float("nan")
+    chunk[2, 0, 0] = float("inf")
+    assert processor.post_process(chunk).valid.tolist() == [True, False, False]
