@@ -1,5 +1,5 @@
 """What every converter shares: the strict check of a converted state dict against the model it must
-fill, and the atomic writing of the Hugging Face folder (config, sharded safetensors, model card,
+fill (names, shapes, finite values), and the atomic writing of the Hugging Face folder (config, sharded safetensors, model card,
 processor, remote code)."""
 
 import os
@@ -52,6 +52,15 @@ def check_complete(state_dict: dict, config: PiConfig, source: str = "the checkp
              if tuple(tensor.shape) != expected[name]]
     if wrong:
         raise ConversionError(f"{len(wrong)} tensor(s) of {source} have the wrong shape: {_some(wrong)}.{hint}")
+
+
+def check_finite(state_dict: dict, source: str = "the checkpoint") -> None:
+    """Every tensor is finite: a damaged checkpoint (zeroed or flipped bytes) stops the conversion, naming the tensors."""
+    damaged = [f"{name} ({int((~torch.isfinite(tensor)).sum())} NaN/inf)" for name, tensor in sorted(state_dict.items())
+               if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if damaged:
+        raise ConversionError(f"{len(damaged)} tensor(s) of {source} hold non-finite values: {_some(damaged)}. The "
+                              "checkpoint is damaged; nothing was written.")
 
 
 def build_processor(
@@ -107,6 +116,7 @@ def write_folder(
     from conversion.remote_code import add_remote_code
 
     output = check_output(output)
+    check_finite(state_dict, source)
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
     try:

@@ -75,8 +75,9 @@ class PiPreTrainedModel(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
-        """Like `PreTrainedModel.from_pretrained`, but a checkpoint whose weights are missing, unexpected or
-        mis-shaped is an error: nothing is ever initialised at random behind the user's back."""
+        """Like `PreTrainedModel.from_pretrained`, but a checkpoint whose weights are missing, unexpected,
+        mis-shaped or not finite is an error: nothing is ever initialised at random, and no NaN weight acts,
+        behind the user's back."""
         return_info = kwargs.pop("output_loading_info", False)
         model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
         problems = {key: sorted(map(str, info[key])) for key in ("missing_keys", "unexpected_keys", "mismatched_keys")}
@@ -84,6 +85,11 @@ class PiPreTrainedModel(PreTrainedModel):
         if problems:
             listed = "; ".join(f"{key}: {', '.join(names[:8])}{' ...' if len(names) > 8 else ''}" for key, names in problems.items())
             raise ValueError(f"The checkpoint does not match {cls.__name__} built from its config ({listed}).")
+        damaged = [name for name, tensor in model.state_dict().items()
+                   if tensor.is_floating_point() and tensor.device.type != "meta" and not torch.isfinite(tensor).all()]
+        if damaged:
+            raise ValueError(f"The checkpoint holds NaN or infinite values in {len(damaged)} tensor(s): "
+                             f"{', '.join(damaged[:8])}{' ...' if len(damaged) > 8 else ''}. It is damaged.")
         return (model, info) if return_info else model
 
 

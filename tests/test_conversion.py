@@ -9,7 +9,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from transformers import AutoModel
 
 import modeling_pi  # noqa: F401
@@ -145,3 +145,23 @@ def test_converter_refuses_to_overwrite_and_to_read_non_checkpoints(tmp_path, ca
     assert (tmp_path / "out" / "keep.txt").read_text() == "precious"
     code, stderr = _pi(capsys, "convert", "openpi", "--checkpoint", tmp_path, "--variant", "pi0", "--output", tmp_path / "x")
     assert code != 0 and "not an orbax checkpoint" in stderr
+
+
+def test_a_damaged_checkpoint_is_refused_at_conversion_and_at_loading(tmp_path, capsys, monkeypatch):
+    params = load_openpi_params(OPENPI / "pi0")
+    damaged = "PaliGemma/llm/layers/mlp/linear"
+    params[damaged] = params[damaged].copy()
+    params[damaged].reshape(-1)[123] = np.nan  # as zeroed bytes inside a compressed chunk decode
+    monkeypatch.setattr("conversion.convert_openpi.load_openpi_params", lambda checkpoint: params)
+    code = pi_cli.main(["convert", "openpi", "--checkpoint", str(OPENPI / "pi0"), "--output", str(tmp_path / "out")])
+    error = capsys.readouterr().err
+    assert code == 1 and "1 tensor(s) of pi0 hold non-finite values: language_model.layers.0.mlp.down_proj.weight" in error
+    assert not (tmp_path / "out").exists()
+
+    monkeypatch.undo()
+    assert pi_cli.main(["convert", "openpi", "--checkpoint", str(OPENPI / "pi0"), "--output", str(tmp_path / "good")]) == 0
+    weights = load_file(tmp_path / "good" / "model.safetensors")
+    weights["action_out_proj.bias"][0] = float("inf")
+    save_file(weights, tmp_path / "good" / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="NaN or infinite values in 1 tensor.*action_out_proj.bias"):
+        AutoModel.from_pretrained(tmp_path / "good")
