@@ -4,13 +4,15 @@
 What is uploaded is decided here, before anything reaches the network (`hub_files`): the weights
 (one safetensors file, or the shards of an index), config, model card, processor, tokenizer, FAST
 tokenizer and statistics, whatever else the folder holds except hidden files and Trainer
-checkpoints, and the remote code with its `auto_map` so that the repository also loads where only
+checkpoints (regular files only: a link is followed only into the Hub cache's blob store, any other
+link stops the push), and the remote code with its `auto_map` so that the repository also loads where only
 transformers is installed. The card's usage examples name the repository. Everything goes up in one
 commit through huggingface_hub.
 """
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -41,9 +43,36 @@ def _weights(folder: Path) -> list[str]:
     raise PushError(f"{folder} has no model.safetensors (nor {WEIGHTS_INDEX}).")
 
 
-def _is_published(path: Path, folder: Path) -> bool:
-    parts = path.relative_to(folder).parts
-    return path.is_file() and not any(part.startswith(".") for part in parts) and not parts[0].startswith("checkpoint-")
+def _is_published(relative: Path) -> bool:
+    parts = relative.parts
+    return not any(part.startswith(".") for part in parts) and not parts[0].startswith("checkpoint-")
+
+
+def _is_hub_blob(link: Path) -> bool:
+    """A link of a Hub cache snapshot, to `<repo cache>/blobs/<hash>` (what `snapshot_download` leaves)."""
+    target = link.resolve()
+    return target.is_file() and target.parent.name == "blobs" and (target.parent.parent / "snapshots").is_dir()
+
+
+def _published_files(folder: Path) -> list[Path]:
+    """The folder's published files, all regular files inside it or Hub cache links; any other link or special
+    file is refused by name, so that nothing from outside the folder is uploaded."""
+    files, refused = [], []
+    for root, dirs, names in os.walk(folder):  # does not descend into linked folders
+        root = Path(root)
+        dirs[:] = [name for name in dirs if _is_published((root / name).relative_to(folder))]
+        for name in sorted(names) + [name for name in dirs if (root / name).is_symlink()]:
+            path = root / name
+            if not _is_published(path.relative_to(folder)):
+                continue
+            if path.is_symlink() and not _is_hub_blob(path) or not path.is_symlink() and not path.is_file():
+                refused.append(path.relative_to(folder).as_posix())
+            elif path.is_file():
+                files.append(path)
+    if refused:
+        raise PushError(f"{folder} holds links or special files that are not uploaded: {', '.join(sorted(refused))}. "
+                        "Replace them with the files themselves.")
+    return sorted(files)
 
 
 def hub_files(folder: str | Path, repo_id: str) -> dict[str, Path | bytes]:
@@ -62,9 +91,7 @@ def hub_files(folder: str | Path, repo_id: str) -> dict[str, Path | bytes]:
         raise PushError(f"{folder} has no model card (README.md).")
     weights = _weights(folder)
 
-    files: dict[str, Path | bytes] = {
-        path.relative_to(folder).as_posix(): path for path in sorted(folder.rglob("*")) if _is_published(path, folder)
-    }
+    files: dict[str, Path | bytes] = {path.relative_to(folder).as_posix(): path for path in _published_files(folder)}
     stray = [name for name in files if name.endswith(".safetensors") and "/" not in name and name not in weights]
     if stray:
         raise PushError(f"{folder} holds weight files that its index does not list: {', '.join(stray)}.")

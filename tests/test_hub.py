@@ -3,6 +3,7 @@ the exact upload to the Hub (the Hub itself is replaced by a recorder: there is 
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -246,4 +247,30 @@ def test_dry_run_lists_the_upload_and_sends_nothing(published, hub, capsys):
     assert pi_cli.main(["push", str(published("pi05")), "org/x", "--dry-run"]) == 0
     listed = capsys.readouterr().out.split()
     assert {"model.safetensors", "config.json", "README.md", "modeling_pi.py"} <= set(listed)
+    assert hub.calls == []
+
+
+def test_push_uploads_regular_files_and_hub_cache_links_only(published, tmp_path, hub):
+    source = published("pi0")
+    cache = tmp_path / "models--org--pi0"  # the Hub cache's layout: snapshot links into the blob store
+    snapshot, blobs = cache / "snapshots" / "abc123", cache / "blobs"
+    snapshot.mkdir(parents=True)
+    blobs.mkdir()
+    for i, path in enumerate(sorted(p for p in source.rglob("*") if p.is_file())):
+        blob = blobs / f"blob{i}"
+        blob.write_bytes(path.read_bytes())
+        (snapshot / path.relative_to(source)).parent.mkdir(parents=True, exist_ok=True)
+        (snapshot / path.relative_to(source)).symlink_to(blob)
+    assert set(push.hub_files(snapshot, "org/pi0")) == set(push.hub_files(source, "org/pi0"))
+
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for the Hub")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    for link, target in (("notes.txt", secret), ("extra", outside)):
+        folder = tmp_path / f"with_{link}"
+        shutil.copytree(source, folder)
+        (folder / link).symlink_to(target)
+        with pytest.raises(push.PushError, match=f"links or special files that are not uploaded: {link}"):
+            push.hub_files(folder, "org/pi0")
     assert hub.calls == []
