@@ -1,9 +1,10 @@
-"""The `pi` command: one entry point, one subcommand per job (`pi convert openpi ...`, `pi train ...`)."""
+"""The `pi` command: one entry point, one subcommand per job (`pi convert openpi ...`, `pi export lerobot ...`,
+`pi train ...`)."""
 
 import argparse
 import sys
 
-from conversion import convert_lerobot, convert_openpi, push
+from conversion import convert_lerobot, convert_openpi, export_lerobot, push
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,6 +20,12 @@ def build_parser() -> argparse.ArgumentParser:
                               ("transformers-pi0", "a transformers PI0ForConditionalGeneration folder")):
         parser_ = sources.add_parser(source, help=help_text, description=f"Convert {help_text} into a π folder.")
         convert_lerobot.add_arguments(parser_, source).set_defaults(run=convert_lerobot.run)
+
+    export = jobs.add_parser("export", help="write a π folder in another library's format")
+    targets = export.add_subparsers(dest="target", required=True, metavar="TARGET")
+    lerobot = targets.add_parser("lerobot", help="a LeRobot 0.6 π0 / π0.5 / π0-FAST policy folder",
+                                 description=export_lerobot.__doc__.split("\n\n")[0])
+    export_lerobot.add_arguments(lerobot).set_defaults(run=export_lerobot.run)
 
     publish = jobs.add_parser("push", help="publish a π folder on the Hugging Face Hub", description=push.__doc__.split("\n\n")[0])
     push.add_arguments(publish).set_defaults(run=push.run)
