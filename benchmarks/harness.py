@@ -49,7 +49,8 @@ def flow_generate(model, inputs, steps, clock, ours: bool):
     else:
         clock.wrap(model, "get_image_features", "vision")
         clock.wrap(model, "encode_prefix", "prefix")
-    return lambda: model.generate_actions(**inputs.ours(), state=inputs.state, noise=inputs.noise, num_steps=steps)
+    state = {"state": inputs.state} if model.config.variant == "pi0" else {}  # π0.5 reads its state in the prompt
+    return lambda: model.generate_actions(**inputs.ours(), **state, noise=inputs.noise, num_steps=steps)
 
 
 def fast_generate(model, inputs, clock):

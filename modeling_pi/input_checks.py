@@ -111,3 +111,6 @@ def check_fast_inputs(config: PiConfig, input_ids: torch.Tensor, token_type_ids=
         targets = labels[labels != -100]
         if targets.numel() and (targets.min() < 0 or targets.max() >= vocab):
             raise ValueError(f"labels must be -100 or lie in [0, {vocab}).")
+        empty = (labels[:, 1:] == -100).all(dim=1).nonzero().flatten().tolist()  # the first token is never a target
+        if empty:
+            raise ValueError(f"labels of example(s) {empty} hold no target (all -100): they would train on a loss of 0.")

@@ -113,7 +113,8 @@ def tiny_config(variant: str = "pi0", **overrides) -> PiConfig:
 
 
 def random_inputs(config: PiConfig, batch: int = 2, prompt_len: int = 6, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Random but valid model inputs for `config`: last example has its last camera masked and a shorter prompt."""
+    """Random but valid model inputs for `config`: last example has its last camera masked and a shorter prompt.
+    π0.5 gets no `state` (it reads the state in its prompt)."""
     gen = torch.Generator().manual_seed(seed)
     cameras, size = len(config.image_keys), config.vision_config.image_size
     pixel_attention_mask = torch.ones(batch, cameras, dtype=torch.bool)
@@ -121,7 +122,7 @@ def random_inputs(config: PiConfig, batch: int = 2, prompt_len: int = 6, seed: i
     attention_mask = torch.ones(batch, prompt_len, dtype=torch.bool)
     attention_mask[-1, prompt_len // 2 :] = False
     chunk = (batch, config.action_horizon, config.action_dim)
-    return {
+    inputs = {
         "pixel_values": torch.rand(batch, cameras, 3, size, size, generator=gen) * 2 - 1,
         "pixel_attention_mask": pixel_attention_mask,
         "input_ids": torch.randint(0, config.text_config.vocab_size, (batch, prompt_len), generator=gen),
@@ -130,6 +131,14 @@ def random_inputs(config: PiConfig, batch: int = 2, prompt_len: int = 6, seed: i
         "actions": torch.randn(chunk, generator=gen),
         "noise": torch.randn(chunk, generator=gen),
     }
+    if config.variant == "pi05":
+        del inputs["state"]
+    return inputs
+
+
+def flow_state(config: PiConfig, inputs: dict) -> dict:
+    """The `state` keyword of a flow model's call: π0 reads it as a token, π0.5 in its prompt (none given)."""
+    return {"state": inputs["state"]} if config.variant == "pi0" else {}
 
 
 def noisy_tiny_model(variant: str = "pi0", seed: int = 0, **overrides):

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModel
 
-from conftest import load_fixture_io, model_args, noisy_tiny_model, random_inputs
+from conftest import flow_state, load_fixture_io, model_args, noisy_tiny_model, random_inputs
 from modeling_pi import cpu_linears
 from modeling_pi.cpu_linears import CpuLinear, float32_product, linear_in_float32
 
@@ -81,7 +81,7 @@ def test_float32_actions_through_onednn_are_the_reference_ones(converted, kernel
     model = AutoModel.from_pretrained(converted(variant)).eval()
     io = load_fixture_io(variant)
     onednn_rows = kernels(False)
-    actions = model.generate_actions(*model_args(io), state=io["state"], noise=io["noise"])
+    actions = model.generate_actions(*model_args(io), **flow_state(model.config, io), noise=io["noise"])
     torch.testing.assert_close(actions, io["expected.sample_actions_10_steps"], atol=5e-4, rtol=0)
     assert onednn_rows
 
@@ -105,7 +105,7 @@ def test_bfloat16_actions_stay_close_to_the_float32_reference(converted, kernels
     model = AutoModel.from_pretrained(converted(variant), dtype=torch.bfloat16).eval()
     io = load_fixture_io(variant)
     upcast_rows = kernels(upcast, onednn=False)
-    actions = model.generate_actions(*model_args(io), state=io["state"], noise=io["noise"])
+    actions = model.generate_actions(*model_args(io), **flow_state(model.config, io), noise=io["noise"])
     assert actions.dtype == torch.float32
     expected = io["expected.sample_actions_10_steps"]
     # measured: native 0.39% (π0), 0.15% (π0.5); every product upcast 0.47%, 0.14%

@@ -247,3 +247,12 @@ def test_flow_options_are_refused_by_fast_and_fast_options_by_flow():
         flow(*prompt, actions=inputs["actions"], labels=inputs["input_ids"])
     with pytest.raises(TypeError):
         flow.generate_actions(*prompt, max_new_tokens=3)
+
+
+def test_a_training_row_without_any_target_is_refused():
+    model = noisy_tiny_model("pi0_fast")
+    inputs = random_inputs(model.config)
+    labels = inputs["input_ids"].clone()
+    labels[1] = -100
+    with pytest.raises(ValueError, match=r"labels of example\(s\) \[1\] hold no target"):
+        model(*model_args(inputs), token_type_ids=torch.ones_like(labels), labels=labels)

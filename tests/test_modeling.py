@@ -10,7 +10,7 @@ from transformers.models.gemma.modeling_gemma import GemmaMLP
 
 import modeling_pi  # noqa: F401
 from benchmarks.timing import peak_added_bytes
-from conftest import load_fixture_io, model_args, noisy_tiny_model, random_inputs, tiny_config
+from conftest import flow_state, load_fixture_io, model_args, noisy_tiny_model, random_inputs, tiny_config
 from modeling_pi import PiConfig, PiForActionGeneration
 from modeling_pi.joint_attention import gemma_mlp
 from modeling_pi.modeling_pi import drop_unused_prefix
@@ -22,8 +22,9 @@ def test_joint_and_cached_paths_give_the_same_velocity(converted, variant):
     model = AutoModel.from_pretrained(converted(variant)).eval()
     io = load_fixture_io(variant)
     batch = io["noise"].shape[0]
-    joint = model(*model_args(io), actions=io["actions"], state=io["state"], noise=io["noise"], timestep=torch.ones(batch))
-    cached = io["noise"] - model.generate_actions(*model_args(io), state=io["state"], noise=io["noise"], num_steps=1)
+    state = flow_state(model.config, io)
+    joint = model(*model_args(io), actions=io["actions"], **state, noise=io["noise"], timestep=torch.ones(batch))
+    cached = io["noise"] - model.generate_actions(*model_args(io), **state, noise=io["noise"], num_steps=1)
     torch.testing.assert_close(cached, joint.velocity, atol=1e-5, rtol=0)
 
 
@@ -34,14 +35,14 @@ def test_cache_is_restored_between_flow_steps(variant):
     only if no step sees the previous step's suffix."""
     model = noisy_tiny_model(variant)
     inputs = random_inputs(model.config)
-    args, state = model_args(inputs), inputs["state"]
-    two_steps = model.generate_actions(*args, state=state, noise=inputs["noise"], num_steps=2)
-    torch.testing.assert_close(two_steps, model.generate_actions(*args, state=state, noise=inputs["noise"], num_steps=2))
+    args, state = model_args(inputs), flow_state(model.config, inputs)
+    two_steps = model.generate_actions(*args, **state, noise=inputs["noise"], num_steps=2)
+    torch.testing.assert_close(two_steps, model.generate_actions(*args, **state, noise=inputs["noise"], num_steps=2))
     batch = inputs["noise"].shape[0]
-    v1 = model(*args, actions=inputs["actions"], state=state, noise=inputs["noise"], timestep=torch.ones(batch)).velocity
+    v1 = model(*args, actions=inputs["actions"], **state, noise=inputs["noise"], timestep=torch.ones(batch)).velocity
     x_half = inputs["noise"] - 0.5 * v1
     # x_t at t=0.5 from (actions=x_half, noise=x_half) is x_half itself.
-    v2 = model(*args, actions=x_half, state=state, noise=x_half, timestep=torch.full((batch,), 0.5)).velocity
+    v2 = model(*args, actions=x_half, **state, noise=x_half, timestep=torch.full((batch,), 0.5)).velocity
     torch.testing.assert_close(two_steps, x_half - 0.5 * v2, atol=1e-5, rtol=0)
 
 
@@ -93,8 +94,8 @@ def test_save_and_load_round_trip_exactly(tmp_path, variant):
         assert torch.equal(original[name], reloaded[name]), name
     inputs = random_inputs(model.config)
     with torch.no_grad():
-        a = model.generate_actions(*model_args(inputs), state=inputs["state"], noise=inputs["noise"])
-        b = loaded.generate_actions(*model_args(inputs), state=inputs["state"], noise=inputs["noise"])
+        a = model.generate_actions(*model_args(inputs), **flow_state(model.config, inputs), noise=inputs["noise"])
+        b = loaded.generate_actions(*model_args(inputs), **flow_state(model.config, inputs), noise=inputs["noise"])
     assert torch.equal(a, b)
 
 
@@ -195,9 +196,10 @@ def test_a_row_samples_the_same_alone_as_beside_a_row_using_every_camera_and_pro
     assert pixel_values.shape[1] == 2 and input_ids.shape[1] == 3  # one camera and three prompt slots dropped
     assert drop_unused_prefix(*alone, bucket=2)[2].shape[1] == 4  # compiled generation's buckets: a multiple of 2
     assert drop_unused_prefix(*alone, bucket=16)[2].shape[1] == 6  # ... or every slot
-    state, noise = inputs["state"], inputs["noise"]
-    batched = model.generate_actions(*model_args(inputs), state=state, noise=noise)[-1:]
-    torch.testing.assert_close(model.generate_actions(*alone, state=state[-1:], noise=noise[-1:]), batched, atol=1e-5, rtol=0)
+    state, noise = flow_state(model.config, inputs), inputs["noise"]
+    batched = model.generate_actions(*model_args(inputs), **state, noise=noise)[-1:]
+    last = {name: value[-1:] for name, value in state.items()}
+    torch.testing.assert_close(model.generate_actions(*alone, **last, noise=noise[-1:]), batched, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("variant", ["pi0", "pi05"])
@@ -256,7 +258,7 @@ def test_compiled_generation_has_no_graph_break(variant):
     compile whole, and generate what the eager model does."""
     model = noisy_tiny_model(variant)
     inputs = random_inputs(model.config)
-    flow = {"state": inputs["state"], "noise": inputs["noise"], "num_steps": 3}
+    flow = {**flow_state(model.config, inputs), "noise": inputs["noise"], "num_steps": 3}
     options = {"max_new_tokens": 6} if variant == "pi0_fast" else flow
     eager = model.generate_actions(*model_args(inputs), **options)
     model.compile_generation(fullgraph=True)

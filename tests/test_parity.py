@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModel
 
 import modeling_pi  # noqa: F401  (registers "pi" with the Auto classes)
-from conftest import load_fixture_io, model_args
+from conftest import flow_state, load_fixture_io, model_args
 
 
 @pytest.fixture(scope="module", params=[(v, impl) for v in ("pi0", "pi05") for impl in ("eager", "sdpa")], ids=str)
@@ -42,7 +42,7 @@ def test_prefix_output(case):
 @torch.no_grad()
 def test_velocity_and_loss(case):
     model, io = case
-    out = model(*model_args(io), actions=io["actions"], state=io["state"], noise=io["noise"], timestep=io["time"])
+    out = model(*model_args(io), actions=io["actions"], **flow_state(model.config, io), noise=io["noise"], timestep=io["time"])
     torch.testing.assert_close(out.velocity, io["expected.v_t"], atol=1e-4, rtol=0)
     torch.testing.assert_close(out.losses, io["expected.loss"], atol=1e-4, rtol=0)
     torch.testing.assert_close(out.loss, io["expected.loss"].mean(), atol=1e-4, rtol=0)
@@ -52,5 +52,5 @@ def test_velocity_and_loss(case):
 @torch.no_grad()
 def test_euler_sampling(case, steps):
     model, io = case
-    actions = model.generate_actions(*model_args(io), state=io["state"], noise=io["noise"], num_steps=steps)
+    actions = model.generate_actions(*model_args(io), **flow_state(model.config, io), noise=io["noise"], num_steps=steps)
     torch.testing.assert_close(actions, io[f"expected.sample_actions_{steps}_steps"], atol=5e-4, rtol=0)
