@@ -3,8 +3,10 @@
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -254,3 +256,181 @@ def test_processes_the_trainer_does_not_join_into_one_job_are_refused(monkeypatc
     check_one_job(SimpleNamespace(world_size=2))
     monkeypatch.delenv("WORLD_SIZE")
     check_one_job(alone)  # a single process is one job
+
+
+# ---- faults and bad input (issue 31) ------------------------------------------------------------------
+
+
+def _train_args(model_folder, dataset_root, output, *extra) -> list[str]:
+    return ["train", "--model", str(model_folder), "--dataset", str(dataset_root), "--output", str(output),
+            "--batch-size", "2", "--logging-steps", "1", "--warmup-steps", "0", *MAP_ARGS, *extra]
+
+
+def _with_bad_value(dataset_root: Path, root: Path, key: str, index: int, value: float) -> Path:
+    """A copy of the dataset whose frame `index` holds `value` in the first dim of `key`."""
+    root = shutil.copytree(dataset_root, root)
+    path = root / "data" / "chunk-000" / "file-000.parquet"
+    frames = pd.read_parquet(path)
+    vector = np.array(frames.at[index, key], dtype=np.float32)
+    vector[0] = value
+    frames.at[index, key] = vector
+    frames.to_parquet(path)
+    return root
+
+
+@pytest.mark.parametrize("stats", ["stats.json", "--recompute-stats"])
+@pytest.mark.parametrize("key, value", [("observation.state", np.inf), ("action", np.nan)])
+def test_a_non_finite_frame_stops_pi_train_naming_file_episode_and_frame(dataset_root, model_folder, tmp_path, capsys,
+                                                                         stats, key, value):
+    root = _with_bad_value(dataset_root, tmp_path / "ds", key, 37, value)  # episode 2 starts at index 34
+    output = tmp_path / "run"
+    extra = ["--recompute-stats"] if stats == "--recompute-stats" else []
+    code = pi_cli.main(_train_args(model_folder, root, output, "--steps", "1", *extra))
+    error = capsys.readouterr().err
+    where = f"{root / 'data' / 'chunk-000' / 'file-000.parquet'}: episode 2, frame 3 (index 37)"
+    assert code == 1 and f"pi train: error: {where}: '{key}' is {'inf' if value == np.inf else 'NaN'} in dim 0" in error, error
+    assert f"(frames with a non-finite '{key}': 1)" in error
+    assert not output.exists()  # nothing trained, nothing written
+
+
+def test_non_finite_statistics_in_stats_json_are_refused(dataset_root, model_folder, tmp_path, capsys):
+    root = shutil.copytree(dataset_root, tmp_path / "ds")
+    stats = json.loads((root / "meta" / "stats.json").read_text())
+    stats["observation.state"]["std"][2] = float("nan")
+    (root / "meta" / "stats.json").write_text(json.dumps(stats))  # json writes NaN, LeRobot's writer too
+    code = pi_cli.main(_train_args(model_folder, root, tmp_path / "run", "--steps", "1"))
+    error = capsys.readouterr().err
+    assert code == 1 and f"pi train: error: {root / 'meta' / 'stats.json'}: 'observation.state' std is NaN in dim 2" in error, error
+
+
+def test_pi_train_refuses_a_non_empty_output_without_resume_or_overwrite(dataset_root, model_folder, tmp_path, capsys):
+    output = tmp_path / "run"
+    assert pi_cli.main(_train_args(model_folder, dataset_root, output, "--steps", "2", "--save-steps", "2")) == 0
+    (output / "notes.txt").write_text("the user's")
+    before = {path: path.read_bytes() for path in output.rglob("*") if path.is_file()}
+    code = pi_cli.main(_train_args(model_folder, dataset_root, output, "--steps", "1", "--save-steps", "1"))
+    error = capsys.readouterr().err
+    assert code == 1 and f"pi train: error: {output}: " in error and "--resume" in error and "--overwrite" in error, error
+    assert {path: path.read_bytes() for path in output.rglob("*") if path.is_file()} == before  # nothing touched
+
+    bad = shutil.copytree(dataset_root, tmp_path / "bad")
+    (bad / "meta" / "stats.json").unlink()
+    assert pi_cli.main(_train_args(model_folder, bad, output, "--steps", "1", "--overwrite")) == 1
+    assert {path: path.read_bytes() for path in output.rglob("*") if path.is_file()} == before  # checks come first
+
+    code = pi_cli.main(_train_args(model_folder, dataset_root, output, "--steps", "1", "--save-steps", "1", "--overwrite"))
+    assert code == 0
+    assert sorted(path.name for path in output.glob("checkpoint-*")) == ["checkpoint-1"]  # the old run's are gone
+    assert not (output / "notes.txt").exists() and len(_log(output)) == 1
+
+
+def test_overwrite_never_deletes_the_dataset_or_the_model(dataset_root, model_folder, tmp_path, capsys):
+    for folder, inside in ((model_folder, "--model"), (dataset_root, "--dataset")):
+        code = pi_cli.main(_train_args(model_folder, dataset_root, folder.parent, "--steps", "1", "--overwrite"))
+        error = capsys.readouterr().err
+        assert code == 1 and f"holds the {inside} folder" in error, error
+        assert (folder / "config.json" if inside == "--model" else folder / "meta" / "info.json").is_file()
+
+
+def test_last_complete_checkpoint_skips_ones_an_interrupted_save_left(tmp_path):
+    from training_pi.train import last_complete_checkpoint
+
+    def checkpoint(step, state=True, weights=True):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        if weights:
+            (folder / "adapter_model.safetensors").write_bytes(b"weights")
+        if state is True:
+            (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+        elif state:
+            (folder / "trainer_state.json").write_text(state)
+        return folder
+
+    assert last_complete_checkpoint(tmp_path) == (None, [])
+    (tmp_path / "checkpoint-final").mkdir()  # not a Trainer checkpoint: left alone
+    done = checkpoint(4)
+    checkpoint(2)
+    killed = [checkpoint(6, state=False),  # killed before the trainer state (written last)
+              checkpoint(8, state='{"global_step": 8, "log_hi'),  # killed while writing it
+              checkpoint(10, state=False, weights=False)]  # killed right after the folder was made
+    assert last_complete_checkpoint(tmp_path) == (done, killed)
+
+
+KILL_DURING_SAVE = """
+import os, sys, time
+import transformers
+import pi_cli
+
+save_rng_state = transformers.Trainer._save_rng_state
+def stall_at_the_second_save(self, output_dir):  # after weights, optimizer and scheduler, before the trainer state
+    if self.state.global_step == 4:
+        open(sys.argv[1], "w").close()
+        time.sleep(600)
+    save_rng_state(self, output_dir)
+transformers.Trainer._save_rng_state = stall_at_the_second_save
+sys.exit(pi_cli.main(sys.argv[2:]))
+"""
+
+
+def test_resume_after_a_kill_during_a_checkpoint_save_continues_from_the_last_complete_one(dataset_root, model_folder,
+                                                                                          tmp_path, capsys):
+    output, saving = tmp_path / "run", tmp_path / "saving"
+    args = _train_args(model_folder, dataset_root, output, "--steps", "4", "--save-steps", "2")
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
+    with open(tmp_path / "stderr", "w") as stderr:
+        process = subprocess.Popen([sys.executable, "-c", KILL_DURING_SAVE, str(saving), *args], cwd=repo, env=env,
+                                   stdout=subprocess.DEVNULL, stderr=stderr)
+    try:
+        deadline = time.monotonic() + 300
+        while not saving.exists():
+            assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "stderr").read_text()[-3000:]
+            time.sleep(0.1)
+        process.send_signal(signal.SIGKILL)  # kill -9 in the middle of checkpoint-4's save
+    finally:
+        process.kill()
+        process.wait()
+    assert process.returncode == -signal.SIGKILL
+    assert (output / "checkpoint-4" / "optimizer.pt").is_file() and not (output / "checkpoint-4" / "trainer_state.json").exists()
+
+    assert pi_cli.main([*args, "--resume"]) == 0
+    printed = capsys.readouterr().out
+    assert "checkpoint-4" in printed and "incomplete" in printed and "resuming from" in printed, printed
+    assert len(_log(output)) == 4  # steps 1-2 from the killed run's checkpoint-2, 3-4 after resuming
+    assert json.loads((output / "checkpoint-4" / "trainer_state.json").read_text())["global_step"] == 4
+    uninterrupted = tmp_path / "uninterrupted"
+    assert pi_cli.main(_train_args(model_folder, dataset_root, uninterrupted, "--steps", "4", "--save-steps", "2")) == 0
+    assert _log(output) == _log(uninterrupted)  # no step lost or repeated: the same batches, noise and losses
+    assert _weights(output) == _weights(uninterrupted)
+
+
+def test_resume_without_a_complete_checkpoint_starts_afresh_and_says_so(dataset_root, model_folder, tmp_path, capsys):
+    output = tmp_path / "run"
+    (output / "checkpoint-2").mkdir(parents=True)  # all a kill during the first save left
+    (output / "checkpoint-2" / "model.safetensors").write_bytes(b"half")
+    assert pi_cli.main(_train_args(model_folder, dataset_root, output, "--steps", "2", "--save-steps", "2", "--resume")) == 0
+    printed = capsys.readouterr().out
+    assert "no complete checkpoint" in printed and "from step 0" in printed, printed
+    assert len(_log(output)) == 2
+
+
+def _weights(output: Path) -> dict[str, bytes]:
+    """The saved run's weights, adapters apart and merged, as bytes (equal only when bit-identical)."""
+    from safetensors.torch import load_file
+
+    tensors = {**load_file(output / "adapter" / "adapter_model.safetensors"), **load_file(output / "model.safetensors")}
+    return {name: tensor.numpy().tobytes() for name, tensor in tensors.items()}
+
+
+def _trained_weights(model_folder, dataset_root, output, seed) -> dict[str, bytes]:
+    assert pi_cli.main(_train_args(model_folder, dataset_root, output, "--steps", "3", "--save-steps", "3",
+                                   "--learning-rate", "1e-2", "--seed", str(seed))) == 0
+    return _weights(output)
+
+
+def test_the_same_seed_gives_bit_identical_weights_and_another_seed_does_not(dataset_root, model_folder, tmp_path):
+    first, again, other = (_trained_weights(model_folder, dataset_root, tmp_path / name, seed)
+                           for name, seed in (("first", 7), ("again", 7), ("other", 8)))
+    assert first == again
+    drawn = [name for name in first if "lora_A" in name]  # initialised at random (lora_B starts at zero)
+    assert drawn and all(first[name] != other[name] for name in drawn)

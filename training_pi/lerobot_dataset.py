@@ -8,10 +8,13 @@ The frame table is read with `datasets` (Arrow, memory-mapped); camera videos ar
 the frame's timestamp in the episode's file. Cameras stored as images in the parquet files come back
 from `datasets` already decoded when the file declares its `Image` feature (LeRobot's writer does), or
 as raw `{bytes, path}` structs when it does not; both are read. Normalisation statistics are, as in
-LeRobot, the dataset's own `meta/stats.json`, or exact ones recomputed over every frame.
+LeRobot, the dataset's own `meta/stats.json`, or exact ones recomputed over every frame. Opening a dataset
+checks every frame's state and actions (their dims, all finite: one inf would give NaN statistics or
+losses) reading those two columns alone; an error names the file, episode, frame and feature.
 Written here because the `lerobot` package itself is not a dependency of ours; only its file layout is.
 """
 
+import bisect
 import io
 import json
 import os
@@ -19,6 +22,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import torch
 from datasets import Dataset as ArrowDataset
 from PIL import Image
@@ -71,6 +77,31 @@ class _VideoFrames:
         raise DatasetError(f"{path}: no frame at {timestamp:.3f}s (the video ends before it).")
 
 
+def _is_list(chunk: pa.Array) -> bool:
+    return pa.types.is_list(chunk.type) or pa.types.is_large_list(chunk.type) or pa.types.is_fixed_size_list(chunk.type)
+
+
+def _row_lengths(chunk: pa.Array) -> np.ndarray:
+    """How many values each row of a column chunk holds (-1 for a missing row; 1 for a scalar column)."""
+    if not _is_list(chunk):
+        return np.where(chunk.is_null().to_numpy(zero_copy_only=False), -1, 1)
+    return pc.fill_null(pc.list_value_length(chunk), -1).to_numpy(zero_copy_only=False)
+
+
+def _row_values(chunk: pa.Array, dim: int) -> np.ndarray:
+    """A column chunk whose rows all hold `dim` values as a [rows, dim] array (a missing value reads as NaN)."""
+    flat = chunk.flatten() if _is_list(chunk) else chunk
+    return flat.to_numpy(zero_copy_only=False).reshape(-1, dim)
+
+
+def _count_bad(column: pa.ChunkedArray, dim: int) -> int:
+    return sum(int((~np.isfinite(_row_values(chunk, dim)).all(axis=1)).sum()) for chunk in column.chunks)
+
+
+def _number(value: float) -> str:
+    return "NaN" if np.isnan(value) else ("inf" if value > 0 else "-inf")
+
+
 class LeRobotDataset(torch.utils.data.Dataset):
     """`dataset[i]` -> {"images": {model camera: uint8 HWC}, "prompt", "state", "actions" [H, A], "action_is_pad" [H]}.
 
@@ -111,17 +142,49 @@ class LeRobotDataset(torch.utils.data.Dataset):
         if tasks is None:
             raise DatasetError(f"{root / 'meta' / 'tasks.parquet'}: missing.")
         self.tasks = dict(zip(tasks["task_index"], tasks["task"] if "task" in tasks else tasks.index))
-        self._check_frames(files)
+        self._check_frames(files)  # every frame's state and actions: their dims, finite
         self._check_videos()
         self._videos = _VideoFrames()
 
     def _check_frames(self, files):
-        for key, dim in ((STATE, self.state_dim), (ACTION, self.action_dim)):
-            width = np.asarray(self.frames[0][key]).reshape(-1).shape[0]
-            if width != dim:
-                raise DatasetError(f"{files[0]}: '{key}' has {width} dims, info.json says {dim}.")
         if not np.array_equal(self.frames["index"], np.arange(len(self.frames))):
             raise DatasetError(f"{self.root / 'data'}: frames are not stored in index order 0..{len(self.frames) - 1}.")
+        self._file_starts = np.cumsum([0] + [pq.ParquetFile(f).metadata.num_rows for f in files]).tolist()
+        self._files = files
+        for key, dim in ((STATE, self.state_dim), (ACTION, self.action_dim)):
+            self._check_column(key, dim)
+
+    def _check_column(self, key: str, dim: int) -> None:
+        """Every frame's `key` holds `dim` finite numbers: one inf or NaN would poison the statistics and the
+        loss. Reads that column alone (Arrow, chunk by chunk), not the cameras."""
+        start = 0
+        for chunk in self.frames.data.table.column(key).chunks:
+            lengths = _row_lengths(chunk)
+            wrong = np.flatnonzero(lengths != dim)
+            if wrong.size:
+                row = start + int(wrong[0])
+                held = "no value" if lengths[wrong[0]] < 0 else f"{lengths[wrong[0]]} dims"
+                raise DatasetError(f"{self._where(row)}: '{key}' has {held}, info.json says {dim}.")
+            values = _row_values(chunk, dim)
+            bad_rows = np.flatnonzero(~np.isfinite(values).all(axis=1))
+            if bad_rows.size:
+                row, dims = start + int(bad_rows[0]), np.flatnonzero(~np.isfinite(values[bad_rows[0]]))
+                raise DatasetError(
+                    f"{self._where(row)}: '{key}' is {_number(values[bad_rows[0], dims[0]])} in dim {int(dims[0])} "
+                    f"(frames with a non-finite '{key}': {_count_bad(self.frames.data.table.column(key), dim)}); "
+                    "training on them would give NaN statistics or losses.")
+            start += len(chunk)
+
+    def _where(self, row: int) -> str:
+        """The file, episode and frame of the frame table's row `row`, as errors name them."""
+        file = self._files[bisect.bisect_right(self._file_starts, row) - 1]
+        table = self.frames.data.table
+        episode = table.column("episode_index")[row].as_py()
+        if "frame_index" in table.column_names:
+            frame = table.column("frame_index")[row].as_py()
+        else:
+            frame = row - int(self.episodes.loc[episode, "dataset_from_index"])
+        return f"{file}: episode {episode}, frame {frame} (index {row})"
 
     def _video_path(self, camera: str, episode) -> Path:
         chunk, file = int(episode[f"videos/{camera}/chunk_index"]), int(episode[f"videos/{camera}/file_index"])
@@ -197,8 +260,14 @@ def _feature_stats(path: Path, stats: dict, key: str, dim: int, mode: str) -> Ar
         raise DatasetError(f"{path}: '{key}' has no {', '.join(map(repr, missing))}, which {mode} normalisation needs{_RECOMPUTE}")
     found = ArrayStats.from_dict(stats[key])
     for name, values in vars(found).items():
-        if values is not None and len(values) != dim:
+        if values is None:
+            continue
+        if len(values) != dim:
             raise DatasetError(f"{path}: '{key}' {name} has {len(values)} values, info.json says {dim} dims.")
+        bad = np.flatnonzero(~np.isfinite(values))
+        if bad.size:
+            raise DatasetError(f"{path}: '{key}' {name} is {_number(values[bad[0]])} in dim {int(bad[0])}; normalising "
+                               f"with it would give the model NaN inputs{_RECOMPUTE}")
     return found
 
 

@@ -1,8 +1,8 @@
 """`pi train`: fine-tune a converted π model on a LeRobot v3 dataset with transformers.Trainer.
 
     pi train --model CONVERTED --dataset LEROBOT_DIR --output OUT [--lora | --full] [--freeze-vision]
-             [--steps N] [--batch-size N] [--learning-rate LR] [--warmup-steps N] [--resume]
-             [--camera-map DATASET_KEY=MODEL_KEY ...] [--bf16] [--gradient-checkpointing] [--recompute-stats]
+             [--steps N] [--batch-size N] [--learning-rate LR] [--warmup-steps N] [--resume | --overwrite]
+             [--camera-map DATASET_KEY=MODEL_KEY ...] [--bf16] [--gradient-checkpointing] [--recompute-stats] [--seed N]
 
 The schedule is the reference's: AdamW (β2 0.95, weight decay 1e-10, gradient clip 1.0), linear
 warm-up, cosine decay to a tenth of the peak. The norm statistics are, as LeRobot trains with them, the
@@ -13,15 +13,25 @@ the model card says which were used. OUT receives the fine-tuned model (LoRA ada
 publishes it as it is), `adapter/` (LoRA runs), `loss_curve.png` and Trainer checkpoints (`checkpoint-*`,
 what `--resume` continues from). Runs unchanged under `accelerate launch` (DDP; on a machine without
 GPUs, with ACCELERATE_USE_CPU=true, or the processes form no job and `check_one_job` stops the run).
+
+Faults: a non-empty OUT is refused unless `--resume` continues it or `--overwrite` deletes it (never one
+that holds the model or the dataset). `--resume` continues from the newest complete checkpoint: the
+Trainer writes `trainer_state.json` last, so a folder without a readable one is what a kill during a
+save left; it is removed, and with no complete checkpoint the run starts from step 0, saying so. `--seed`
+seeds everything random before the model and its adapters are built, so two CPU runs with the same
+seed end with bit-identical weights.
 """
 
 import argparse
+import json
 import os
+import re
+import shutil
 import sys
 from pathlib import Path
 
 from huggingface_hub import ModelCard
-from transformers import AutoModel, AutoProcessor, Trainer, TrainingArguments
+from transformers import AutoModel, AutoProcessor, Trainer, TrainingArguments, set_seed
 
 import modeling_pi  # noqa: F401  (registers "pi" with AutoModel / AutoProcessor)
 from conversion.remote_code import add_remote_code
@@ -48,13 +58,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--warmup-steps", type=int, default=100)
     parser.add_argument("--save-steps", type=int, default=500)
     parser.add_argument("--logging-steps", type=int, default=10)
-    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output")
+    existing = parser.add_mutually_exclusive_group()
+    existing.add_argument("--resume", action="store_true",
+                          help="continue from the last complete checkpoint in --output (from step 0 when there is none)")
+    existing.add_argument("--overwrite", action="store_true",
+                          help="delete a non-empty --output first: its checkpoints, model, adapter, statistics and any "
+                               "other file in it (without this flag or --resume, a non-empty --output is refused)")
     parser.add_argument("--camera-map", nargs="*", default=None, metavar="DATASET_KEY=MODEL_KEY")
     parser.add_argument("--bf16", action="store_true", help="bfloat16 mixed precision (hardware permitting)")
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--recompute-stats", action="store_true",
                         help="normalise with exact statistics over every frame, not the dataset's meta/stats.json")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seeds adapter initialisation, data order, flow noise and times: the same seed gives the same "
+                             "run (bit for bit on CPU)")
     return parser
 
 
@@ -66,8 +83,14 @@ def _camera_map(pairs: list[str] | None) -> dict[str, str] | None:
     return dict(pair.split("=", 1) for pair in pairs)
 
 
+class OutputError(ValueError):
+    """An --output folder `pi train` must not write into as asked; the message names the folder and the way out."""
+
+
 def train(args: argparse.Namespace) -> Path:
     output = Path(args.output)
+    check_output(output, args)
+    set_seed(args.seed)  # before the model loads and the LoRA adapters are drawn: the Trainer seeds only later
     model = AutoModel.from_pretrained(args.model)
     processor = AutoProcessor.from_pretrained(args.model)
     dataset = LeRobotDataset(args.dataset, model.config.action_horizon, _camera_map(args.camera_map), processor.image_keys)
@@ -84,8 +107,12 @@ def train(args: argparse.Namespace) -> Path:
         report_to=[], seed=args.seed, dataloader_num_workers=0,
     )
     check_one_job(training_args)
+    checkpoint = resume_checkpoint(output, training_args.should_save) if args.resume else None
+    if args.overwrite and output.exists() and training_args.should_save:
+        print(f"--overwrite: deleting {output} and everything in it")
+        shutil.rmtree(output)
     trainer = Trainer(model=trainable, args=training_args, train_dataset=dataset, data_collator=PiCollator(processor))
-    trainer.train(resume_from_checkpoint=True if args.resume else None)
+    trainer.train(resume_from_checkpoint=checkpoint)
 
     if trainer.is_world_process_zero():
         write_norm_stats(processor.norm_stats, output / "norm_stats")
@@ -107,6 +134,52 @@ def _norm_stats(dataset: LeRobotDataset, mode: str, recompute: bool):
     if recompute:
         return compute_norm_stats(dataset), f"recomputed over all {len(dataset)} frames (exact quantiles)"
     return dataset_norm_stats(dataset, mode), "the dataset's `meta/stats.json`, as LeRobot trains with them"
+
+
+def check_output(output: Path, args: argparse.Namespace) -> None:
+    """Raises when the run would write over what it must not: a folder holding the model or the dataset, a file,
+    or (without --resume or --overwrite) a non-empty folder, e.g. an earlier run whose checkpoints would be lost."""
+    for flag, folder in (("--model", args.model), ("--dataset", args.dataset)):
+        if Path(folder).exists() and output.resolve() in (Path(folder).resolve(), *Path(folder).resolve().parents):
+            raise OutputError(f"{output}: holds the {flag} folder {folder}; write the fine-tuned model elsewhere.")
+    if output.exists() and not output.is_dir():
+        raise OutputError(f"{output}: is a file, not a folder.")
+    if output.is_dir() and any(output.iterdir()) and not (args.resume or args.overwrite):
+        raise OutputError(f"{output}: not empty (an earlier run?); pass --resume to continue its training, --overwrite to "
+                          "delete it and start afresh, or choose another --output.")
+
+
+CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def last_complete_checkpoint(output: Path) -> tuple[Path | None, list[Path]]:
+    """The newest complete `checkpoint-N` in `output` (None if none is), and the incomplete ones. The Trainer's
+    `_save_checkpoint` writes weights, optimizer, scheduler and RNG states, then `trainer_state.json` last: a
+    folder whose trainer state is missing, unreadable or of another step is what a kill during a save left."""
+    found = sorted((int(match[1]), path) for path in (output.iterdir() if output.is_dir() else ())
+                   if path.is_dir() and (match := CHECKPOINT.match(path.name)))
+    complete = [path for step, path in found if _trainer_step(path) == step]
+    return (complete[-1] if complete else None), [path for _, path in found if path not in complete]
+
+
+def _trainer_step(checkpoint: Path) -> int | None:
+    try:
+        return json.loads((checkpoint / "trainer_state.json").read_text())["global_step"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def resume_checkpoint(output: Path, main_process: bool) -> str | None:
+    """The checkpoint `--resume` continues from. Every process picks the same one; the main process says which
+    and removes the incomplete ones (a later save of the same step would otherwise land among their files)."""
+    checkpoint, incomplete = last_complete_checkpoint(output)
+    if main_process:
+        for path in incomplete:
+            print(f"--resume: {path} is incomplete (no readable trainer_state.json: its save was interrupted); removing it")
+            shutil.rmtree(path, ignore_errors=True)
+        print(f"--resume: resuming from {checkpoint}" if checkpoint else
+              f"--resume: no complete checkpoint in {output}; training from step 0")
+    return str(checkpoint) if checkpoint else None
 
 
 def check_one_job(training_args: TrainingArguments) -> None:
@@ -139,7 +212,7 @@ def _model_card(args: argparse.Namespace, model, processor, stats_source: str) -
 def run(args: argparse.Namespace) -> int:
     try:
         print(f"wrote {train(args)}")
-    except DatasetError as err:
+    except (DatasetError, OutputError) as err:
         print(f"pi train: error: {err}", file=sys.stderr)
         return 1
     return 0
