@@ -3,7 +3,8 @@
 
     pi serve --model FOLDER [--host 127.0.0.1] [--port 8000] [--preset pi|aloha|droid|libero]
              [--camera MODEL_CAMERA=OBSERVATION_KEY ...] [--state-key KEY ...] [--prompt-key KEY]
-             [--default-prompt TEXT] [--max-batch N] [--num-steps N] [--max-message-mb N] [--device DEVICE]
+             [--default-prompt TEXT] [--max-batch N] [--num-steps N] [--max-message-mb N]
+             [--max-prompt-chars N] [--device DEVICE]
 
 A folder converted with `--config` or `--robot` knows its robot: the server reads that robot's raw
 observations and answers in its commands with no flags (`--prompt-key` and `--default-prompt` may still
@@ -16,13 +17,19 @@ answered with a dict holding `actions` [H, robot dims] and the timings (`policy_
 openpi's fallback, not a prediction). A request that cannot be served is answered with a text
 message naming the problem, which the client raises as an error; the connection stays open.
 Messages larger than `--max-message-mb` close that connection (code 1009); other clients are not
-affected. `GET /healthz` answers 200 while serving and 503 while shutting down. On SIGTERM or
-SIGINT the server stops accepting connections, answers every request it has received, then closes
-the connections and exits.
+affected. Prompts longer than `--max-prompt-chars` (default 4096) are refused before tokenising. Each
+request is checked on its own before it joins a batch, and a failed batch is run again request by
+request, so one client's bad input is that client's error only (`serving_pi.policy`). A request whose
+client disconnects before its answer is withdrawn: not computed, its inputs released. A folder whose
+model output the server cannot turn into robot actions (π0-FAST without its robot's action dims) is
+refused at startup. `GET /healthz` answers 200 while serving and 503 while shutting down. On SIGTERM
+or SIGINT the server drains: it refuses new connections (HTTP 503) and new requests, answers every
+request it has received, then closes the connections, stops listening and exits.
 """
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import signal
@@ -37,7 +44,7 @@ import websockets
 from websockets.asyncio.server import ServerConnection, serve
 
 from .observations import PRESETS, preset
-from .policy import BatchingPolicy
+from .policy import DEFAULT_MAX_PROMPT_CHARS, BatchingPolicy
 from .wire import packb, unpackb
 
 logger = logging.getLogger(__name__)
@@ -62,17 +69,18 @@ class PolicyServer:
             if ready is not None:
                 ready.set()
             await stop.wait()
-            self.draining = True
-            server.close(close_connections=False)  # no new connections; open ones finish their requests
+            self.draining = True  # new connections get 503, new requests a refusal; received ones are answered
             await self._idle.wait()
             await self.policy.stop()
+            server.close(close_connections=False)
             await asyncio.gather(*(connection.close(1001, "the server is shutting down") for connection in server.connections))
             await server.wait_closed()
 
     def _health(self, connection: ServerConnection, request):
+        """`/healthz`: 200, or 503 while draining; while draining, websocket handshakes get 503 as well."""
+        if self.draining:
+            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "shutting down\n")
         if request.path == HEALTH_PATH:
-            if self.draining:
-                return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "shutting down\n")
             return connection.respond(HTTPStatus.OK, "OK\n")
         return None
 
@@ -82,7 +90,9 @@ class PolicyServer:
         try:
             async for message in connection:
                 started = time.monotonic()
-                reply = await self._answer(message)
+                reply = await self._answer_while_connected(connection, message)
+                if reply is None:  # the client left; its request was withdrawn
+                    return
                 if isinstance(reply, dict):
                     reply["server_timing"] = {"infer_ms": (time.monotonic() - started) * 1000}
                     if previous_total_ms is not None:
@@ -92,6 +102,21 @@ class PolicyServer:
                 previous_total_ms = (time.monotonic() - started) * 1000
         except websockets.ConnectionClosed:
             pass
+
+    async def _answer_while_connected(self, connection: ServerConnection, message) -> dict | str | None:
+        """The reply to `message`, or None if the client closes its connection first: its request is then
+        cancelled, so the policy never computes it (see `BatchingPolicy.infer`)."""
+        answer = asyncio.ensure_future(self._answer(message))
+        gone = asyncio.ensure_future(connection.wait_closed())
+        try:
+            await asyncio.wait((answer, gone), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            if not answer.done():
+                answer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await answer
+        return None if answer.cancelled() else answer.result()
 
     async def _answer(self, message) -> dict | str:
         """The reply to one message: the policy's answer, or a text naming what was wrong with it."""
@@ -167,6 +192,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--num-steps", type=int, help="flow steps (π0 / π0.5; default: the model's)")
     parser.add_argument("--seed", type=int, help="seed of the flow noise")
     parser.add_argument("--max-message-mb", type=float, default=32.0, help="larger messages close their connection")
+    parser.add_argument("--max-prompt-chars", type=int, default=DEFAULT_MAX_PROMPT_CHARS,
+                        help="longer prompts are refused before tokenising (default: %(default)s)")
     parser.add_argument("--device", help="where the model runs (default: cuda when available, else cpu)")
     return parser
 
@@ -203,7 +230,8 @@ def build_policy(args: argparse.Namespace) -> BatchingPolicy:
         if not model.config.is_flow:
             raise ValueError("--num-steps sets the flow steps; π0-FAST decodes tokens.")
         options["num_steps"] = args.num_steps
-    return BatchingPolicy(model, processor, layout, max_batch=args.max_batch, seed=args.seed, **options)
+    return BatchingPolicy(model, processor, layout, max_batch=args.max_batch, seed=args.seed,
+                          max_prompt_chars=args.max_prompt_chars, **options)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,8 +4,10 @@ The server runs in a thread of this process (its own event loop), except for the
 which runs `pi serve` as a process and sends it SIGTERM.
 """
 
+import argparse
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,6 +30,8 @@ import modeling_pi  # noqa: F401
 from conftest import CAMERAS, ROBOT_DIM
 from processing_pi import ObservationError, Robot
 from serving_pi import BatchingPolicy, preset
+from serving_pi import server as pi_serve
+from serving_pi.policy import DEFAULT_MAX_PROMPT_CHARS
 from serving_pi.server import serve_in_background
 from serving_pi.wire import WireError, packb, unpackb
 
@@ -53,6 +57,32 @@ def _direct(folder, observation: dict, noise: torch.Tensor | None) -> dict:
     with torch.inference_mode():
         out = processor.post_process(model.generate_actions(**processor(**fields), **({"noise": noise} if noise is not None else {})))
     return {"actions": out.actions[0].numpy(), "valid": bool(out.valid[0])}
+
+
+class _ModelGate:
+    """Wraps a policy's `model.generate_actions`: holds the model thread until `opened` is set (so that the
+    requests sent meanwhile queue up together), counts the rows the model computes, and raises for a batch
+    that `fails` says it cannot compute."""
+
+    def __init__(self, policy: BatchingPolicy, fails=lambda inputs: False):
+        self.entered, self.opened, self.rows, self.fails = threading.Event(), threading.Event(), 0, fails
+        self._generate = policy.model.generate_actions
+        policy.model.generate_actions = self
+
+    def __call__(self, **inputs):
+        self.entered.set()
+        assert self.opened.wait(60), "the test never opened the gate"
+        if self.fails(inputs):
+            raise RuntimeError("the model failed on this batch")
+        self.rows += len(inputs["pixel_values"])
+        return self._generate(**inputs)
+
+
+def _wait_until(condition, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting for the server"
+        time.sleep(0.01)
 
 
 @pytest.mark.parametrize("variant", ["pi0", "pi05", "pi0_fast"])
@@ -146,6 +176,135 @@ def test_eight_concurrent_clients_are_all_served_with_their_own_answers(policy_f
         for reply in rounds:
             np.testing.assert_allclose(reply["actions"], expected["actions"], atol=1e-5, rtol=0)
             assert reply["valid"] == expected["valid"]
+
+
+def test_a_state_beyond_float32_is_refused_alone_and_the_other_client_gets_its_actions(policy_folder):
+    """1e300 is finite in float64 but infinite in float32, the dtype the model computes in: the request is
+    refused while it is checked alone, before it can join (and fail) the batch of another client."""
+    policy = _policy(policy_folder("pi0"))
+    gate = _ModelGate(policy)
+    try:
+        with serve_in_background(policy) as server, ThreadPoolExecutor(3) as pool:
+            holder, poisoner, good = (WebsocketClientPolicy("127.0.0.1", server.port) for _ in range(3))
+            held = pool.submit(holder.infer, _observation(1))
+            assert gate.entered.wait(10)  # the model thread is busy: the next requests queue up together
+            poisoned = pool.submit(poisoner.infer, {**_observation(2), "state": np.full(ROBOT_DIM, 1e300)})
+            answered = pool.submit(good.infer, _observation(3))
+            with pytest.raises(RuntimeError, match="Bad request: The state holds values beyond float32's range"):
+                poisoned.result(timeout=10)  # while the model thread is still held
+            _wait_until(lambda: policy.waiting == 1)
+            gate.opened.set()
+            assert answered.result(timeout=30)["actions"].shape[1] == ROBOT_DIM
+            assert held.result(timeout=30)["valid"]
+    finally:
+        gate.opened.set()
+    assert gate.rows == 2
+
+
+def test_a_failing_batch_is_run_again_one_by_one_so_only_the_culprit_gets_the_error(policy_folder):
+    """A request that passes every check but makes the model fail (here: a huge normalised state) takes down
+    its batch; the batch's requests are then run alone, and only the culprit is answered with the error."""
+    policy = _policy(policy_folder("pi0"))
+    gate = _ModelGate(policy, fails=lambda inputs: bool((inputs["state"].abs() > 1e6).any()))
+    culprit_state = np.full(ROBOT_DIM, 1e9)
+    try:
+        with serve_in_background(policy) as server, ThreadPoolExecutor(3) as pool:
+            holder, culprit, good = (WebsocketClientPolicy("127.0.0.1", server.port) for _ in range(3))
+            held = pool.submit(holder.infer, _observation(1))
+            assert gate.entered.wait(10)
+            failed = pool.submit(culprit.infer, {**_observation(2), "state": culprit_state})
+            answered = pool.submit(good.infer, _observation(3))
+            _wait_until(lambda: policy.waiting == 2)  # one batch: culprit and good
+            gate.opened.set()
+            with pytest.raises(RuntimeError, match="Internal error while running the policy: .*the model failed"):
+                failed.result(timeout=30)
+            reply = answered.result(timeout=30)
+            assert reply["actions"].shape[1] == ROBOT_DIM and reply["policy_timing"]["batch_size"] == 1
+            assert held.result(timeout=30)["valid"]
+    finally:
+        gate.opened.set()
+    assert policy.stats["retried"] == 2 and gate.rows == 2
+
+
+def test_requests_of_clients_that_left_are_withdrawn_and_a_live_client_is_answered_next(policy_folder):
+    """15 clients send one request each and disconnect while the model is busy: none of their requests is
+    computed, the queue is empty, and the next live client's request runs alone, at once."""
+    policy = _policy(policy_folder("pi05"))
+    gate = _ModelGate(policy)
+    try:
+        with serve_in_background(policy) as server, ThreadPoolExecutor(1) as pool:
+            holder = WebsocketClientPolicy("127.0.0.1", server.port)
+            held = pool.submit(holder.infer, _observation(1))
+            assert gate.entered.wait(10)
+            payload = msgpack_numpy.packb(_observation(2))
+            for _ in range(15):
+                with websockets.sync.client.connect(f"ws://127.0.0.1:{server.port}", compression=None) as leaving:
+                    leaving.recv()  # metadata
+                    leaving.send(payload)
+            _wait_until(lambda: policy.stats["abandoned"] == 15)
+            assert policy.waiting == 0
+            gate.opened.set()
+            assert held.result(timeout=30)["valid"]
+            reply = WebsocketClientPolicy("127.0.0.1", server.port).infer(_observation(3))
+            assert reply["actions"].shape[1] == ROBOT_DIM and reply["policy_timing"]["batch_size"] == 1
+    finally:
+        gate.opened.set()
+    assert gate.rows == 2  # the holder's and the live client's requests, nothing else
+
+
+def test_a_prompt_longer_than_the_limit_is_refused_before_tokenising(policy_folder):
+    with serve_in_background(_policy(policy_folder("pi05"))) as server:
+        client = WebsocketClientPolicy("127.0.0.1", server.port)
+        assert client.get_server_metadata()["max_prompt_chars"] == DEFAULT_MAX_PROMPT_CHARS
+        with pytest.raises(RuntimeError, match=f"The prompt has 200000 characters; this server takes at most "
+                                               f"{DEFAULT_MAX_PROMPT_CHARS} \\(--max-prompt-chars\\)"):
+            client.infer(_observation(1, prompt="pick up the cup " * 12_500))
+        assert client.infer(_observation(1))["actions"].shape[1] == ROBOT_DIM
+    args = pi_serve.add_arguments(argparse.ArgumentParser()).parse_args(
+        ["--model", policy_folder("pi05"), "--max-prompt-chars", "20", "--device", "cpu"])
+    with serve_in_background(pi_serve.build_policy(args)) as server:
+        with pytest.raises(RuntimeError, match="at most 20 "):
+            WebsocketClientPolicy("127.0.0.1", server.port).infer(_observation(1, prompt="pick up the red cup, please"))
+
+
+def test_a_fast_folder_without_robot_action_dims_is_refused_at_startup(policy_folder, tmp_path):
+    """Without action statistics or robot_action_dim, FAST ids cannot be decoded into actions: the server says
+    so when it starts, not after decoding every request."""
+    folder = tmp_path / "fast_without_dims"
+    shutil.copytree(policy_folder("pi0_fast"), folder)
+    processor = AutoProcessor.from_pretrained(folder)
+    processor.norm_stats = processor.robot_action_dim = None
+    processor.save_pretrained(folder)
+    missing = "cannot turn this model's output into robot actions: .*robot_action_dim \\(or norm_stats\\)"
+    with pytest.raises(ValueError, match=missing):
+        _policy(folder)
+    args = pi_serve.add_arguments(argparse.ArgumentParser()).parse_args(["--model", str(folder), "--device", "cpu"])
+    with pytest.raises(ValueError, match=missing):
+        pi_serve.build_policy(args)
+
+
+def test_healthz_answers_503_while_draining_and_the_request_in_flight_is_answered(policy_folder):
+    policy = _policy(policy_folder("pi05"))
+    gate = _ModelGate(policy)
+    serving = serve_in_background(policy)
+    server = serving.__enter__()
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            in_flight = pool.submit(WebsocketClientPolicy("127.0.0.1", server.port).infer, _observation(1))
+            assert gate.entered.wait(10)
+            stopped = pool.submit(serving.__exit__, None, None, None)  # drains: waits for the request in flight
+            _wait_until(lambda: server.draining)
+            with pytest.raises(urllib.error.HTTPError) as unavailable:
+                urllib.request.urlopen(f"http://127.0.0.1:{server.port}/healthz", timeout=10)
+            assert unavailable.value.code == 503 and unavailable.value.read() == b"shutting down\n"
+            with pytest.raises(websockets.InvalidStatus) as refused:  # a new client is turned away likewise
+                websockets.sync.client.connect(f"ws://127.0.0.1:{server.port}", compression=None)
+            assert refused.value.response.status_code == 503
+            gate.opened.set()
+            assert in_flight.result(timeout=30)["actions"].shape[1] == ROBOT_DIM
+            stopped.result(timeout=30)
+    finally:
+        gate.opened.set()
 
 
 @torch.no_grad()
