@@ -1,4 +1,4 @@
-"""Validation of the model inputs of the user's contract (DESIGN.md), with errors that name the problem.
+"""Validation of the model inputs users pass (names, shapes, dtypes, ranges), with errors that name the problem.
 
 A VLA model silently broadcasting a wrong-sized state or a NaN action into a plausible-looking chunk
 is the failure mode that costs robot time; every check here turns one into a `ValueError` instead.

@@ -1,6 +1,6 @@
 """π0 and π0.5 converted from the reference's orbax checkpoints reproduce the reference's outputs.
 
-Tolerances are DESIGN.md's: 1e-4 max abs error on image tokens, prefix output, velocity and loss;
+The project's tolerances: 1e-4 max abs error on image tokens, prefix output, velocity and loss;
 5e-4 on sampled actions; under both the eager and the sdpa attention backends.
 """
 
