@@ -1,57 +1,113 @@
 """The `pi` command: one entry point, one subcommand per job (`pi convert openpi ...`, `pi export lerobot ...`,
-`pi train ...`)."""
+`pi train ...`, `pi info FOLDER`).
+
+The jobs' modules import torch and transformers, which take seconds; building the parser imports none of them. Each
+job's parser is filled in (`add_arguments`) only when that job is parsed, so `pi --help` and `pi convert --help`
+answer at once, and `pi generate ...` imports only what generating needs. Every job's `--help` shows the defaults,
+and an option's value may be a negative number or a list of numbers (`--state -0.5,0.2`).
+"""
 
 import argparse
+import importlib
+import re
 import sys
+from collections.abc import Callable
 
-from conversion import convert_lerobot, convert_openpi, export_lerobot, push
+# What argparse takes for a value rather than an option: a number, or comma-separated numbers (its own matcher
+# knows only single numbers such as "-1" or "-.5").
+NEGATIVE_NUMBERS = re.compile(r"^-\.?\d[\d.eE+\-,\s]*$")
+
+
+def shows_default(action: argparse.Action) -> bool:
+    """An option with a default worth printing (not None, False or empty)."""
+    default = action.default
+    empty = default is None or default is False or default is argparse.SUPPRESS or default == []
+    return bool(action.option_strings) and not empty
+
+
+class HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds "(default: ...)" to an option's help unless the help already speaks of its default or there is none
+    to show."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if not shows_default(action) or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
+class JobParser(argparse.ArgumentParser):
+    """A parser whose arguments are added by `load` the first time it parses or prints its help."""
+
+    def __init__(self, *args, load: Callable[[argparse.ArgumentParser], None] | None = None, **kwargs):
+        kwargs.setdefault("formatter_class", HelpWithDefaults)
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = NEGATIVE_NUMBERS  # argparse reads this attribute to tell values from options
+        self._load = load
+
+    def _loaded(self) -> None:
+        if self._load is None:
+            return
+        load, self._load = self._load, None
+        load(self)
+        for action in self._actions:  # argparse prints no help line, so no default, for an option without help
+            if action.help is None and shows_default(action):
+                action.help = "default: %(default)s"
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._loaded()
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        self._loaded()
+        return super().format_help()
+
+
+def job(module: str, *extra, description: str | None = None) -> Callable[[argparse.ArgumentParser], None]:
+    """The loader of a job: imports `module`, adds its arguments and its `run`; the description defaults to the
+    first paragraph of the module's docstring."""
+
+    def load(parser: argparse.ArgumentParser) -> None:
+        code = importlib.import_module(module)
+        code.add_arguments(parser, *extra).set_defaults(run=code.run)
+        parser.description = parser.description or description or code.__doc__.split("\n\n")[0]
+
+    return load
+
+
+OPENPI_SUMMARY = "Convert an openpi (JAX, orbax) checkpoint of π0, π0.5 or π0-FAST into a folder AutoModel.from_pretrained loads."
+SOURCES = {
+    "openpi": ("an openpi (JAX, orbax) checkpoint", job("conversion.convert_openpi", description=OPENPI_SUMMARY)),
+    "lerobot": ("a LeRobot π0 / π0.5 / π0-FAST policy folder", job("conversion.convert_lerobot", "lerobot")),
+    "transformers-pi0": ("a transformers PI0ForConditionalGeneration folder",
+                         job("conversion.convert_lerobot", "transformers-pi0")),
+}
+TARGETS = {"lerobot": ("a LeRobot 0.6 π0 / π0.5 / π0-FAST policy folder", job("conversion.export_lerobot"))}
+JOBS = {
+    "info": ("what a π folder expects and returns: cameras, prompt, state and action dims, statistics",
+             job("conversion.info")),
+    "push": ("publish a π folder on the Hugging Face Hub", job("conversion.push")),
+    "generate": ("one action chunk from images, a prompt and a state", job("modeling_pi.robotics_pipeline")),
+    "demo": ("the shipped policy on the built-in tabletop task", job("demo_pi.demo")),
+    "serve": ("serve a π model to openpi robot clients over websockets", job("serving_pi.server")),
+    "train": ("fine-tune on a LeRobot v3 dataset", job("training_pi.train")),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pi", description="π0 / π0.5 / π0-FAST in Hugging Face Transformers.")
+    parser = JobParser(prog="pi", description="π0 / π0.5 / π0-FAST in Hugging Face Transformers.")
     jobs = parser.add_subparsers(dest="job", required=True, metavar="JOB")
-
     convert = jobs.add_parser("convert", help="convert a checkpoint into a Hugging Face folder")
     sources = convert.add_subparsers(dest="source", required=True, metavar="SOURCE")
-    summary = "Convert an openpi (JAX, orbax) checkpoint of π0, π0.5 or π0-FAST into a folder AutoModel.from_pretrained loads."
-    openpi = sources.add_parser("openpi", help="an openpi (JAX, orbax) checkpoint", description=summary)
-    convert_openpi.add_arguments(openpi).set_defaults(run=convert_openpi.run)
-    for source, help_text in (("lerobot", "a LeRobot π0 / π0.5 / π0-FAST policy folder"),
-                              ("transformers-pi0", "a transformers PI0ForConditionalGeneration folder")):
-        parser_ = sources.add_parser(source, help=help_text, description=f"Convert {help_text} into a π folder.")
-        convert_lerobot.add_arguments(parser_, source).set_defaults(run=convert_lerobot.run)
-
+    for name, (help_text, load) in SOURCES.items():
+        description = None if name == "openpi" else f"Convert {help_text} into a π folder."
+        sources.add_parser(name, help=help_text, description=description, load=load)
     export = jobs.add_parser("export", help="write a π folder in another library's format")
     targets = export.add_subparsers(dest="target", required=True, metavar="TARGET")
-    lerobot = targets.add_parser("lerobot", help="a LeRobot 0.6 π0 / π0.5 / π0-FAST policy folder",
-                                 description=export_lerobot.__doc__.split("\n\n")[0])
-    export_lerobot.add_arguments(lerobot).set_defaults(run=export_lerobot.run)
-
-    publish = jobs.add_parser("push", help="publish a π folder on the Hugging Face Hub", description=push.__doc__.split("\n\n")[0])
-    push.add_arguments(publish).set_defaults(run=push.run)
-
-    from modeling_pi import robotics_pipeline
-
-    generate = jobs.add_parser("generate", help="one action chunk from images, a prompt and a state",
-                               description=robotics_pipeline.__doc__.split("\n\n")[0])
-    robotics_pipeline.add_arguments(generate).set_defaults(run=robotics_pipeline.run)
-
-    from demo_pi import demo
-
-    show = jobs.add_parser("demo", help="the shipped policy on the built-in tabletop task",
-                           description=demo.__doc__.split("\n\n")[0])
-    demo.add_arguments(show).set_defaults(run=demo.run)
-
-    from serving_pi import server
-
-    serve = jobs.add_parser("serve", help="serve a π model to openpi robot clients over websockets",
-                            description=server.__doc__.split("\n\n")[0])
-    server.add_arguments(serve).set_defaults(run=server.run)
-
-    from training_pi import train
-
-    trainer = jobs.add_parser("train", help="fine-tune on a LeRobot v3 dataset", description=train.__doc__.split("\n\n")[0])
-    train.add_arguments(trainer).set_defaults(run=train.run)
+    for name, (help_text, load) in TARGETS.items():
+        targets.add_parser(name, help=help_text, load=load)
+    for name, (help_text, load) in JOBS.items():
+        jobs.add_parser(name, help=help_text, load=load)
     return parser
 
 

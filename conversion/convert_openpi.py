@@ -2,13 +2,16 @@
 
     pi convert openpi --checkpoint DIR --output OUT [--config NAME | --robot robot.json] [--variant pi0|pi05|pi0_fast] \\
         [--action-horizon N] [--max-token-len N] [--dtype float32|bfloat16] \\
-        [--tokenizer paligemma_tokenizer.model] [--fast-tokenizer FOLDER] [--asset-id ID] \\
-        [--license ID] [--base-model ORG/NAME] [--push-to-hub ORG/NAME [--private]]
+        [--tokenizer paligemma_tokenizer.model] [--fast-tokenizer FOLDER] [--asset-id ID | --norm-stats FILE] \\
+        [--robot-action-dim N] [--license ID] [--base-model ORG/NAME] [--push-to-hub ORG/NAME [--private]]
 
 DIR is an openpi checkpoint folder or its `params/`; both the released layout and the training layout
 (every leaf under a trailing `value` key) are read. With `--tokenizer` the output also holds the
 processor (tokenizer, image settings and the checkpoint's `assets/<asset_id>/norm_stats.json`), so
-that `AutoProcessor.from_pretrained` loads it too; π0-FAST also needs `--fast-tokenizer`. The variant,
+that `AutoProcessor.from_pretrained` loads it too; π0-FAST also needs `--fast-tokenizer`. `--norm-stats FILE`
+(openpi's norm_stats.json or LeRobot's stats.json) gives statistics the checkpoint does not ship, and
+`--robot-action-dim N` the robot's action dims, which post-processing keeps (π0-FAST decodes its tokens into
+that many; default: the statistics' size). The variant,
 widths, depths, heads, vocabulary and action dim are inferred from the parameter shapes; the action
 horizon and prompt length are not in the weights and come from the caller (defaults: the variant's).
 
@@ -328,6 +331,29 @@ def find_norm_stats(checkpoint: str | os.PathLike, asset_id: str | None = None) 
     return NormStats.from_json(next(iter(found.values()))) if found else None
 
 
+def read_norm_stats(checkpoint: str | os.PathLike, asset_id: str | None, norm_stats: str | os.PathLike | None) -> NormStats | None:
+    """The statistics of `--norm-stats FILE` (openpi's norm_stats.json or LeRobot's stats.json), else the
+    checkpoint's own (`find_norm_stats`)."""
+    if norm_stats is None:
+        return find_norm_stats(checkpoint, asset_id)
+    if asset_id is not None:
+        raise ConversionError("--asset-id picks the checkpoint's statistics and --norm-stats replaces them: pass one.")
+    try:
+        return NormStats.from_json(norm_stats)
+    except (OSError, ValueError) as err:
+        raise ConversionError(f"Cannot read the statistics of --norm-stats {norm_stats}: {err}") from err
+
+
+def with_robot_action_dim(processor, robot_action_dim: int | None):
+    """The processor with `--robot-action-dim` set."""
+    if robot_action_dim is None:
+        return processor
+    try:
+        return processor.replace(robot_action_dim=robot_action_dim)
+    except ValueError as err:
+        raise ConversionError(f"--robot-action-dim {robot_action_dim}: {err}") from err
+
+
 def fit_norm_stats(stats: NormStats | None, policy: PolicyConfig, source: str) -> NormStats:
     """The statistics of a robot policy, cut to its state and action dims (openpi reads only those); fewer
     dims than the robot's, or none at all, are an error now rather than at the first request."""
@@ -376,15 +402,24 @@ def convert_openpi(
     fast_tokenizer: str | os.PathLike | None = None,
     asset_id: str | None = None,
     policy: PolicyConfig | None = None,
+    norm_stats: str | os.PathLike | None = None,
+    robot_action_dim: int | None = None,
     **card,
 ) -> Path:
     """Converts and writes `output` (config, safetensors, model card, remote code, and with `tokenizer` the
     processor) atomically; returns its path. `policy` (`openpi_config(name)` or a user's `PolicyConfig`) fixes
-    what the weights do not say. `card`: `write_folder`'s model-card options."""
+    what the weights do not say. `norm_stats` (a JSON file) replaces the checkpoint's statistics; `robot_action_dim`
+    sets the robot's action dims. `card`: `write_folder`'s model-card options."""
     if dtype not in DTYPES:
         raise ConversionError(f"Unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}.")
     output = check_output(output)
+    if tokenizer is None and any(option is not None for option in (fast_tokenizer, asset_id, norm_stats, robot_action_dim)):
+        raise ConversionError("--fast-tokenizer, --asset-id, --norm-stats and --robot-action-dim build the processor, "
+                              "which also needs --tokenizer.")
     if policy is not None:
+        if robot_action_dim is not None:
+            raise ConversionError("The policy config's robot fixes the action dims: drop --robot-action-dim (or declare "
+                                  "action_dim in a --robot file).")
         if action_horizon is not None or max_token_len is not None:
             raise ConversionError("The policy config fixes the action horizon and prompt length: drop --action-horizon "
                                   "and --max-token-len (or declare them in a --robot file).")
@@ -394,6 +429,8 @@ def convert_openpi(
             raise ConversionError(f"--variant {variant} contradicts the policy config's variant {policy.variant}.")
         variant = variant or policy.variant
         action_horizon, max_token_len = policy.action_horizon, policy.max_token_len
+        asset_id = asset_id or (policy.asset_id if norm_stats is None else None)
+    stats = read_norm_stats(checkpoint, asset_id, norm_stats) if tokenizer is not None else None  # before the weights
 
     params = load_openpi_params(checkpoint)
     config = infer_config(params, variant, action_horizon, max_token_len)
@@ -401,14 +438,11 @@ def convert_openpi(
     processor = None
     if policy is not None:
         _apply_robot(config, policy)
-        asset_id = asset_id or policy.asset_id
-        stats = fit_norm_stats(find_norm_stats(checkpoint, asset_id), policy, str(checkpoint))
+        stats = fit_norm_stats(stats, policy, str(norm_stats or checkpoint))
         processor = build_processor(config, tokenizer, fast_tokenizer, stats,
                                     discrete_state_input=policy.discrete_state_input, robot=policy.robot)
     elif tokenizer is not None:
-        processor = build_processor(config, tokenizer, fast_tokenizer, find_norm_stats(checkpoint, asset_id))
-    elif fast_tokenizer is not None or asset_id is not None:
-        raise ConversionError("--fast-tokenizer and --asset-id build the processor, which also needs --tokenizer.")
+        processor = with_robot_action_dim(build_processor(config, tokenizer, fast_tokenizer, stats), robot_action_dim)
     state_dict = convert_params(params, config, DTYPES[dtype], progress=progress)
 
     source = Path(checkpoint).resolve()
@@ -428,6 +462,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--tokenizer", help="SentencePiece model (openpi's paligemma_tokenizer.model): also write the processor")
     parser.add_argument("--fast-tokenizer", help="FAST tokenizer folder (π0-FAST's processor)")
     parser.add_argument("--asset-id", help="which assets/<asset_id>/norm_stats.json to use when there are several")
+    parser.add_argument("--norm-stats", metavar="FILE", help="statistics to use instead of the checkpoint's: openpi's "
+                        "norm_stats.json or LeRobot's meta/stats.json")
+    parser.add_argument("--robot-action-dim", type=int, metavar="N", help="the robot's action dims, which post-processing "
+                        "keeps (π0-FAST decodes its tokens into that many; default: the statistics' size)")
     return add_publish_arguments(parser)
 
 
@@ -436,7 +474,8 @@ def run(args: argparse.Namespace) -> int:
         policy = load_policy(args.config, args.robot)
         path = convert_openpi(args.checkpoint, args.variant, args.output, args.action_horizon, args.max_token_len, args.dtype,
                               tokenizer=args.tokenizer, fast_tokenizer=args.fast_tokenizer, asset_id=args.asset_id,
-                              policy=policy, **card_options(args))
+                              policy=policy, norm_stats=args.norm_stats, robot_action_dim=args.robot_action_dim,
+                              **card_options(args))
     except ConversionError as err:
         print(f"pi convert openpi: error: {err}", file=sys.stderr)
         return 1

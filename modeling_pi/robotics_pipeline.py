@@ -135,9 +135,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--image", action="append", required=True, metavar="NAME=FILE",
                         help="a camera's image, e.g. base_0_rgb=front.png (once per camera)")
     parser.add_argument("--prompt", required=True, help="the task, e.g. 'fold the towel'")
-    parser.add_argument("--state", required=True, metavar="V1,V2,...", help="the robot state in its own units, comma-separated")
+    parser.add_argument("--state", required=True, metavar="V1,V2,...",
+                        help="the robot state in its own units, comma-separated, e.g. -0.5,0.2,0.3")
     parser.add_argument("--num-steps", type=int, help="flow solver steps (π0 / π0.5; default: the model's)")
-    parser.add_argument("--seed", type=int, help="seed of the flow noise (π0 / π0.5)")
+    parser.add_argument("--seed", type=int, help="seed of the flow noise (π0 / π0.5; default: a fresh draw)")
     parser.add_argument("--device", help="where the model runs, e.g. cpu or cuda:1 (default: the first GPU if any)")
     parser.add_argument("--output", help="save the chunk [H, robot action dim] to this .npy file instead of printing JSON")
     return parser

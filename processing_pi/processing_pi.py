@@ -4,6 +4,14 @@
                        actions=raw_chunk,            # training only
                        return_tensors="pt")
     out = processor.post_process(model.generate_actions(**inputs))   # out.actions, out.valid
+    actions, valid = processor.post_process(generated)                # or unpacked
+
+A saved processor is loaded with `PiProcessor.from_pretrained(folder, **settings)` (or `AutoProcessor`): any
+constructor argument but the image processor and tokenizer, given there, replaces the saved one, e.g. to complete
+a converted folder (docs/conversion.md):
+
+    processor = PiProcessor.from_pretrained(folder, norm_stats="norm_stats.json", robot_action_dim=7)
+    processor.save_pretrained(folder)
 
 A processor that knows its robot (`robot`, a `Robot`: a folder converted with `--config` or `--robot`) also
 takes the raw observation a robot client sends and answers in that robot's commands:
@@ -25,14 +33,13 @@ resize and lenient FAST decoding (see `normalization`, `prompts`, `image_process
 
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from transformers import BatchFeature, PreTrainedTokenizerFast
 from transformers.processing_utils import ProcessorMixin
-from transformers.utils import ModelOutput
 
 from configuration_pi.configuration_pi import DEFAULT_IMAGE_KEYS, DEFAULT_MAX_TOKEN_LEN, VARIANTS
 
@@ -46,22 +53,37 @@ DEFAULT_NORM_MODE = {"pi0": "zscore", "pi05": "quantile", "pi0_fast": "quantile"
 FAST_FOLDER = "fast_tokenizer"
 PROCESSOR_CONFIG = "processor_config.json"
 PROCESSOR_FILES = [PROCESSOR_CONFIG, "tokenizer*.json", "special_tokens_map.json", f"{FAST_FOLDER}/*"]
-HUB_OPTIONS = ("revision", "token", "cache_dir", "local_files_only")
+HUB_OPTIONS = ("revision", "token", "cache_dir", "local_files_only", "force_download")
+# What the Auto classes and `pipeline()` pass to every `from_pretrained`; they concern the model, not a processor,
+# which runs no code from the folder and has no device or dtype.
+LOADER_OPTIONS = ("trust_remote_code", "code_revision", "_from_auto", "_from_pipeline", "device_map", "dtype", "torch_dtype")
 SETTINGS = ("variant", "image_keys", "max_token_len", "action_dim", "action_horizon", "robot_action_dim", "norm_mode",
             "discrete_state_input", "conventions")
+# What `from_pretrained(**settings)` and `replace` may change: every constructor argument but the two sub-processors.
+OVERRIDES = (*SETTINGS, "norm_stats", "robot", "action_tokenizer")
 
 
-@dataclass
-class PiActionOutput(ModelOutput):
+class PiActionOutput(NamedTuple):
     """
     actions (`torch.FloatTensor` of shape `(batch, horizon, robot action dim)`): in the robot's units.
     valid (`torch.BoolTensor` of shape `(batch,)`): False where a FAST sequence did not decode (its actions are then
         openpi's fallback, the zero chunk in normalised units taken to the robot's) or where the chunk holds a NaN or
         infinite value: not a prediction, do not execute.
+
+    A named pair, read as `out.actions`, `out["actions"]` or `actions, valid = out`. Not a transformers
+    `ModelOutput`: that is a dict, and unpacking a dict gives its keys (the strings "actions" and "valid").
     """
 
-    actions: torch.FloatTensor | None = None
-    valid: torch.BoolTensor | None = None
+    actions: torch.FloatTensor
+    valid: torch.BoolTensor
+
+    def __getitem__(self, key):
+        """By field name ("actions", "valid") as well as by position."""
+        if isinstance(key, str):
+            if key not in self._fields:
+                raise KeyError(f"{key!r}: a PiActionOutput holds {', '.join(self._fields)}.")
+            return getattr(self, key)
+        return tuple.__getitem__(self, key)
 
 
 def _batch(array, ndim: int, name: str) -> np.ndarray:
@@ -78,6 +100,26 @@ def _batch(array, ndim: int, name: str) -> np.ndarray:
     return array
 
 
+def _check_names(given, where: str, hub: tuple = (), ignored: tuple = ()) -> None:
+    """Refuses keywords that are neither settings (`OVERRIDES`), nor Hub options, nor ones to ignore."""
+    unknown = sorted(set(given) - set(OVERRIDES) - set(hub) - set(ignored))
+    if unknown:
+        hub_text = f"; the Hub options {', '.join(hub)}" if hub else ""
+        raise TypeError(f"{where} got unknown keyword argument(s) {', '.join(unknown)}; it takes the processor's "
+                        f"settings {', '.join(OVERRIDES)}{hub_text}.")
+
+
+def _norm_stats(value) -> NormStats | None:
+    """`NormStats`, their dict (`NormStats.to_dict`) or a JSON file (openpi's norm_stats.json, LeRobot's stats.json)."""
+    if value is None or isinstance(value, NormStats):
+        return value
+    if isinstance(value, dict):
+        return NormStats.from_dict(value)
+    if isinstance(value, (str, os.PathLike)):
+        return NormStats.from_json(value)
+    raise ValueError(f"norm_stats must be NormStats, a dict of them or a JSON file, got {type(value).__name__}.")
+
+
 def _pad(array: np.ndarray, dim: int, name: str) -> np.ndarray:
     if array.shape[-1] > dim:
         raise ValueError(f"{name} has {array.shape[-1]} dims, more than the model's action_dim={dim}.")
@@ -92,7 +134,7 @@ class PiProcessor(ProcessorMixin):
         image_processor: PiImageProcessor,
         tokenizer,
         action_tokenizer: FastActionTokenizer | None = None,
-        norm_stats: NormStats | None = None,
+        norm_stats: NormStats | dict | str | os.PathLike | None = None,
         variant: str = "pi0",
         image_keys=DEFAULT_IMAGE_KEYS,
         max_token_len: int | None = None,
@@ -104,7 +146,8 @@ class PiProcessor(ProcessorMixin):
         robot: Robot | dict | None = None,
         conventions: str | None = None,
     ):
-        """`action_horizon`: the chunk length FAST ids decode to (default: the FAST tokenizer's). `robot_action_dim`:
+        """`norm_stats`: `NormStats`, their dict or a JSON file (`NormStats.from_json`); None: inputs are taken as
+        normalised. `action_horizon`: the chunk length FAST ids decode to (default: the FAST tokenizer's). `robot_action_dim`:
         the robot's own action dims, which post-processing keeps (default: the robot's, else the size of the action
         statistics). `discrete_state_input`: whether the prompt carries the state (default: all but π0; π0-FAST
         always does). `robot`: the robot whose raw observations `observation=` takes (module docstring).
@@ -127,11 +170,11 @@ class PiProcessor(ProcessorMixin):
         self.max_token_len = max_token_len or DEFAULT_MAX_TOKEN_LEN[variant]
         self.action_dim = int(action_dim)
         self.action_horizon = action_horizon
-        self.robot_action_dim = robot_action_dim
+        self.robot_action_dim = self._checked_robot_action_dim(robot_action_dim)
         self.norm_mode = norm_mode or DEFAULT_NORM_MODE[variant]
         if self.norm_mode not in MODES:
             raise ValueError(f"norm_mode must be one of {', '.join(MODES)}, got {norm_mode!r}.")
-        self.norm_stats = norm_stats
+        self.norm_stats = norm_stats = _norm_stats(norm_stats)
         if norm_stats is not None:  # missing statistics are an error now, not a silent identity later
             for key in ("state", "actions"):
                 norm_stats.get(key, self.norm_mode)
@@ -143,6 +186,16 @@ class PiProcessor(ProcessorMixin):
             unknown = sorted(set(self.robot.cameras) - set(self.image_keys))
             if unknown:
                 raise ValueError(f"The robot's camera(s) {', '.join(unknown)} are not the model's ({', '.join(self.image_keys)}).")
+
+    def _checked_robot_action_dim(self, dim) -> int | None:
+        if dim is None:
+            return None
+        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
+            raise ValueError(f"robot_action_dim must be a positive whole number of dims, got {dim!r}.")
+        if self.variant != "pi0_fast" and dim > self.action_dim:
+            raise ValueError(f"robot_action_dim={dim} is more than the model's action_dim={self.action_dim}, the dims "
+                             "it generates.")
+        return int(dim)
 
     @classmethod
     def get_attributes(cls):
@@ -274,13 +327,15 @@ class PiProcessor(ProcessorMixin):
             if generated.ndim != 3:
                 raise ValueError(f"Expected a normalised action chunk [B, H, D], got shape {tuple(generated.shape)}.")
             actions, valid = generated.double().numpy(), np.ones(len(generated), dtype=bool)
-        if self.norm_stats is not None:
-            actions = self.norm_stats.get("actions", self.norm_mode).unnormalize(actions, self.norm_mode, self.conventions)
+        if self.norm_stats is not None:  # wider statistics than the chunk (FAST decodes the robot's dims): its first dims
+            stats = self.norm_stats.cut(actions=actions.shape[-1]).get("actions", self.norm_mode)
+            actions = stats.unnormalize(actions, self.norm_mode, self.conventions)
         actions = actions[..., : self._robot_action_dim() or actions.shape[-1]]
         if observation is not None or robot_state is not None:
             actions = self._to_robot(actions, observation, robot_state)
-        valid &= np.isfinite(actions).reshape(len(actions), -1).all(axis=1)
-        return PiActionOutput(actions=torch.from_numpy(actions).float(), valid=torch.from_numpy(valid))
+        actions = torch.from_numpy(actions).float()  # finite in float64 may still overflow float32's range
+        valid &= torch.isfinite(actions).flatten(1).all(dim=1).numpy()
+        return PiActionOutput(actions=actions, valid=torch.from_numpy(valid))
 
     def _to_robot(self, actions: np.ndarray, observation, robot_state) -> np.ndarray:
         if self.robot is None:
@@ -296,20 +351,27 @@ class PiProcessor(ProcessorMixin):
         return self.robot.to_robot(actions, robot_state)
 
     def _robot_action_dim(self) -> int | None:
-        if self.robot_action_dim:
-            return self.robot_action_dim
-        if self.robot is not None and self.robot.action_dim:
-            return self.robot.action_dim
-        if self.norm_stats is not None:
-            return self.norm_stats.actions.dim
-        return self.action_tokenizer.action_dim if self.action_tokenizer is not None else None
+        return self.robot_action_dim_source()[0]
+
+    def robot_action_dim_source(self) -> tuple[int | None, str | None]:
+        """The robot's action dims `post_process` keeps, and what says so: "robot_action_dim", "robot" (its
+        layout), "statistics" (the action statistics' size) or "FAST tokenizer"; (None, None) when nothing does
+        (a flow model's output then keeps all `action_dim` dims; π0-FAST's cannot be decoded)."""
+        candidates = (
+            ("robot_action_dim", self.robot_action_dim),
+            ("robot", self.robot.action_dim if self.robot is not None else None),
+            ("statistics", self.norm_stats.actions.dim if self.norm_stats is not None else None),
+            ("FAST tokenizer", self.action_tokenizer.action_dim if self.action_tokenizer is not None else None),
+        )
+        return next(((dim, source) for source, dim in candidates if dim), (None, None))
 
     def _decode_fast(self, rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
         horizon = self.action_horizon or self.action_tokenizer.time_horizon
         dim = self._robot_action_dim()
         if not horizon or not dim:
             raise ValueError("Decoding FAST tokens needs the chunk's horizon and action dim: set action_horizon and "
-                             "robot_action_dim (or norm_stats).")
+                             "robot_action_dim (or norm_stats), e.g. PiProcessor.from_pretrained(folder, robot_action_dim=N) "
+                             "then .save_pretrained(folder), or convert with --robot-action-dim N / --norm-stats FILE.")
         start = self.tokenizer.encode("Action: ", add_special_tokens=False)
         if self.conventions == "lerobot":
             fast_rows, well_formed = zip(*(self._lerobot_fast_ids(row, start) for row in rows))
@@ -355,21 +417,36 @@ class PiProcessor(ProcessorMixin):
             "robot": None if self.robot is None else self.robot.to_dict(),
         }
 
+    def replace(self, **changes) -> "PiProcessor":
+        """A new processor with some of its settings (`OVERRIDES`: any constructor argument but the image processor
+        and tokenizer) changed, checked as at construction."""
+        _check_names(changes, "PiProcessor.replace")
+        current = {name: getattr(self, name) for name in OVERRIDES}
+        return type(self)(self.image_processor, self.tokenizer, **{**current, **changes})
+
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs):
-        """Tokenizer files, `processor_config.json` (settings, image processor, norm stats) and the FAST tokenizer."""
+        """Tokenizer files, `processor_config.json` (settings, image processor, norm stats) and the FAST tokenizer.
+        Saved over a folder's processor, the `auto_map` of its remote code is kept."""
         folder = Path(save_directory)
         folder.mkdir(parents=True, exist_ok=True)
         self.tokenizer.save_pretrained(folder)
-        (folder / PROCESSOR_CONFIG).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        settings = self.to_dict()
+        if (folder / PROCESSOR_CONFIG).is_file():
+            auto_map = json.loads((folder / PROCESSOR_CONFIG).read_text()).get("auto_map")
+            settings.update({"auto_map": auto_map} if auto_map else {})
+        (folder / PROCESSOR_CONFIG).write_text(json.dumps(settings, indent=2) + "\n")
         if self.action_tokenizer is not None:
             self.action_tokenizer.save_pretrained(folder / FAST_FOLDER)
         return [str(folder / PROCESSOR_CONFIG)]
 
     @classmethod
     def from_pretrained(cls, path_or_repo: str | os.PathLike, **kwargs) -> "PiProcessor":
-        """A local folder, or a Hub repo (only the processor's files are downloaded). Hub options
-        (`revision`, `token`, `cache_dir`, `local_files_only`) are honoured; the Auto classes' other
-        options (`trust_remote_code`, ...) do not apply: nothing here runs code from the folder."""
+        """A local folder, or a Hub repo (only the processor's files are downloaded). Settings (`OVERRIDES`: any
+        constructor argument but the image processor and tokenizer, e.g. `norm_stats`, `robot_action_dim`) replace
+        the saved ones; Hub options (`revision`, `token`, `cache_dir`, `local_files_only`, `force_download`) are
+        honoured; the options the Auto classes and `pipeline()` pass for the model (`trust_remote_code`, `dtype`,
+        ...) do not apply: nothing here runs code from the folder. Any other keyword is a `TypeError`."""
+        _check_names(kwargs, "PiProcessor.from_pretrained", hub=HUB_OPTIONS, ignored=LOADER_OPTIONS)
         folder = Path(path_or_repo)
         if not folder.is_dir():
             from huggingface_hub import snapshot_download
@@ -381,11 +458,11 @@ class PiProcessor(ProcessorMixin):
         config = json.loads((folder / PROCESSOR_CONFIG).read_text())
         image_config = {k: v for k, v in config["image_processor"].items() if k != "image_processor_type"}
         fast_folder = folder / FAST_FOLDER
-        return cls(
-            PiImageProcessor(**image_config),
-            PreTrainedTokenizerFast.from_pretrained(folder),
-            action_tokenizer=FastActionTokenizer.from_pretrained(fast_folder) if fast_folder.is_dir() else None,
-            norm_stats=NormStats.from_dict(config["norm_stats"]) if config.get("norm_stats") else None,
-            robot=config.get("robot"),
+        saved = {
+            "action_tokenizer": FastActionTokenizer.from_pretrained(fast_folder) if fast_folder.is_dir() else None,
+            "norm_stats": NormStats.from_dict(config["norm_stats"]) if config.get("norm_stats") else None,
+            "robot": config.get("robot"),
             **{name: config[name] for name in SETTINGS if name in config},
-        )
+        }
+        changes = {name: kwargs[name] for name in OVERRIDES if name in kwargs}
+        return cls(PiImageProcessor(**image_config), PreTrainedTokenizerFast.from_pretrained(folder), **{**saved, **changes})

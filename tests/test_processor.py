@@ -252,3 +252,6 @@ def test_a_chunk_with_a_non_finite_value_is_not_valid(tokenizer):
     chunk[1, 2, 5] = float("nan")
     chunk[2, 0, 0] = float("inf")
     assert processor.post_process(chunk).valid.tolist() == [True, False, False]
+    huge = torch.zeros(1, 4, 32, dtype=torch.float64)
+    huge[0, 0, 0] = 1e300  # finite in float64, infinite in the float32 the actions are returned in
+    assert processor.post_process(huge).valid.tolist() == [False]
