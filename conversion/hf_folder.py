@@ -11,7 +11,7 @@ import torch
 from huggingface_hub import save_torch_state_dict
 
 from configuration_pi import PiConfig
-from model_cards import DEFAULT_LICENSE, PALIGEMMA, converted_from, render_model_card
+from model_cards import converted_from, render_model_card
 from processing_pi import FastActionTokenizer, NormStats, PiImageProcessor, PiProcessor, Robot, tokenizer_from_sentencepiece
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -106,13 +106,14 @@ def write_folder(
     source: str,
     processor: PiProcessor | None = None,
     source_kind: str = "openpi checkpoint",
-    license: str = DEFAULT_LICENSE,
-    base_model: str | None = PALIGEMMA,
+    license: str | None = None,
+    base_model: str | None = None,
     repo_id: str | None = None,
 ) -> Path:
     """Writes the folder into a private staging folder beside `output`, then renames it into place: a
     failed conversion leaves nothing behind. `source`, `source_kind`, `license`, `base_model` and
-    `repo_id` (where it will be published; default: the folder's name) go into the model card."""
+    `repo_id` (where it will be published; default: the folder's name) go into the model card; without a
+    license or base model, the card names only what the architecture tells (`model_cards.known_lineage`)."""
     from conversion.remote_code import add_remote_code
 
     output = check_output(output)

@@ -21,7 +21,7 @@ from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
 from conversion.remote_code import remote_code_files, with_auto_map
-from model_cards import DEFAULT_LICENSE, PALIGEMMA, retarget_card
+from model_cards import GEMMA_LICENSE, PALIGEMMA, retarget_card
 
 WEIGHTS_INDEX = "model.safetensors.index.json"
 
@@ -118,8 +118,11 @@ def push_to_hub(folder: str | Path, repo_id: str, private: bool = False, token: 
 
 def add_publish_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The converters' options for the card's metadata and for publishing what they wrote."""
-    parser.add_argument("--license", default=DEFAULT_LICENSE, help="license of the source weights (model card)")
-    parser.add_argument("--base-model", default=PALIGEMMA, help="Hub id of the model these weights descend from (model card)")
+    known = "(default: none; for weights of PaliGemma 3B's architecture, which all descend from it, {})"
+    parser.add_argument("--license", default=None,
+                        help="Hub license id of the source weights, for the model card " + known.format(GEMMA_LICENSE))
+    parser.add_argument("--base-model", default=None, help="Hub id of the model these weights descend from, for the "
+                        "model card " + known.format(PALIGEMMA))
     parser.add_argument("--push-to-hub", metavar="ORG/NAME", help="publish the converted folder to this Hub repository")
     parser.add_argument("--private", action="store_true", help="with --push-to-hub: create the repository private")
     return parser

@@ -6,6 +6,12 @@ it imports relatively (`from .x import y`) from the same folder. Our code lives 
 import each other absolutely (`from configuration_pi import PiConfig`), so the folder gets a flat copy
 of their modules with those imports made relative. Where this project is installed and imported, its
 registered classes take precedence and nothing from the folder is executed.
+
+Transformers alone does not bring everything the code imports: the processor also needs Pillow
+(`REMOTE_CODE_REQUIREMENTS` in `model_cards`, which the card names). In the copies, a Pillow import sits in a
+`try` that raises "the π processor needs Pillow: pip install pillow"; inside a `try` it is also left out of
+transformers' own import check, which would otherwise stop first and ask for `pip install PIL`, a package
+of another name.
 """
 
 import json
@@ -25,6 +31,8 @@ AUTO_MAP = {
     "processor_config.json": {"AutoProcessor": "processing_pi.PiProcessor"},
 }
 _PACKAGE_IMPORT = re.compile(rf"^(\s*)from ({'|'.join(MODULES)})(?:\.(\w+))? import ", re.MULTILINE)
+_PILLOW_IMPORT = re.compile(r"^((?:from PIL(?:\.\w+)* import .+)|(?:import PIL(?:\.\w+)*(?: as \w+)?))$", re.MULTILINE)
+PILLOW_MISSING = "the π processor needs Pillow: pip install pillow"
 
 
 def flat_source(package: str, module: str) -> str:
@@ -36,7 +44,13 @@ def flat_source(package: str, module: str) -> str:
         # `from configuration_pi import X`: the package re-exports X from its namesake module.
         return f"{indent}from .{imported_module or imported_package} import "
 
-    return _PACKAGE_IMPORT.sub(relative, source)
+    return _guard_pillow(_PACKAGE_IMPORT.sub(relative, source))
+
+
+def _guard_pillow(source: str) -> str:
+    """Each top-level Pillow import wrapped so that a missing Pillow says what to install (module docstring)."""
+    return _PILLOW_IMPORT.sub(lambda match: f"try:\n    {match.group(1)}\nexcept ImportError as err:  # transformers does "
+                              f"not install Pillow\n    raise ImportError({json.dumps(PILLOW_MISSING, ensure_ascii=False)}) from err", source)
 
 
 def remote_code_files() -> dict[str, str]:

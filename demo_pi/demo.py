@@ -6,8 +6,8 @@ Each episode is a fixed seed (`--seed`, `--seed + 1`, ...; the demonstrations us
 policy sees both cameras, the prompt and the state, and returns a chunk of velocities; the first
 `--replan-steps` are executed, then it is asked again, until the end-effector reaches the named block or the step budget
 runs out. The episodes run side by side: one model call per chunk for all unfinished episodes. It
-prints the success rate and the time per chunk, and draws every episode's scene and trajectory into
-one PNG (and, with `--gif`, an animation of the first episode).
+prints the success rate and the time per chunk, and draws every episode's scene, prompt, path and
+outcome into one PNG (and, with `--gif`, an animation of the first episode): see `pictures`.
 """
 
 import argparse
@@ -20,33 +20,29 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
 
+from .pictures import draw, save_animation
 from .recipe import HELD_OUT_SEEDS_START
 from .tabletop import Tabletop
 
 SHIPPED_MODEL = files(__package__) / "model"
 REPLAN_STEPS = 4  # of each 8-action chunk, as openpi's clients execute a prefix of each chunk
-FRAME_SIZE = 192  # pixels of the drawings
 
 
 @dataclass
 class Episode:
     seed: int
     env: Tabletop
-    path: list = field(default_factory=list)
-    frames: list = field(default_factory=list)
+    path: list = field(default_factory=list)  # the end-effector's positions, from the start
 
 
-def rollout(model, processor, seeds, num_steps: int | None = None, replan_steps: int = REPLAN_STEPS,
-            record_frames: bool = False) -> tuple[list[Episode], list[float]]:
+def rollout(model, processor, seeds, num_steps: int | None = None,
+            replan_steps: int = REPLAN_STEPS) -> tuple[list[Episode], list[float]]:
     """Runs the episodes to the end, executing the first `replan_steps` actions of each chunk before asking
     again; returns the episodes and the seconds of each model call (one chunk for all unfinished episodes)."""
     episodes = [Episode(int(seed), Tabletop.reset(int(seed))) for seed in seeds]
     for episode in episodes:
         episode.path.append(episode.env.effector.copy())
-    if record_frames:
-        episodes[0].frames.append(episodes[0].env.render(FRAME_SIZE))
     generator = torch.Generator(model.device).manual_seed(0)
     latencies = []
     options = {"num_steps": num_steps} if num_steps else {}
@@ -65,8 +61,6 @@ def rollout(model, processor, seeds, num_steps: int | None = None, replan_steps:
                     break
                 episode.env.step(action)
                 episode.path.append(episode.env.effector.copy())
-                if record_frames and episode is episodes[0]:
-                    episode.frames.append(episode.env.render(FRAME_SIZE))
     return episodes, latencies
 
 
@@ -79,20 +73,6 @@ def evaluate(folder: str | Path, seeds) -> int:
     model, processor = AutoModel.from_pretrained(folder).eval(), AutoProcessor.from_pretrained(folder)
     episodes, _ = rollout(model, processor, seeds)
     return sum(episode.env.success for episode in episodes)
-
-
-def draw(episodes: list[Episode], size: int = FRAME_SIZE, columns: int = 5) -> Image.Image:
-    """Every episode's table with the path taken (green: success, red: failure)."""
-    rows = -(-len(episodes) // columns)
-    sheet = Image.new("RGB", (columns * size, rows * size), "white")
-    for i, episode in enumerate(episodes):
-        start = Tabletop(episode.env.blocks, episode.env.target, episode.path[0])
-        tile = Image.fromarray(start.render(size))
-        pen = ImageDraw.Draw(tile)
-        pen.line([tuple(point * size) for point in episode.path], fill=(0, 160, 0) if episode.env.success else (200, 0, 0), width=2)
-        pen.text((4, 2), episode.env.target, fill=(0, 0, 0))
-        sheet.paste(tile, ((i % columns) * size, (i // columns) * size))
-    return sheet
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -119,16 +99,15 @@ def run(args: argparse.Namespace) -> int:
     model = AutoModel.from_pretrained(folder).to(args.device).eval()
     processor = AutoProcessor.from_pretrained(folder)
     seeds = range(args.seed, args.seed + args.episodes)
-    episodes, latencies = rollout(model, processor, seeds, args.num_steps, args.replan_steps, record_frames=bool(args.gif))
+    episodes, latencies = rollout(model, processor, seeds, args.num_steps, args.replan_steps)
     successes = sum(episode.env.success for episode in episodes)
-    print(f"{model.config.variant} from {folder}: {successes}/{len(episodes)} episodes reached the named block "
-          f"({100 * successes / len(episodes):.0f}%)")
+    rate = f"{successes}/{len(episodes)} episodes reached the named block ({100 * successes / len(episodes):.0f}%)"
+    print(f"{model.config.variant} from {folder}: {rate}")
     print(f"per chunk ({len(episodes)} episodes batched at first): median {1000 * statistics.median(latencies):.1f} ms, "
           f"{len(latencies)} chunks")
-    draw(episodes).save(args.output)
+    draw(episodes, f"{model.config.variant} from {args.model or 'demo_pi/model (shipped)'}: {rate}").save(args.output)
     print(f"wrote {args.output}")
     if args.gif:
-        frames = [Image.fromarray(frame) for frame in episodes[0].frames]
-        frames[0].save(args.gif, save_all=True, append_images=frames[1:], duration=400, loop=0)
+        save_animation(episodes[0], args.gif)
         print(f"wrote {args.gif}")
     return 0

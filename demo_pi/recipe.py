@@ -28,7 +28,7 @@ from configuration_pi import PiConfig
 from processing_pi import PiImageProcessor, PiProcessor
 
 from .demonstrations import IMAGE_KEYS, write_demonstrations
-from .tabletop import CAMERAS, COLORS, IMAGE_SIZE
+from .tabletop import CAMERAS, COLORS, IMAGE_SIZE, prompt_for
 
 ACTION_HORIZON = 8
 # π0.5's prompt carries the state ("Task: ..., State: x y;\nAction: ", 17 tokens); π0's only the task (7).
@@ -102,9 +102,6 @@ SHIPPED_FILES = ("config.json", "model.safetensors", "processor_config.json", "t
 def ship(trained: Path, destination: Path, provenance: str) -> Path:
     """The trained folder's model, processor and loss curve, with a card saying how it was made; not its
     checkpoints, and not the remote code (the package that ships it has the code)."""
-    from modeling_pi import PiForActionGeneration
-    from model_cards import render_model_card
-
     if destination.exists():
         shutil.rmtree(destination)
     destination.mkdir(parents=True)
@@ -116,11 +113,21 @@ def ship(trained: Path, destination: Path, provenance: str) -> Path:
     processor_config = json.loads((destination / "processor_config.json").read_text())
     processor_config.pop("auto_map", None)
     (destination / "processor_config.json").write_text(json.dumps(processor_config, indent=2) + "\n")
-    model, processor = PiForActionGeneration.from_pretrained(destination), PiProcessor.from_pretrained(destination)
-    card = render_model_card(model.config, model.num_parameters(), "demo_pi/model", provenance, base_model=None,
-                             norm_stats=processor.norm_stats.to_dict())
-    card.save(destination / "README.md")
+    shipped_card(destination, provenance).save(destination / "README.md")
     return destination
+
+
+def shipped_card(folder: Path, provenance: str):
+    """The shipped folder's model card: its examples name it as `demo_pi/model` (they run from the repository's
+    root) and give the task's own instruction; it carries no code of its own, and a model trained from scratch has
+    no license or base model to name."""
+    from modeling_pi import PiForActionGeneration
+    from model_cards import render_model_card
+
+    model, processor = PiForActionGeneration.from_pretrained(folder), PiProcessor.from_pretrained(folder)
+    return render_model_card(model.config, model.num_parameters(), "demo_pi/model", provenance,
+                             norm_stats=processor.norm_stats.to_dict(), processor=processor, remote_code=False,
+                             example_prompt=prompt_for(next(iter(COLORS))))
 
 
 def main(argv: list[str] | None = None) -> int:

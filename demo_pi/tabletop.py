@@ -21,7 +21,7 @@ STEP_BUDGET = 40
 IMAGE_SIZE = 32
 CAMERAS = ("scene", "wrist")
 _TABLE, _BORDER, _EFFECTOR = (150, 150, 150), (40, 40, 40), (255, 255, 255)
-_BLOCK_HALF_WIDTH = 0.07  # of the table
+BLOCK_HALF_WIDTH = 0.07  # of the table
 WRIST_VIEW = 1.6  # table widths the wrist camera sees: blocks lie within 0.8 of the end-effector
 GRID = 4  # blocks sit at the centres of a 4 × 4 grid: the scene camera's 8-pixel patches
 _START_CLEARANCE = 0.2
@@ -91,7 +91,7 @@ class Tabletop:
         image = np.empty((size, size, 3), dtype=np.uint8)
         image[:] = _TABLE
         for color, center in self.blocks.items():
-            _square(image, center, _BLOCK_HALF_WIDTH, COLORS[color])
+            _square(image, center, BLOCK_HALF_WIDTH, COLORS[color])
         _ring(image, self.effector, 0.045, _EFFECTOR)
         return image
 

@@ -10,7 +10,9 @@ from transformers import AutoModel, AutoProcessor
 
 import modeling_pi  # noqa: F401
 import pi_cli
-from demo_pi.demo import SHIPPED_MODEL, rollout
+from demo_pi.demo import SHIPPED_MODEL, Episode, rollout
+from demo_pi.pictures import (ANIMATION_HEADER, ANIMATION_TABLE, HEADER, LAST_FRAME_MS, MARGIN, MISSED, REACHED, TABLE,
+                              TITLE, animation_frames, draw, panel_size, sheet_size)
 from demo_pi.demonstrations import expert_episode, write_demonstrations
 from demo_pi.recipe import HELD_OUT_SEEDS_START, init_model_folder, task_tokenizer, train_arguments
 from demo_pi.tabletop import COLORS, IMAGE_SIZE, MAX_SPEED, STEP_BUDGET, Tabletop
@@ -123,8 +125,55 @@ def test_the_shipped_policy_follows_the_prompt_not_a_habit(shipped):
 
 
 def test_pi_demo_prints_the_success_rate_and_draws_the_episodes(tmp_path, capsys):
-    code = pi_cli.main(["demo", "--episodes", "5", "--output", str(tmp_path / "demo.png"), "--gif", str(tmp_path / "demo.gif")])
+    code = pi_cli.main(["demo", "--episodes", "7", "--output", str(tmp_path / "demo.png"), "--gif", str(tmp_path / "demo.gif")])
     out = capsys.readouterr().out
     assert code == 0 and "episodes reached the named block" in out and "per chunk" in out
-    assert Image.open(tmp_path / "demo.png").size == (5 * 192, 192)
-    assert Image.open(tmp_path / "demo.gif").n_frames >= 2
+    assert Image.open(tmp_path / "demo.png").size == sheet_size(7) == (5 * panel_size()[0], TITLE + 2 * panel_size()[1] + 40)
+    gif = Image.open(tmp_path / "demo.gif")
+    assert gif.size == panel_size(ANIMATION_TABLE, ANIMATION_HEADER) and gif.size[0] > 2 * 192 and gif.n_frames >= 2
+
+
+def _near(image: Image.Image, box, color, tolerance: int = 40) -> bool:
+    """Some pixel in `box` of `image` is within `tolerance` of `color` (text is anti-aliased)."""
+    pixels = np.asarray(image.crop(box).convert("RGB")).astype(int)
+    return bool((np.abs(pixels - color).max(-1) <= tolerance).any())
+
+
+def _episode_along_the_edge() -> Episode:
+    """A failed episode whose end-effector slid along the table's top edge, where the old sheet hid it."""
+    blocks = {"red": np.array([0.125, 0.625]), "green": np.array([0.625, 0.875]), "blue": np.array([0.875, 0.375])}
+    env = Tabletop(blocks, "red", np.array([0.9, 0.0]), steps=STEP_BUDGET)
+    path = [np.array([x, 0.0]) for x in np.linspace(0.2, 0.9, STEP_BUDGET + 1)]
+    return Episode(0, env, path)
+
+
+def test_the_sheet_shows_a_failed_path_along_the_edge_the_prompt_and_the_outcome():
+    failed, reached = _episode_along_the_edge(), Episode(1, Tabletop.reset(1), [])
+    while not reached.env.done:
+        reached.path.append(reached.env.effector.copy())
+        reached.env.step(reached.env.expert_action())
+    reached.path.append(reached.env.effector.copy())
+    sheet = draw([failed, reached], "title")
+    width, height = panel_size()
+    assert sheet.size == sheet_size(2) == (2 * width, TITLE + height + 40)
+    edge_row = TITLE + HEADER + MARGIN  # y = 0 on the first panel's table
+    for x in (0.3, 0.5, 0.8):
+        assert sheet.getpixel((MARGIN + round(x * TABLE), edge_row)) == MISSED
+    assert _near(sheet, (0, TITLE + HEADER // 2, width, TITLE + HEADER), MISSED)  # the outcome, in the path's colour
+    assert _near(sheet, (width, TITLE + HEADER // 2, 2 * width, TITLE + HEADER), REACHED)
+    assert _near(sheet, (0, TITLE, width, TITLE + HEADER // 2), (20, 20, 20))  # the prompt
+    legend = (0, sheet.height - 40, sheet.width, sheet.height)
+    assert _near(sheet, legend, REACHED, 0) and _near(sheet, legend, MISSED, 0)
+
+
+def test_the_animation_draws_the_path_as_it_goes_and_ends_on_the_outcome():
+    episode = _episode_along_the_edge()
+    frames, durations = animation_frames(episode)
+    assert len(frames) == len(durations) == len(episode.path) and durations[-1] == LAST_FRAME_MS > durations[0]
+    assert {frame.size for frame in frames} == {panel_size(ANIMATION_TABLE, ANIMATION_HEADER)}
+    row = ANIMATION_HEADER + MARGIN
+    behind = (MARGIN + round(0.25 * ANIMATION_TABLE), row)  # passed early in the episode
+    assert frames[0].getpixel(behind) != frames[len(frames) // 2].getpixel(behind) == (255, 255, 255)
+    assert frames[-1].getpixel(behind) == MISSED
+    outcome = (0, ANIMATION_HEADER // 2, frames[-1].width, ANIMATION_HEADER)
+    assert _near(frames[-1], outcome, MISSED) and not _near(frames[-2], outcome, MISSED)

@@ -116,6 +116,32 @@ with torch.no_grad():
     assert torch.equal(torch.load(tmp_path / "actions.pt"), expected)
 
 
+_BLOCK_PILLOW = """
+class NoPillow(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] == "PIL":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, NoPillow())
+"""
+
+
+def test_without_pillow_the_remote_processor_says_what_to_install(published, tmp_path):
+    folder = published("pi05")
+    script = _BLOCK_THIS_PROJECT + _BLOCK_PILLOW + f"""
+from transformers import AutoModel, AutoProcessor
+AutoModel.from_pretrained({str(folder)!r}, trust_remote_code=True)  # the model's code needs no Pillow
+try:
+    AutoProcessor.from_pretrained({str(folder)!r}, trust_remote_code=True)
+except ImportError as err:
+    print(err)
+else:
+    raise SystemExit("the processor loaded without Pillow: the test proves nothing")
+"""
+    result = _python(script, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "the π processor needs Pillow: pip install pillow"
+
+
 def test_with_this_project_installed_nothing_from_the_folder_is_executed(published, tmp_path):
     folder = published("pi05")
     script = f"""
