@@ -128,6 +128,7 @@ def test_ablation_rows_are_timed_beside_ours_and_transformers(capsys):
         main(["--ablations", "no-such-thing"])
 
 
+@pytest.mark.slow
 def test_ablations_that_change_training_time_a_training_step_too(capsys):
     rows = main(["--sizes", "tiny", "--variants", "pi0,pi0_fast", "--repeats", "1", "--absent-cameras", "1",
                  "--ablations", "prefix-trimming,in-place-mlp,logit-skipping"])

@@ -81,6 +81,7 @@ def _losses(output) -> list[float]:
     return [entry["loss"] for entry in state["log_history"] if "loss" in entry]
 
 
+@pytest.mark.slow
 def test_the_recipes_first_training_steps_lower_the_loss(tmp_path):
     dataset = write_demonstrations(tmp_path / "demos", range(40))
     init = init_model_folder(tmp_path / "init")

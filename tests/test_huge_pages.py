@@ -32,6 +32,7 @@ def test_the_summary_gives_medians_ratios_in_the_same_rounds_and_each_pair_s_gai
     assert "| 1 | ours | 15.00 | 0.80 | 45 | 0.66 |" in huge_pages.table(list(rows.values()))
 
 
+@pytest.mark.slow
 def test_each_setting_runs_in_its_own_process_whatever_the_caller_s_environment(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", "1")  # the "off" processes must not inherit it
     rows = huge_pages.main(["--size", "tiny", "--processes", "2", "--repeats", "1", "--steps", "2",
