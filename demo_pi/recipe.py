@@ -89,7 +89,7 @@ def train_arguments(model: Path, dataset: Path, output: Path, steps: int, batch_
     statistics recomputed in float64 over every frame, as the shipped model was (the demonstrations' stats.json
     holds float32 ones)."""
     camera_map = [f"{key}={camera}" for camera, key in IMAGE_KEYS.items()]
-    return ["train", "--model", str(model), "--dataset", str(dataset), "--output", str(output), "--full",
+    return ["--model", str(model), "--dataset", str(dataset), "--output", str(output), "--full",
             "--steps", str(steps), "--batch-size", str(batch_size), "--learning-rate", str(learning_rate),
             "--warmup-steps", str(min(200, steps // 10)), "--logging-steps", str(max(1, steps // 50)),
             "--save-steps", str(steps), "--recompute-stats", "--camera-map", *camera_map]
@@ -130,9 +130,14 @@ def shipped_card(folder: Path, provenance: str):
                              example_prompt=prompt_for(next(iter(COLORS))))
 
 
-def main(argv: list[str] | None = None) -> int:
-    import pi_cli
+def train_with(arguments: list[str]) -> int:
+    """`pi train` with these arguments, run through training_pi's own parser and entry point (not the CLI)."""
+    from training_pi import train
 
+    return train.run(train.add_arguments(argparse.ArgumentParser(prog="pi train")).parse_args(arguments))
+
+
+def main(argv: list[str] | None = None) -> int:
     from .demo import evaluate
 
     parser = argparse.ArgumentParser(prog="python -m demo_pi.recipe", description=__doc__.split("\n\n")[0])
@@ -154,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     seeds = range(TRAIN_SEEDS_START, TRAIN_SEEDS_START + args.episodes)
     dataset = write_demonstrations(run / "demonstrations", seeds, args.perturbation)
     init = init_model_folder(run / "init", args.variant, args.seed)
-    code = pi_cli.main(train_arguments(init, dataset, run / "model", args.steps, args.batch_size, args.learning_rate))
+    code = train_with(train_arguments(init, dataset, run / "model", args.steps, args.batch_size, args.learning_rate))
     if code:
         return code
     minutes = (time.perf_counter() - start) / 60

@@ -95,6 +95,9 @@ class PiPreTrainedModel(PreTrainedModel):
 class PiForActionGeneration(PiPreTrainedModel):
     """π0 / π0.5 / π0-FAST: `forward` is the training pass, `generate_actions` produces an action chunk."""
 
+    VISION_MODULES = ("vision_tower", "multi_modal_projector")
+    GEMMA_STACKS = ("language_model", "action_expert")
+
     def __init__(self, config: PiConfig):
         super().__init__(config)
         vision, text = config.vision_config, config.text_config
@@ -123,6 +126,12 @@ class PiForActionGeneration(PiPreTrainedModel):
             self.state_proj = nn.Linear(config.action_dim, width)
             self.action_time_mlp_in = nn.Linear(2 * width, width)
             self.action_time_mlp_out = nn.Linear(width, width)
+
+    def flow_head_modules(self) -> list[str]:
+        """The names of the flow head's projections (state, actions, flow time): every module outside the vision
+        tower, the projector, the Gemma stacks and π0-FAST's output head. None for π0-FAST."""
+        others = {*self.VISION_MODULES, *self.GEMMA_STACKS, "lm_head"}
+        return [name for name, module in self.named_children() if module is not None and name not in others]
 
     def get_input_embeddings(self):
         return self.language_model.embed_tokens

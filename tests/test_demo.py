@@ -14,7 +14,7 @@ from demo_pi.demo import SHIPPED_MODEL, Episode, rollout
 from demo_pi.pictures import (ANIMATION_HEADER, ANIMATION_TABLE, HEADER, LAST_FRAME_MS, MARGIN, MISSED, REACHED, TABLE,
                               TITLE, animation_frames, draw, panel_size, sheet_size)
 from demo_pi.demonstrations import expert_episode, write_demonstrations
-from demo_pi.recipe import HELD_OUT_SEEDS_START, init_model_folder, task_tokenizer, train_arguments
+from demo_pi.recipe import HELD_OUT_SEEDS_START, init_model_folder, task_tokenizer, train_arguments, train_with
 from demo_pi.tabletop import COLORS, IMAGE_SIZE, MAX_SPEED, STEP_BUDGET, Tabletop
 from training_pi import LeRobotDataset
 
@@ -87,7 +87,7 @@ def test_the_recipes_first_training_steps_lower_the_loss(tmp_path):
     init = init_model_folder(tmp_path / "init")
     arguments = train_arguments(init, dataset, tmp_path / "run", steps=60, batch_size=16, learning_rate=1e-3)
     arguments[arguments.index("--logging-steps") + 1] = "10"
-    assert pi_cli.main(arguments) == 0
+    assert train_with(arguments) == 0
     losses = _losses(tmp_path / "run")
     assert len(losses) == 6 and np.mean(losses[-2:]) < 0.7 * losses[0], losses
 

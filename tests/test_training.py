@@ -60,7 +60,8 @@ def test_lora_presets_match_the_reference(variant):
                     if ("language_model" in n or "action_expert" in n) and "lora_" not in n and p.requires_grad]
     assert frozen_gemma == []  # the Gemma weights under adapters do not train...
     trains = {n.split(".")[2] for n, p in peft_model.named_parameters() if p.requires_grad and "lora_" not in n}
-    assert "vision_tower" in trains  # ...the rest does, as in the reference
+    outside_gemma = {n.split(".")[0] for n, _ in model.named_parameters()} - {"language_model", "action_expert"}
+    assert trains == outside_gemma  # ...the rest does (vision, projector, every flow projection), as in the reference
     frozen_vision = lora_config(model, freeze_vision=True).modules_to_save
     assert "vision_tower" not in frozen_vision and "multi_modal_projector" not in frozen_vision
     with pytest.raises(ValueError, match="preset"):

@@ -4,16 +4,14 @@ The reference's `gemma_2b_lora` puts rank-16 adapters (alpha = rank) on the atte
 projections of the language model; `gemma_300m_lora` puts rank-32 ones on the action expert's. The
 Gemma weights under adapters are frozen; everything outside the Gemma stacks (vision tower, projector,
 flow projections) keeps training, as in the reference — or is frozen too with `freeze_vision` for the
-vision tower and projector.
+vision tower and projector. Which modules those are, the model says (`VISION_MODULES`,
+`flow_head_modules()`), so that a head renamed there still trains here.
 """
 
 from peft import LoraConfig, PeftModel, get_peft_model
 
 PROJECTIONS = r"(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
 LORA_PRESETS = {"gemma_2b_lora": ("language_model", 16), "gemma_300m_lora": ("action_expert", 32)}
-VISION = ("vision_tower", "multi_modal_projector")
-FLOW_PROJECTIONS = ("action_in_proj", "action_out_proj", "state_proj", "action_time_mlp_in", "action_time_mlp_out",
-                    "time_mlp_in", "time_mlp_out")
 
 
 def lora_config(model, presets: tuple[str, ...] | None = None, freeze_vision: bool = False) -> LoraConfig:
@@ -27,7 +25,7 @@ def lora_config(model, presets: tuple[str, ...] | None = None, freeze_vision: bo
     if any(stack == "action_expert" for stack, _ in stacks) and model.action_expert is None:
         raise ValueError("gemma_300m_lora adapts the action expert, which π0-FAST does not have.")
     ranks = {rf"^{stack}\..*": rank for stack, rank in stacks}
-    trainable = [name for name in (*(() if freeze_vision else VISION), *FLOW_PROJECTIONS) if hasattr(model, name)]
+    trainable = [*(() if freeze_vision else model.VISION_MODULES), *model.flow_head_modules()]
     first_rank = stacks[0][1]
     return LoraConfig(
         r=first_rank,
@@ -48,5 +46,5 @@ def apply_lora(model, presets: tuple[str, ...] | None = None, freeze_vision: boo
 def set_full_finetuning(model, freeze_vision: bool = False):
     """Every parameter trains, except the vision tower and projector with `freeze_vision`."""
     for name, param in model.named_parameters():
-        param.requires_grad = not (freeze_vision and name.startswith(VISION))
+        param.requires_grad = not (freeze_vision and name.startswith(model.VISION_MODULES))
     return model
