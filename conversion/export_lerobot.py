@@ -33,9 +33,7 @@ LeRobot). Written by hand: LeRobot's folder layout is its own, and LeRobot is no
 import argparse
 import json
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
@@ -43,8 +41,8 @@ from safetensors.torch import save_file
 
 from configuration_pi import PiConfig
 from configuration_pi.configuration_pi import _GEMMA_2B, _GEMMA_300M, _SIGLIP_SO400M
-from conversion.convert_lerobot import load_safetensors
-from conversion.hf_folder import ConversionError, check_complete, check_output
+from conversion.convert_lerobot import EMBEDDING, IMAGE_PREFIX, LEROBOT_QUERY_HEADS, NORM_MODES, load_safetensors
+from conversion.hf_folder import ConversionError, check_complete, check_output, staged_folder
 from processing_pi import PiProcessor
 from processing_pi.processing_pi import PROCESSOR_CONFIG
 
@@ -57,7 +55,6 @@ _PREFIXES = [  # ours -> LeRobot's (below the policy prefix), first match wins
     ("lm_head.", "paligemma_with_expert.paligemma.lm_head."),
     ("action_expert.", "paligemma_with_expert.gemma_expert.model."),
 ]
-EMBEDDING = "language_model.embed_tokens.weight"
 PALIGEMMA_HEAD = f"{POLICY_PREFIX}paligemma_with_expert.paligemma.lm_head.weight"
 EXPERT_HEAD = f"{POLICY_PREFIX}paligemma_with_expert.gemma_expert.lm_head.weight"
 
@@ -67,12 +64,11 @@ GEMMA_SIZES = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_att
                "head_dim")
 SIGLIP_SIZES = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "patch_size")
 LEROBOT_VOCAB = _GEMMA_2B["vocab_size"]
-LEROBOT_QUERY_HEADS = _GEMMA_2B["num_attention_heads"]  # every variant of LeRobot's table has it
 DEFAULT_VARIANTS = ("gemma_2b", "gemma_300m")  # LeRobot's defaults, named where the sizes are custom
 
 # LeRobot's feature keys, normaliser and tokenizers
-IMAGE_PREFIX, STATE, ACTION = "observation.images.", "observation.state", "action"
-NORM_MAPPING = {"zscore": "MEAN_STD", "quantile": "QUANTILES"}
+STATE, ACTION = "observation.state", "action"
+NORM_MAPPING = {ours: theirs for theirs, ours in NORM_MODES.items()}  # z-score -> MEAN_STD ...
 STAT_KEYS = {"state": STATE, "actions": ACTION}
 NORMALISER_EPS = 1e-8  # LeRobot's NormalizerProcessorStep default
 PALIGEMMA_TOKENIZER = "google/paligemma-3b-pt-224"  # the Hub names LeRobot's π processors load
@@ -164,17 +160,11 @@ def lerobot_variants(config: PiConfig) -> tuple[dict[str, str], dict[str, str]]:
 # ---- the robot and its statistics ---------------------------------------------------------------------
 
 
-def _stats_dim(stats) -> int | None:
-    values = [value for value in vars(stats).values() if value is not None] if stats is not None else []
-    return len(values[0]) if values else None
-
-
 def robot_dims(processor: PiProcessor, path: Path) -> tuple[int, int]:
     """The robot's own state and action dims (LeRobot's `observation.state` and `action` shapes)."""
     stats, robot = processor.norm_stats, processor.robot
-    state = _stats_dim(stats.state if stats else None) or (robot.state_dim if robot else None)
-    action = (processor.robot_action_dim or (robot.action_dim if robot else None)
-              or _stats_dim(stats.actions if stats else None))
+    state = (stats.state.dim if stats and stats.state else None) or (robot.state_dim if robot else None)
+    action = processor.robot_action_dim_source()[0]
     missing = [name for name, dim in (("state", state), ("action", action)) if not dim]
     if missing:
         raise ConversionError(
@@ -325,17 +315,6 @@ def read_folder(folder: Path) -> tuple[PiConfig, PiProcessor, dict[str, torch.Te
     return config, processor, state_dict
 
 
-def _publish(staging: Path, output: Path) -> None:
-    """Gives the staged files the usual permissions (mkdtemp makes the folder private), then renames it into place."""
-    umask = os.umask(0)
-    os.umask(umask)
-    for path in (staging, *staging.rglob("*")):
-        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
-    if output.exists():
-        output.rmdir()
-    staging.rename(output)
-
-
 def preprocessing_note(config: PiConfig, processor: PiProcessor) -> str | None:
     """A line for folders that follow openpi's pre-processing, which LeRobot's pipeline does not reproduce."""
     if processor.conventions == "lerobot":
@@ -369,17 +348,11 @@ def export_lerobot(folder: str | os.PathLike, output: str | os.PathLike, allow_c
     stats = normaliser_stats(processor, dims)
     settings = lerobot_config(config, processor, dims, names, weights_dtype(state_dict))
 
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-    try:
+    with staged_folder(output) as staging:
         (staging / "config.json").write_text(json.dumps(settings, indent=4) + "\n")
         save_file(tensors, staging / "model.safetensors")
         write_pipeline(staging, PREPROCESSOR, preprocessor_steps(config, processor, dims), stats)
         write_pipeline(staging, POSTPROCESSOR, postprocessor_steps(config, processor, dims), stats)
-        _publish(staging, output)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     if unbuildable:
         log(f"note: sizes LeRobot's table does not have ({', '.join(unbuildable)}): unpatched LeRobot cannot load "
             f"{output}; its config.json names {' / '.join(names.values())}, which a patched LeRobot must build at "

@@ -2,6 +2,7 @@
 fill (names, shapes, finite values), and the atomic writing of the Hugging Face folder (config, sharded safetensors, model card,
 processor, remote code)."""
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -99,6 +100,27 @@ def check_output(output: str | os.PathLike) -> Path:
     return output
 
 
+@contextlib.contextmanager
+def staged_folder(output: Path):
+    """A private staging folder beside `output` to write into; renamed into place (with the usual permissions)
+    when the block completes, removed when it fails, so that a failed write leaves nothing behind."""
+    output = check_output(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    try:
+        yield staging
+        umask = os.umask(0)
+        os.umask(umask)
+        for path in (staging, *staging.rglob("*")):  # mkdtemp makes the folder private; publish it normally
+            path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
+        if output.exists():
+            output.rmdir()
+        staging.rename(output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
 def write_folder(
     output: Path,
     config: PiConfig,
@@ -118,9 +140,7 @@ def write_folder(
 
     output = check_output(output)
     check_finite(state_dict, source)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-    try:
+    with staged_folder(output) as staging:
         config.save_pretrained(staging)
         save_torch_state_dict(state_dict, staging)
         num_parameters = sum(t.numel() for t in state_dict.values())
@@ -132,14 +152,4 @@ def write_folder(
         if processor is not None:
             processor.save_pretrained(staging)
         add_remote_code(staging)
-        if output.exists():
-            output.rmdir()
-        umask = os.umask(0)
-        os.umask(umask)
-        for path in (staging, *staging.rglob("*")):  # mkdtemp makes the folder private; publish it normally
-            path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
-        staging.rename(output)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return output
