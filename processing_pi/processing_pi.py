@@ -365,16 +365,24 @@ class PiProcessor(ProcessorMixin):
         )
         return next(((dim, source) for source, dim in candidates if dim), (None, None))
 
-    def _decode_fast(self, rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    def fast_chunk_shape(self) -> tuple[int, int]:
+        """π0-FAST: the (horizon, robot action dims) its tokens decode to; a `ValueError` saying how to set them when
+        the processor does not know them (then no generated token can become an action)."""
         horizon = self.action_horizon or self.action_tokenizer.time_horizon
         dim = self._robot_action_dim()
         if not horizon or not dim:
             raise ValueError("Decoding FAST tokens needs the chunk's horizon and action dim: set action_horizon and "
                              "robot_action_dim (or norm_stats), e.g. PiProcessor.from_pretrained(folder, robot_action_dim=N) "
                              "then .save_pretrained(folder), or convert with --robot-action-dim N / --norm-stats FILE.")
+        return horizon, dim
+
+    def _decode_fast(self, rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+        horizon, dim = self.fast_chunk_shape()
         start = self.tokenizer.encode("Action: ", add_special_tokens=False)
         if self.conventions == "lerobot":
-            fast_rows, well_formed = zip(*(self._lerobot_fast_ids(row, start) for row in rows))
+            bar = self.tokenizer.convert_tokens_to_ids("|")
+            bar = None if bar == self.tokenizer.unk_token_id else bar  # a vocabulary without "|": no cut
+            fast_rows, well_formed = zip(*(self._lerobot_fast_ids(row, start, bar) for row in rows))
         else:
             end = set(self.tokenizer.encode("|", add_special_tokens=False)) | {self.tokenizer.eos_token_id}
             fast_rows = [self._fast_ids(row, start, end) for row in rows]
@@ -392,10 +400,9 @@ class PiProcessor(ProcessorMixin):
                 return fast_ids_to_vocab(body[:stop], len(self.tokenizer))
         return None
 
-    def _lerobot_fast_ids(self, row: list[int], start: list[int]) -> tuple[list[int], bool]:
-        """LeRobot's reading of generated ids: everything before the first "|", with every "Action: " taken out,
-        mapped back from the vocabulary; well-formed when it began with "Action: "."""
-        bar = self.tokenizer.get_vocab().get("|")
+    def _lerobot_fast_ids(self, row: list[int], start: list[int], bar: int | None) -> tuple[list[int], bool]:
+        """LeRobot's reading of generated ids: everything before the first "|" (id `bar`), with every "Action: "
+        taken out, mapped back from the vocabulary; well-formed when it began with "Action: "."""
         body = row[: row.index(bar)] if bar in row else row
         ids, i = [], 0
         while i < len(body):
