@@ -11,11 +11,13 @@ statistics, or a π0-FAST processor that cannot decode is described anyway, with
 
 import argparse
 import json
+import math
 import os
-import struct
 import sys
 import textwrap
 from pathlib import Path
+
+from safetensors import safe_open
 
 from configuration_pi import PiConfig
 from processing_pi import PiProcessor
@@ -24,6 +26,7 @@ from processing_pi.processing_pi import PROCESSOR_CONFIG
 VARIANT_NAMES = {"pi0": "π0", "pi05": "π0.5", "pi0_fast": "π0-FAST"}
 WEIGHTS_INDEX = "model.safetensors.index.json"
 DTYPE_NAMES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+DTYPE_BYTES = {"F64": 8, "I64": 8, "F32": 4, "I32": 4, "F16": 2, "BF16": 2, "I16": 2, "U8": 1, "I8": 1, "BOOL": 1}
 COMPLETING = "docs/conversion.md, \"Completing a converted folder\""
 
 
@@ -35,7 +38,7 @@ class InfoError(ValueError):
 
 
 def read_weights(folder: Path) -> dict | None:
-    """Parameter count, dtypes and bytes from the safetensors headers (the index's shards, or every
+    """Parameter count, dtypes and bytes from the safetensors headers, read by `safe_open` (the index's shards, or every
     `*.safetensors` file); None when the folder holds no weights."""
     index = folder / WEIGHTS_INDEX
     if index.is_file():
@@ -46,23 +49,15 @@ def read_weights(folder: Path) -> dict | None:
         return None
     parameters, size, dtypes = 0, 0, set()
     for path in files:
-        for name, entry in _safetensors_header(path).items():
-            if name == "__metadata__":
-                continue
-            count = 1
-            for dim in entry["shape"]:
-                count *= dim
-            parameters += count
-            size += entry["data_offsets"][1] - entry["data_offsets"][0]
-            dtypes.add(entry["dtype"])
+        with safe_open(path, "pt") as weights:  # reads the header; no tensor is loaded
+            for name in weights.keys():
+                tensor = weights.get_slice(name)
+                count = math.prod(tensor.get_shape())
+                dtype = tensor.get_dtype()
+                parameters += count
+                size += count * DTYPE_BYTES[dtype]
+                dtypes.add(dtype)
     return {"parameters": parameters, "bytes": size, "dtypes": sorted(dtypes), "files": [path.name for path in files]}
-
-
-def _safetensors_header(path: Path) -> dict:
-    """The JSON header of a safetensors file: an 8-byte little-endian length, then the JSON."""
-    with open(path, "rb") as file:
-        (length,) = struct.unpack("<Q", file.read(8))
-        return json.loads(file.read(length))
 
 
 def load_processor(folder: Path) -> tuple[PiProcessor | None, str | None]:
