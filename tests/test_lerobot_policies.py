@@ -19,6 +19,7 @@ import modeling_pi  # noqa: F401  (registers "pi" with the Auto classes)
 import pi_cli
 from conftest import FIXTURES, PROCESSOR
 from conversion.convert_lerobot import architecture_from_shapes, rename_state_dict
+from conversion.export_lerobot import lerobot_name
 from modeling_pi import PiConfig
 
 LEROBOT = FIXTURES / "lerobot"
@@ -164,18 +165,11 @@ def test_the_unused_lm_head_of_a_flow_policy_is_dropped_and_said(tmp_path, capsy
 
 
 def _lerobot_tensors(variant: str, sizes: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """Random weights under LeRobot's names for a π model of `sizes` (ours -> LeRobot's naming)."""
+    """Random weights under LeRobot's names for a π model of `sizes` (the export's naming, the importer's inverse)."""
     config = PiConfig(variant=variant, **sizes)
     with torch.device("meta"):
         shapes = {name: tuple(t.shape) for name, t in modeling_pi.PiForActionGeneration(config).state_dict().items()}
-    renames = [("vision_tower.", "paligemma_with_expert.paligemma.model.vision_tower.vision_model."),
-               ("multi_modal_projector.", "paligemma_with_expert.paligemma.model.multi_modal_projector.linear."),
-               ("language_model.", "paligemma_with_expert.paligemma.model.language_model."),
-               ("action_expert.", "paligemma_with_expert.gemma_expert.model."), ("lm_head.", "paligemma_with_expert.paligemma.lm_head.")]
-    tensors = {}
-    for name, shape in shapes.items():
-        theirs = next((new + name.removeprefix(old) for old, new in renames if name.startswith(old)), name)
-        tensors["model." + theirs.replace(".modulation.", ".dense.")] = torch.randn(shape, generator=generator)
+    tensors = {lerobot_name(name): torch.randn(shape, generator=generator) for name, shape in shapes.items()}
     embedding = tensors["model.paligemma_with_expert.paligemma.model.language_model.embed_tokens.weight"]
     tensors.setdefault("model.paligemma_with_expert.paligemma.lm_head.weight", embedding + 0.01)
     return tensors
