@@ -47,7 +47,7 @@ from configuration_pi import PiConfig
 from configuration_pi.configuration_pi import DEFAULT_IMAGE_KEYS, FLOW_VARIANTS
 from conversion.hf_folder import DTYPES, ConversionError, build_processor, check_complete, check_output, write_folder
 from conversion.push import add_publish_arguments, card_options, publish
-from processing_pi.normalization import ArrayStats, NormStats
+from processing_pi.normalization import NEEDED_STATS, ArrayStats, NormStats
 
 LEROBOT_VARIANTS = {"pi0": "pi0", "pi05": "pi05", "pi0_fast": "pi0_fast", "pi0fast": "pi0_fast"}
 LEROBOT_QUERY_HEADS = 8  # LeRobot's joint attention reshapes its output to 8 heads; all its Gemma variants have 8
@@ -321,10 +321,9 @@ def lerobot_norm_stats(folder: Path) -> tuple[NormStats | None, str | None]:
     with safe_open(path, "pt") as stats_file:
         flat = {key: stats_file.get_tensor(key).double().numpy() for key in stats_file.keys()}
     mode = modes.pop()
-    needed = ("mean", "std") if mode == "zscore" else ("q01", "q99")
     stats = {}
     for theirs, ours in (("observation.state", "state"), ("action", "actions")):
-        missing = [f"{theirs}.{name}" for name in needed if f"{theirs}.{name}" not in flat]
+        missing = [f"{theirs}.{name}" for name in NEEDED_STATS[mode] if f"{theirs}.{name}" not in flat]
         if missing:
             raise ConversionError(f"{path}: the {mode} normaliser needs {', '.join(missing)}, which the file lacks.")
         stats[ours] = ArrayStats(**{name: flat.get(f"{theirs}.{name}") for name in ("mean", "std", "q01", "q99")})

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 MODES = ("zscore", "quantile")
+NEEDED_STATS = {"zscore": ("mean", "std"), "quantile": ("q01", "q99")}  # what each mode reads
 CONVENTIONS = ("openpi", "lerobot")
 EPS = 1e-6
 LEROBOT_EPS = 1e-8
@@ -49,8 +50,7 @@ class ArrayStats:
         return len(self.mean if self.mean is not None else self.q01)
 
     def require(self, mode: str, key: str) -> None:
-        needed = ("mean", "std") if mode == "zscore" else ("q01", "q99")
-        missing = [name for name in needed if getattr(self, name) is None]
+        missing = [name for name in NEEDED_STATS[mode] if getattr(self, name) is None]
         if missing:
             raise ValueError(f"{mode} normalisation of {key} needs {', '.join(missing)}, which the statistics lack.")
 

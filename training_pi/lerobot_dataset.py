@@ -31,7 +31,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from processing_pi import NormStats
-from processing_pi.normalization import LEROBOT_KEYS, ArrayStats
+from processing_pi.normalization import LEROBOT_KEYS, NEEDED_STATS, ArrayStats
 
 STATE, ACTION = "observation.state", "action"
 
@@ -238,7 +238,6 @@ class LeRobotDataset(torch.utils.data.Dataset):
 
 
 _RECOMPUTE = "; `pi train --recompute-stats` computes the statistics from the frames instead."
-NEEDED_STATS = {"zscore": ("mean", "std"), "quantile": ("q01", "q99")}  # what each normalisation mode reads
 
 
 def dataset_norm_stats(dataset: LeRobotDataset, mode: str) -> NormStats:
