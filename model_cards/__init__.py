@@ -22,7 +22,6 @@ from importlib.resources import files
 
 import jinja2
 import numpy as np
-import torch
 from huggingface_hub import ModelCard, ModelCardData
 
 from configuration_pi.configuration_pi import _GEMMA_2B, _GEMMA_300M, _SIGLIP_SO400M
@@ -117,33 +116,23 @@ def _prompt_holds(processor, prompt: str, state_dims: int) -> bool:
     return True
 
 
-def _chunk_shape(config, processor) -> list[int]:
-    """The shape of one example's chunk as `post_process` returns it (the processor's own answer)."""
-    if processor is None:
-        return [1, config.action_horizon, config.action_dim]
-    if config.is_flow:
-        generated = torch.zeros(1, config.action_horizon, config.action_dim)
-    else:  # no action tokens: the fallback chunk, of the decoded shape
-        generated = torch.zeros(1, 1, dtype=torch.long)
-    return list(processor.post_process(generated).actions.shape)
-
-
 def _decoding_options(config, processor, state_dims: int) -> dict:
-    """π0-FAST decodes into a chunk of the robot's action dims and the model's horizon; what a folder's processor
-    does not record (no statistics, no robot) the examples give, the dims as many as the state's. Returns the
-    chunk's shape, those options and the note that says so."""
-    missing = {"robot_action_dim": ("the robot's action dims", state_dims),
-               "action_horizon": ("the chunk's length", config.action_horizon)}
-    tries = ((), ("robot_action_dim",), ("action_horizon",), ("robot_action_dim", "action_horizon"))
-    for names in tries if processor is not None and not config.is_flow else ((),):
-        options = {name: missing[name][1] for name in names}
-        try:
-            shape = _chunk_shape(config, processor.replace(**options) if options else processor)
-        except ValueError:  # the processor cannot decode without them
-            continue
-        return {"chunk_shape": shape, "processor_options": "".join(f", {k}={v}" for k, v in options.items()),
-                "decoding_note": " and ".join(missing[name][0] for name in names)}
-    return {"chunk_shape": [1, config.action_horizon, state_dims], "processor_options": "", "decoding_note": ""}
+    """The shape of one example's chunk as `post_process` returns it, and, for a π0-FAST folder whose processor
+    does not record what its tokens decode to (no statistics, no robot), the options the examples give it: the
+    model's horizon and as many action dims as the state's, with the note that says so."""
+    robot_dims = processor.robot_action_dim_source()[0] if processor is not None else None
+    if processor is None or config.is_flow:
+        return {"chunk_shape": [1, config.action_horizon, robot_dims or config.action_dim], "processor_options": "",
+                "decoding_note": ""}
+    missing = {}
+    if robot_dims is None:
+        missing["robot_action_dim"] = ("the robot's action dims", state_dims)
+    if not (processor.action_horizon or processor.action_tokenizer.time_horizon):
+        missing["action_horizon"] = ("the chunk's length", config.action_horizon)
+    horizon = processor.action_horizon or processor.action_tokenizer.time_horizon or config.action_horizon
+    return {"chunk_shape": [1, horizon, robot_dims or state_dims],
+            "processor_options": "".join(f", {name}={value}" for name, (_, value) in missing.items()),
+            "decoding_note": " and ".join(what for what, _ in missing.values())}
 
 
 def usage(config, processor, repo_id: str, remote_code: bool, prompt: str = EXAMPLE_PROMPT) -> dict:
