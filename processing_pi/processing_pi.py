@@ -429,7 +429,11 @@ class PiProcessor(ProcessorMixin):
         and tokenizer) changed, checked as at construction."""
         _check_names(changes, "PiProcessor.replace")
         current = {name: getattr(self, name) for name in OVERRIDES}
-        return type(self)(self.image_processor, self.tokenizer, **{**current, **changes})
+        image_processor = self.image_processor
+        if "conventions" in changes:  # the image processor resizes by the processor's conventions
+            image_processor = PiImageProcessor(size=image_processor.size, float_range=image_processor.float_range,
+                                               conventions=changes["conventions"])
+        return type(self)(image_processor, self.tokenizer, **{**current, **changes})
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs):
         """Tokenizer files, `processor_config.json` (settings, image processor, norm stats) and the FAST tokenizer.
@@ -472,4 +476,6 @@ class PiProcessor(ProcessorMixin):
             **{name: config[name] for name in SETTINGS if name in config},
         }
         changes = {name: kwargs[name] for name in OVERRIDES if name in kwargs}
+        if "conventions" in changes:  # the image processor resizes by the processor's conventions
+            image_config["conventions"] = changes["conventions"]
         return cls(PiImageProcessor(**image_config), PreTrainedTokenizerFast.from_pretrained(folder), **{**saved, **changes})

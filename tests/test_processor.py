@@ -255,3 +255,11 @@ def test_a_chunk_with_a_non_finite_value_is_not_valid(tokenizer):
     huge = torch.zeros(1, 4, 32, dtype=torch.float64)
     huge[0, 0, 0] = 1e300  # finite in float64, infinite in the float32 the actions are returned in
     assert processor.post_process(huge).valid.tolist() == [False]
+
+
+def test_overriding_the_conventions_switches_the_image_processor_too(tokenizer, tmp_path):
+    _processor(tokenizer, "pi0").save_pretrained(tmp_path)
+    loaded = PiProcessor.from_pretrained(tmp_path, conventions="lerobot")
+    assert loaded.conventions == loaded.image_processor.conventions == "lerobot"
+    replaced = loaded.replace(conventions="openpi")
+    assert replaced.conventions == replaced.image_processor.conventions == "openpi"
