@@ -87,7 +87,7 @@ JOBS = {
     "info": ("what a π folder expects and returns: cameras, prompt, state and action dims, statistics",
              job("conversion.info")),
     "push": ("publish a π folder on the Hugging Face Hub", job("conversion.push")),
-    "generate": ("one action chunk from images, a prompt and a state", job("modeling_pi.robotics_pipeline")),
+    "generate": ("one action chunk from images, a prompt and a state", job("serving_pi.generate")),
     "demo": ("the shipped policy on the built-in tabletop task", job("demo_pi.demo")),
     "serve": ("serve a π model to openpi robot clients over websockets", job("serving_pi.server")),
     "train": ("fine-tune on a LeRobot v3 dataset", job("training_pi.train")),

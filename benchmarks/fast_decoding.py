@@ -1,5 +1,5 @@
-"""Decode speed of π0-FAST: milliseconds per generated token with and without the KV cache, and with
-decoding constrained to the FAST action range, on a small random-weight config.
+"""Decode speed of π0-FAST: milliseconds per generated token, free and constrained to the FAST action
+range, on a small random-weight config.
 
     python benchmarks/fast_decoding.py [--threads N] [--repeats N]
 
@@ -65,7 +65,6 @@ def main():
     action_range = torch.arange(vocab - 1 - SKIP - (FAST_VOCAB - 1), vocab - SKIP)  # FAST ids mapped into the vocab
     cases = {
         "KV cache": {},
-        "no cache (recompute the sequence)": {"use_cache": False},
         f"KV cache, constrained to {FAST_VOCAB} action ids": {"allowed_token_ids": action_range},
     }
     prefix_len = config.num_image_tokens * 3 + prompt

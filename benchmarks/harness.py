@@ -44,8 +44,8 @@ def flow_generate(model, inputs, steps, clock, ours: bool):
         clock.wrap(model.model.vlm, "get_image_features", "vision")
         clock.wrap(model.model.vlm, "forward", "prefix")
         return lambda: model.sample_actions(**inputs.transformers(), state=inputs.state, noise=inputs.noise, num_steps=steps)
-    if model._compiled_prefix is not None:
-        clock.wrap(model, "_compiled_prefix", "prefix")
+    if model.compiled_generation is not None and model.compiled_generation.compiles_prefix:
+        clock.wrap(model.compiled_generation, "prefix", "prefix")
     else:
         clock.wrap(model, "get_image_features", "vision")
         clock.wrap(model, "encode_prefix", "prefix")
@@ -55,7 +55,11 @@ def flow_generate(model, inputs, steps, clock, ours: bool):
 
 def fast_generate(model, inputs, clock):
     """π0-FAST decoding of `FAST_TOKENS` tokens, with its prefix pass wrapped for timing as "prefill"."""
-    clock.wrap(model, "encode_prefix" if model._compiled_prefix is None else "_compiled_prefix", "prefill")
+    compiled = model.compiled_generation
+    if compiled is not None and compiled.compiles_prefix:
+        clock.wrap(compiled, "prefix", "prefill")
+    else:
+        clock.wrap(model, "encode_prefix", "prefill")
 
     def decode(tokens: int = FAST_TOKENS):
         generated = model.decode_action_tokens(**inputs.ours(), max_new_tokens=tokens)
@@ -80,13 +84,14 @@ def train_step(model, inputs, ours: bool):
             postfix = real & (real.cumsum(dim=1) > real.sum(dim=1, keepdim=True) // 2)
             options = {"token_type_ids": postfix.long(), "labels": inputs.input_ids.masked_fill(~postfix, -100),
                        "output_logits": False}
-        forward = lambda: model(**inputs.ours(), **options).loss  # noqa: E731
+        forward = lambda **changed: model(**inputs.ours(), **{**options, **changed}).loss  # noqa: E731
     else:
         forward = lambda: model(**inputs.transformers(), state=inputs.state, noise=inputs.noise,  # noqa: E731
                                 timestep=inputs.timestep, actions=inputs.actions).loss.mean()
 
-    def step():
-        forward().backward()
+    def step(**changed):
+        """`changed`: arguments of our training pass that an ablation changes."""
+        forward(**changed).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
@@ -142,7 +147,7 @@ def _fast_arithmetic(decode, timing: dict) -> dict:
 
 def _eager(model) -> bool:
     """Not compiled: the arithmetic of compiled code is the counter's blind spot (and the eager twin's anyway)."""
-    return getattr(model, "_compiled_step", None) is None
+    return getattr(model, "compiled_generation", None) is None
 
 
 def time_training(models: dict, inputs, dtype, device, repeats: int, ablations=()) -> dict[str, dict]:
@@ -187,6 +192,8 @@ def _undone(model, ablations, run) -> dict:
 def bench_pi0_pair(size, dtype, device, args) -> list[dict]:
     theirs = transformers_pi0(size, device).to(dtype)
     ours = sharing_weights(theirs, max_token_len=args.prompt_length or 48)
+    if device.type == "cpu":
+        ours.optimize_for_cpu()  # as `pi serve` does: the `float32-products` ablation undoes it
     inputs = make_inputs(ours.config, args.batch, args.cameras, args.prompt_tokens, device, absent=args.absent_cameras)
     inputs.pixel_values = inputs.pixel_values.to(dtype)
     models = {"ours": ours, "transformers": theirs}
@@ -231,6 +238,8 @@ def _add_training(rows: list[dict], training: dict[str, dict]) -> None:
 
 def bench_ours_alone(variant, size, dtype, device, args) -> list[dict]:
     model = ours_alone(variant, size, args.prompt_length, device).to(dtype)
+    if device.type == "cpu":
+        model.optimize_for_cpu()
     models = {"ours": model}
     if args.compile:
         models[f"ours, compiled ({args.compile})"] = _compiled_twin(model, args.compile)

@@ -2,8 +2,10 @@
 
 The sequence is images, then a bidirectional prefix ("Task: ..., State: ...;\\n"), then a causal
 postfix ("Action: " + FAST ids + "|" + EOS); `token_type_ids` marks prefix (0) and postfix (1).
-Logits use the tied embedding table (or π0-FAST's own `lm_head` where the config unties it). Decoding runs the prefix once into an HF `StaticCache` with room
-for every new token, then one language-model step per new token against it.
+Logits use the tied embedding table (or π0-FAST's own `lm_head` where the config unties it). Decoding runs
+the prefix once into an HF `StaticCache` with room for every new token, then one language-model step per
+new token against it. Everything here goes through the model's public methods (`embed_prefix`,
+`attention_inputs`, `run_experts`, `lm_head_weight`).
 
 Written here rather than through `GenerationMixin.generate`: the prefix attends bidirectionally over
 image and prompt tokens, rows of a batch end their prompts at different lengths, and the reference
@@ -18,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from transformers.utils import ModelOutput
 
-from .joint_attention import block_causal_mask, last_valid_position
+from .joint_attention import block_causal_mask
 
 
 @dataclass
@@ -47,8 +49,8 @@ def fast_forward(
         input_ids, attention_mask, roles, labels = drop_unread_slots(input_ids, attention_mask, roles, labels)
     prefix, valid = model.embed_prefix(pixel_values, pixel_attention_mask, input_ids, attention_mask)
     ar = torch.cat([roles.new_zeros(valid.shape[0], valid.shape[1] - roles.shape[1]), roles], dim=1)
-    attention = model._attention_inputs(block_causal_mask(valid, ar), valid.long().cumsum(1) - 1, prefix)
-    hidden, _ = model._run_experts(prefix, None, *attention)
+    attention = model.attention_inputs(block_causal_mask(valid, ar), valid.long().cumsum(1) - 1, prefix)
+    hidden, _ = model.run_experts(prefix, None, *attention)
     hidden = hidden[:, -input_ids.shape[1] :]
     head = partial(F.linear, weight=model.lm_head_weight())
     logits = head(hidden) if output_logits else None
@@ -70,7 +72,8 @@ def drop_unread_slots(input_ids, attention_mask, token_type_ids, labels) -> tupl
     return input_ids[:, :keep], attention_mask[:, :keep], token_type_ids[:, :keep], labels[:, :keep]
 
 
-def _choose(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
+def choose_token(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
+    """[B, V] logits -> [B] ids: the argmax when `temperature` is 0, else a sample at that temperature."""
     if temperature == 0:
         return logits.argmax(dim=-1)
     probs = torch.softmax(logits / temperature, dim=-1)
@@ -80,14 +83,15 @@ def _choose(logits: torch.Tensor, temperature: float, generator: torch.Generator
 def decode_step(model, token_embeds: torch.Tensor, positions: torch.Tensor, seen: torch.Tensor, cache) -> torch.Tensor:
     """One new token per row [B, 1, D] at `positions` [B, 1], attending to the cache slots marked in `seen`
     [B, S] (the valid prefix tokens and the tokens generated so far, this one included): its hidden state [B, D]."""
-    attention = model._attention_inputs(seen[:, None, :], positions, token_embeds)
-    hidden, _ = model._run_experts(token_embeds, None, *attention, cache=cache)
+    attention = model.attention_inputs(seen[:, None, :], positions, token_embeds)
+    hidden, _ = model.run_experts(token_embeds, None, *attention, cache=cache)
     return hidden[:, -1]
 
 
 @torch.no_grad()
 def decode_fast(
     model,
+    run,
     pixel_values: torch.Tensor,
     pixel_attention_mask: torch.Tensor,
     input_ids: torch.Tensor,
@@ -96,31 +100,19 @@ def decode_fast(
     temperature: float = 0.0,
     generator: torch.Generator | None = None,
     allowed_token_ids: torch.Tensor | None = None,
-    use_cache: bool = True,
     reference_positions: bool = True,
 ) -> torch.Tensor:
     """Generated ids [B, T]; rows that emitted EOS are padded after it; stops once every row has.
 
-    The cache is static, sized for the prefix and every token the call may generate; the slots not yet
-    written are masked. A model with compiled generation (`compile_generation`) runs its prefix pass and
-    each token through the compiled code.
+    `run` (`model.generation_runtime()`) gives the prefix pass, the step and the cache: static, sized for the
+    prefix and every token the call may generate, its slots not yet written masked.
     """
     config = model.config.text_config
-    if use_cache:
-        batch, cameras = pixel_attention_mask.shape
-        prefix_len = cameras * model.config.num_image_tokens + input_ids.shape[1]
-        cache = model._static_cache(batch, prefix_len + max_new_tokens)
-        prefill = model._compiled_prefix or model.encode_prefix
-        last, valid = prefill(pixel_values, pixel_attention_mask, input_ids, attention_mask, cache=cache, outputs="last")
-        seen = F.pad(valid, (0, max_new_tokens), value=False)
-    else:
-        prefix, valid = model.embed_prefix(pixel_values, pixel_attention_mask, input_ids, attention_mask)
-        batch, prefix_len = valid.shape
-        embeds, positions, seen = [prefix], valid.long().cumsum(1) - 1, valid
-        attention = model._attention_inputs(block_causal_mask(valid, torch.zeros_like(valid)), positions, prefix)
-        hidden, _ = model._run_experts(prefix, None, *attention)
-        last = hidden[torch.arange(batch, device=valid.device), last_valid_position(valid)]
-    step_fn = model._compiled_step or partial(decode_step, model)
+    batch, cameras = pixel_attention_mask.shape
+    prefix_len = cameras * model.config.num_image_tokens + input_ids.shape[1]
+    cache = run.cache(batch, prefix_len + max_new_tokens)
+    last, valid = run.prefix(pixel_values, pixel_attention_mask, input_ids, attention_mask, cache=cache, outputs="last")
+    seen = F.pad(valid, (0, max_new_tokens), value=False)
 
     # Constrained decoding scores only the allowed rows of the head: the same choice as masking
     # every other logit to -inf, at a fraction of the cost of the full-vocabulary head.
@@ -133,25 +125,15 @@ def decode_fast(
     finished = torch.zeros(batch, dtype=torch.bool, device=valid.device)
     generated = []
     for step in range(max_new_tokens):
-        choice = _choose(F.linear(last, head).float(), temperature, generator)
+        choice = choose_token(F.linear(last, head).float(), temperature, generator)
         token = choice if allowed_token_ids is None else allowed_token_ids[choice]
         token = token.masked_fill(finished, config.pad_token_id)
         generated.append(token)
         finished |= token == config.eos_token_id
         if finished.all() or step == max_new_tokens - 1:
             break
+        seen[:, prefix_len + step] = True  # the new token attends to every valid prefix token and every generated one
         embed = model.language_model.embed_tokens(token[:, None])
-        if use_cache:  # the new token attends to every valid prefix token and every generated one
-            seen[:, prefix_len + step] = True
-            last = step_fn(embed, next_position, seen, cache).clone()  # a CUDA-graph replay reuses its output
-        else:  # recompute the whole sequence: prefix, then the generated tokens in causal order
-            seen = torch.cat([seen, seen.new_ones(batch, 1)], dim=1)
-            embeds.append(embed)
-            positions = torch.cat([positions, next_position], dim=1)
-            ar = torch.cat([torch.zeros_like(valid), seen.new_ones(batch, step + 1)], dim=1)
-            sequence = torch.cat(embeds, dim=1)
-            attention = model._attention_inputs(block_causal_mask(seen, ar), positions, sequence)
-            hidden, _ = model._run_experts(sequence, None, *attention)
-            last = hidden[:, -1]
+        last = run.output(run.step(embed, next_position, seen, cache))
         next_position = next_position + 1
     return torch.stack(generated, dim=1)

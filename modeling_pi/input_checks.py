@@ -2,6 +2,11 @@
 
 A VLA model silently broadcasting a wrong-sized state or a NaN action into a plausible-looking chunk
 is the failure mode that costs robot time; every check here turns one into a `ValueError` instead.
+
+Shapes are checked everywhere. Values (finite, in range) are checked only in tensors on the CPU, where
+reading them costs nothing: on an accelerator, reading a value back waits for every queued kernel. There
+the processor, the pipeline and the server have already checked the same values on the CPU, before moving
+them (and a non-finite chunk is flagged `valid=False` by `post_process`).
 """
 
 import torch
@@ -16,8 +21,13 @@ def _shape(name: str, tensor: torch.Tensor, expected: tuple, meaning: str) -> No
         raise ValueError(f"{name} must have shape [{shown}] ({meaning}), got {list(tensor.shape)}.")
 
 
+def readable(tensor: torch.Tensor) -> bool:
+    """Whether checking `tensor`'s values is cheap: it lies in host memory."""
+    return tensor.device.type == "cpu"
+
+
 def _finite(name: str, tensor: torch.Tensor) -> None:
-    if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+    if readable(tensor) and tensor.is_floating_point() and not torch.isfinite(tensor).all():
         raise ValueError(f"{name} contains NaN or infinite values.")
 
 
@@ -29,6 +39,8 @@ def _pixel_range(pixel_values: torch.Tensor) -> None:
     if not pixel_values.is_floating_point():
         raise ValueError(f"pixel_values must be floats in [-1, 1], got {pixel_values.dtype}: pass images through the "
                          "processor (it maps 0..255 to [-1, 1]).")
+    if not readable(pixel_values):
+        return
     _finite("pixel_values", pixel_values)
     low, high = pixel_values.min().item(), pixel_values.max().item()
     if low < -1 - PIXEL_TOLERANCE or high > 1 + PIXEL_TOLERANCE:
@@ -65,7 +77,7 @@ def check_inputs(
     _shape("input_ids", input_ids, (batch, None), "prompt tokens, batch size of pixel_values")
     _shape("attention_mask", attention_mask, tuple(input_ids.shape), "one flag per prompt token")
     vocab = config.text_config.vocab_size
-    if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= vocab):
+    if readable(input_ids) and input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= vocab):
         raise ValueError(f"input_ids must lie in [0, {vocab}), got values in [{input_ids.min()}, {input_ids.max()}].")
 
 
@@ -103,10 +115,12 @@ def check_fast_inputs(config: PiConfig, input_ids: torch.Tensor, token_type_ids=
     """π0-FAST's token roles and training targets, aligned with `input_ids`."""
     if token_type_ids is not None:
         _shape("token_type_ids", token_type_ids, tuple(input_ids.shape), "0 = prefix, 1 = postfix, per prompt token")
-        if ((token_type_ids != 0) & (token_type_ids != 1)).any():
+        if readable(token_type_ids) and ((token_type_ids != 0) & (token_type_ids != 1)).any():
             raise ValueError("token_type_ids must be 0 (prefix) or 1 (postfix).")
     if labels is not None:
         _shape("labels", labels, tuple(input_ids.shape), "target ids aligned with input_ids, -100 where no loss")
+        if not readable(labels):
+            return
         vocab = config.text_config.vocab_size
         targets = labels[labels != -100]
         if targets.numel() and (targets.min() < 0 or targets.max() >= vocab):

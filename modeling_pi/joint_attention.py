@@ -61,9 +61,10 @@ def _heads(x: torch.Tensor, head_dim: int) -> torch.Tensor:
     return x.view(*x.shape[:-1], -1, head_dim).transpose(1, 2)
 
 
-def gemma_mlp(mlp: GemmaMLP, x: torch.Tensor) -> torch.Tensor:
-    """`mlp(x)`; without gradients, with its tanh GELU and its product computed in place (module docstring)."""
-    if torch.is_grad_enabled() or type(mlp) is not GemmaMLP:
+def gemma_mlp(mlp: GemmaMLP, x: torch.Tensor, in_place: bool = True) -> torch.Tensor:
+    """`mlp(x)`; with `in_place` and without gradients, with its tanh GELU and its product computed in place
+    (module docstring)."""
+    if not in_place or torch.is_grad_enabled() or type(mlp) is not GemmaMLP:
         return mlp(x)
     hidden = mlp.gate_proj(x)
     if mlp.config.hidden_act == "gelu_pytorch_tanh":
@@ -87,13 +88,14 @@ def joint_layer(
     cache=None,
     layer_idx: int = 0,
     read: torch.Tensor | None = None,
+    in_place_mlp: bool = True,
 ) -> list[torch.Tensor | None]:
     """One decoder layer over both experts' tokens; `None` streams are skipped.
 
     `read` [B, K] (a last layer) names the positions of the language model's stream whose outputs anyone
     reads: all its keys and values are computed, but its queries, attention output and MLP only there, and
     its output is [B, K, D], or None with K = 0; the action expert's stream, if any, is computed in full.
-    A layer left with no queries stops once its keys and values are in `cache`.
+    A layer left with no queries stops once its keys and values are in `cache`. `in_place_mlp`: see `gemma_mlp`.
     """
     active = [i for i, h in enumerate(hidden_states) if h is not None]
     queried = None  # the rows of the joint sequence that get queries, where not all of them do
@@ -147,5 +149,5 @@ def joint_layer(
         layer = layers[i]
         h = _gated(hidden_states[i], layer.self_attn.o_proj(attended_i), gates[i])
         normed, gate = apply_norm(layer.post_attention_layernorm, h, conds[i])
-        outputs[i] = _gated(h, gemma_mlp(layer.mlp, normed), gate)
+        outputs[i] = _gated(h, gemma_mlp(layer.mlp, normed, in_place_mlp), gate)
     return outputs

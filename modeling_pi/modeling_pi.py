@@ -22,13 +22,32 @@ from transformers.utils import ModelOutput
 from configuration_pi import PiConfig
 
 from .action_expert import PiActionExpert, PiAdaRMSModulation, apply_norm
-from .cpu_linears import cpu_products
+from .compiled_generation import CompiledGeneration, EagerGeneration
+from .cpu_linears import use_float32_products
 from .fast_decoding import PiFastOutput, decode_fast, decode_step, fast_forward
 from .flow_matching import integrate, interpolate, sample_flow_time, time_embedding
 from .input_checks import check_fast_inputs, check_flow_inputs, check_inputs
-from .joint_attention import additive_mask, block_causal_mask, joint_layer, last_valid_position
+from .joint_attention import additive_mask, at_positions, block_causal_mask, joint_layer, last_valid_position
 
-PROMPT_BUCKET = 16  # with compiled generation, prompts are trimmed to a multiple of this many slots
+
+@dataclass(frozen=True)
+class PiComputeOptions:
+    """How the model computes, never what: each field is an optimisation, on by default, that leaves every
+    output unchanged (up to the order of float sums). Set with `model.compute_options = PiComputeOptions(...)`;
+    the benchmark harness turns each off to measure what it buys.
+
+    batched_cameras: the vision tower runs once over every camera of the batch, not once per image.
+    trim_prefix: cameras absent from every row and prompt slots padded in every row stay out of the prefix
+        (no token attends to them and positions count valid tokens only), and the language model's last
+        layer computes only the outputs someone reads (none when sampling a flow chunk or training one:
+        there the prefix gives the suffix its keys and values, nothing more).
+    in_place_mlp: without gradients, Gemma's MLP computes its activation and product in its gate
+        projection's output, allocating two hidden-width tensors instead of four (`joint_attention.py`).
+    """
+
+    batched_cameras: bool = True
+    trim_prefix: bool = True
+    in_place_mlp: bool = True
 
 
 @dataclass
@@ -110,7 +129,8 @@ class PiForActionGeneration(PiPreTrainedModel):
         elif not config.tie_word_embeddings:
             self.lm_head = nn.Linear(text.hidden_size, text.vocab_size, bias=False)
         self.gradient_checkpointing = False
-        self._compiled_prefix = self._compiled_step = None  # see compile_generation
+        self.compute_options = PiComputeOptions()
+        self.compiled_generation: CompiledGeneration | None = None  # see compile_generation
         self.post_init()
 
     def _init_flow_head(self, config: PiConfig):
@@ -132,6 +152,13 @@ class PiForActionGeneration(PiPreTrainedModel):
         tower, the projector, the Gemma stacks and π0-FAST's output head. None for π0-FAST."""
         others = {*self.VISION_MODULES, *self.GEMMA_STACKS, "lm_head"}
         return [name for name, module in self.named_children() if module is not None and name not in others]
+
+    def optimize_for_cpu(self, enable: bool = True) -> list[str]:
+        """The one CPU-specific switch: on a CPU without bfloat16 arithmetic, large bfloat16 linears compute their
+        products in float32 when no gradient is needed (`cpu_linears.py`; 2-5× faster chunks there). Returns the
+        names of the linears it changed: none on a CPU whose bfloat16 products PyTorch runs natively, where it
+        would not pay. `enable=False` undoes it. Results are those of bfloat16 hardware (float32 accumulation)."""
+        return use_float32_products(self, enable)
 
     def get_input_embeddings(self):
         return self.language_model.embed_tokens
@@ -165,7 +192,11 @@ class PiForActionGeneration(PiPreTrainedModel):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Prefix embeddings [B, C·N + L, D] and validity [B, C·N + L]; absent cameras are masked, not dropped."""
         batch, cameras = pixel_attention_mask.shape
-        image_tokens = self.get_image_features(pixel_values.flatten(0, 1))
+        images = pixel_values.flatten(0, 1)
+        if self.compute_options.batched_cameras:
+            image_tokens = self.get_image_features(images)
+        else:
+            image_tokens = torch.cat([self.get_image_features(image[None]) for image in images])
         tokens_per_image = image_tokens.shape[1]
         image_tokens = image_tokens.reshape(batch, cameras * tokens_per_image, -1)
         text_tokens = self.language_model.embed_tokens(input_ids)
@@ -206,13 +237,13 @@ class PiForActionGeneration(PiPreTrainedModel):
 
     # ---- the two experts -------------------------------------------------------------------------
 
-    def _attention_inputs(
+    def attention_inputs(
         self, allowed: torch.Tensor, position_ids: torch.Tensor, like: torch.Tensor
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """`allowed` [B, T, S] and positions [B, T] -> the additive mask and rotary (cos, sin) the layers take."""
         return additive_mask(allowed, like.dtype), self.language_model.rotary_emb(like, position_ids)
 
-    def _run_experts(
+    def run_experts(
         self,
         prefix: torch.Tensor | None,
         suffix: torch.Tensor | None,
@@ -225,26 +256,30 @@ class PiForActionGeneration(PiPreTrainedModel):
         """Runs whichever streams are given through all joint layers; returns their final-norm outputs.
 
         `prefix` is the language model's stream (the prefix, or π0-FAST's newly generated tokens),
-        `suffix` the action expert's; mask and rotary embeddings come from `_attention_inputs`. `read`
-        [B, K] names the only positions of the language model's stream whose outputs are returned, and
-        the last layer computes no others ([B, K, D]; with K = 0, None: the prefix alone then only fills
-        `cache`, and beside the suffix only gives it keys and values).
+        `suffix` the action expert's; mask and rotary embeddings come from `attention_inputs`. `read`
+        [B, K] names the only positions of the language model's stream whose outputs are returned
+        ([B, K, D]; with K = 0, None: the prefix alone then only fills `cache`, and beside the suffix only
+        gives it keys and values); with `compute_options.trim_prefix` the last layer computes no others.
         """
+        trim = read is not None and self.compute_options.trim_prefix
         layer_kwargs = {
             "conds": (None, adarms_cond),
             "position_embeddings": position_embeddings,
             "attention_mask": attention_mask,
             "attn_implementation": self.config._attn_implementation,
             "cache": cache,
+            "in_place_mlp": self.compute_options.in_place_mlp,
         }
         hidden = (prefix, suffix)
         checkpointing = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         expert_layers = self.action_expert.layers if self.action_expert is not None else [None] * len(self.language_model.layers)
         last = len(self.language_model.layers) - 1
         for idx, layers in enumerate(zip(self.language_model.layers, expert_layers)):
-            run = partial(_joint_layer_positional, layers, layer_idx=idx, read=read if idx == last else None, **layer_kwargs)
+            run = partial(_joint_layer_positional, layers, layer_idx=idx, read=read if trim and idx == last else None, **layer_kwargs)
             hidden = self._gradient_checkpointing_func(run, *hidden) if checkpointing else run(*hidden)
         prefix_out, suffix_out = hidden
+        if read is not None and not trim:
+            prefix_out = at_positions(prefix_out, read) if read.shape[1] else None
         if prefix_out is not None:
             prefix_out = self.language_model.norm(prefix_out)
         if suffix_out is not None:
@@ -273,11 +308,11 @@ class PiForActionGeneration(PiPreTrainedModel):
         allowed = block_causal_mask(valid, torch.zeros_like(valid))
         if cache is not None:
             allowed = F.pad(allowed, (0, cache.get_max_length() - allowed.shape[-1]), value=False)
-        attention = self._attention_inputs(allowed, valid.long().cumsum(1) - 1, prefix)
+        attention = self.attention_inputs(allowed, valid.long().cumsum(1) - 1, prefix)
         read = None
         if outputs != "all":
             read = last_valid_position(valid)[:, None] if outputs == "last" else valid.new_zeros((len(valid), 0), dtype=torch.long)
-        prefix_out, _ = self._run_experts(prefix, None, *attention, cache=cache, read=read)
+        prefix_out, _ = self.run_experts(prefix, None, *attention, cache=cache, read=read)
         return (prefix_out[:, 0] if outputs == "last" else prefix_out), valid
 
     # ---- training ----------------------------------------------------------------------------------
@@ -328,7 +363,9 @@ class PiForActionGeneration(PiPreTrainedModel):
             if labels is None and not output_logits:
                 raise ValueError("output_logits=False leaves a pass without `labels` nothing to return.")
             # Cameras no row has stay out of the prefix; prompt slots stay unless no logits are output.
-            cameras = drop_absent_cameras(pixel_values, pixel_attention_mask)
+            cameras = pixel_values, pixel_attention_mask
+            if self.compute_options.trim_prefix:
+                cameras = drop_absent_cameras(*cameras)
             output = fast_forward(self, *cameras, input_ids, attention_mask, token_type_ids, labels, output_logits)
         return output if return_dict is not False else output.to_tuple()
 
@@ -349,15 +386,15 @@ class PiForActionGeneration(PiPreTrainedModel):
 
         # The loss reads only the suffix: the prefix leaves out what no row uses, and in the language model's
         # last layer prefix tokens give the suffix their keys and values, nothing more (as when sampling).
-        prefix_inputs = drop_unused_prefix(pixel_values, pixel_attention_mask, input_ids, attention_mask)
+        prefix_inputs = self.prefix_in_use(pixel_values, pixel_attention_mask, input_ids, attention_mask)
         prefix, prefix_valid = self.embed_prefix(*prefix_inputs)
         suffix, adarms_cond = self.embed_suffix(state, x_t, timestep)
         valid = torch.cat([prefix_valid, prefix_valid.new_ones(suffix.shape[:2])], dim=1)
         suffix_ar = self.suffix_ar_flags(valid.device)
         ar = torch.cat([suffix_ar.new_zeros(prefix.shape[1]), suffix_ar])[None].expand_as(valid)
-        attention = self._attention_inputs(block_causal_mask(valid, ar), valid.long().cumsum(1) - 1, prefix)
+        attention = self.attention_inputs(block_causal_mask(valid, ar), valid.long().cumsum(1) - 1, prefix)
         no_prefix_output = valid.new_zeros((len(valid), 0), dtype=torch.long)
-        _, suffix_out = self._run_experts(prefix, suffix, *attention, adarms_cond, read=no_prefix_output)
+        _, suffix_out = self.run_experts(prefix, suffix, *attention, adarms_cond, read=no_prefix_output)
         velocity = self.predict_velocity(suffix_out)
         losses = (velocity.float() - target_velocity.float()).pow(2).mean(dim=-1)
         if action_is_pad is None:
@@ -377,7 +414,6 @@ class PiForActionGeneration(PiPreTrainedModel):
         return generate(pixel_values, pixel_attention_mask, input_ids, attention_mask, **options)
 
     @torch.no_grad()
-    @cpu_products
     def sample_actions(
         self,
         pixel_values: torch.Tensor,
@@ -409,34 +445,34 @@ class PiForActionGeneration(PiPreTrainedModel):
             noise = torch.randn(shape, generator=generator, device=pixel_values.device, dtype=torch.float32)
         num_steps = config.num_inference_steps if num_steps is None else num_steps
 
-        compiled = self._compiled_step is not None
-        prefix_inputs = self._prefix_in_use(pixel_values, pixel_attention_mask, input_ids, attention_mask)
+        run = self.generation_runtime()
+        prefix_inputs = self.prefix_in_use(pixel_values, pixel_attention_mask, input_ids, attention_mask, run.prompt_bucket)
         suffix_ar = self.suffix_ar_flags(pixel_values.device)
         suffix_len = suffix_ar.shape[0]
         prefix_len = config.num_image_tokens * prefix_inputs[0].shape[1] + prefix_inputs[2].shape[1]
-        cache = self._static_cache(batch, prefix_len + suffix_len)
-        _, prefix_valid = (self._compiled_prefix or self.encode_prefix)(*prefix_inputs, cache=cache, outputs="none")
+        cache = run.cache(batch, prefix_len + suffix_len)
+        _, prefix_valid = run.prefix(*prefix_inputs, cache=cache, outputs="none")
 
         # The suffix's mask rows and rotary embeddings are the same at every step: built once.
         valid = torch.cat([prefix_valid, prefix_valid.new_ones(batch, suffix_len)], dim=1)
         ar = torch.cat([suffix_ar.new_zeros(prefix_len), suffix_ar])[None].expand_as(valid)
         like = self.action_expert.layers[0].self_attn.q_proj.weight  # the dtype the expert computes in
-        attention = self._attention_inputs(
+        attention = self.attention_inputs(
             block_causal_mask(valid, ar)[:, prefix_len:], (valid.long().cumsum(1) - 1)[:, prefix_len:], like
         )
-        step = self._compiled_step if compiled else self._velocity
 
         def velocity(x_t: torch.Tensor, t: float) -> torch.Tensor:
             timestep = torch.full((batch,), t, dtype=torch.float32, device=x_t.device)
-            v_t = step(x_t, timestep, state, attention, cache)
-            return v_t.clone() if compiled else v_t  # a CUDA-graph replay overwrites its previous output
+            return run.output(run.step(x_t, timestep, state, attention, cache))
 
         return integrate(velocity, noise.float(), num_steps, solver)
 
-    def _velocity(self, x_t, timestep, state, attention, cache) -> torch.Tensor:
-        """One velocity evaluation: the action expert over the suffix at flow time `timestep`, against the cached prefix."""
+    def velocity(self, x_t, timestep, state, attention, cache) -> torch.Tensor:
+        """One velocity evaluation [B, H, D] (float32): the action expert over the suffix at flow time `timestep`
+        [B], against the prefix in `cache`, with the suffix's `attention` inputs (`attention_inputs`). The suffix's
+        keys and values go into the cache slots after the prefix, which the next evaluation overwrites."""
         suffix, adarms_cond = self.embed_suffix(state, x_t, timestep)
-        _, suffix_out = self._run_experts(None, suffix, *attention, adarms_cond, cache=cache)
+        _, suffix_out = self.run_experts(None, suffix, *attention, adarms_cond, cache=cache)
         cache.crop(-suffix.shape[1])  # rewind to the prefix; the next step overwrites the suffix slots
         return self.predict_velocity(suffix_out).float()
 
@@ -444,40 +480,27 @@ class PiForActionGeneration(PiPreTrainedModel):
         """Compiles what `generate_actions` runs with `torch.compile(**options)`: the step it repeats — one
         velocity evaluation (π0, π0.5) or one new token (π0-FAST) — and, with `prefix`, the pass that runs
         the cameras and the prompt into the cache once per call. `mode="reduce-overhead"` also replays both
-        as CUDA graphs, which spares a GPU the launch of each of their hundreds of small kernels.
-
-        From then on the flow sampler trims the prompt only to a multiple of `PROMPT_BUCKET` slots, and both
-        samplers reuse one static cache per batch size and length, allocated up front and reset in place at
-        each call, so compiled code meets few shapes and the same cache tensors every time (the first call
-        of each shape compiles: a deployment sees at most a handful).
+        as CUDA graphs, which spares a GPU the launch of each of their hundreds of small kernels. From then on
+        prompts are trimmed only to a multiple of `PROMPT_BUCKET` slots and each batch size and length reuses
+        one cache (`compiled_generation.py`); the first call of each shape compiles.
         """
-        step = self._velocity if self.config.is_flow else partial(decode_step, self)
-        self._compiled_step = torch.compile(step, **options)
-        self._compiled_prefix = torch.compile(self.encode_prefix, **options) if prefix else None
-        self._static_caches = {}
+        step = self.velocity if self.config.is_flow else partial(decode_step, self)
+        self.compiled_generation = CompiledGeneration(self, self.encode_prefix, step, compile_prefix=prefix, **options)
 
-    def _prefix_in_use(self, *prefix_inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """`drop_unused_prefix` as both samplers apply it: compiled code meets few prefix lengths, so with
-        compiled generation prompts are cut only to a multiple of `PROMPT_BUCKET` slots."""
-        return drop_unused_prefix(*prefix_inputs, bucket=PROMPT_BUCKET if self._compiled_step is not None else None)
+    def generation_runtime(self) -> EagerGeneration:
+        """The prefix pass, step and cache the samplers run with: compiled after `compile_generation`, else eager."""
+        if self.compiled_generation is not None:
+            return self.compiled_generation
+        step = self.velocity if self.config.is_flow else partial(decode_step, self)
+        return EagerGeneration(self, self.encode_prefix, step)
 
-    def _static_cache(self, batch: int, length: int) -> StaticCache:
-        """A fresh static cache; with compiled generation, the one kept for this shape, reset in place."""
-        if self._compiled_step is None:
-            return StaticCache(config=self.config.text_config, max_cache_len=length)
-        key = (batch, length, self.dtype, self.device)
-        if key not in self._static_caches:
-            # Allocated here, not lazily inside compiled code, so its tensors are marked as static addresses.
-            text, kv = self.config.text_config, self.language_model.layers[0].self_attn.k_proj.weight
-            cache = StaticCache(config=text, max_cache_len=length)
-            cache.early_initialization(batch, text.num_key_value_heads, text.head_dim, kv.dtype, kv.device)
-            self._static_caches[key] = cache
-        cache = self._static_caches[key]
-        cache.reset()
-        return cache
+    def prefix_in_use(self, pixel_values, pixel_attention_mask, input_ids, attention_mask, bucket: int | None = None):
+        """The prefix inputs the model reads: with `compute_options.trim_prefix`, those of `drop_unused_prefix`."""
+        if not self.compute_options.trim_prefix:
+            return pixel_values, pixel_attention_mask, input_ids, attention_mask
+        return drop_unused_prefix(pixel_values, pixel_attention_mask, input_ids, attention_mask, bucket)
 
     @torch.no_grad()
-    @cpu_products
     def decode_action_tokens(
         self,
         pixel_values: torch.Tensor,
@@ -488,7 +511,6 @@ class PiForActionGeneration(PiPreTrainedModel):
         temperature: float = 0.0,
         generator: torch.Generator | None = None,
         allowed_token_ids: torch.Tensor | None = None,
-        use_cache: bool = True,
         reference_positions: bool | None = None,
     ) -> torch.Tensor:
         """π0-FAST: decodes action tokens after the (right-padded, prefix-only) prompt; returns ids [B, T].
@@ -496,12 +518,10 @@ class PiForActionGeneration(PiPreTrainedModel):
         Greedy when `temperature` is 0, else sampled (reproducibly with `generator`). Stops after
         `max_new_tokens` (default `config.max_new_tokens`) or once every row has emitted EOS; a row's
         tokens after its EOS are padding. `allowed_token_ids` restricts every choice to those ids (e.g. the
-        FAST action range plus "|" and EOS). `use_cache=False` recomputes the whole sequence at each step
-        (same result, for checking). `reference_positions` gives the first generated token the position
+        FAST action range plus "|" and EOS). `reference_positions` gives the first generated token the position
         prefill_len + 1, as openpi does; False makes positions contiguous, as LeRobot does (default:
-        `config.skip_position_after_prefix`). As when sampling a chunk,
-        cameras absent from every row and prompt slots padded in every row stay out of the prefix
-        (`drop_unused_prefix`).
+        `config.skip_position_after_prefix`). As when sampling a chunk, cameras absent from every row and
+        prompt slots padded in every row stay out of the prefix (`drop_unused_prefix`).
         """
         if self.config.is_flow:
             raise ValueError(f"{self.config.variant} samples actions by flow matching: use generate_actions or sample_actions.")
@@ -518,8 +538,9 @@ class PiForActionGeneration(PiPreTrainedModel):
                 raise ValueError(f"allowed_token_ids must be a non-empty set of ids in [0, {vocab}).")
         if reference_positions is None:
             reference_positions = self.config.skip_position_after_prefix
-        prefix_inputs = self._prefix_in_use(pixel_values, pixel_attention_mask, input_ids, attention_mask)
-        return decode_fast(self, *prefix_inputs, max_new_tokens, temperature, generator, allowed_token_ids, use_cache,
+        run = self.generation_runtime()
+        prefix_inputs = self.prefix_in_use(pixel_values, pixel_attention_mask, input_ids, attention_mask, run.prompt_bucket)
+        return decode_fast(self, run, *prefix_inputs, max_new_tokens, temperature, generator, allowed_token_ids,
                            reference_positions)
 
 

@@ -225,6 +225,8 @@ def build_policy(args: argparse.Namespace) -> BatchingPolicy:
     if unknown:
         raise ValueError(f"Camera(s) {', '.join(unknown)} are not the model's ({', '.join(processor.image_keys)}).")
     model = AutoModel.from_pretrained(args.model).to(device)
+    if model.device.type == "cpu":
+        model.optimize_for_cpu()  # bfloat16 weights on a CPU without bfloat16 arithmetic
     options = {}
     if args.num_steps is not None:
         if not model.config.is_flow:

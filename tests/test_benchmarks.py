@@ -4,11 +4,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from benchmarks.ablations import ABLATIONS, ablated, changes_training
+from benchmarks.ablations import ABLATIONS, ablated, changes_inference, changes_training
 from benchmarks.harness import main
 from benchmarks.models import make_inputs, ours_alone, sharing_weights, transformers_pi0
 from benchmarks.timing import peak_added_bytes
-from modeling_pi.cpu_linears import has_onednn
+from modeling_pi import cpu_linears
 
 
 def test_our_pi0_holds_the_very_tensors_of_transformers_pi0_and_samples_the_same_chunk():
@@ -57,25 +57,33 @@ def test_the_harness_reports_every_part_for_both_models_and_each_variant(tmp_pat
     assert "| tiny | float32 | pi0 | transformers |" in printed and (tmp_path / "r.json").exists()
 
 
+def _state(model) -> tuple:
+    """What the ablations change: attention backend, compute options, the linears' classes."""
+    linears = tuple(type(module).__name__ for module in model.modules() if isinstance(module, torch.nn.Linear))
+    return model.config._attn_implementation, model.compute_options, linears
+
+
 @pytest.mark.parametrize("ablation", list(ABLATIONS))
 def test_each_optimisation_undone_by_an_ablation_leaves_the_chunk_and_training_unchanged(ablation, monkeypatch):
     ours = sharing_weights(transformers_pi0("tiny"), max_token_len=12)
     tolerance = 1e-5
-    import modeling_pi.cpu_linears as cpu_linears
-
     if ablation == "float32-products":  # it applies in bfloat16, on a CPU without bfloat16 units, to large products
         monkeypatch.setattr(cpu_linears, "lacks_bfloat16_arithmetic", lambda: True)
         monkeypatch.setattr(cpu_linears, "MIN_WEIGHT", 0)
         ours, tolerance = ours.to(torch.bfloat16), 0.05
-    if ablation == "onednn-products":  # it applies in float32 to large products: here, every one
-        monkeypatch.setattr(cpu_linears, "ONEDNN_MIN_WEIGHT", 0)
+    assert ours.optimize_for_cpu() or ablation != "float32-products"
     inputs = make_inputs(ours.config, batch=2, cameras=3, prompt_tokens=5, device="cpu")
     inputs.pixel_attention_mask[:, 2] = False  # a camera no row has: trimming drops it
-    with torch.no_grad():
-        sample = lambda: ours.generate_actions(**inputs.ours(), state=inputs.state, noise=inputs.noise)  # noqa: E731
-        expected = sample()
-        torch.testing.assert_close(ablated(ours, ablation, sample)(), expected, atol=tolerance, rtol=0)
-        assert torch.equal(sample(), expected)  # and the ablation is undone afterwards
+    before = _state(ours)
+    during = ablated(ours, ablation, lambda **arguments: (_state(ours), arguments))()
+    assert during != (before, {})  # the ablation changes the model or the training pass's arguments
+    if changes_inference(ablation):
+        with torch.no_grad():
+            sample = lambda: ours.generate_actions(**inputs.ours(), state=inputs.state, noise=inputs.noise)  # noqa: E731
+            expected = sample()
+            torch.testing.assert_close(ablated(ours, ablation, sample)(), expected, atol=tolerance, rtol=0)
+            assert torch.equal(sample(), expected)
+    assert _state(ours) == before  # the ablation is undone afterwards
     if changes_training(ablation, "pi0"):  # ... and so is a training pass
         train = lambda: ours(**inputs.ours(), state=inputs.state, actions=inputs.actions, noise=inputs.noise,  # noqa: E731
                              timestep=inputs.timestep).velocity
@@ -83,28 +91,11 @@ def test_each_optimisation_undone_by_an_ablation_leaves_the_chunk_and_training_u
     if changes_training(ablation, "pi0_fast"):  # ... and π0-FAST's, as `PiCollator` asks for it
         fast = ours_alone("pi0_fast", "tiny", max_token_len=12)
         labels = inputs.input_ids.masked_fill(~inputs.attention_mask, -100)
-        train = lambda: fast(**inputs.ours(), labels=labels, output_logits=False).losses  # noqa: E731
+
+        def train(**changed):
+            return fast(**inputs.ours(), labels=labels, **{"output_logits": False, **changed}).losses
+
         torch.testing.assert_close(ablated(fast, ablation, train)(), train(), atol=tolerance, rtol=0)
-
-
-def test_undoing_cache_in_place_gives_every_velocity_evaluation_its_own_copy_of_the_cache(monkeypatch):
-    ours = sharing_weights(transformers_pi0("tiny"), max_token_len=12)
-    caches = []  # kept alive, so no two copies share an id
-    in_place = type(ours)._velocity
-
-    def seen(model, x_t, timestep, state, attention, cache):
-        caches.append(cache)
-        return in_place(model, x_t, timestep, state, attention, cache)
-
-    monkeypatch.setattr(type(ours), "_velocity", seen)
-    inputs = make_inputs(ours.config, batch=1, cameras=3, prompt_tokens=5, device="cpu")
-    sample = lambda: ours.generate_actions(**inputs.ours(), state=inputs.state, noise=inputs.noise, num_steps=3)  # noqa: E731
-    with torch.no_grad():
-        sample()
-        assert len({id(cache) for cache in caches}) == 1  # one cache, rewound after each evaluation
-        caches.clear()
-        ablated(ours, "cache-in-place", sample)()
-        assert len({id(cache) for cache in caches}) == 3
 
 
 def test_each_row_keeps_its_rounds_whose_median_is_its_time():
@@ -175,22 +166,17 @@ def test_compile_adds_a_compiled_twin_beside_the_eager_model(capsys):
     assert "gflop" not in compiled and rows[0]["gflop"] > 0  # compiled kernels are invisible to the counter
 
 
-@pytest.mark.skipif(not has_onednn(), reason="this PyTorch build has no oneDNN linear")
 @torch.no_grad()
-def test_arithmetic_counts_the_products_whichever_kernel_computes_them(monkeypatch):
-    import modeling_pi.cpu_linears as cpu_linears
+def test_arithmetic_counts_the_products_whichever_kernel_computes_them():
     from benchmarks.arithmetic import count_gflop
 
-    x, weight, query, key = torch.randn(2, 5, 16), torch.randn(32, 16), torch.randn(1, 4, 7, 8), torch.randn(1, 4, 9, 8)
-    assert count_gflop(lambda: cpu_linears.onednn_linear(x, weight)) * 1e9 == pytest.approx(2 * 10 * 16 * 32)
+    query, key = torch.randn(1, 4, 7, 8), torch.randn(1, 4, 9, 8)
     # the CPU's flash attention (not counted by PyTorch's counter): two products of 7 x 9 x 8 per head
     assert count_gflop(lambda: F.scaled_dot_product_attention(query, key, key)) * 1e9 == pytest.approx(2 * 2 * 4 * 7 * 9 * 8)
 
     ours = sharing_weights(transformers_pi0("tiny"), max_token_len=12)
     inputs = make_inputs(ours.config, batch=2, cameras=3, prompt_tokens=5, device="cpu")
     sample = lambda: ours.generate_actions(**inputs.ours(), state=inputs.state, noise=inputs.noise)  # noqa: E731
-    with_mkl = count_gflop(sample)
-    assert count_gflop(ablated(ours, "sdpa", sample)) == pytest.approx(with_mkl)  # eager attention's matmuls
-    monkeypatch.setattr(cpu_linears, "ONEDNN_MIN_WEIGHT", 0)  # every linear through oneDNN
-    assert count_gflop(sample) == pytest.approx(with_mkl)
-    assert count_gflop(ablated(ours, "prefix-trimming", sample)) > with_mkl
+    counted = count_gflop(sample)
+    assert count_gflop(ablated(ours, "sdpa", sample)) == pytest.approx(counted)  # eager attention's matmuls
+    assert count_gflop(ablated(ours, "prefix-trimming", sample)) > counted

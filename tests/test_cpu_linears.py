@@ -1,7 +1,7 @@
-"""Linears during CPU inference: float32 products through oneDNN, bfloat16 ones computed in float32.
+"""`optimize_for_cpu`: bfloat16 linears computed as float32 products on CPUs without bfloat16 arithmetic.
 
-Whatever this CPU has, the tests choose the kernels themselves (`kernels`), and make every product of the
-fixture-sized models large enough to take the chosen one.
+Whatever this CPU has, the tests decide whether it "lacks" bfloat16 arithmetic themselves (`kernels`), and
+make every product of the fixture-sized models large enough to take the chosen kernel.
 """
 
 import pytest
@@ -12,54 +12,29 @@ from transformers import AutoModel
 
 from conftest import flow_state, load_fixture_io, model_args, noisy_tiny_model, random_inputs
 from modeling_pi import cpu_linears
-from modeling_pi.cpu_linears import CpuLinear, float32_product, linear_in_float32
-
-pytestmark = pytest.mark.skipif(not cpu_linears.has_onednn(), reason="this PyTorch build has no oneDNN linear")
+from modeling_pi.cpu_linears import CpuLinear, linear_in_float32
 
 
 @pytest.fixture
 def kernels(monkeypatch):
-    """kernels(upcast, onednn=True) -> the row counts of the products computed from then on by the chosen
-    kernel: bfloat16 ones upcast to float32 (if `upcast`), float32 ones by oneDNN (if `onednn`). With
-    `counted=False` nothing is counted (compiled code would guard on the list's length)."""
+    """kernels(lacks) -> the row counts of the products computed from then on in float32, on a CPU that lacks
+    bfloat16 arithmetic (if `lacks`). With `counted=False` nothing is counted (compiled code would guard on the
+    list's length)."""
     rows = []
-    upcast_whole, onednn_whole = cpu_linears.linear_in_float32, cpu_linears.onednn_linear
+    upcast_whole = cpu_linears.linear_in_float32
 
-    def counting(kernel):
-        def count(x, weight, bias=None):
-            rows.append(x.numel() // x.shape[-1])
-            return kernel(x, weight, bias)
+    def count(x, weight, bias=None):
+        rows.append(x.numel() // x.shape[-1])
+        return upcast_whole(x, weight, bias)
 
-        return count
-
-    def choose(upcast: bool, onednn: bool = True, counted: bool = True) -> list[int]:
-        monkeypatch.setattr(cpu_linears, "lacks_bfloat16_arithmetic", lambda: upcast)
+    def choose(lacks: bool, counted: bool = True) -> list[int]:
+        monkeypatch.setattr(cpu_linears, "lacks_bfloat16_arithmetic", lambda: lacks)
         monkeypatch.setattr(cpu_linears, "MIN_WEIGHT", 0)
-        monkeypatch.setattr(cpu_linears, "ONEDNN_MIN_WEIGHT", 0 if onednn else float("inf"))
-        monkeypatch.setattr(cpu_linears, "linear_in_float32", counting(upcast_whole) if counted else upcast_whole)
-        monkeypatch.setattr(cpu_linears, "onednn_linear", counting(onednn_whole) if counted else onednn_whole)
+        monkeypatch.setattr(cpu_linears, "linear_in_float32", count if counted else upcast_whole)
         rows.clear()
         return rows
 
     return choose
-
-
-@torch.no_grad()
-def test_the_onednn_product_is_the_float32_linear(kernels):
-    """With and without bias, over a strided input; a strided weight (a slice of a wider one) and a product
-    that needs gradients keep `F.linear` itself."""
-    onednn_rows = kernels(False)
-    torch.manual_seed(0)
-    x, weight, bias = torch.randn(2, 30, 48), torch.randn(37, 48), torch.randn(37)
-    for args in [(x, weight), (x, weight, bias), (x[:, 3:20], weight, bias), (x[0, 0], weight)]:
-        torch.testing.assert_close(float32_product(*args), F.linear(*args), atol=1e-5, rtol=1e-5)
-    assert onednn_rows == [60, 60, 34, 1]
-
-    wider = torch.randn(37, 96)
-    assert torch.equal(float32_product(x, wider[:, :48]), F.linear(x, wider[:, :48]))
-    with torch.enable_grad():
-        assert float32_product(x, weight.requires_grad_()).grad_fn is not None
-    assert onednn_rows == [60, 60, 34, 1]
 
 
 def test_the_sliced_float32_product_is_the_bfloat16_linear(monkeypatch):
@@ -76,41 +51,21 @@ def test_the_sliced_float32_product_is_the_bfloat16_linear(monkeypatch):
 
 
 @pytest.mark.parametrize("variant", ["pi0", "pi05"])
+@pytest.mark.parametrize("optimized", [False, True], ids=["native", "optimize_for_cpu"])
 @torch.no_grad()
-def test_float32_actions_through_onednn_are_the_reference_ones(converted, kernels, variant):
-    model = AutoModel.from_pretrained(converted(variant)).eval()
-    io = load_fixture_io(variant)
-    onednn_rows = kernels(False)
-    actions = model.generate_actions(*model_args(io), **flow_state(model.config, io), noise=io["noise"])
-    torch.testing.assert_close(actions, io["expected.sample_actions_10_steps"], atol=5e-4, rtol=0)
-    assert onednn_rows
-
-
-@torch.no_grad()
-def test_fast_tokens_through_onednn_are_the_reference_ones_decoding_steps_included(converted, kernels):
-    model = AutoModel.from_pretrained(converted("pi0_fast")).eval()
-    io = load_fixture_io("pi0_fast")
-    prompt = io["pixel_values"], io["pixel_attention_mask"], io["decode_prompt"].long(), io["decode_prompt_mask"]
-    onednn_rows = kernels(False)
-    tokens = model.generate_actions(*prompt, max_new_tokens=16)
-    assert torch.equal(tokens, io["expected.greedy_tokens_16"].long())
-    assert min(onednn_rows) == prompt[0].shape[0]  # one row per example: a decoding step
-
-
-@pytest.mark.parametrize("variant", ["pi0", "pi05"])
-@pytest.mark.parametrize("upcast", [False, True], ids=["native", "float32-products"])
-@torch.no_grad()
-def test_bfloat16_actions_stay_close_to_the_float32_reference(converted, kernels, variant, upcast):
+def test_bfloat16_actions_stay_close_to_the_float32_reference(converted, kernels, variant, optimized):
     """Released models run in bfloat16; with either kernel the chunk stays within 1% of the reference's float32 one."""
     model = AutoModel.from_pretrained(converted(variant), dtype=torch.bfloat16).eval()
     io = load_fixture_io(variant)
-    upcast_rows = kernels(upcast, onednn=False)
+    upcast_rows = kernels(True)
+    if optimized:
+        assert model.optimize_for_cpu()
     actions = model.generate_actions(*model_args(io), **flow_state(model.config, io), noise=io["noise"])
     assert actions.dtype == torch.float32
     expected = io["expected.sample_actions_10_steps"]
     # measured: native 0.39% (π0), 0.15% (π0.5); every product upcast 0.47%, 0.14%
     assert (actions - expected).abs().max() < 0.01 * expected.abs().max()
-    assert bool(upcast_rows) == upcast
+    assert bool(upcast_rows) == optimized
 
 
 @torch.no_grad()
@@ -119,31 +74,47 @@ def test_fast_prefill_computes_in_float32_and_its_decoding_steps_stay_native(con
     model = AutoModel.from_pretrained(converted("pi0_fast"), dtype=torch.bfloat16).eval()
     io = load_fixture_io("pi0_fast")
     prompt = io["pixel_values"], io["pixel_attention_mask"], io["decode_prompt"].long(), io["decode_prompt_mask"]
-    kernels(False, onednn=False)
+    upcast_rows = kernels(True)
     native = model.generate_actions(*prompt, max_new_tokens=16)
-    upcast_rows = kernels(True, onednn=False)
+    assert not upcast_rows  # nothing changes unless asked
+    model.optimize_for_cpu()
     assert torch.equal(model.generate_actions(*prompt, max_new_tokens=16), native)
     assert upcast_rows and min(upcast_rows) >= cpu_linears.MIN_ROWS > prompt[0].shape[0]
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@torch.no_grad()
-def test_linears_are_plain_again_after_a_call_even_a_failed_one(kernels, dtype):
-    model = noisy_tiny_model().to(dtype)
-    inputs = random_inputs(model.config)
+def test_the_switch_changes_nothing_where_bfloat16_arithmetic_is_native_and_can_be_undone(kernels):
+    model = noisy_tiny_model().to(torch.bfloat16)
+    kernels(False)
+    assert model.optimize_for_cpu() == []
+    assert {type(m) for m in model.modules() if isinstance(m, nn.Linear)} == {nn.Linear}
     kernels(True)
-    seen = []
-    model.action_expert.layers[0].mlp.up_proj.register_forward_hook(lambda module, *_: seen.append(type(module)))
-    model.generate_actions(*model_args(inputs), state=inputs["state"], noise=inputs["noise"], num_steps=2)
-    assert seen == [CpuLinear] * 2
-    with pytest.raises(ValueError, match="state"):
-        model.generate_actions(*model_args(inputs), noise=inputs["noise"])
+    changed = model.optimize_for_cpu()
+    assert "action_expert.layers.0.mlp.up_proj" in changed and "vision_tower.encoder.layers.0.mlp.fc1" in changed
+    assert sorted(model.optimize_for_cpu(False)) == sorted(changed)
     assert {type(m) for m in model.modules() if isinstance(m, nn.Linear)} == {nn.Linear}
 
 
+def test_training_keeps_the_native_kernel(kernels):
+    """With gradients, an optimised linear is PyTorch's linear: the same loss and gradients to the bit."""
+    model = noisy_tiny_model().to(torch.bfloat16)
+    inputs = random_inputs(model.config)
+    upcast_rows = kernels(True)
+
+    def gradients():
+        model.zero_grad()
+        loss = model(*model_args(inputs), state=inputs["state"], actions=inputs["actions"], noise=inputs["noise"],
+                     timestep=torch.tensor([0.3, 0.8])).loss
+        loss.backward()
+        return [loss] + [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    native = gradients()
+    model.optimize_for_cpu()
+    assert all(torch.equal(a, b) for a, b in zip(gradients(), native)) and not upcast_rows
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @torch.no_grad()
-def test_lora_adapters_still_apply_under_cpu_products(kernels, dtype):
+def test_lora_adapters_still_apply_to_optimised_linears(kernels, dtype):
     from peft import LoraConfig, get_peft_model
 
     model = noisy_tiny_model().to(dtype)
@@ -152,25 +123,23 @@ def test_lora_adapters_still_apply_under_cpu_products(kernels, dtype):
     lora = get_peft_model(model, adapters)
     generate = lora.base_model.model.generate_actions
     run = lambda: generate(*model_args(inputs), state=inputs["state"], noise=inputs["noise"])  # noqa: E731
-    kernels(False, onednn=False)
+    upcast_rows = kernels(True)
     native = run()
     with lora.disable_adapter():
         without_adapters = run()
-    chosen_rows = kernels(True)
-    chosen = run()
-    assert chosen_rows
-    torch.testing.assert_close(chosen, native, atol=0.02 if dtype == torch.bfloat16 else 1e-5, rtol=0)
-    assert (chosen - without_adapters).abs().max() > 10 * (chosen - native).abs().max()
+    model.optimize_for_cpu()
+    optimised = run()
+    assert bool(upcast_rows) == (dtype == torch.bfloat16)
+    torch.testing.assert_close(optimised, native, atol=0.02 if dtype == torch.bfloat16 else 0, rtol=0)
+    assert (optimised - without_adapters).abs().max() > 10 * (optimised - native).abs().max()
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @torch.no_grad()
-def test_compiled_generation_takes_the_chosen_products_without_recompiling(kernels, dtype):
-    """The linears' class is swapped for each call: compiled code guards on it, and must not recompile. Its
-    float32 products (bfloat16 ones upcast included) go to oneDNN as the eager ones do."""
-    model = noisy_tiny_model("pi05").to(dtype)
+def test_compiled_generation_takes_the_float32_products_without_recompiling(kernels):
+    model = noisy_tiny_model("pi05").to(torch.bfloat16)
     inputs = random_inputs(model.config)
     kernels(True, counted=False)
+    model.optimize_for_cpu()
     eager = model.generate_actions(*model_args(inputs), noise=inputs["noise"], num_steps=3)
     model.compile_generation()
     compiled = [model.generate_actions(*model_args(inputs), noise=inputs["noise"], num_steps=3) for _ in range(3)]
@@ -178,7 +147,5 @@ def test_compiled_generation_takes_the_chosen_products_without_recompiling(kerne
     model.generate_actions(*model_args(inputs), noise=inputs["noise"], num_steps=3)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
     for actions in compiled:
-        torch.testing.assert_close(actions, eager, atol=0.02 if dtype == torch.bfloat16 else 1e-4, rtol=0)
-    with torch.profiler.profile() as profile:
-        model.generate_actions(*model_args(inputs), noise=inputs["noise"], num_steps=3)
-    assert "mkldnn::_linear_pointwise" in {event.key for event in profile.key_averages()}
+        torch.testing.assert_close(actions, eager, atol=0.02, rtol=0)
+    assert any(isinstance(m, CpuLinear) for m in model.modules())

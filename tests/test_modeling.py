@@ -248,7 +248,7 @@ def test_compiled_flow_generation_samples_what_the_eager_one_does():
         torch.testing.assert_close(compiled, expected, atol=1e-5, rtol=0)
     compiled = model.generate_actions(*alone, noise=first["noise"][-1:], num_steps=3, solver="heun")
     torch.testing.assert_close(compiled, eager[-1], atol=1e-5, rtol=0)
-    assert len(model._static_caches) == 2  # batch 2 with every camera, batch 1 with two
+    assert len(model.compiled_generation.caches) == 2  # batch 2 with every camera, batch 1 with two
 
 
 @pytest.mark.parametrize("variant", ["pi0", "pi0_fast"])
@@ -277,7 +277,8 @@ def test_compiling_only_the_flow_step_leaves_the_prefix_pass_eager():
     inputs = random_inputs(model.config)
     eager = model.generate_actions(*model_args(inputs), state=inputs["state"], noise=inputs["noise"])
     model.compile_generation(prefix=False)
-    assert model._compiled_prefix is None and model._compiled_step is not None
+    assert not model.compiled_generation.compiles_prefix
+    assert model.generation_runtime().prefix == model.encode_prefix
     compiled = model.generate_actions(*model_args(inputs), state=inputs["state"], noise=inputs["noise"])
     torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=0)
 

@@ -12,8 +12,10 @@ from PIL import Image
 from transformers import AutoModel, pipeline
 
 from conftest import CAMERAS, ROBOT_DIM
-from modeling_pi import PiForActionGeneration, RoboticsPipeline, robotics_pipeline
+from modeling_pi import PiForActionGeneration
+from pipelines_pi import RoboticsPipeline
 from processing_pi import PiProcessor
+from serving_pi import generate
 
 
 
@@ -121,8 +123,8 @@ def test_bad_inputs_are_errors_that_name_them(policy_folder, converted):
 
 
 def _generate(*argv) -> int:
-    parser = robotics_pipeline.add_arguments(argparse.ArgumentParser(prog="pi generate"))
-    return robotics_pipeline.run(parser.parse_args([str(arg) for arg in argv]))
+    parser = generate.add_arguments(argparse.ArgumentParser(prog="pi generate"))
+    return generate.run(parser.parse_args([str(arg) for arg in argv]))
 
 
 def _camera_files(tmp_path, observation: dict) -> list[str]:
