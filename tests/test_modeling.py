@@ -348,6 +348,33 @@ def test_bad_input_raises_a_value_error_naming_the_problem(case):
             model.generate_actions(*model_args(inputs), state=inputs["state"], noise=inputs["noise"])
 
 
+VALUE_CASES = ("NaN state", "inf actions", "token ids", "raw 0..255 pixels", "NaN pixels")  # the rest are shapes, dtypes
+
+
+@pytest.mark.parametrize("case", list(_bad_cases()), ids=str)
+def test_value_checks_read_only_host_tensors_and_shape_checks_every_tensor(case):
+    """A tensor off the host (here on the "meta" device, whose values cannot be read at all) has its values left
+    unchecked, so an accelerator never waits for one to come back; its shape and dtype are checked all the same."""
+    from modeling_pi.input_checks import check_flow_inputs, check_inputs
+
+    changes, message = _bad_cases()[case]
+    model = noisy_tiny_model("pi0")
+    inputs = random_inputs(model.config)
+    for name, change in changes.items():
+        inputs[name] = change(inputs[name])
+    off_host = {name: tensor.to("meta") for name, tensor in inputs.items()}
+
+    def check():
+        check_inputs(model.config, *model_args(off_host))
+        check_flow_inputs(model.config, off_host["pixel_values"].shape[0], off_host["state"], off_host["actions"])
+
+    if case in VALUE_CASES:
+        check()
+    else:
+        with pytest.raises(ValueError, match=message):
+            check()
+
+
 def test_pi0_without_state_and_training_without_actions_are_refused():
     model = noisy_tiny_model("pi0")
     inputs = random_inputs(model.config)
