@@ -85,6 +85,10 @@ class PiConfig(PreTrainedConfig):
         skip_position_after_prefix (`bool`, defaults to `True`):
             π0-FAST decoding: openpi gives the first generated token the position prefix length + 1, one
             past the prefix; LeRobot's π0-FAST (False) continues the positions without a gap.
+        rtc_max_delay (`int`, defaults to 0):
+            real-time chunking learnt in training (π0 / π0.5; `pi train --rtc-max-delay N`): each training chunk
+            begins with a clean prefix of 0 to N actions, given at flow time 0 and left out of the loss, so that
+            `generate_actions(prev_actions=...)` fixes those actions instead of guiding towards them. 0: not.
     """
 
     model_type = "pi"
@@ -116,6 +120,7 @@ class PiConfig(PreTrainedConfig):
     max_new_tokens: int = 256
     tie_word_embeddings: bool = True
     skip_position_after_prefix: bool = True
+    rtc_max_delay: int = 0
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):
@@ -129,11 +134,18 @@ class PiConfig(PreTrainedConfig):
             raise ValueError("π0-FAST has no action expert: leave expert_config unset.")
         if self.variant in FLOW_VARIANTS and not self.tie_word_embeddings:
             raise ValueError("Only π0-FAST reads logits: the flow variants have no output head to untie.")
+        self.validate_rtc()
         if self.variant in FLOW_VARIANTS and self.expert_config is None:
             self.expert_config = {"model_type": "gemma", **_GEMMA_300M}
         self.image_keys = list(self.image_keys)
         super().__post_init__(**kwargs)
         self._check_architecture()
+
+    def validate_rtc(self) -> None:
+        """`rtc_max_delay` is 0, or a flow model's clean action prefix, shorter than its chunk."""
+        if self.rtc_max_delay and (self.variant not in FLOW_VARIANTS or not 0 < self.rtc_max_delay < self.action_horizon):
+            raise ValueError(f"rtc_max_delay is a flow model's clean action prefix, 1 to action_horizon - 1 "
+                             f"({self.action_horizon - 1}) steps, got {self.rtc_max_delay} for {self.variant}.")
 
     @property
     def is_flow(self) -> bool:

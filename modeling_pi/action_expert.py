@@ -21,7 +21,8 @@ class PiAdaRMSModulation(nn.Linear):
 
 
 class PiAdaptiveRMSNorm(nn.Module):
-    """RMSNorm whose scale, shift and residual gate come from a conditioning vector (the flow time)."""
+    """RMSNorm whose scale, shift and residual gate come from a conditioning vector (the flow time): one per
+    sequence [B, cond], or one per token [B, T, cond]."""
 
     def __init__(self, dim: int, cond_dim: int, eps: float = 1e-6):
         super().__init__()
@@ -31,7 +32,10 @@ class PiAdaptiveRMSNorm(nn.Module):
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x32 = x.float()
         normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        scale, shift, gate = self.modulation(cond.to(self.modulation.weight.dtype))[:, None, :].chunk(3, dim=-1)
+        modulation = self.modulation(cond.to(self.modulation.weight.dtype))
+        if modulation.dim() == 2:  # one conditioning per sequence; else one per token [B, T, cond]
+            modulation = modulation[:, None, :]
+        scale, shift, gate = modulation.chunk(3, dim=-1)
         normed = normed * (1 + scale.float()) + shift.float()
         return normed.to(x.dtype), gate.to(x.dtype)
 

@@ -26,16 +26,17 @@ def sample_flow_time(
 
 
 def interpolate(actions: torch.Tensor, noise: torch.Tensor, time: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The point x_t on the straight path from data to noise and the velocity u that moves along it."""
-    t = time[:, None, None].to(actions.dtype)
+    """The point x_t on the straight path from data to noise and the velocity u that moves along it; `time` is
+    one flow time per chunk [B] or per action step [B, H]."""
+    t = time.reshape(*time.shape, *[1] * (actions.dim() - time.dim())).to(actions.dtype)
     return t * noise + (1 - t) * actions, noise - actions
 
 
 def time_embedding(time: torch.Tensor, width: int, min_period: float, max_period: float) -> torch.Tensor:
-    """Sine-cosine embedding of flow time, float32 [B, width]: sines first, periods geometric in [min, max]."""
+    """Sine-cosine embedding of flow time [...] -> float32 [..., width]: sines first, periods geometric in [min, max]."""
     fraction = torch.linspace(0.0, 1.0, width // 2, dtype=torch.float32, device=time.device)
     period = min_period * (max_period / min_period) ** fraction
-    angle = time.float()[:, None] * (2 * math.pi / period)[None, :]
+    angle = time.float()[..., None] * (2 * math.pi / period)
     return torch.cat([angle.sin(), angle.cos()], dim=-1)
 
 

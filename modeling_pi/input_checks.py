@@ -89,8 +89,9 @@ def check_flow_inputs(
     noise: torch.Tensor | None = None,
     timestep: torch.Tensor | None = None,
     action_is_pad: torch.Tensor | None = None,
+    prev_actions: torch.Tensor | None = None,
 ) -> None:
-    """State, action chunk, noise, flow time and padded-step mask of π0 / π0.5."""
+    """State, action chunk, noise, flow time, padded-step mask and previous chunk of π0 / π0.5."""
     chunk = (batch, config.action_horizon, config.action_dim)
     if config.variant == "pi05" and state is not None:
         raise ValueError("π0.5 reads the robot state in its prompt (the processor writes it there as 256 bins), not as "
@@ -100,12 +101,15 @@ def check_flow_inputs(
             raise ValueError("π0 reads the robot state as a token: pass `state` [batch, action_dim].")
         _shape("state", state, (batch, config.action_dim), "normalised state zero-padded to action_dim")
         _finite("state", state)
-    for name, tensor in (("actions", actions), ("noise", noise)):
+    for name, tensor in (("actions", actions), ("noise", noise), ("prev_actions", prev_actions)):
         if tensor is not None:
             _shape(name, tensor, chunk, "batch, action_horizon, action_dim")
             _finite(name, tensor)
     if timestep is not None:
-        _shape("timestep", timestep, (batch,), "one flow time per example")
+        if timestep.dim() == 2:
+            _shape("timestep", timestep, chunk[:2], "one flow time per action step")
+        else:
+            _shape("timestep", timestep, (batch,), "one flow time per example, or per action step [batch, action_horizon]")
         _finite("timestep", timestep)
     if action_is_pad is not None:
         _shape("action_is_pad", action_is_pad, chunk[:2], "True for steps past the episode end")

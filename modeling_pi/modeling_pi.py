@@ -28,6 +28,7 @@ from .fast_decoding import PiFastOutput, decode_fast, decode_step, fast_forward
 from .flow_matching import integrate, interpolate, sample_flow_time, time_embedding
 from .input_checks import check_fast_inputs, check_flow_inputs, check_inputs
 from .joint_attention import additive_mask, at_positions, block_causal_mask, joint_layer, last_valid_position
+from .real_time_chunking import FrozenPrefix, continuing
 
 
 @dataclass(frozen=True)
@@ -214,9 +215,11 @@ class PiForActionGeneration(PiPreTrainedModel):
     def embed_suffix(
         self, state: torch.Tensor | None, noisy_actions: torch.Tensor, timestep: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Suffix embeddings [B, S, W] in the expert's dtype, and the adaRMS conditioning [B, W] (π0.5) or None (π0).
+        """Suffix embeddings [B, S, W] in the expert's dtype, and the adaRMS conditioning (π0.5) or None (π0).
 
-        The flow head computes in its own weights' dtype: float32 in a model loaded in bfloat16, as in the reference.
+        `timestep` is one flow time per chunk [B] (the conditioning is then [B, W]) or one per action step [B, H]
+        (real-time chunking's clean prefix; [B, H, W]). The flow head computes in its own weights' dtype: float32
+        in a model loaded in bfloat16, as in the reference.
         """
         dtype = self.action_in_proj.weight.dtype
         action_tokens = self.action_in_proj(noisy_actions.to(dtype))
@@ -224,7 +227,7 @@ class PiForActionGeneration(PiPreTrainedModel):
         if self.config.use_adarms:
             adarms_cond = F.silu(self.time_mlp_out(F.silu(self.time_mlp_in(time_emb))))
             return action_tokens.to(self.action_expert.dtype), adarms_cond
-        time_tokens = time_emb[:, None, :].expand_as(action_tokens)
+        time_tokens = time_emb[:, None, :].expand_as(action_tokens) if time_emb.dim() == 2 else time_emb
         mixed = self.action_time_mlp_in(torch.cat([action_tokens, time_tokens], dim=-1))
         action_tokens = self.action_time_mlp_out(F.silu(mixed))
         state_token = self.state_proj(state.to(dtype))[:, None, :]
@@ -382,6 +385,8 @@ class PiForActionGeneration(PiPreTrainedModel):
             timestep = sample_flow_time(
                 actions.shape[0], config.time_beta_alpha, config.time_beta_beta, config.time_scale, config.time_offset, actions.device
             )
+            if config.rtc_max_delay:
+                timestep = with_clean_prefix(timestep, config.rtc_max_delay, config.action_horizon)
         x_t, target_velocity = interpolate(actions, noise, timestep)
 
         # The loss reads only the suffix: the prefix leaves out what no row uses, and in the language model's
@@ -397,11 +402,11 @@ class PiForActionGeneration(PiPreTrainedModel):
         _, suffix_out = self.run_experts(prefix, suffix, *attention, adarms_cond, read=no_prefix_output)
         velocity = self.predict_velocity(suffix_out)
         losses = (velocity.float() - target_velocity.float()).pow(2).mean(dim=-1)
-        if action_is_pad is None:
-            loss = losses.mean()
-        else:
-            real = ~action_is_pad.bool()
-            loss = (losses * real).sum() / real.sum().clamp(min=1)
+        # Steps past the episode end, and steps given clean (flow time 0: inputs, not predictions), carry no loss.
+        scored = None if action_is_pad is None else ~action_is_pad.bool()
+        if timestep.dim() == 2:
+            scored = (timestep > 0) if scored is None else scored & (timestep > 0)
+        loss = losses.mean() if scored is None else (losses * scored).sum() / scored.sum().clamp(min=1)
         return PiFlowMatchingOutput(loss=loss, losses=losses, velocity=velocity)
 
     # ---- inference ---------------------------------------------------------------------------------
@@ -425,6 +430,11 @@ class PiForActionGeneration(PiPreTrainedModel):
         num_steps: int | None = None,
         solver: str = "euler",
         generator: torch.Generator | None = None,
+        prev_actions: torch.Tensor | None = None,
+        inference_delay: int | torch.Tensor | None = None,
+        execution_horizon: int | torch.Tensor | None = None,
+        max_guidance_weight: float = 5.0,
+        prefix_schedule: str = "exp",
     ) -> torch.Tensor:
         """Samples a normalised action chunk [B, H, D] by integrating the flow from `noise` (t=1) to t=0.
 
@@ -433,11 +443,19 @@ class PiForActionGeneration(PiPreTrainedModel):
         keys into the suffix slots, which the next evaluation overwrites: the cache is never grown nor copied.
         `noise` or `generator` make it reproducible; `solver` is "euler" (the reference), "heun" or "rk4";
         `num_steps` counts solver steps. See `compile_generation` for the compiled variant.
+
+        Real-time chunking (`real_time_chunking.py`): `prev_actions` [B, H, D] (normalised) is what the robot is
+        still executing from the previous chunk, aligned to this chunk's first step; `inference_delay` d steps of
+        it run while this chunk is computed, and `execution_horizon` s steps of each chunk run before the next
+        is requested (ints, or one per row). The chunk is then guided towards it (β = `max_guidance_weight`,
+        `prefix_schedule` "exp", "linear", "ones" or "zeros"), or, for a model trained with a clean prefix
+        (`config.rtc_max_delay`), starts with its first d actions unchanged. Without `prev_actions`, or with
+        β = 0, sampling is exactly as without.
         """
         if not self.config.is_flow:
             raise ValueError("π0-FAST decodes action tokens: use generate_actions or decode_action_tokens.")
         check_inputs(self.config, pixel_values, pixel_attention_mask, input_ids, attention_mask)
-        check_flow_inputs(self.config, pixel_values.shape[0], state, noise=noise)
+        check_flow_inputs(self.config, pixel_values.shape[0], state, noise=noise, prev_actions=prev_actions)
         config = self.config
         batch = pixel_values.shape[0]
         if noise is None:
@@ -461,11 +479,21 @@ class PiForActionGeneration(PiPreTrainedModel):
             block_causal_mask(valid, ar)[:, prefix_len:], (valid.long().cumsum(1) - 1)[:, prefix_len:], like
         )
 
-        def velocity(x_t: torch.Tensor, t: float) -> torch.Tensor:
-            timestep = torch.full((batch,), t, dtype=torch.float32, device=x_t.device)
+        def velocity_at(x_t: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:  # flow times [B], or per step [B, H]
             return run.output(run.step(x_t, timestep, state, attention, cache))
 
-        return integrate(velocity, noise.float(), num_steps, solver)
+        def velocity(x_t: torch.Tensor, t: float) -> torch.Tensor:
+            return velocity_at(x_t, torch.full((batch,), t, dtype=torch.float32, device=x_t.device))
+
+        noise = noise.float()
+        if prev_actions is not None:
+            def differentiable(x_t: torch.Tensor, t: float) -> torch.Tensor:  # eager; reads the prefix, writes nothing
+                timestep = torch.full((batch,), t, dtype=torch.float32, device=x_t.device)
+                return self.velocity(x_t, timestep, state, attention, FrozenPrefix(cache, prefix_len))
+
+            velocity, noise = continuing(self.config, velocity_at, differentiable, noise, prev_actions,
+                                         inference_delay, execution_horizon, max_guidance_weight, prefix_schedule)
+        return integrate(velocity, noise, num_steps, solver)
 
     def velocity(self, x_t, timestep, state, attention, cache) -> torch.Tensor:
         """One velocity evaluation [B, H, D] (float32): the action expert over the suffix at flow time `timestep`
@@ -542,6 +570,14 @@ class PiForActionGeneration(PiPreTrainedModel):
         prefix_inputs = self.prefix_in_use(pixel_values, pixel_attention_mask, input_ids, attention_mask, run.prompt_bucket)
         return decode_fast(self, run, *prefix_inputs, max_new_tokens, temperature, generator, allowed_token_ids,
                            reference_positions)
+
+
+def with_clean_prefix(timestep: torch.Tensor, max_delay: int, horizon: int) -> torch.Tensor:
+    """Per-step flow times [B, H] from one per chunk [B]: a delay d drawn uniformly from 0..`max_delay` per example,
+    and its first d steps given clean (flow time 0), as the previous chunk fixes them when the robot runs."""
+    delay = torch.randint(0, max_delay + 1, (len(timestep), 1), device=timestep.device)
+    steps = torch.arange(horizon, device=timestep.device)
+    return torch.where(steps < delay, torch.zeros_like(timestep)[:, None], timestep[:, None])
 
 
 def _finite(tensor: torch.Tensor) -> bool:

@@ -3,6 +3,7 @@
     pi train --model CONVERTED --dataset LEROBOT_DIR --output OUT [--lora | --full] [--freeze-vision]
              [--steps N] [--batch-size N] [--learning-rate LR] [--warmup-steps N] [--resume | --overwrite]
              [--camera-map DATASET_KEY=MODEL_KEY ...] [--bf16] [--gradient-checkpointing] [--recompute-stats] [--seed N]
+             [--rtc-max-delay N]
 
 The schedule is the reference's: AdamW (β2 0.95, weight decay 1e-10, gradient clip 1.0), linear
 warm-up, cosine decay to a tenth of the peak. The norm statistics are, as LeRobot trains with them, the
@@ -20,6 +21,10 @@ Trainer writes `trainer_state.json` last, so a folder without a readable one is 
 save left; it is removed, and with no complete checkpoint the run starts from step 0, saying so. `--seed`
 seeds everything random before the model and its adapters are built, so two CPU runs with the same
 seed end with bit-identical weights.
+
+`--rtc-max-delay N` (π0, π0.5) trains for real-time chunking: each example's chunk begins with a clean prefix of
+0 to N actions (drawn uniformly), given at flow time 0 and left out of the loss; the saved config carries it
+(`rtc_max_delay`), so that sampling with the previous chunk's actions fixes them instead of guiding towards them.
 """
 
 import argparse
@@ -72,6 +77,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0,
                         help="seeds adapter initialisation, data order, flow noise and times: the same seed gives the same "
                              "run (bit for bit on CPU)")
+    parser.add_argument("--rtc-max-delay", type=int, default=None, metavar="N",
+                        help="real-time chunking: train with clean action prefixes of 0 to N steps (π0, π0.5)")
     return parser
 
 
@@ -87,11 +94,21 @@ class OutputError(ValueError):
     """An --output folder `pi train` must not write into as asked; the message names the folder and the way out."""
 
 
+class OptionError(ValueError):
+    """A `pi train` option the model cannot take."""
+
+
 def train(args: argparse.Namespace) -> Path:
     output = Path(args.output)
     check_output(output, args)
     set_seed(args.seed)  # before the model loads and the LoRA adapters are drawn: the Trainer seeds only later
     model = AutoModel.from_pretrained(args.model)
+    if args.rtc_max_delay is not None:
+        model.config.rtc_max_delay = args.rtc_max_delay
+        try:
+            model.config.validate_rtc()
+        except ValueError as err:
+            raise OptionError(f"--rtc-max-delay: {err}") from None
     processor = AutoProcessor.from_pretrained(args.model)
     dataset = LeRobotDataset(args.dataset, model.config.action_horizon, _camera_map(args.camera_map), processor.image_keys)
     processor.norm_stats, stats_source = _norm_stats(dataset, processor.norm_mode, args.recompute_stats)
@@ -212,7 +229,7 @@ def _model_card(args: argparse.Namespace, model, processor, stats_source: str) -
 def run(args: argparse.Namespace) -> int:
     try:
         print(f"wrote {train(args)}")
-    except (DatasetError, OutputError) as err:
+    except (DatasetError, OutputError, OptionError) as err:
         print(f"pi train: error: {err}", file=sys.stderr)
         return 1
     return 0
