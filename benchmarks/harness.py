@@ -16,7 +16,9 @@ cache, `per token` the rest of the call (the decoding loop) per token after the 
 each eager chunk is counted in one more call (`arithmetic.py`): GFLOP per chunk, and GFLOP/s at its
 median time, which tell work left out from work done faster; for π0-FAST, the prefill's (`gflop`) and each
 further token's (`per_token_gflop`). `--ablations` adds our model with one optimisation undone (`ablations.py`),
-timed in the same rounds, and, for those that change a training step, its training step beside ours.
+timed in the same rounds, and, for those that change a training step, its training step beside ours. `--rtc`
+adds, for π0 and π0.5, a chunk guided towards a previous one (real-time chunking: `prev_actions` with an
+inference delay of `RTC_DELAY` steps and half the chunk executed), timed beside ours in the same rounds.
 """
 
 import argparse
@@ -34,12 +36,14 @@ from .timing import Clock, alternate, peak_added_bytes
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 FAST_TOKENS = 16  # per π0-FAST call (random weights emit no EOS before; `fast_generate` checks)
+RTC_DELAY = 4  # control steps of inference delay in the guided chunk (`--rtc`); half the chunk is executed
+GUIDED = "ours, guided (real-time chunking)"
 MiB = 2**20
 
 
-def flow_generate(model, inputs, steps, clock, ours: bool):
+def flow_generate(model, inputs, steps, clock, ours: bool, **options):
     """The chunk sampler of either model, with the vision and prefix parts wrapped for timing (one part,
-    "prefix", where our prefix pass is compiled: the vision tower runs inside it)."""
+    "prefix", where our prefix pass is compiled: the vision tower runs inside it); `options` go to ours."""
     if not ours:
         clock.wrap(model.model.vlm, "get_image_features", "vision")
         clock.wrap(model.model.vlm, "forward", "prefix")
@@ -50,7 +54,16 @@ def flow_generate(model, inputs, steps, clock, ours: bool):
         clock.wrap(model, "get_image_features", "vision")
         clock.wrap(model, "encode_prefix", "prefix")
     state = {"state": inputs.state} if model.config.variant == "pi0" else {}  # π0.5 reads its state in the prompt
-    return lambda: model.generate_actions(**inputs.ours(), **state, noise=inputs.noise, num_steps=steps)
+    return lambda: model.generate_actions(**inputs.ours(), **state, noise=inputs.noise, num_steps=steps, **options)
+
+
+def guided_generate(model, inputs, steps):
+    """Our chunk guided towards a previous one (a fixed random chunk), to run beside ours."""
+    previous = torch.randn(inputs.noise.shape, generator=torch.Generator().manual_seed(1)).to(inputs.noise)
+    horizon = model.config.action_horizon
+    options = {"prev_actions": previous, "inference_delay": min(RTC_DELAY, horizon // 2), "execution_horizon": horizon // 2}
+    state = {"state": inputs.state} if model.config.variant == "pi0" else {}
+    return lambda: model.generate_actions(**inputs.ours(), **state, noise=inputs.noise, num_steps=steps, **options)
 
 
 def fast_generate(model, inputs, clock):
@@ -145,9 +158,11 @@ def _fast_arithmetic(decode, timing: dict) -> dict:
             "per_token_gflop": per_token, "per_token_gflop_per_s": per_token / per_token_seconds}
 
 
-def _eager(model) -> bool:
-    """Not compiled: the arithmetic of compiled code is the counter's blind spot (and the eager twin's anyway)."""
-    return getattr(model, "compiled_generation", None) is None
+def _counted(name: str, model) -> bool:
+    """Whether the row's arithmetic is counted: not for compiled code (the counter's blind spot, and the eager
+    twin's anyway), nor for the guided chunk (the counter cannot follow the gradient it takes inside the call).
+    Ablation rows run our eager model."""
+    return name != GUIDED and getattr(model, "compiled_generation", None) is None
 
 
 def time_training(models: dict, inputs, dtype, device, repeats: int, ablations=()) -> dict[str, dict]:
@@ -211,10 +226,12 @@ def bench_pi0_pair(size, dtype, device, args) -> list[dict]:
         runs = {name: (clocks[name], flow_generate(model, inputs, args.steps, clocks[name], name != "transformers"))
                 for name, model in generators.items()}
         ablations = _undone(ours, args.ablations, runs["ours"])  # our model, one optimisation undone
+        if args.rtc:
+            ablations[GUIDED] = (clocks["ours"], guided_generate(ours, inputs, args.steps))
         runs.update(ablations)
         timings = alternate(runs, args.repeats, against=("transformers", "ours"))
         memory = {name: peak_added_bytes(runs[name][1], device) for name in generators}
-        eager = [name for name in runs if _eager(generators.get(name, ours))]  # ablation rows run our eager model
+        eager = [name for name in runs if _counted(name, generators.get(name, ours))]
         arithmetic = {name: _arithmetic(runs[name][1], timings[name]["total"]) for name in eager}
 
     rows = [{"size": size, "dtype": str(dtype).removeprefix("torch."), "variant": "pi0", "model": name,
@@ -251,12 +268,14 @@ def bench_ours_alone(variant, size, dtype, device, args) -> list[dict]:
         runs = {name: (clocks[name], fast_generate(m, inputs, clocks[name]) if fast
                        else flow_generate(m, inputs, args.steps, clocks[name], ours=True)) for name, m in models.items()}
         ablations = _undone(model, args.ablations, runs["ours"])
+        if args.rtc and not fast:
+            ablations[GUIDED] = (clocks["ours"], guided_generate(model, inputs, args.steps))
         runs.update(ablations)
         timings = alternate(runs, args.repeats, against=("ours",) if ablations else ())
         rows = []
         for name, (_, run) in runs.items():
             timing, row = timings[name], {"size": size, "dtype": str(dtype).removeprefix("torch."), "variant": variant, "model": name}
-            eager = _eager(models.get(name, model))  # ablation rows run our eager model
+            eager = _counted(name, models.get(name, model))
             if fast:
                 row["prefill_ms"] = timing["prefill"] * 1e3
                 row["per_token_ms"] = (timing["total"] - timing["prefill"]) / (FAST_TOKENS - 1) * 1e3
@@ -357,6 +376,8 @@ def main(argv=None):
                         "(torch.compile mode: default, reduce-overhead for CUDA graphs, ...)")
     parser.add_argument("--ablations", default="", help=f"comma-separated, from {', '.join(ABLATIONS)}: extra rows "
                         "(each variant), ours with that optimisation undone")
+    parser.add_argument("--rtc", action="store_true", help="also time a chunk guided towards a previous one (real-time "
+                        "chunking), beside ours (π0, π0.5)")
     parser.add_argument("--no-train", dest="train", action="store_false", help="skip the training step")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json", help="also write the rows here")

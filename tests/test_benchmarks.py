@@ -180,3 +180,13 @@ def test_arithmetic_counts_the_products_whichever_kernel_computes_them():
     counted = count_gflop(sample)
     assert count_gflop(ablated(ours, "sdpa", sample)) == pytest.approx(counted)  # eager attention's matmuls
     assert count_gflop(ablated(ours, "prefix-trimming", sample)) > counted
+
+
+def test_rtc_times_a_guided_chunk_beside_ours():
+    rows = main(["--sizes", "tiny", "--variants", "pi0,pi05,pi0_fast", "--repeats", "1", "--no-train", "--rtc"])
+    by_model = {(row["variant"], row["model"]): row for row in rows}
+    for variant in "pi0", "pi05":
+        guided, ours = by_model[variant, "ours, guided (real-time chunking)"], by_model[variant, "ours"]
+        assert guided["ratio_to_ours"] > 0 and guided["total_ms"] > ours["prefix_ms"]
+        assert "gflop" not in guided  # the counter cannot follow the gradient taken inside the call
+    assert ("pi0_fast", "ours, guided (real-time chunking)") not in by_model
