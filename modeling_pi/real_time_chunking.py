@@ -115,6 +115,9 @@ def continuing(config, velocity, differentiable, noise, prev_actions, inference_
         return lambda x_t, t: velocity(x_t, torch.full((batch,), t, dtype=torch.float32, device=x_t.device)), noise
     if max_guidance_weight < 0:
         raise ValueError(f"max_guidance_weight must be >= 0, got {max_guidance_weight}.")
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError("Guidance towards prev_actions differentiates the action expert, which torch.inference_mode "
+                           "forbids: call generate_actions outside it (it runs under torch.no_grad itself).")
     weights = prefix_weights(delay, executed, horizon, prefix_schedule)
     return guided(differentiable, prev_actions, weights, max_guidance_weight), noise
 

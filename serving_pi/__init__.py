@@ -4,6 +4,8 @@ from processing_pi import ObservationError
 
 from .observations import PRESETS, preset
 from .policy import BatchingPolicy
+from .real_time import LocalPolicy, RealTimeChunkBroker
 from .server import PolicyServer, serve_in_background
 
-__all__ = ["PRESETS", "BatchingPolicy", "ObservationError", "PolicyServer", "preset", "serve_in_background"]
+__all__ = ["PRESETS", "BatchingPolicy", "LocalPolicy", "ObservationError", "PolicyServer", "RealTimeChunkBroker", "preset",
+           "serve_in_background"]

@@ -14,6 +14,15 @@ that caused it gets the error. A request whose caller stops waiting (its client 
 out of the queue at once: it is never computed and its inputs are released.
 Flow noise is drawn per request, so a request's actions do not depend on which batch it ran in.
 
+Real-time chunking (π0 / π0.5): an observation may carry `prev_actions` [L, robot action dims], the leftover
+of the previous chunk in the robot's units exactly as this server answered it, aligned to the step the
+observation was taken at, and `inference_delay` d (control steps the computation takes; default 0). The
+leftover goes back through the processor's training direction (the robot's conversions relative to this
+observation's state, normalisation, padding to the model's action dims), is padded with zeros to the chunk's
+H steps, and the model continues it (`generate_actions(prev_actions=..., inference_delay=d,
+execution_horizon=H − L)`). These are one value per row, so such requests batch together whatever their L
+and d, but never with requests without them.
+
 Written by hand: the batching, the per-request checks and the withdrawal of abandoned requests are this
 server's policy; no serving library knows π's processor and model contract.
 """
@@ -36,11 +45,12 @@ from processing_pi import Robot
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_PROMPT_CHARS = 4096  # openpi's prompts are tens of characters; π0.5 reads at most 200 tokens
+PREV_ACTIONS, INFERENCE_DELAY = "prev_actions", "inference_delay"  # the observation keys of real-time chunking
 
 
 @dataclass(eq=False)  # compared by identity: a request is withdrawn from the queue as itself
 class _Request:
-    inputs: dict
+    inputs: dict  # the keyword arguments of `generate_actions` that take one row per request
     robot_state: np.ndarray
     noise: torch.Tensor | None
     arrived: float
@@ -67,6 +77,7 @@ class BatchingPolicy:
                              f"{max_prompt_chars}.")
         check_post_processing(model.config, processor)
         self.model, self.processor = model.eval(), processor
+        self.robot_action_dims = robot_action_dims(model.config, processor)
         self.max_batch, self.max_prompt_chars = max_batch, max_prompt_chars
         self.compute_dtype = model.dtype
         self.generate_kwargs = generate_kwargs
@@ -83,7 +94,8 @@ class BatchingPolicy:
         config, robot = self.model.config, self.processor.robot
         return {**robot.metadata, "variant": config.variant, "action_horizon": config.action_horizon,
                 "image_keys": list(config.image_keys), "max_batch": self.max_batch, "robot": robot.name,
-                "observation_layout": robot.describe(), "max_prompt_chars": self.max_prompt_chars}
+                "observation_layout": robot.describe(), "max_prompt_chars": self.max_prompt_chars,
+                "real_time_chunking": config.is_flow, "rtc_max_delay": config.rtc_max_delay}
 
     @property
     def waiting(self) -> int:
@@ -123,16 +135,29 @@ class BatchingPolicy:
                 self._withdraw(request)
             raise
 
+    def infer_now(self, observation) -> dict:
+        """`infer` in the calling thread, alone: no queue, no batch, checked and answered the same way. For a
+        policy that no server runs (`serving_pi.LocalPolicy`): the model is used by the caller's thread."""
+        if self._worker is not None and not self._worker.done():
+            raise RuntimeError("This policy is being served: its model runs on the server's thread; use infer.")
+        inputs, robot_state = self._preprocess(observation)
+        return self._generate([_Request(inputs, robot_state, self._noise(), time.monotonic(), None)])[0]
+
     # ---- one request, alone ------------------------------------------------------------------
 
     def _preprocess(self, observation) -> tuple[dict, np.ndarray]:
-        """observation -> (model inputs, its state as the robot reads it), checked as the model will see them."""
+        """observation -> (model inputs, its state as the robot reads it), checked as the model will see them.
+        With `prev_actions`, the inputs hold the row's real-time-chunking options as well."""
         fields = self.processor.robot.read(observation)
         self._check_prompt(fields["prompt"])
         robot_state = fields["state"]
         self._check_state(robot_state)
+        continued = read_continuation(observation, self.model.config, self.robot_action_dims)
+        leftover = None if continued is None else self.processor.robot.from_robot(continued[0][None], robot_state[None])
         inputs = dict(self.processor(images={camera: [image] for camera, image in fields["images"].items()},
-                                     prompt=[fields["prompt"]], state=robot_state[None], return_tensors="pt"))
+                                     prompt=[fields["prompt"]], state=robot_state[None], actions=leftover, return_tensors="pt"))
+        if continued is not None:
+            inputs.update(continuation_inputs(inputs.pop("actions"), continued[1], self.model.config.action_horizon))
         self._check_inputs(inputs)
         return inputs, robot_state
 
@@ -160,7 +185,7 @@ class BatchingPolicy:
         check_inputs(config, inputs["pixel_values"], inputs["pixel_attention_mask"], inputs["input_ids"],
                      inputs["attention_mask"])
         if config.is_flow:
-            check_flow_inputs(config, 1, inputs.get("state"))
+            check_flow_inputs(config, 1, inputs.get("state"), prev_actions=inputs.get(PREV_ACTIONS))
 
     def _noise(self) -> torch.Tensor | None:
         if not self.model.config.is_flow or "noise" in self.generate_kwargs:
@@ -182,11 +207,17 @@ class BatchingPolicy:
             self.stats["withdrawn"] += 1
 
     async def _next_batch(self) -> list[_Request]:
+        """The oldest waiting request and the next ones of its kind (the same model inputs: with real-time
+        chunking or without), up to `max_batch`; the others keep their places in the queue."""
         while not self._waiting:
             self._idle.set()
             self._arrival.clear()
             await self._arrival.wait()
-        return [self._waiting.popleft() for _ in range(min(self.max_batch, len(self._waiting)))]
+        kind = self._waiting[0].inputs.keys()
+        batch = [request for request in self._waiting if request.inputs.keys() == kind][: self.max_batch]
+        for request in batch:
+            self._waiting.remove(request)
+        return batch
 
     async def _run(self) -> None:
         while True:
@@ -237,7 +268,8 @@ class BatchingPolicy:
         if batch[0].noise is not None:
             options["noise"] = torch.cat([request.noise for request in batch])
         device = self.model.device
-        with torch.inference_mode():
+        # guidance towards prev_actions differentiates through the action expert, which inference mode rules out
+        with torch.no_grad() if PREV_ACTIONS in inputs else torch.inference_mode():
             generated = self.model.generate_actions(**{k: v.to(device) for k, v in inputs.items()},
                                                     **{k: v.to(device) if torch.is_tensor(v) else v for k, v in options.items()})
         out = self.processor.post_process(generated.cpu(), robot_state=np.stack([request.robot_state for request in batch]))
@@ -249,6 +281,63 @@ class BatchingPolicy:
              "policy_timing": {"infer_ms": infer_ms, "queue_ms": (started - request.arrived) * 1000, "batch_size": len(batch)}}
             for i, request in enumerate(batch)
         ]
+
+
+def robot_action_dims(config, processor) -> int | None:
+    """The action dims of the chunks a flow model's policy answers with: the model's `action_dim` cut to the
+    processor's robot action dims by `post_process`, then to the robot's by `Robot.to_robot`. None for π0-FAST."""
+    if not config.is_flow:
+        return None
+    dims = processor.robot_action_dim_source()[0] or config.action_dim
+    return min(dims, processor.robot.action_dim or dims)
+
+
+def read_continuation(observation: dict, config, action_dims: int | None) -> tuple[np.ndarray, int] | None:
+    """An observation's real-time-chunking keys, checked: (`prev_actions` [L, robot action dims] float64 in the
+    robot's units, `inference_delay` d), or None when it carries neither. L is H − s, 1 to H − 1 (s, the steps
+    executed from the previous chunk, is at least 1), and 0 <= d <= L (d + s <= H); a model trained with a clean
+    prefix takes d up to its `rtc_max_delay`. A `ValueError` names what is wrong."""
+    prev_actions, delay = observation.get(PREV_ACTIONS), observation.get(INFERENCE_DELAY)
+    if prev_actions is None:
+        if delay is not None:
+            raise ValueError(f"{INFERENCE_DELAY} was sent without {PREV_ACTIONS}: it is the delay of a chunk that "
+                             "continues the previous one; send both, or neither.")
+        return None
+    if not config.is_flow:
+        raise ValueError(f"π0-FAST does not support real-time chunking: send observations without {PREV_ACTIONS} and "
+                         f"{INFERENCE_DELAY} (the server's metadata says real_time_chunking: false).")
+    horizon = config.action_horizon
+    prev_actions = np.asarray(prev_actions)
+    expected = f"[L, {action_dims}] numbers with 1 <= L <= {horizon - 1}"
+    if prev_actions.dtype.kind not in "iuf" or prev_actions.ndim != 2 or prev_actions.shape[1] != action_dims:
+        raise ValueError(f"{PREV_ACTIONS} must be the previous chunk's actions not yet executed, {expected} (the robot's "
+                         f"action dims), got {prev_actions.dtype} {list(prev_actions.shape)}.")
+    if not 1 <= len(prev_actions) < horizon:
+        raise ValueError(f"{PREV_ACTIONS} holds {len(prev_actions)} actions; it must hold 1 to {horizon - 1}: the "
+                         f"{horizon}-step chunk less the s >= 1 steps executed from it (execution_horizon = {horizon} - L).")
+    prev_actions = prev_actions.astype(np.float64)
+    if not np.isfinite(prev_actions).all():
+        raise ValueError(f"{PREV_ACTIONS} holds NaN or infinite values.")
+    delay = 0 if delay is None else delay
+    if isinstance(delay, (bool, np.bool_)) or np.asarray(delay).dtype.kind not in "iu" or np.ndim(delay) != 0:
+        raise ValueError(f"{INFERENCE_DELAY} must be a whole number of control steps, got {delay!r}.")
+    delay = int(delay)
+    if not 0 <= delay <= len(prev_actions):
+        raise ValueError(f"{INFERENCE_DELAY} must be 0 to the {len(prev_actions)} {PREV_ACTIONS} sent (inference_delay + "
+                         f"execution_horizon <= action_horizon = {horizon}), got {delay}.")
+    if config.rtc_max_delay and delay > config.rtc_max_delay:
+        raise ValueError(f"This model was trained with clean prefixes of at most {config.rtc_max_delay} steps "
+                         f"(rtc_max_delay): {INFERENCE_DELAY} must be at most that, got {delay}.")
+    return prev_actions, delay
+
+
+def continuation_inputs(prev_actions: torch.Tensor, delay: int, horizon: int) -> dict:
+    """One row's real-time-chunking options of `generate_actions`, from its leftover actions [1, L, D] as the
+    processor normalised and padded them: `prev_actions` [1, H, D] (zeros after L, where the guidance weight
+    is 0), `inference_delay` [1] and `execution_horizon` [1] = H − L."""
+    leftover = prev_actions.shape[1]
+    return {PREV_ACTIONS: torch.nn.functional.pad(prev_actions, (0, 0, 0, horizon - leftover)),
+            INFERENCE_DELAY: torch.tensor([delay]), "execution_horizon": torch.tensor([horizon - leftover])}
 
 
 def check_post_processing(config, processor) -> None:

@@ -14,8 +14,12 @@ The protocol (openpi's): on connect the server sends its metadata (msgpack: the 
 ALOHA's `reset_pose`, and the server's); then each binary msgpack message is one observation and is
 answered with a dict holding `actions` [H, robot dims] and the timings (`policy_timing`,
 `server_timing`), plus `valid` (False where a π0-FAST answer did not decode into actions; they are then
-openpi's fallback, not a prediction). A request that cannot be served is answered with a text
-message naming the problem, which the client raises as an error; the connection stays open.
+openpi's fallback, not a prediction). For real-time chunking (π0 / π0.5; the metadata's
+`real_time_chunking`), an observation may also carry `prev_actions` [L, robot dims], the previous chunk's
+actions not yet executed as this server returned them, and `inference_delay` (control steps); the new
+chunk then continues them (`serving_pi.policy`; the client side is `serving_pi.real_time`). A request
+that cannot be served is answered with a text message naming the problem, which the client raises as
+an error; the connection stays open.
 Messages larger than `--max-message-mb` close that connection (code 1009); other clients are not
 affected. Prompts longer than `--max-prompt-chars` (default 4096) are refused before tokenising. Each
 request is checked on its own before it joins a batch, and a failed batch is run again request by

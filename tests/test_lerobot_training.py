@@ -223,6 +223,24 @@ def test_pi_train_resumes_from_its_last_checkpoint(dataset_root, model_folder, t
     assert len(losses) == 5  # steps 1-3 from the first run, 4-5 after resuming
 
 
+def test_pi_train_with_rtc_max_delay_saves_a_model_that_keeps_the_previous_actions(dataset_root, model_folder, tmp_path,
+                                                                                    capsys):
+    common = ["train", "--model", str(model_folder), "--dataset", str(dataset_root), "--batch-size", "4",
+              "--logging-steps", "1", "--save-steps", "2", "--steps", "2", "--full", *MAP_ARGS]
+    assert pi_cli.main([*common, "--output", str(tmp_path / "long"), "--rtc-max-delay", str(HORIZON)]) == 1
+    assert "--rtc-max-delay" in capsys.readouterr().err and not (tmp_path / "long").exists()
+    assert pi_cli.main([*common, "--output", str(tmp_path / "run"), "--rtc-max-delay", "2"]) == 0
+    model = AutoModel.from_pretrained(tmp_path / "run").eval()
+    assert model.config.rtc_max_delay == 2
+    processor = AutoProcessor.from_pretrained(tmp_path / "run")
+    sample = LeRobotDataset(dataset_root, HORIZON, CAMERA_MAP)[3]
+    inputs = processor(images=sample["images"], prompt=sample["prompt"], state=sample["state"])
+    previous = torch.randn(1, HORIZON, model.config.action_dim)
+    with torch.no_grad():
+        chunk = model.generate_actions(**inputs, prev_actions=previous, inference_delay=2, execution_horizon=2)
+    assert torch.equal(chunk[:, :2], previous[:, :2])
+
+
 def test_bad_dataset_makes_pi_train_exit_non_zero(dataset_root, model_folder, tmp_path, capsys):
     root = shutil.copytree(dataset_root, tmp_path / "ds")
     (root / "meta" / "stats.json").unlink()

@@ -178,3 +178,9 @@ def test_bad_real_time_options_are_refused(options, message):
         _sample(model, inputs, prev_actions=prev, **options)
     with pytest.raises(ValueError, match="prev_actions"):
         _sample(model, inputs, prev_actions=prev[:, :3], inference_delay=1, execution_horizon=3)
+
+
+def test_guidance_under_inference_mode_says_why_it_cannot_run():
+    model, inputs, prev = _case("pi05")
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="inference_mode"):
+        _sample(model, inputs, prev_actions=prev, **RTC)
