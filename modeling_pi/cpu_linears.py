@@ -53,6 +53,7 @@ class CpuLinear(nn.Linear):
             or x.dtype != torch.bfloat16
             or self.weight.dtype != torch.bfloat16
             or x.device.type != "cpu"
+            or type(self.weight) is not nn.Parameter  # a quantized weight keeps its own kernel
             or self.weight.numel() < MIN_WEIGHT
             or x.numel() < MIN_ROWS * self.in_features
         ):

@@ -28,6 +28,7 @@ from .fast_decoding import PiFastOutput, decode_fast, decode_step, fast_forward
 from .flow_matching import integrate, interpolate, sample_flow_time, time_embedding
 from .input_checks import check_fast_inputs, check_flow_inputs, check_inputs
 from .joint_attention import additive_mask, at_positions, block_causal_mask, joint_layer, last_valid_position
+from .quantization import INT4_GROUP_SIZE, is_quantized, quantize_weights
 from .real_time_chunking import FrozenPrefix, continuing
 
 
@@ -160,6 +161,12 @@ class PiForActionGeneration(PiPreTrainedModel):
         names of the linears it changed: none on a CPU whose bfloat16 products PyTorch runs natively, where it
         would not pay. `enable=False` undoes it. Results are those of bfloat16 hardware (float32 accumulation)."""
         return use_float32_products(self, enable)
+
+    def quantize_weights(self, bits: str = "int8", group_size: int = INT4_GROUP_SIZE) -> list[str]:
+        """Weight-only quantization (torchao) of the vision tower, the language model and the action expert:
+        "int8" (per output channel) or "int4" (per `group_size` inputs, where torchao has the kernel). In place;
+        returns the linears quantized. See `quantization.py`."""
+        return quantize_weights(self, bits, group_size)
 
     def get_input_embeddings(self):
         return self.language_model.embed_tokens
@@ -585,6 +592,8 @@ def _finite(tensor: torch.Tensor) -> bool:
     sum is not finite."""
     if not tensor.is_floating_point() or tensor.device.type == "meta":
         return True
+    if is_quantized(tensor):  # torchao's tensor subclasses: the values they stand for
+        tensor = tensor.dequantize()
     return bool(torch.isfinite(tensor.sum(dtype=torch.float32))) or bool(torch.isfinite(tensor).all())
 
 

@@ -1,0 +1,94 @@
+"""Weight-only quantization (torchao): which weights, how close the chunk stays, and what is refused."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+from transformers import AutoModel, TorchAoConfig
+
+import modeling_pi  # noqa: F401
+from conftest import flow_state, load_fixture_io, model_args, noisy_tiny_model, random_inputs
+from modeling_pi.quantization import STACKS, is_quantized
+
+torchao = pytest.importorskip("torchao")
+
+
+@pytest.mark.parametrize("variant", ["pi0", "pi05"])
+@torch.no_grad()
+def test_int8_weights_keep_the_reference_chunk_within_one_percent(converted, variant):
+    model = AutoModel.from_pretrained(converted(variant)).eval()
+    io = load_fixture_io(variant)
+    names = model.quantize_weights("int8")
+    assert names and all(name.split(".")[0] in STACKS for name in names)
+    for name, module in model.named_modules():  # the three stacks' linears, and nothing else
+        if isinstance(module, nn.Linear):
+            assert is_quantized(module.weight) == (name in names), name
+    assert not is_quantized(model.action_in_proj.weight)  # the flow head keeps its precision
+    actions = model.generate_actions(*model_args(io), **flow_state(model.config, io), noise=io["noise"])
+    expected = io["expected.sample_actions_10_steps"]
+    assert (actions - expected).abs().max() < 0.01 * expected.abs().max()
+
+
+@torch.no_grad()
+def test_int8_pi0_fast_decodes(converted):
+    """Decoding runs through torchao's kernels, the cache and the tied head alike. No closeness bound here: the
+    fixture's random π0-FAST is chaotic (int8 weights in its projector alone move its logits by 10%), unlike the
+    flow fixtures above; the shipped demo policy's success measures what int8 costs a trained model."""
+    model = AutoModel.from_pretrained(converted("pi0_fast")).eval()
+    io = load_fixture_io("pi0_fast")
+    model.quantize_weights("int8")
+    tokens = model.generate_actions(io["pixel_values"], io["pixel_attention_mask"], io["decode_prompt"].long(),
+                                    io["decode_prompt_mask"], max_new_tokens=16)
+    assert tokens.shape == (io["decode_prompt"].shape[0], 16)
+    assert 0 <= tokens.min() and tokens.max() < model.config.text_config.vocab_size
+
+
+@torch.no_grad()
+def test_transformers_quantization_config_loads_a_quantized_model(tmp_path):
+    from torchao.quantization import Int8WeightOnlyConfig
+
+    model = noisy_tiny_model("pi05")
+    inputs = random_inputs(model.config)
+    expected = model.generate_actions(*model_args(inputs), noise=inputs["noise"])
+    model.save_pretrained(tmp_path)
+    loaded = AutoModel.from_pretrained(tmp_path, quantization_config=TorchAoConfig(Int8WeightOnlyConfig()))
+    assert is_quantized(loaded.action_expert.layers[0].mlp.up_proj.weight)
+    actions = loaded.generate_actions(*model_args(inputs), noise=inputs["noise"])
+    assert (actions - expected).abs().max() < 0.01 * expected.abs().max()
+
+
+@torch.no_grad()
+def test_quantized_linears_keep_torchaos_kernels_under_optimize_for_cpu(monkeypatch):
+    from modeling_pi import cpu_linears
+
+    monkeypatch.setattr(cpu_linears, "lacks_bfloat16_arithmetic", lambda: True)
+    monkeypatch.setattr(cpu_linears, "MIN_WEIGHT", 0)
+    model = noisy_tiny_model("pi05").to(torch.bfloat16)
+    inputs = random_inputs(model.config)
+    model.quantize_weights("int8")
+    quantized = model.generate_actions(*model_args(inputs), noise=inputs["noise"])
+    model.optimize_for_cpu()
+    torch.testing.assert_close(model.generate_actions(*model_args(inputs), noise=inputs["noise"]), quantized)
+
+
+def test_unknown_formats_and_missing_kernels_are_refused_with_the_reason():
+    model = noisy_tiny_model("pi0")
+    with pytest.raises(ValueError, match="int8, int4"):
+        model.quantize_weights("int3")
+    try:
+        copy.deepcopy(model).quantize_weights("int4", group_size=32)
+    except RuntimeError as err:  # no int4 kernel for this device in this torchao
+        assert "int4" in str(err) and "cpu" in str(err)
+
+
+def test_the_quantization_benchmark_compares_the_precisions_on_the_same_weights():
+    from benchmarks.quantized import main
+
+    rows = main(["--sizes", "tiny", "--variants", "pi0", "--repeats", "1"])["rows"]
+    by_name = {row["model"]: row for row in rows}
+    assert list(by_name) == ["float32", "bfloat16", "int8 weights, float32", "int8 weights, bfloat16"]
+    assert by_name["float32"]["error"] == 0 and by_name["float32"]["ratio_to_float32"] == 1
+    assert by_name["int8 weights, float32"]["weights_mib"] < 0.7 * by_name["float32"]["weights_mib"]
+    assert by_name["bfloat16"]["weights_mib"] == pytest.approx(by_name["float32"]["weights_mib"] / 2, rel=0.01)
+    assert all(row["chunk_ms"] > 0 and row["error"] < 0.05 for row in rows)
