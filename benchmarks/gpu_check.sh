@@ -6,7 +6,7 @@
 #    and the harness's own test (our π0 and transformers' PI0 agree on one set of weights);
 # 3. prints the latency tables: π0 against transformers' PI0 (tiny, small, full; bfloat16 and float32), full-size
 #    π0 with compiled generation (prefix pass and flow step as CUDA graphs), π0.5 and π0-FAST at full size,
-#    a training step (small).
+#    a training step (small); weight-only int8 and int4 against bfloat16 and float32 (benchmarks/quantized.py).
 # Everything lands in $OUT (default ./gpu_check_out). Budgeted to finish within about 6 minutes on an H100.
 # DEVICE=cpu FULL=tiny SMALL=tiny runs the same steps on a CPU at toy sizes (to check this script).
 set -euo pipefail
@@ -32,3 +32,5 @@ bench --sizes "tiny,$SMALL,$FULL" --dtypes bfloat16,float32 --no-train --json "$
 bench --sizes "$FULL" --dtypes bfloat16 --compile reduce-overhead --no-train | tee "$OUT/pi0_cuda_graphs.md"
 bench --sizes "$FULL" --dtypes bfloat16 --variants pi05,pi0_fast --no-train | tee "$OUT/pi05_fast.md"
 bench --sizes "$SMALL" --dtypes bfloat16 --repeats 5 | tee "$OUT/train.md"
+python3 -m benchmarks.quantized --device "$DEVICE" --sizes "$SMALL,$FULL" --variants pi0 --bits int8,int4 --repeats 5 \
+    --json "$OUT/quantized.json" | tee "$OUT/quantized.md"

@@ -1,12 +1,13 @@
 """Weight-only int8 against float32 and bfloat16 on the same weights: chunk latency, memory, action error.
 
-    python -m benchmarks.quantized [--sizes tiny,small,base] [--variants pi0,pi05] [--repeats 3] [--steps 10]
-                                   [--no-bfloat16] [--demo-episodes 100] [--json rows.json]
+    python -m benchmarks.quantized [--sizes tiny,small,base] [--variants pi0,pi05] [--bits int8] [--repeats 3]
+                                   [--steps 10] [--device cpu] [--no-bfloat16] [--demo-episodes 100] [--json rows.json]
 
 For each size and variant, one model with random weights (`models.ours_alone`) in float32, a bfloat16 copy
-(skipped with `--no-bfloat16`, which the full size needs to fit in memory) and each of them with int8
-weights (`quantize_weights`: the vision tower, the language model and the action expert; the int8 twin of the
-float32 model holds the same float tensors for the rest). As `pi serve` runs them, every model on the CPU
+(skipped with `--no-bfloat16`, which the full size needs to fit in this machine's memory) and each of them
+with int8 weights (`--bits int8,int4` adds int4, where torchao has its kernel on the device; where it has
+not, the row says so): `quantize_weights` on the vision tower, the language model and the action expert, in a
+twin holding the same float tensors for the rest. As `pi serve` runs them, every model on the CPU
 has `optimize_for_cpu()` applied. They are timed alternately, as the harness does (`timing.alternate`: the
 median of the rounds, and each ratio the median of per-round ratios against float32); `weights MiB` is
 the memory of the parameters as stored, `peak MiB` the most tensor memory one chunk adds, and `error` the
@@ -38,25 +39,34 @@ def stored_bytes(model) -> int:
     return total
 
 
-def precisions(model, bfloat16: bool) -> dict:
-    """name -> model: float32, bfloat16 (a copy), and each with int8 weights (twins holding the rest's tensors)."""
-    models = {"float32": model}
+def precisions(model, bfloat16: bool, bits: list[str]) -> tuple[dict, dict]:
+    """name -> model: float32, bfloat16 (a copy), and each with quantized weights (twins holding the rest's
+    tensors); and name -> why, for the formats torchao has no kernel for on this device."""
+    models, skipped = {"float32": model}, {}
     if bfloat16:
         models["bfloat16"] = copy.deepcopy(model).to(torch.bfloat16)
     for name, base in list(models.items()):
-        quantized = twin(base)
-        quantized.quantize_weights("int8")
-        models[f"int8 weights, {name}"] = quantized
+        for format_ in bits:
+            quantized = twin(base)
+            try:
+                quantized.quantize_weights(format_)
+            except RuntimeError as err:
+                skipped[f"{format_} weights, {name}"] = str(err)
+                continue
+            models[f"{format_} weights, {name}"] = quantized
     for each in models.values():
         if each.device.type == "cpu":
             each.optimize_for_cpu()
-    return models
+    return models, skipped
 
 
 def bench(variant: str, size: str, args) -> list[dict]:
-    model = ours_alone(variant, size, None)
-    inputs = make_inputs(model.config, 1, 3, 20, "cpu")
-    models = precisions(model, args.bfloat16)
+    device = torch.device(args.device)
+    model = ours_alone(variant, size, None, device)
+    inputs = make_inputs(model.config, 1, 3, 20, device)
+    models, skipped = precisions(model, args.bfloat16, args.bits.split(","))
+    for name, why in skipped.items():
+        print(f"{size} {variant} {name}: skipped ({why})")
     state = {"state": inputs.state} if variant == "pi0" else {}
 
     def chunk(each):
@@ -67,9 +77,9 @@ def bench(variant: str, size: str, args) -> list[dict]:
     with torch.no_grad():
         reference = chunk(model)()
         errors = {name: ((chunk(each)() - reference).abs().max() / reference.abs().max()).item() for name, each in models.items()}
-        timings = alternate({name: (Clock(torch.device("cpu")), chunk(each)) for name, each in models.items()}, args.repeats,
+        timings = alternate({name: (Clock(device), chunk(each)) for name, each in models.items()}, args.repeats,
                             against=("float32",))
-        peaks = {name: peak_added_bytes(chunk(each), torch.device("cpu")) for name, each in models.items()}
+        peaks = {name: peak_added_bytes(chunk(each), device) for name, each in models.items()}
     return [{"size": size, "variant": variant, "model": name, "chunk_ms": timings[name]["total"] * 1e3,
              "ratio_to_float32": timings[name]["ratio to float32"], "weights_mib": stored_bytes(each) / MiB,
              "peak_mib": peaks[name] / MiB, "error": errors[name]} for name, each in models.items()]
@@ -107,6 +117,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m benchmarks.quantized", description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="tiny,small,base", help=f"comma-separated, from {', '.join(SIZES)}")
     parser.add_argument("--variants", default="pi0,pi05")
+    parser.add_argument("--bits", default="int8", help="comma-separated weight formats: int8, int4")
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10, help="flow steps per chunk")
     parser.add_argument("--no-bfloat16", dest="bfloat16", action="store_false", help="float32 and its int8 twin only")
@@ -114,7 +126,9 @@ def main(argv=None):
     parser.add_argument("--json", help="also write the rows here")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
-    print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
+    device = torch.device(args.device)
+    machine = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    print(f"{machine}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
           f"batch 1, 3 cameras, {args.steps} flow steps, median of {args.repeats}\n", flush=True)
     rows = []
     for size in args.sizes.split(","):
