@@ -81,6 +81,8 @@ SOURCES = {
     "lerobot": ("a LeRobot π0 / π0.5 / π0-FAST policy folder", job("conversion.convert_lerobot", "lerobot")),
     "transformers-pi0": ("a transformers PI0ForConditionalGeneration folder",
                          job("conversion.convert_lerobot", "transformers-pi0")),
+    "transformers-pi05": ("a transformers PI05ForConditionalGeneration folder",
+                          job("conversion.convert_lerobot", "transformers-pi05")),
 }
 TARGETS = {"lerobot": ("a LeRobot 0.6 π0 / π0.5 / π0-FAST policy folder", job("conversion.export_lerobot"))}
 JOBS = {

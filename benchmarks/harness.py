@@ -1,4 +1,4 @@
-"""This project's π models side by side with transformers' built-in PI0: latency, training step, memory.
+"""This project's π models side by side with transformers' built-in PI0 and PI05: latency, training step, memory.
 
     python -m benchmarks [--sizes tiny,small,base,full] [--dtypes float32,bfloat16] [--device cpu]
                          [--variants pi0,pi05,pi0_fast] [--repeats 5] [--steps 10] [--compile MODE] [--no-train]
@@ -6,12 +6,12 @@
                          [--ablations sdpa,batched-cameras,prefix-trimming] [--json rows.json] [--plot latency.png]
     python -m benchmarks --merge a.json,b.json [--plot latency.png]
 
-For π0 both models hold one set of weights (see `models.py`) and are run alternately in one process;
-each time is a median over the repeats, after one warm-up round, and each ratio the median of the
-per-round ratios (robust to a shared machine speeding up or slowing down between rounds). A chunk is
-the vision tower, the language model's pass over the prefix and `--steps` flow steps, each timed; a
-training step is forward, backward and AdamW. π0.5 and π0-FAST have no transformers counterpart and are
-timed alone; for π0-FAST, one call decodes `FAST_TOKENS` tokens: `prefill` is its prefix pass into the
+For π0 and π0.5 both models (ours and transformers' PI0 / PI05) hold one set of weights (see `models.py`)
+and are run alternately in one process; each time is a median over the repeats, after one warm-up round,
+and each ratio the median of the per-round ratios (robust to a shared machine speeding up or slowing down
+between rounds). A chunk is the vision tower, the language model's pass over the prefix and `--steps` flow
+steps, each timed; a training step is forward, backward and AdamW. π0-FAST has no transformers
+counterpart and is timed alone; one call decodes `FAST_TOKENS` tokens: `prefill` is its prefix pass into the
 cache, `per token` the rest of the call (the decoding loop) per token after the first. The arithmetic of
 each eager chunk is counted in one more call (`arithmetic.py`): GFLOP per chunk, and GFLOP/s at its
 median time, which tell work left out from work done faster; for π0-FAST, the prefill's (`gflop`) and each
@@ -31,7 +31,7 @@ import torch
 
 from .ablations import ABLATIONS, ablated, changes_inference, changes_training
 from .arithmetic import count_gflop
-from .models import SIZES, make_inputs, ours_alone, sharing_weights, transformers_pi0, twin
+from .models import SIZES, make_inputs, ours_alone, sharing_weights, transformers_pi0, transformers_pi05, twin
 from .timing import Clock, alternate, peak_added_bytes
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -39,6 +39,12 @@ FAST_TOKENS = 16  # per π0-FAST call (random weights emit no EOS before; `fast_
 RTC_DELAY = 4  # control steps of inference delay in the guided chunk (`--rtc`); half the chunk is executed
 GUIDED = "ours, guided (real-time chunking)"
 MiB = 2**20
+TRANSFORMERS = {"pi0": transformers_pi0, "pi05": transformers_pi05}  # the variants timed against transformers
+
+
+def state_of(variant: str, inputs) -> dict:
+    """The state argument of either model: π0 takes the state tensor, π0.5 reads its state in the prompt."""
+    return {"state": inputs.state} if variant == "pi0" else {}
 
 
 def flow_generate(model, inputs, steps, clock, ours: bool, **options):
@@ -47,13 +53,14 @@ def flow_generate(model, inputs, steps, clock, ours: bool, **options):
     if not ours:
         clock.wrap(model.model.vlm, "get_image_features", "vision")
         clock.wrap(model.model.vlm, "forward", "prefix")
-        return lambda: model.sample_actions(**inputs.transformers(), state=inputs.state, noise=inputs.noise, num_steps=steps)
+        state = state_of(model.config.model_type, inputs)
+        return lambda: model.sample_actions(**inputs.transformers(), **state, noise=inputs.noise, num_steps=steps)
     if model.compiled_generation is not None and model.compiled_generation.compiles_prefix:
         clock.wrap(model.compiled_generation, "prefix", "prefix")
     else:
         clock.wrap(model, "get_image_features", "vision")
         clock.wrap(model, "encode_prefix", "prefix")
-    state = {"state": inputs.state} if model.config.variant == "pi0" else {}  # π0.5 reads its state in the prompt
+    state = state_of(model.config.variant, inputs)
     return lambda: model.generate_actions(**inputs.ours(), **state, noise=inputs.noise, num_steps=steps, **options)
 
 
@@ -62,7 +69,7 @@ def guided_generate(model, inputs, steps):
     previous = torch.randn(inputs.noise.shape, generator=torch.Generator().manual_seed(1)).to(inputs.noise)
     horizon = model.config.action_horizon
     options = {"prev_actions": previous, "inference_delay": min(RTC_DELAY, horizon // 2), "execution_horizon": horizon // 2}
-    state = {"state": inputs.state} if model.config.variant == "pi0" else {}
+    state = state_of(model.config.variant, inputs)
     return lambda: model.generate_actions(**inputs.ours(), **state, noise=inputs.noise, num_steps=steps, **options)
 
 
@@ -89,9 +96,8 @@ def train_step(model, inputs, ours: bool):
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=1e-9)
     if ours:
-        options = {"actions": inputs.actions, "noise": inputs.noise, "timestep": inputs.timestep}
-        if model.config.variant == "pi0":
-            options["state"] = inputs.state
+        options = {"actions": inputs.actions, "noise": inputs.noise, "timestep": inputs.timestep,
+                   **state_of(model.config.variant, inputs)}
         if model.config.variant == "pi0_fast":
             real = inputs.attention_mask
             postfix = real & (real.cumsum(dim=1) > real.sum(dim=1, keepdim=True) // 2)
@@ -99,8 +105,8 @@ def train_step(model, inputs, ours: bool):
                        "output_logits": False}
         forward = lambda **changed: model(**inputs.ours(), **{**options, **changed}).loss  # noqa: E731
     else:
-        forward = lambda: model(**inputs.transformers(), state=inputs.state, noise=inputs.noise,  # noqa: E731
-                                timestep=inputs.timestep, actions=inputs.actions).loss.mean()
+        forward = lambda: model(**inputs.transformers(), **state_of(model.config.model_type, inputs),  # noqa: E731
+                                noise=inputs.noise, timestep=inputs.timestep, actions=inputs.actions).loss.mean()
 
     def step(**changed):
         """`changed`: arguments of our training pass that an ablation changes."""
@@ -204,9 +210,10 @@ def _undone(model, ablations, run) -> dict:
     return {f"ours without {name}": (clock, ablated(model, name, call)) for name in ablations if changes_inference(name)}
 
 
-def bench_pi0_pair(size, dtype, device, args) -> list[dict]:
-    theirs = transformers_pi0(size, device).to(dtype)
-    ours = sharing_weights(theirs, max_token_len=args.prompt_length or 48)
+def bench_pair(variant, size, dtype, device, args) -> list[dict]:
+    """π0 or π0.5 (`variant`), ours against transformers' PI0 or PI05 on the same weights and inputs."""
+    theirs = TRANSFORMERS[variant](size, device).to(dtype)
+    ours = sharing_weights(theirs, max_token_len=args.prompt_length)
     if device.type == "cpu":
         ours.optimize_for_cpu()  # as `pi serve` does: the `float32-products` ablation undoes it
     inputs = make_inputs(ours.config, args.batch, args.cameras, args.prompt_tokens, device, absent=args.absent_cameras)
@@ -214,8 +221,9 @@ def bench_pi0_pair(size, dtype, device, args) -> list[dict]:
     models = {"ours": ours, "transformers": theirs}
 
     with torch.no_grad():
-        ours_actions = ours.generate_actions(**inputs.ours(), state=inputs.state, noise=inputs.noise, num_steps=args.steps)
-        theirs_actions = theirs.sample_actions(**inputs.transformers(), state=inputs.state.to(dtype),
+        state = state_of(variant, inputs)
+        ours_actions = ours.generate_actions(**inputs.ours(), **state, noise=inputs.noise, num_steps=args.steps)
+        theirs_actions = theirs.sample_actions(**inputs.transformers(), **{k: v.to(dtype) for k, v in state.items()},
                                                noise=inputs.noise.to(dtype), num_steps=args.steps)
         difference = (ours_actions.float() - theirs_actions.float()).abs().max().item()
         inputs.state, inputs.noise = inputs.state.to(dtype), inputs.noise.to(dtype)
@@ -234,7 +242,7 @@ def bench_pi0_pair(size, dtype, device, args) -> list[dict]:
         eager = [name for name in runs if _counted(name, generators.get(name, ours))]
         arithmetic = {name: _arithmetic(runs[name][1], timings[name]["total"]) for name in eager}
 
-    rows = [{"size": size, "dtype": str(dtype).removeprefix("torch."), "variant": "pi0", "model": name,
+    rows = [{"size": size, "dtype": str(dtype).removeprefix("torch."), "variant": variant, "model": name,
              **_flow_row(timings[name], args.steps), **arithmetic.get(name, {}),
              "total_ratio": timings[name]["ratio to transformers"],
              "ratio_to_ours": timings[name]["ratio to ours"] if name in ablations else None,
@@ -362,7 +370,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="tiny,small,base", help=f"comma-separated, from {', '.join(SIZES)}")
     parser.add_argument("--dtypes", default="float32", help="comma-separated: float32, bfloat16")
-    parser.add_argument("--variants", default="pi0", help="comma-separated: pi0 (against transformers), pi05, pi0_fast")
+    parser.add_argument("--variants", default="pi0", help="comma-separated: pi0, pi05 (both against transformers), pi0_fast")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--steps", type=int, default=10, help="flow steps per chunk")
@@ -412,8 +420,8 @@ def main(argv=None):
     for dtype_name in args.dtypes.split(","):
         for size in args.sizes.split(","):
             for variant in args.variants.split(","):
-                if variant == "pi0":
-                    new = bench_pi0_pair(size, DTYPES[dtype_name], device, args)
+                if variant in TRANSFORMERS:
+                    new = bench_pair(variant, size, DTYPES[dtype_name], device, args)
                 else:
                     new = bench_ours_alone(variant, size, DTYPES[dtype_name], device, args)
                 rows += new

@@ -1,21 +1,21 @@
 """The models a benchmark compares, with one set of weights, and the inputs they are timed on.
 
-transformers' `PI0ForConditionalGeneration` is built with its own initialisation; this project's π0 is
-then built on the meta device and handed the very same tensors (renamed by the transformers-PI0
-importer), so the two hold one copy of the weights between them — which is what lets full-size π0
-run side by side on a machine with room for one. π0.5 and π0-FAST, which transformers does not
-implement, are built alone at the same sizes.
+transformers' `PI0ForConditionalGeneration` (or `PI05ForConditionalGeneration`) is built with its own
+initialisation; this project's π0 (π0.5) is then built on the meta device and handed the very same
+tensors (renamed by the transformers importer), so the two hold one copy of the weights between them —
+which is what lets full-size models run side by side on a machine with room for one. π0-FAST, which
+transformers does not implement, is built alone at the same sizes.
 """
 
 import copy
 from dataclasses import dataclass
 
 import torch
-from transformers import PI0Config, PI0ForConditionalGeneration
+from transformers import PI05Config, PI05ForConditionalGeneration, PI0Config, PI0ForConditionalGeneration
 
 from configuration_pi import PiConfig
 from configuration_pi.configuration_pi import _GEMMA_2B, _GEMMA_300M, _SIGLIP_SO400M
-from conversion.convert_lerobot import convert_state_dict, our_name, transformers_pi0_config
+from conversion.convert_lerobot import TRANSFORMERS_NAMES, convert_state_dict, our_name, transformers_config
 from modeling_pi import PiForActionGeneration
 
 _NO_SPECIAL_TOKENS = {"pad_token_id": None, "bos_token_id": None, "eos_token_id": None}
@@ -64,6 +64,8 @@ class Inputs:
                 "input_ids": self.input_ids, "attention_mask": self.attention_mask}
 
     def transformers(self) -> dict:
+        """Every camera's placeholders, those of absent cameras masked: as transformers' processors write them
+        (placeholders for present cameras only, then the prompt) wherever the absent cameras are the last."""
         batch, cameras = self.pixel_attention_mask.shape
         placeholders = torch.full((batch, cameras * self.tokens_per_image), self.image_token_id, device=self.input_ids.device)
         image_mask = self.pixel_attention_mask.repeat_interleave(self.tokens_per_image, dim=1)
@@ -101,23 +103,34 @@ def make_inputs(config: PiConfig, batch: int, cameras: int, prompt_tokens: int, 
     return tensors
 
 
-def transformers_pi0(size: str, device="cpu") -> PI0ForConditionalGeneration:
-    """transformers' PI0 at a named size, initialised by transformers, built on `device`."""
+def _transformers(config_class, model_class, size: str, device):
     text, expert, vision, horizon = SIZES[size]
     expert = {k: v for k, v in expert.items() if k not in ("model_type", "vocab_size", *_NO_SPECIAL_TOKENS)}
-    config = PI0Config(
+    config = config_class(
         vlm_config={"text_config": text, "vision_config": vision, "projection_dim": text["hidden_size"],
                     "image_token_id": text["vocab_size"]},
         dit_config={**expert, **_NO_SPECIAL_TOKENS, "vocab_size": 1},
         chunk_size=horizon,
     )
     with torch.device(device):
-        return PI0ForConditionalGeneration(config).eval()
+        return model_class(config).eval()
 
 
-def sharing_weights(theirs: PI0ForConditionalGeneration, max_token_len: int) -> PiForActionGeneration:
-    """This project's π0 holding the very tensors of transformers' `theirs` (no copy)."""
-    config = transformers_pi0_config(theirs.config.to_dict(), max_token_len=max_token_len)
+def transformers_pi0(size: str, device="cpu") -> PI0ForConditionalGeneration:
+    """transformers' PI0 at a named size, initialised by transformers, built on `device`."""
+    return _transformers(PI0Config, PI0ForConditionalGeneration, size, device)
+
+
+def transformers_pi05(size: str, device="cpu") -> PI05ForConditionalGeneration:
+    """transformers' PI05 at a named size, initialised by transformers, built on `device`."""
+    return _transformers(PI05Config, PI05ForConditionalGeneration, size, device)
+
+
+def sharing_weights(theirs: PI0ForConditionalGeneration | PI05ForConditionalGeneration,
+                    max_token_len: int | None) -> PiForActionGeneration:
+    """This project's π0 (π0.5) holding the very tensors of transformers' PI0 (PI05) `theirs` (no copy)."""
+    variant = theirs.config.model_type
+    config = transformers_config(theirs.config.to_dict(), variant, max_token_len=max_token_len)
     config._attn_implementation = theirs.config._attn_implementation
     with torch.device("meta"):
         ours = PiForActionGeneration(config)
@@ -130,7 +143,7 @@ def sharing_weights(theirs: PI0ForConditionalGeneration, max_token_len: int) -> 
             setattr(module, attribute, buffer)
     left = [name for name, tensor in [*ours.named_parameters(), *ours.named_buffers()] if tensor.is_meta]
     if left:
-        raise RuntimeError(f"Not given by transformers' PI0: {', '.join(left)}")
+        raise RuntimeError(f"Not given by transformers' {TRANSFORMERS_NAMES[variant]}: {', '.join(left)}")
     return ours.eval()
 
 

@@ -2,13 +2,14 @@
 
     pi convert lerobot --checkpoint DIR --output OUT [--config PI_CONFIG] [--tokenizer ...] [--fast-tokenizer ...]
     pi convert transformers-pi0 --checkpoint DIR --output OUT [--tokenizer ...]
-        (both also: [--image-keys ...] [--dtype ...] [--license ID] [--base-model ORG/NAME]
+    pi convert transformers-pi05 --checkpoint DIR --output OUT [--tokenizer ...]
+        (all also: [--image-keys ...] [--dtype ...] [--license ID] [--base-model ORG/NAME]
          [--push-to-hub ORG/NAME [--private]])
 
-Both store the PyTorch port of openpi in one safetensors layout: `paligemma_with_expert.paligemma.*`
+All store the PyTorch port of openpi in one safetensors layout: `paligemma_with_expert.paligemma.*`
 (SigLIP, projector, Gemma), `paligemma_with_expert.gemma_expert.*` (the action expert) and the flow
 projections at the top, optionally under a `model.` prefix (LeRobot's policy wrapper), the language
-model possibly one `model.` level further down (transformers' `PI0ForConditionalGeneration`). Names are
+model possibly one `model.` level further down (transformers' `PI0` / `PI05ForConditionalGeneration`). Names are
 normalised before mapping; tensors keep their layout ([out, in] Linear weights); only the π0.5 adaRMS
 projections (`*norm.dense`) are renamed. The expert's own embedding / `lm_head` is never read and is
 dropped, as are π0.5 checkpoints' unused `state_proj` and plain expert norm scales; anything else
@@ -26,8 +27,24 @@ from the ViT width table (SigLIP So400m, 1152 wide, has 16; the table is Table 2
 Transformers", arXiv 2106.04560); a width outside the table (a test-sized tower) gets heads 16 wide,
 as the table's smallest entry has, and the output says so. `--config` (a PiConfig JSON) overrides the
 inferred architecture.
-transformers' PI0 stores its full sub-configs, which are used as they are. Either way every tensor's
-shape is checked against the model.
+transformers' PI0 and PI05 store their full sub-configs, which are used as they are. Either way every
+tensor's shape is checked against the model.
+
+transformers' PI0 / PI05 read their inputs differently from ours, to the same effect: `input_ids` holds
+`image_seq_length` placeholder ids (`image_token_id`, the vocabulary size) per camera present in that
+row, then the prompt, right-padded; the k-th run of placeholders takes the k-th present camera of
+`pixel_values` [B, C, 3, H, W]. Ours takes the cameras apart from the prompt and masks absent ones; the
+positions (valid tokens counted) and masks come out the same. PI05's processor writes our π0.5 prompt,
+BOS + "Task: {task}, State: {bins};\\nAction: " with the same cleaning and 256 bins, so PI05, like ours,
+reads the state in the prompt and takes no `state` tensor (without a state its prompt is
+"Task: {task};\\nAction: ", where ours falls back to π0's). Its statistics, read from a saved processor's
+`processor_config.json`, are applied with LeRobot's epsilons (1e-8); the converted processor applies
+openpi's (1e-6), as for PI0. Numerically PI05 samples as ours does (flow time 1 = noise, Euler steps of
+−1/num_steps, the same time embedding, adaRMS and two-block mask) but for two things that show only
+outside float32: it draws noise in `pixel_values`' dtype and integrates in the noise's dtype (ours: float32),
+and it runs the flow head and the adaRMS projections in the model's dtype (ours keeps them float32, as
+openpi does). Its action expert rotates with a rotary embedding of its own, ours with the language
+model's: the conversion checks that the two are the same.
 
 A converted LeRobot folder keeps LeRobot's camera names (the feature keys without
 `observation.images.`) and, with `--tokenizer`, a processor that follows LeRobot's conventions
@@ -50,6 +67,9 @@ from conversion.push import add_publish_arguments, card_options, publish
 from processing_pi.normalization import NEEDED_STATS, ArrayStats, NormStats
 
 LEROBOT_VARIANTS = {"pi0": "pi0", "pi05": "pi05", "pi0_fast": "pi0_fast", "pi0fast": "pi0_fast"}
+# `pi convert` sources of transformers' folders -> the variant (their config's model_type) and class prefix
+TRANSFORMERS_VARIANTS = {"transformers-pi0": "pi0", "transformers-pi05": "pi05"}
+TRANSFORMERS_NAMES = {"pi0": "PI0", "pi05": "PI05"}
 LEROBOT_QUERY_HEADS = 8  # LeRobot's joint attention reshapes its output to 8 heads; all its Gemma variants have 8
 # ViT widths -> heads (big_vision's table: mu, Ti, S, M, B, L, So400m, H, g, g-opt / G-opt, G, e)
 SIGLIP_HEADS = {32: 2, 192: 3, 384: 6, 512: 8, 768: 12, 1024: 16, 1152: 16, 1280: 16, 1408: 16, 1536: 16, 1664: 16,
@@ -82,7 +102,7 @@ _PI05_UNUSED = re.compile(r"^(state_proj\.|action_expert\.(layers\.\d+\.\w+_laye
 
 
 def our_name(key: str) -> str:
-    """A LeRobot / transformers-PI0 parameter name -> ours (unchanged when already at the top level)."""
+    """A LeRobot / transformers PI0 or PI05 parameter name -> ours (unchanged when already at the top level)."""
     for pattern, replacement in _RENAMES:
         if re.match(pattern, key):
             key = re.sub(pattern, replacement, key)
@@ -143,27 +163,34 @@ def convert_state_dict(tensors: dict[str, torch.Tensor], config: PiConfig, dtype
 
 def _gemma(config: dict, **extra) -> dict:
     fields = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-              "head_dim", "vocab_size", "rms_norm_eps", "hidden_act")
+              "head_dim", "vocab_size", "rms_norm_eps", "hidden_act", "rope_parameters")
     return {"model_type": "gemma", **{k: config[k] for k in fields if k in config},
             "use_bidirectional_attention": True, **extra}
 
 
-def transformers_pi0_config(settings: dict, image_keys=None, max_token_len: int | None = None) -> PiConfig:
-    """transformers' `PI0Config` (model_type "pi0") -> ours."""
-    if settings.get("model_type") != "pi0":
-        raise ConversionError(f"Expected a transformers PI0 config (model_type 'pi0'), got {settings.get('model_type')!r}.")
-    if settings["max_state_dim"] != settings["max_action_dim"]:
+def transformers_config(settings: dict, variant: str, image_keys=None, max_token_len: int | None = None) -> PiConfig:
+    """transformers' `PI0Config` or `PI05Config` (model_type `variant`, "pi0" or "pi05") -> ours."""
+    name = TRANSFORMERS_NAMES[variant]
+    if settings.get("model_type") != variant:
+        raise ConversionError(f"Expected a transformers {name} config (model_type {variant!r}), got "
+                              f"{settings.get('model_type')!r}.")
+    state_dim = settings.get("max_state_dim", settings["max_action_dim"])  # PI05 reads its state in the prompt
+    if state_dim != settings["max_action_dim"]:
         raise ConversionError("The π family pads state and actions to one dim; this checkpoint has max_state_dim "
-                              f"{settings['max_state_dim']} and max_action_dim {settings['max_action_dim']}.")
-    vlm = settings["vlm_config"]
+                              f"{state_dim} and max_action_dim {settings['max_action_dim']}.")
+    vlm, expert = settings["vlm_config"], settings["dit_config"]
+    if expert.get("rope_parameters") != vlm["text_config"].get("rope_parameters"):
+        raise ConversionError(f"The {name} action expert's rotary embedding ({expert.get('rope_parameters')}) is not the "
+                              f"language model's ({vlm['text_config'].get('rope_parameters')}): the π model rotates both "
+                              "with the language model's.")
     vision_fields = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "image_size",
                      "patch_size", "layer_norm_eps", "hidden_act")
     return PiConfig(
-        variant="pi0",
+        variant=variant,
         vision_config={"model_type": "siglip_vision_model", "vision_use_head": False,
                        **{k: vlm["vision_config"][k] for k in vision_fields if k in vlm["vision_config"]}},
         text_config=_gemma(vlm["text_config"]),
-        expert_config=_gemma(settings["dit_config"], vocab_size=1, pad_token_id=None, bos_token_id=None, eos_token_id=None),
+        expert_config=_gemma(expert, vocab_size=1, pad_token_id=None, bos_token_id=None, eos_token_id=None),
         action_dim=settings["max_action_dim"],
         action_horizon=settings["chunk_size"],
         max_token_len=max_token_len,
@@ -330,15 +357,24 @@ def lerobot_norm_stats(folder: Path) -> tuple[NormStats | None, str | None]:
     return NormStats(**stats), mode
 
 
-def transformers_pi0_norm_stats(folder: Path) -> tuple[NormStats | None, str | None]:
-    """z-score statistics from a `PI0Processor`'s processor_config.json, if the folder has one with them."""
+def transformers_norm_stats(folder: Path) -> tuple[NormStats | None, str | None]:
+    """The statistics of a saved `PI0Processor` / `PI05Processor` (processor_config.json), if the folder has any,
+    and their mode: quantile where q01 and q99 are saved (PI05 then normalises by them), else z-score."""
     path = folder / "processor_config.json"
     if not path.is_file():
         return None, None
     saved = json.loads(path.read_text())
-    stats = {ours: ArrayStats.from_dict({"mean": saved.get(f"{theirs}_mean"), "std": saved.get(f"{theirs}_std")})
-             for theirs, ours in (("state", "state"), ("actions", "actions")) if saved.get(f"{theirs}_mean") is not None}
-    return (NormStats(**stats) if stats else None), "zscore"
+    stats, modes = {}, {}
+    for key in ("state", "actions"):
+        values = {name: saved.get(f"{key}_{name}") for name in ("mean", "std", "q01", "q99")}
+        mode = next((mode for mode in ("quantile", "zscore")
+                     if all(values[name] is not None for name in NEEDED_STATS[mode])), None)
+        if mode is not None:
+            stats[key], modes[key] = ArrayStats.from_dict(values), mode
+    if len(set(modes.values())) > 1:
+        raise ConversionError(f"{path}: {', '.join(f'{key} by {mode}' for key, mode in modes.items())}; the π processor "
+                              "normalises state and actions one way.")
+    return (NormStats(**stats) if stats else None), next(iter(modes.values()), None)
 
 
 # ---- reading and writing ----------------------------------------------------------------------------
@@ -368,7 +404,8 @@ def convert_checkpoint(
     fast_tokenizer: str | None = None,
     **card,
 ) -> Path:
-    """`source` "lerobot" or "transformers-pi0": converts `checkpoint` and writes `output` atomically."""
+    """`source` "lerobot", "transformers-pi0" or "transformers-pi05": converts `checkpoint` and writes `output`
+    atomically."""
     checkpoint = Path(checkpoint)
     if not (checkpoint / "config.json").is_file():
         raise ConversionError(f"{checkpoint} has no config.json.")
@@ -388,8 +425,8 @@ def convert_checkpoint(
         if architecture is None:
             notes.append(siglip_heads(config.vision_config.hidden_size)[1])
     else:
-        config = transformers_pi0_config(settings, image_keys)
-        norm_stats, norm_mode = transformers_pi0_norm_stats(checkpoint)
+        config = transformers_config(settings, TRANSFORMERS_VARIANTS[source], image_keys)
+        norm_stats, norm_mode = transformers_norm_stats(checkpoint)
     state_dict = convert_state_dict(tensors, config, DTYPES.get(dtype), CONFIG_HINT if config_path else ARCHITECTURE_HINT)
     config.dtype = str(next(iter(state_dict.values())).dtype).removeprefix("torch.")
     processor = None
@@ -397,7 +434,7 @@ def convert_checkpoint(
         processor = build_processor(config, tokenizer, fast_tokenizer, norm_stats, norm_mode, conventions=conventions)
     for note in filter(None, notes):
         print(f"{checkpoint.name}: {note}")
-    kind = "LeRobot checkpoint" if source == "lerobot" else "transformers PI0 checkpoint"
+    kind = "LeRobot checkpoint" if source == "lerobot" else f"transformers {TRANSFORMERS_NAMES[config.variant]} checkpoint"
     return write_folder(output, config, state_dict, checkpoint.resolve().name, processor, source_kind=kind, **card)
 
 

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from benchmarks.ablations import ABLATIONS, ablated, changes_inference, changes_training
 from benchmarks.harness import main
-from benchmarks.models import make_inputs, ours_alone, sharing_weights, transformers_pi0
+from benchmarks.models import make_inputs, ours_alone, sharing_weights, transformers_pi0, transformers_pi05
 from benchmarks.timing import peak_added_bytes
 from modeling_pi import cpu_linears
 
@@ -20,6 +20,22 @@ def test_our_pi0_holds_the_very_tensors_of_transformers_pi0_and_samples_the_same
     with torch.no_grad():
         expected = theirs.sample_actions(**inputs.transformers(), state=inputs.state, noise=inputs.noise)
         actions = ours.generate_actions(**inputs.ours(), state=inputs.state, noise=inputs.noise)
+    torch.testing.assert_close(actions, expected, atol=1e-5, rtol=0)
+
+
+@torch.no_grad()
+def test_our_pi05_holds_the_very_tensors_of_transformers_pi05_and_samples_the_same_chunk():
+    theirs = transformers_pi05("tiny")
+    ours = sharing_weights(theirs, max_token_len=12)
+    theirs_storage = {p.data_ptr() for p in theirs.parameters()}
+    assert all(p.data_ptr() in theirs_storage for p in ours.parameters())
+    # transformers' init (adaRMS at zero, the rest small) leaves the expert's layers nearly out of the chunk: larger
+    # random weights, drawn in place, so ours holds them too
+    for parameter in theirs.parameters():
+        parameter.normal_(0.0, 0.2)
+    inputs = make_inputs(ours.config, batch=2, cameras=3, prompt_tokens=5, device="cpu", absent=1)
+    expected = theirs.sample_actions(**inputs.transformers(), noise=inputs.noise)  # the state is in the prompt
+    actions = ours.generate_actions(**inputs.ours(), noise=inputs.noise)
     torch.testing.assert_close(actions, expected, atol=1e-5, rtol=0)
 
 
@@ -40,16 +56,18 @@ def test_peak_memory_is_the_most_tensor_memory_a_call_holds_at_once_whatever_cam
 def test_the_harness_reports_every_part_for_both_models_and_each_variant(tmp_path, capsys):
     rows = main(["--sizes", "tiny", "--variants", "pi0,pi05,pi0_fast", "--repeats", "1", "--json", str(tmp_path / "r.json")])
     by_model = {(row["variant"], row["model"]): row for row in rows}
-    assert set(by_model) == {("pi0", "ours"), ("pi0", "transformers"), ("pi05", "ours"), ("pi0_fast", "ours")}
-    for key in ("vision_ms", "prefix_ms", "flow_ms", "total_ms", "train_ms"):
-        assert by_model["pi0", "ours"][key] > 0 and by_model["pi0", "transformers"][key] > 0
-    assert by_model["pi0", "transformers"]["total_ratio"] == 1.0
-    assert by_model["pi0", "ours"]["max_difference"] < 1e-5
+    assert set(by_model) == {("pi0", "ours"), ("pi0", "transformers"), ("pi05", "ours"), ("pi05", "transformers"),
+                             ("pi0_fast", "ours")}
+    for variant in "pi0", "pi05":
+        for key in ("vision_ms", "prefix_ms", "flow_ms", "total_ms", "train_ms", "peak_mib", "train_peak_mib"):
+            assert by_model[variant, "ours"][key] > 0 and by_model[variant, "transformers"][key] > 0
+        assert by_model[variant, "transformers"]["total_ratio"] == 1.0 and by_model[variant, "ours"]["total_ratio"] > 0
+        assert by_model[variant, "ours"]["max_difference"] < 1e-5
+        assert by_model[variant, "ours"]["gflop"] < by_model[variant, "transformers"]["gflop"]  # padding trimmed
     assert by_model["pi0_fast", "ours"]["per_token_ms"] > 0
-    for key in ("pi0", "ours"), ("pi0", "transformers"), ("pi05", "ours"):  # arithmetic per chunk, and its rate
-        row = by_model[key]
+    for key in ("pi0", "ours"), ("pi0", "transformers"), ("pi05", "ours"), ("pi05", "transformers"):
+        row = by_model[key]  # arithmetic per chunk, and its rate
         assert row["gflop"] > 0 and row["gflop_per_s"] == pytest.approx(row["gflop"] / row["total_ms"] * 1e3)
-    assert by_model["pi0", "ours"]["gflop"] < by_model["pi0", "transformers"]["gflop"]  # padding trimmed
     fast = by_model["pi0_fast", "ours"]  # the prefill's arithmetic and rate, and each further token's
     assert fast["gflop_per_s"] == pytest.approx(fast["gflop"] / fast["prefill_ms"] * 1e3)
     assert 0 < fast["per_token_gflop"] < fast["gflop"] and fast["per_token_gflop_per_s"] > 0
@@ -147,9 +165,11 @@ def test_ablations_that_change_training_time_a_training_step_too(capsys):
 def test_ablations_add_rows_for_pi05_and_pi0_fast_too():
     rows = main(["--sizes", "tiny", "--variants", "pi05,pi0_fast", "--repeats", "1", "--no-train", "--ablations", "prefix-trimming"])
     assert [(row["variant"], row["model"]) for row in rows] == [
-        ("pi05", "ours"), ("pi05", "ours without prefix-trimming"), ("pi0_fast", "ours"), ("pi0_fast", "ours without prefix-trimming")]
-    assert all(row["ratio_to_ours"] > 0 for row in rows[1::2])
-    pi05, pi05_whole, fast, fast_whole = rows
+        ("pi05", "ours"), ("pi05", "transformers"), ("pi05", "ours without prefix-trimming"), ("pi0_fast", "ours"),
+        ("pi0_fast", "ours without prefix-trimming")]
+    assert all(row["ratio_to_ours"] > 0 for row in (rows[2], rows[4]))
+    pi05, _, pi05_whole, fast, fast_whole = rows
+    assert pi05_whole["total_ratio"] > 0  # timed against transformers' PI05 too
     assert pi05_whole["gflop"] > pi05["gflop"] and pi05_whole["total_ms"] > 0
     # untrimmed, π0-FAST's prefill keeps the prompt's padding and runs its last layer over every token
     assert fast_whole["gflop"] > fast["gflop"] and fast_whole["prefill_ms"] > 0 and fast_whole["per_token_ms"] > 0

@@ -1,6 +1,7 @@
-"""Imports from LeRobot's and transformers' own π checkpoints (`pi convert lerobot`, `pi convert transformers-pi0`).
+"""Imports from LeRobot's and transformers' own π checkpoints (`pi convert lerobot`, `pi convert transformers-pi0`,
+`pi convert transformers-pi05`).
 
-transformers' PI0 is built here with random weights and must be matched numerically. LeRobot is not
+transformers' PI0 and PI05 are built here with random weights and must be matched numerically. LeRobot is not
 installed, so its folders are written by `lerobot_folder` from the reference fixtures, in the layout
 LeRobot saves: every key under `model.` (the policy wrapper), PaliGemma under
 `paligemma_with_expert.paligemma.model.` with SigLIP one `vision_model.` level down and the projector
@@ -10,11 +11,15 @@ under `paligemma_with_expert.gemma_expert.model.` plus its unused `lm_head`, π0
 """
 
 import json
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import AutoModel, AutoProcessor, PI0Config, PI0ForConditionalGeneration
+from torch.nn.utils.rnn import pad_sequence
+from transformers import (AutoModel, AutoProcessor, PI05Config, PI05ForConditionalGeneration, PI05Processor, PI0Config,
+                          PI0ForConditionalGeneration)
 
 import modeling_pi  # noqa: F401
 import pi_cli
@@ -22,6 +27,7 @@ from conftest import CAMERAS, FIXTURES, load_fixture_io
 from conversion.convert_lerobot import convert_state_dict, lerobot_config, rename_state_dict
 from conversion.hf_folder import ConversionError
 from modeling_pi import PiConfig
+from processing_pi.prompts import tokenize_prompt, tokenizer_from_sentencepiece
 
 TOKENIZER = FIXTURES / "processor" / "tokenizer.model"
 LEROBOT_PREFIXES = [  # ours -> LeRobot's, first match wins
@@ -152,17 +158,18 @@ def test_lerobot_errors_name_the_problem(tmp_path, capsys, converted):
         lerobot_config({**settings, "max_state_dim": 8}, {}, config)
 
 
-def _tiny_transformers_pi0() -> PI0ForConditionalGeneration:
+def _tiny_transformers(config_class=PI0Config, model_class=PI0ForConditionalGeneration):
+    """transformers' PI0 (or PI05) at test size, every weight random."""
     text = {"model_type": "gemma", "hidden_size": 64, "num_hidden_layers": 2, "intermediate_size": 128,
             "num_attention_heads": 4, "num_key_value_heads": 1, "head_dim": 16, "vocab_size": 1024}
     vision = {"model_type": "siglip_vision_model", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
               "num_attention_heads": 2, "image_size": 28, "patch_size": 14, "vision_use_head": False}
     dit = {"hidden_size": 32, "num_hidden_layers": 2, "intermediate_size": 64, "num_attention_heads": 4,
            "num_key_value_heads": 1, "head_dim": 16}
-    config = PI0Config(vlm_config={"text_config": text, "vision_config": vision, "projection_dim": 64, "image_token_id": 1024},
-                       dit_config=dit, chunk_size=8)
+    config = config_class(vlm_config={"text_config": text, "vision_config": vision, "projection_dim": 64,
+                                      "image_token_id": 1024}, dit_config=dit, chunk_size=8)
     torch.manual_seed(0)
-    model = PI0ForConditionalGeneration(config).eval()
+    model = model_class(config).eval()
     with torch.no_grad():  # not the init's zeros and ones: every tensor must be mapped to the right place
         for parameter in model.parameters():
             parameter.normal_(0.0, 0.2)
@@ -171,7 +178,7 @@ def _tiny_transformers_pi0() -> PI0ForConditionalGeneration:
 
 @torch.no_grad()
 def test_transformers_pi0_converts_and_samples_the_same_actions(tmp_path, capsys):
-    theirs = _tiny_transformers_pi0()
+    theirs = _tiny_transformers()
     theirs.save_pretrained(tmp_path / "pi0")
     code, stderr = _pi(capsys, "convert", "transformers-pi0", "--checkpoint", tmp_path / "pi0", "--output", tmp_path / "out")
     assert code == 0, stderr
@@ -198,7 +205,7 @@ def test_transformers_pi0_converts_and_samples_the_same_actions(tmp_path, capsys
 
 
 def test_transformers_pi0_processor_statistics_are_read(tmp_path, capsys):
-    _tiny_transformers_pi0().save_pretrained(tmp_path / "pi0")
+    _tiny_transformers().save_pretrained(tmp_path / "pi0")
     saved = {"state_mean": [0.5] * 4, "state_std": [2.0] * 4, "actions_mean": [1.0] * 3, "actions_std": [3.0] * 3}
     (tmp_path / "pi0" / "processor_config.json").write_text(json.dumps({"processor_class": "PI0Processor", **saved}))
     code, stderr = _pi(capsys, "convert", "transformers-pi0", "--checkpoint", tmp_path / "pi0", "--output", tmp_path / "out",
@@ -214,3 +221,73 @@ def test_a_lerobot_folder_is_not_taken_for_a_transformers_pi0_one(tmp_path, caps
     source = lerobot_folder(tmp_path / "lerobot", converted("pi05"), config)
     code, stderr = _pi(capsys, "convert", "transformers-pi0", "--checkpoint", source, "--output", tmp_path / "out")
     assert code == 1 and "model_type 'pi0'" in stderr and not (tmp_path / "out").exists()
+
+
+@torch.no_grad()
+def test_transformers_pi05_converts_and_samples_the_same_actions(tmp_path, capsys):
+    theirs = _tiny_transformers(PI05Config, PI05ForConditionalGeneration)
+    theirs.save_pretrained(tmp_path / "pi05")
+    code, stderr = _pi(capsys, "convert", "transformers-pi05", "--checkpoint", tmp_path / "pi05", "--output", tmp_path / "out")
+    assert code == 0, stderr
+    ours = AutoModel.from_pretrained(tmp_path / "out").eval()
+    assert ours.config.variant == "pi05" and ours.config.action_horizon == 8
+    assert "transformers PI05 checkpoint" in (tmp_path / "out" / "README.md").read_text()
+
+    batch, cameras, length, image_tokens = 2, 3, 6, 4
+    generator = torch.Generator().manual_seed(1)
+    pixel_values = torch.rand(batch, cameras, 3, 28, 28, generator=generator) * 2 - 1
+    cameras_present = torch.ones(batch, cameras, dtype=torch.bool)
+    cameras_present[1, 1] = False  # the second row has no second camera: its image is never read
+    prompt = torch.randint(3, 1000, (batch, length), generator=generator)  # stands for BOS + "Task: ..., State: ..."
+    attention_mask = torch.ones(batch, length, dtype=torch.bool)
+    attention_mask[1, 4:] = False  # a padded prompt
+    noise = torch.randn(batch, 8, 32, generator=generator)
+    # transformers' PI05 takes input_ids as its processor writes them: per row, the image placeholders of the cameras
+    # that row has, then the prompt, right-padded. Neither model takes a state tensor: it is in the prompt.
+    rows = [torch.cat([torch.full((int(present.sum()) * image_tokens,), 1024), ids[valid]])
+            for ids, valid, present in zip(prompt, attention_mask, cameras_present)]
+    expected = theirs.sample_actions(
+        input_ids=pad_sequence(rows, batch_first=True), pixel_values=pixel_values, pixel_attention_mask=cameras_present,
+        attention_mask=pad_sequence([torch.ones(len(row), dtype=torch.long) for row in rows], batch_first=True), noise=noise,
+    )
+    actions = ours.generate_actions(pixel_values, cameras_present, prompt, attention_mask, noise=noise)
+    torch.testing.assert_close(actions, expected, atol=1e-4, rtol=0)
+
+
+def test_transformers_pi05_prompt_is_ours():
+    """PI05's processor writes, after its image placeholders, the very π0.5 prompt ours writes, the state in it."""
+    tokenizer = tokenizer_from_sentencepiece(TOKENIZER)
+    state = np.array([-1.3, -0.2, 0.0, 0.51, 1.0, 2.0])  # normalised; some outside [-1, 1]
+    task = " pick_up the\nred cube "
+    stand_in = SimpleNamespace(image_token="<image>", image_seq_length=4, tokenizer=tokenizer)  # all build_prompts reads
+    (theirs,) = PI05Processor.build_prompts(stand_in, [task], [[None, None]], torch.tensor(state, dtype=torch.float32)[None])
+    assert theirs.startswith("<image>" * 8 + tokenizer.bos_token + "Task: pick up the red cube, State: -1 102 128 ")
+    ours = tokenize_prompt(tokenizer, "pi05", task, 200, state)
+    their_ids = tokenizer(theirs.removeprefix("<image>" * 8), add_special_tokens=False).input_ids
+    assert their_ids == [token for token, valid in zip(ours.input_ids, ours.attention_mask) if valid]
+
+
+def test_transformers_pi05_processor_quantiles_are_read(tmp_path, capsys):
+    _tiny_transformers(PI05Config, PI05ForConditionalGeneration).save_pretrained(tmp_path / "pi05")
+    saved = {"state_q01": [-1.0] * 4, "state_q99": [2.0] * 4, "actions_mean": [1.0] * 3, "actions_std": [3.0] * 3,
+             "actions_q01": [0.0] * 3, "actions_q99": [4.0] * 3, "max_state_dim": 32, "chunk_size": 8}
+    config = tmp_path / "pi05" / "processor_config.json"
+    config.write_text(json.dumps({"processor_class": "PI05Processor", **saved}))
+    code, stderr = _pi(capsys, "convert", "transformers-pi05", "--checkpoint", tmp_path / "pi05", "--output", tmp_path / "out",
+                       "--tokenizer", TOKENIZER)
+    assert code == 0, stderr
+    processor = AutoProcessor.from_pretrained(tmp_path / "out")
+    assert processor.norm_mode == "quantile" and processor.variant == "pi05"
+    assert processor.norm_stats.state.q99.tolist() == [2.0] * 4 and processor.norm_stats.actions.q01.tolist() == [0.0] * 3
+    # PI05 picks the mode per feature; ours has one for both
+    mixed = {key: value for key, value in saved.items() if not key.startswith("state_q")}
+    config.write_text(json.dumps({**mixed, "state_mean": [0.0] * 4, "state_std": [1.0] * 4}))
+    code, stderr = _pi(capsys, "convert", "transformers-pi05", "--checkpoint", tmp_path / "pi05", "--output", tmp_path / "out2",
+                       "--tokenizer", TOKENIZER)
+    assert code == 1 and "state by zscore, actions by quantile" in stderr
+
+
+def test_a_transformers_pi0_folder_is_not_taken_for_a_pi05_one(tmp_path, capsys):
+    _tiny_transformers().save_pretrained(tmp_path / "pi0")
+    code, stderr = _pi(capsys, "convert", "transformers-pi05", "--checkpoint", tmp_path / "pi0", "--output", tmp_path / "out")
+    assert code == 1 and "model_type 'pi05'" in stderr and not (tmp_path / "out").exists()
