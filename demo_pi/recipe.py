@@ -2,7 +2,7 @@
 π0) with a word-level tokenizer of the task's few words, then `pi train`, then held-out episodes.
 
     python -m demo_pi.recipe --output runs/demo [--variant pi05|pi0] [--episodes 2000] [--steps 4000]
-                             [--perturbation 0.3] [--ship demo_pi/model]
+                             [--perturbation 0.3] [--ship demo_pi/model] [--init FOLDER] [--rtc-max-delay N]
 
 The model is the π architecture at toy size (SigLIP 2 layers on 32 px images in 8 px patches, Gemma
 4 layers of width 96, an action expert of width 48), about 600 thousand parameters, trained fully
@@ -11,6 +11,10 @@ ones do not), so the data also shows the way back from slightly wrong states. Th
 with `tokenizers` from the words a prompt of this task can contain, so the embedding table stays
 small (PaliGemma's 257k-entry vocabulary would be 99% of the model). With the defaults the loss
 drops sharply after about 2500 steps, once the policy has learned which block the prompt names.
+
+`--init demo_pi/model --rtc-max-delay 3` fine-tunes the shipped policy instead of a fresh one, on the same
+demonstrations, with clean action prefixes of 0 to 3 steps (`pi train --rtc-max-delay`): real-time chunking
+learnt in training, as shipped in `demo_pi/model_rtc` (see docs/demo.md for the exact command).
 """
 
 import argparse
@@ -84,15 +88,16 @@ def init_model_folder(output: str | Path, variant: str = "pi05", seed: int = 0) 
 
 
 def train_arguments(model: Path, dataset: Path, output: Path, steps: int, batch_size: int = 32,
-                    learning_rate: float = 1e-3) -> list[str]:
+                    learning_rate: float = 1e-3, rtc_max_delay: int | None = None) -> list[str]:
     """`pi train` arguments of the recipe: full training (there is nothing pretrained to keep), normalised with
     statistics recomputed in float64 over every frame, as the shipped model was (the demonstrations' stats.json
-    holds float32 ones)."""
+    holds float32 ones); with `rtc_max_delay`, clean action prefixes of 0 to that many steps."""
     camera_map = [f"{key}={camera}" for camera, key in IMAGE_KEYS.items()]
+    rtc = [] if rtc_max_delay is None else ["--rtc-max-delay", str(rtc_max_delay)]
     return ["--model", str(model), "--dataset", str(dataset), "--output", str(output), "--full",
             "--steps", str(steps), "--batch-size", str(batch_size), "--learning-rate", str(learning_rate),
             "--warmup-steps", str(min(200, steps // 10)), "--logging-steps", str(max(1, steps // 50)),
-            "--save-steps", str(steps), "--recompute-stats", "--camera-map", *camera_map]
+            "--save-steps", str(steps), "--recompute-stats", *rtc, "--camera-map", *camera_map]
 
 
 SHIPPED_FILES = ("config.json", "model.safetensors", "processor_config.json", "tokenizer.json", "tokenizer_config.json",
@@ -100,8 +105,9 @@ SHIPPED_FILES = ("config.json", "model.safetensors", "processor_config.json", "t
 
 
 def ship(trained: Path, destination: Path, provenance: str) -> Path:
-    """The trained folder's model, processor and loss curve, with a card saying how it was made; not its
-    checkpoints, and not the remote code (the package that ships it has the code)."""
+    """The trained folder's model, processor and loss curve, with a card saying how it was made (naming it
+    `demo_pi/<destination's name>`); not its checkpoints, and not the remote code (the package that ships it has
+    the code)."""
     if destination.exists():
         shutil.rmtree(destination)
     destination.mkdir(parents=True)
@@ -113,19 +119,19 @@ def ship(trained: Path, destination: Path, provenance: str) -> Path:
     processor_config = json.loads((destination / "processor_config.json").read_text())
     processor_config.pop("auto_map", None)
     (destination / "processor_config.json").write_text(json.dumps(processor_config, indent=2) + "\n")
-    shipped_card(destination, provenance).save(destination / "README.md")
+    shipped_card(destination, provenance, f"demo_pi/{destination.name}").save(destination / "README.md")
     return destination
 
 
-def shipped_card(folder: Path, provenance: str):
-    """The shipped folder's model card: its examples name it as `demo_pi/model` (they run from the repository's
-    root) and give the task's own instruction; it carries no code of its own, and a model trained from scratch has
-    no license or base model to name."""
+def shipped_card(folder: Path, provenance: str, name: str = "demo_pi/model"):
+    """The shipped folder's model card: its examples name it as `name` (they run from the repository's root) and
+    give the task's own instruction; it carries no code of its own, and a model trained from scratch has no
+    license or base model to name."""
     from modeling_pi import PiForActionGeneration
     from model_cards import render_model_card
 
     model, processor = PiForActionGeneration.from_pretrained(folder), PiProcessor.from_pretrained(folder)
-    return render_model_card(model.config, model.num_parameters(), "demo_pi/model", provenance,
+    return render_model_card(model.config, model.num_parameters(), name, provenance,
                              norm_stats=processor.norm_stats.to_dict(), processor=processor, remote_code=False,
                              example_prompt=prompt_for(next(iter(COLORS))))
 
@@ -138,6 +144,8 @@ def train_with(arguments: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from model_cards import TITLES
+
     from .demo import evaluate
 
     parser = argparse.ArgumentParser(prog="python -m demo_pi.recipe", description=__doc__.split("\n\n")[0])
@@ -151,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-episodes", type=int, default=100, help="held-out episodes scored after training")
     parser.add_argument("--ship", help="copy the trained policy here with its model card (the package's: demo_pi/model)")
+    parser.add_argument("--init", help="start from this trained π folder (e.g. demo_pi/model) instead of a fresh one")
+    parser.add_argument("--rtc-max-delay", type=int, metavar="N",
+                        help="real-time chunking learnt in training: clean action prefixes of 0 to N steps")
     args = parser.parse_args(argv)
     run = Path(args.output)
     if run.exists():
@@ -158,18 +169,23 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     seeds = range(TRAIN_SEEDS_START, TRAIN_SEEDS_START + args.episodes)
     dataset = write_demonstrations(run / "demonstrations", seeds, args.perturbation)
-    init = init_model_folder(run / "init", args.variant, args.seed)
-    code = train_with(train_arguments(init, dataset, run / "model", args.steps, args.batch_size, args.learning_rate))
+    init = Path(args.init) if args.init else init_model_folder(run / "init", args.variant, args.seed)
+    code = train_with(train_arguments(init, dataset, run / "model", args.steps, args.batch_size, args.learning_rate,
+                                      args.rtc_max_delay))
     if code:
         return code
     minutes = (time.perf_counter() - start) / 60
     successes = evaluate(run / "model", range(HELD_OUT_SEEDS_START, HELD_OUT_SEEDS_START + args.eval_episodes))
     print(f"recipe: {minutes:.1f} min (demonstrations and training); held-out success {successes}/{args.eval_episodes}")
     if args.ship:
-        provenance = (f"This is the {args.variant} architecture at toy size (SigLIP, Gemma and the action expert shrunk), "
-                      f"trained from scratch on the built-in tabletop task by `python -m demo_pi.recipe`: {args.episodes} "
+        variant = json.loads((run / "model" / "config.json").read_text())["variant"]
+        origin = f"fine-tuned from `{args.init}`" if args.init else "trained from scratch"
+        rtc = (f" with clean action prefixes of 0 to {args.rtc_max_delay} steps (`--rtc-max-delay {args.rtc_max_delay}`: "
+               f"real-time chunking fixes the first actions of a chunk instead of guiding them)") if args.rtc_max_delay else ""
+        provenance = (f"This is the {TITLES[variant]} architecture at toy size (SigLIP, Gemma and the action expert shrunk), "
+                      f"{origin} on the built-in tabletop task by `python -m demo_pi.recipe`: {args.episodes} "
                       f"expert demonstrations (perturbation {args.perturbation}), {args.steps} steps of `pi train --full` (batch {args.batch_size}, "
-                      f"learning rate {args.learning_rate}), {minutes:.1f} minutes on a 2-core CPU; it reaches the named "
+                      f"learning rate {args.learning_rate}){rtc}, {minutes:.1f} minutes on a 2-core CPU; it reaches the named "
                       f"block in {successes} of {args.eval_episodes} held-out episodes.")
         print(f"shipped {ship(run / 'model', Path(args.ship), provenance)}")
     return 0
