@@ -13,7 +13,9 @@ the model card says which were used. OUT receives the fine-tuned model (LoRA ada
 `AutoModel.from_pretrained` loads it), the processor, a model card and the remote code (so `pi push`
 publishes it as it is), `adapter/` (LoRA runs), `loss_curve.png` and Trainer checkpoints (`checkpoint-*`,
 what `--resume` continues from). Runs unchanged under `accelerate launch` (DDP; on a machine without
-GPUs, with ACCELERATE_USE_CPU=true, or the processes form no job and `check_one_job` stops the run).
+GPUs, with ACCELERATE_USE_CPU=true, or the processes form no job and `check_one_job` stops the run), and
+with `--full` under FSDP (`training_pi/accelerate/fsdp.yaml`): every process then gathers the sharded
+weights for the main process to save.
 
 Faults: a non-empty OUT is refused unless `--resume` continues it or `--overwrite` deletes it (never one
 that holds the model or the dataset). `--resume` continues from the newest complete checkpoint: the
@@ -129,14 +131,19 @@ def train(args: argparse.Namespace) -> Path:
         print(f"--overwrite: deleting {output} and everything in it")
         shutil.rmtree(output)
     trainer = Trainer(model=trainable, args=training_args, train_dataset=dataset, data_collator=PiCollator(processor))
+    if trainer.is_fsdp_enabled and not args.full:
+        raise OptionError("--lora under FSDP: the adapters are merged into the saved weights, which FSDP leaves in shards "
+                          "across the processes; pass --full, or train LoRA with DDP (accelerate launch --multi_gpu).")
     trainer.train(resume_from_checkpoint=checkpoint)
+    # under FSDP each process holds a shard of every weight: all of them gather the full weights, for rank 0 to save
+    weights = trainer.accelerator.get_state_dict(trainer.model) if trainer.is_fsdp_enabled else None
 
     if trainer.is_world_process_zero():
         write_norm_stats(processor.norm_stats, output / "norm_stats")
         if not args.full:
             trainable.save_pretrained(output / "adapter")
             trainable = trainable.merge_and_unload()
-        trainable.save_pretrained(output)
+        trainable.save_pretrained(output, state_dict=weights)
         processor.save_pretrained(output)
         _model_card(args, trainable, processor, stats_source).save(output / "README.md")
         add_remote_code(output)

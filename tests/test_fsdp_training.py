@@ -1,0 +1,93 @@
+"""`pi train` under FSDP2 with `training_pi/accelerate/fsdp.yaml`: two CPU processes over gloo, each holding half of
+every weight, end with the weights a single process reaches on the same global batches.
+
+The two runs see the same data and compute the same loss:
+
+- `--batch-size` is per process: 2 each against 4. Both runs draw one permutation of the frames (accelerate's
+  `SeedableRandomSampler`, seeded with `--seed`); with two processes accelerate cuts it into batches of 2 and deals
+  them out in turn, so at step k rank 0 gets permuted frames 4k, 4k+1 and rank 1 gets 4k+2, 4k+3: the single
+  process's batch of 4 (asserted from the frames each run recorded).
+- FSDP averages the processes' gradients, so the step follows the mean of the two halves' losses; that is the
+  whole batch's loss when each half weighs its steps as the whole does. A process's loss is the mean over its
+  non-padded action steps, so the runs train on frames without padded steps (`WholeChunks`).
+- Noise and flow times come from each process's random state, seeded alike on every rank: two processes draw the
+  same numbers for different halves, and not those a single process draws for the whole. Both runs draw them per
+  frame instead (`SameDraws`).
+
+What remains is float32 arithmetic in another order (two half-batch gradients averaged, against one): the weights
+agree to `ATOL`, while training moved them by over 100 times that.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+from transformers import AutoModel
+
+import ddp_train_worker
+import modeling_pi  # noqa: F401  (registers "pi" with AutoModel)
+import pi_cli
+import test_lerobot_training as lerobot
+from training_pi import train
+
+MAP_ARGS = lerobot.MAP_ARGS
+dataset_root, model_folder = lerobot.dataset_root, lerobot.model_folder  # fixtures: a LeRobot dataset, a tiny π0.5
+
+CONFIG = Path(__file__).resolve().parents[1] / "training_pi" / "accelerate" / "fsdp.yaml"
+ATOL = 5e-5  # observed: 4e-6 after 4 steps at learning rate 1e-2
+
+
+def _launch_fsdp(*args: str) -> subprocess.CompletedProcess:
+    """Two CPU processes over gloo with the FSDP config; `--fsdp-on-cpu` makes accelerate shard on CPUs as on GPUs."""
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIG), "--num_processes", "2",
+               str(Path(ddp_train_worker.__file__)), "--fsdp-on-cpu", *args]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+
+
+@pytest.mark.slow  # two processes launched, then one in-process run: some 20 s on 2 cores
+def test_two_cpu_processes_under_fsdp_end_with_the_weights_of_one_process(dataset_root, model_folder, tmp_path,
+                                                                          monkeypatch):
+    common = ["--model", str(model_folder), "--dataset", str(dataset_root), "--steps", "4", "--logging-steps", "1",
+              "--save-steps", "4", "--learning-rate", "1e-2", "--warmup-steps", "0", "--full", *MAP_ARGS]
+    result = _launch_fsdp("--seeded-by-frame", *common, "--output", str(tmp_path / "fsdp"), "--batch-size", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads((tmp_path / "fsdp" / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert [r["trainer"] for r in records] == [{"processes": 2, "index": 0}, {"processes": 2, "index": 1}]
+    model = AutoModel.from_pretrained(model_folder)
+    units = sum(type(m).__name__ == "SiglipEncoderLayer" or isinstance(m, nn.Linear) for m in model.modules())
+    for r in records:  # sharded as the config says (a unit per linear and per SigLIP layer, besides accelerate's own
+        # for the root and the embeddings), each rank holding half of every weight
+        assert r["sharding"]["distributed_type"] == "FSDP" and r["sharding"]["units"] > units, r["sharding"]
+        assert abs(r["sharding"]["held"] - 0.5) < 0.01, r["sharding"]
+
+    monkeypatch.setattr(train, "LeRobotDataset", ddp_train_worker.WholeChunks)
+    monkeypatch.setattr(train, "PiCollator", ddp_train_worker.SameDraws)
+    monkeypatch.setattr(ddp_train_worker.SameDraws, "batches", [])
+    assert pi_cli.main(["train", *common, "--output", str(tmp_path / "one"), "--batch-size", "4"]) == 0
+    halves = [first + second for first, second in zip(records[0]["batches"], records[1]["batches"])]
+    assert halves[:4] == ddp_train_worker.SameDraws.batches[:4]  # the data loaders fetch one batch ahead
+
+    sharded, single, initial = (load_file(folder / "model.safetensors")
+                                for folder in (tmp_path / "fsdp", tmp_path / "one", model_folder))
+    assert sharded.keys() == single.keys() == initial.keys()
+    assert max((single[k] - initial[k]).abs().max().item() for k in single) > 100 * ATOL
+    torch.testing.assert_close(sharded, single, rtol=0, atol=ATOL)
+    assert type(AutoModel.from_pretrained(tmp_path / "fsdp")).__name__ == "PiForActionGeneration"
+
+
+@pytest.mark.slow  # two processes launched: some 20 s on 2 cores
+def test_lora_under_fsdp_is_refused_before_training(dataset_root, model_folder, tmp_path):
+    # pi train merges the adapters into the weights it saves: it cannot from shards, so it says so at the start
+    result = _launch_fsdp("--model", str(model_folder), "--dataset", str(dataset_root), "--output", str(tmp_path / "o"),
+                          "--steps", "2", "--batch-size", "2", "--lora", *MAP_ARGS)
+    assert result.returncode != 0
+    assert "--lora under FSDP" in result.stderr and "--full" in result.stderr, result.stderr[-3000:]
+    assert not list((tmp_path / "o").glob("checkpoint-*"))
