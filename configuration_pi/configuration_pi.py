@@ -89,6 +89,10 @@ class PiConfig(PreTrainedConfig):
             real-time chunking learnt in training (π0 / π0.5; `pi train --rtc-max-delay N`): each training chunk
             begins with a clean prefix of 0 to N actions, given at flow time 0 and left out of the loss, so that
             `generate_actions(prev_actions=...)` fixes those actions instead of guiding towards them. 0: not.
+        knowledge_insulation (`bool`, defaults to `False`):
+            π0.5 training as Physical Intelligence trains it (arXiv 2505.23705; `pi train --knowledge-insulation`):
+            the backbone also learns the chunk's FAST tokens after the prompt, and the action expert reads the
+            backbone through a stop-gradient. Sampling is unchanged.
     """
 
     model_type = "pi"
@@ -121,6 +125,7 @@ class PiConfig(PreTrainedConfig):
     tie_word_embeddings: bool = True
     skip_position_after_prefix: bool = True
     rtc_max_delay: int = 0
+    knowledge_insulation: bool = False
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):
@@ -135,6 +140,8 @@ class PiConfig(PreTrainedConfig):
         if self.variant in FLOW_VARIANTS and not self.tie_word_embeddings:
             raise ValueError("Only π0-FAST reads logits: the flow variants have no output head to untie.")
         self.validate_rtc()
+        if self.knowledge_insulation and self.variant != "pi05":
+            raise ValueError(f"knowledge_insulation is a π0.5 training mode, not {self.variant}'s.")
         if self.variant in FLOW_VARIANTS and self.expert_config is None:
             self.expert_config = {"model_type": "gemma", **_GEMMA_300M}
         self.image_keys = list(self.image_keys)

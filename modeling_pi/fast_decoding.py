@@ -14,7 +14,6 @@ three departures from a causal LM that the loop below states directly.
 """
 
 from dataclasses import dataclass
-from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -52,17 +51,23 @@ def fast_forward(
     attention = model.attention_inputs(block_causal_mask(valid, ar), valid.long().cumsum(1) - 1, prefix)
     hidden, _ = model.run_experts(prefix, None, *attention)
     hidden = hidden[:, -input_ids.shape[1] :]
-    head = partial(F.linear, weight=model.lm_head_weight())
-    logits = head(hidden) if output_logits else None
+    logits = F.linear(hidden, model.lm_head_weight()) if output_logits else None
     if labels is None:
         return PiFastOutput(logits=logits)
+    losses = token_losses(hidden, labels, model.lm_head_weight(), logits)
+    return PiFastOutput(loss=losses.mean(), losses=losses, logits=logits)
+
+
+def token_losses(hidden: torch.Tensor, labels: torch.Tensor, head: torch.Tensor, logits: torch.Tensor | None = None):
+    """Per example [B], the mean negative log-likelihood of its targets: `labels` [B, L] (-100 where none), read
+    with the output `head` [V, D] from `hidden` [B, L, D], position t predicting target t + 1 (from `logits`
+    [B, L, V] where already computed, else only where a target is read)."""
     targets = labels[:, 1:]
-    read = targets != -100  # position t predicts target t + 1
-    scores = logits[:, :-1][read] if output_logits else head(hidden[:, :-1][read])
+    read = targets != -100
+    scores = logits[:, :-1][read] if logits is not None else F.linear(hidden[:, :-1][read], head)
     nll = F.cross_entropy(scores.float(), targets[read], reduction="none")
     rows = read.nonzero()[:, 0]
-    losses = nll.new_zeros(len(labels)).index_add(0, rows, nll) / read.sum(dim=1).clamp(min=1)
-    return PiFastOutput(loss=losses.mean(), losses=losses, logits=logits)
+    return nll.new_zeros(len(labels)).index_add(0, rows, nll) / read.sum(dim=1).clamp(min=1)
 
 
 def drop_unread_slots(input_ids, attention_mask, token_type_ids, labels) -> tuple[torch.Tensor, ...]:

@@ -89,6 +89,7 @@ def joint_layer(
     layer_idx: int = 0,
     read: torch.Tensor | None = None,
     in_place_mlp: bool = True,
+    insulate: bool = False,
 ) -> list[torch.Tensor | None]:
     """One decoder layer over both experts' tokens; `None` streams are skipped.
 
@@ -96,6 +97,9 @@ def joint_layer(
     reads: all its keys and values are computed, but its queries, attention output and MLP only there, and
     its output is [B, K, D], or None with K = 0; the action expert's stream, if any, is computed in full.
     A layer left with no queries stops once its keys and values are in `cache`. `in_place_mlp`: see `gemma_mlp`.
+    `insulate` (knowledge insulation, both streams present, no `read`): the action expert reads the language
+    model's keys and values through a stop-gradient, so that nothing the expert computes trains the language
+    model; the two streams then attend in two calls, which is the same attention.
     """
     active = [i for i, h in enumerate(hidden_states) if h is not None]
     queried = None  # the rows of the joint sequence that get queries, where not all of them do
@@ -137,9 +141,19 @@ def joint_layer(
 
     attn_module = layers[active[0]].self_attn
     attention = ALL_ATTENTION_FUNCTIONS.get_interface(attn_implementation, eager_attention_forward)
-    attended, _ = attention(
-        attn_module, query, key, value, attention_mask, dropout=0.0, scaling=attn_module.scaling
-    )
+    if insulate and len(active) == 2 and queried is None:
+        prefix = hidden_states[0].shape[1]
+        own = slice(0, prefix)
+        backbone, _ = attention(attn_module, query[:, :, own], key[:, :, own], value[:, :, own],
+                                attention_mask[:, :, own, own], dropout=0.0, scaling=attn_module.scaling)
+        insulated = [torch.cat([k[:, :, own].detach(), k[:, :, prefix:]], dim=2) for k in (key, value)]
+        expert, _ = attention(layers[1].self_attn, query[:, :, prefix:], *insulated, attention_mask[:, :, prefix:],
+                              dropout=0.0, scaling=attn_module.scaling)
+        attended = torch.cat([backbone, expert], dim=1)
+    else:
+        attended, _ = attention(
+            attn_module, query, key, value, attention_mask, dropout=0.0, scaling=attn_module.scaling
+        )
     queried_streams = [i for i in active if hidden_states[i] is not None]
     lengths = [hidden_states[i].shape[1] for i in queried_streams]
     attended = attended.reshape(*attended.shape[:2], -1).split(lengths, dim=1)

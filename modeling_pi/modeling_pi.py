@@ -24,7 +24,7 @@ from configuration_pi import PiConfig
 from .action_expert import PiActionExpert, PiAdaRMSModulation, apply_norm
 from .compiled_generation import CompiledGeneration, EagerGeneration
 from .cpu_linears import use_float32_products
-from .fast_decoding import PiFastOutput, decode_fast, decode_step, fast_forward
+from .fast_decoding import PiFastOutput, decode_fast, decode_step, fast_forward, token_losses
 from .flow_matching import integrate, interpolate, sample_flow_time, time_embedding
 from .input_checks import check_fast_inputs, check_flow_inputs, check_inputs
 from .joint_attention import additive_mask, at_positions, block_causal_mask, joint_layer, last_valid_position
@@ -55,14 +55,19 @@ class PiComputeOptions:
 @dataclass
 class PiFlowMatchingOutput(ModelOutput):
     """
-    loss (`torch.FloatTensor` of shape `()`): mean flow-matching loss over the batch.
+    loss (`torch.FloatTensor` of shape `()`): mean flow-matching loss over the batch; with knowledge insulation,
+        `flow_loss + fast_loss`.
     losses (`torch.FloatTensor` of shape `(batch, action_horizon)`): per-step squared error, mean over action dims.
     velocity (`torch.FloatTensor` of shape `(batch, action_horizon, action_dim)`): predicted velocity at x_t.
+    flow_loss, fast_loss (`torch.FloatTensor` of shape `()`): with knowledge insulation, the two parts of `loss`:
+        the action expert's flow matching, and the backbone's next-token loss on the chunk's FAST tokens.
     """
 
     loss: torch.FloatTensor | None = None
     losses: torch.FloatTensor | None = None
     velocity: torch.FloatTensor | None = None
+    flow_loss: torch.FloatTensor | None = None
+    fast_loss: torch.FloatTensor | None = None
 
 
 class PiPreTrainedModel(PreTrainedModel):
@@ -262,6 +267,7 @@ class PiForActionGeneration(PiPreTrainedModel):
         adarms_cond: torch.Tensor | None = None,
         cache=None,
         read: torch.Tensor | None = None,
+        insulate: bool = False,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Runs whichever streams are given through all joint layers; returns their final-norm outputs.
 
@@ -270,6 +276,8 @@ class PiForActionGeneration(PiPreTrainedModel):
         [B, K] names the only positions of the language model's stream whose outputs are returned
         ([B, K, D]; with K = 0, None: the prefix alone then only fills `cache`, and beside the suffix only
         gives it keys and values); with `compute_options.trim_prefix` the last layer computes no others.
+        `insulate`: the expert reads the language model's keys and values through a stop-gradient
+        (knowledge insulation, `joint_layer`).
         """
         trim = read is not None and self.compute_options.trim_prefix
         layer_kwargs = {
@@ -279,6 +287,7 @@ class PiForActionGeneration(PiPreTrainedModel):
             "attn_implementation": self.config._attn_implementation,
             "cache": cache,
             "in_place_mlp": self.compute_options.in_place_mlp,
+            "insulate": insulate,
         }
         hidden = (prefix, suffix)
         checkpointing = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
@@ -361,11 +370,18 @@ class PiForActionGeneration(PiPreTrainedModel):
         """
         check_inputs(self.config, pixel_values, pixel_attention_mask, input_ids, attention_mask)
         if self.config.is_flow:
-            if token_type_ids is not None or labels is not None or not output_logits:
-                raise ValueError(f"{self.config.variant} learns from `actions`; token_type_ids/labels/output_logits are π0-FAST's.")
-            output = self._flow_forward(
-                pixel_values, pixel_attention_mask, input_ids, attention_mask, actions, state, noise, timestep, action_is_pad
-            )
+            if self.config.knowledge_insulation:
+                if labels is None or token_type_ids is None:
+                    raise ValueError("Knowledge insulation trains the backbone on the chunk's FAST tokens: pass `labels` and "
+                                     "`token_type_ids` (a π0.5 processor with a FAST action tokenizer writes them).")
+                check_fast_inputs(self.config, input_ids, token_type_ids, labels)
+            elif token_type_ids is not None or labels is not None:
+                raise ValueError(f"{self.config.variant} learns from `actions`; token_type_ids and labels are π0-FAST's, or "
+                                 "π0.5's with knowledge insulation (config.knowledge_insulation).")
+            if not output_logits:
+                raise ValueError("output_logits is π0-FAST's.")
+            output = self._flow_forward(pixel_values, pixel_attention_mask, input_ids, attention_mask, actions, state,
+                                        noise, timestep, action_is_pad, token_type_ids, labels)
         else:
             if any(x is not None for x in (actions, state, noise, timestep, action_is_pad)):
                 raise ValueError("π0-FAST reads actions as tokens: pass `labels` (and `token_type_ids`), not actions/state/noise/timestep.")
@@ -380,7 +396,8 @@ class PiForActionGeneration(PiPreTrainedModel):
         return output if return_dict is not False else output.to_tuple()
 
     def _flow_forward(
-        self, pixel_values, pixel_attention_mask, input_ids, attention_mask, actions, state, noise, timestep, action_is_pad
+        self, pixel_values, pixel_attention_mask, input_ids, attention_mask, actions, state, noise, timestep, action_is_pad,
+        token_type_ids=None, labels=None,
     ):
         if actions is None:
             raise ValueError("forward is the flow-matching training pass and needs `actions`; sample with generate_actions.")
@@ -396,6 +413,9 @@ class PiForActionGeneration(PiPreTrainedModel):
                 timestep = with_clean_prefix(timestep, config.rtc_max_delay, config.action_horizon)
         x_t, target_velocity = interpolate(actions, noise, timestep)
 
+        if labels is not None:
+            return self._insulated_forward(pixel_values, pixel_attention_mask, input_ids, attention_mask, token_type_ids,
+                                           labels, state, x_t, timestep, target_velocity, action_is_pad)
         # The loss reads only the suffix: the prefix leaves out what no row uses, and in the language model's
         # last layer prefix tokens give the suffix their keys and values, nothing more (as when sampling).
         prefix_inputs = self.prefix_in_use(pixel_values, pixel_attention_mask, input_ids, attention_mask)
@@ -408,13 +428,36 @@ class PiForActionGeneration(PiPreTrainedModel):
         no_prefix_output = valid.new_zeros((len(valid), 0), dtype=torch.long)
         _, suffix_out = self.run_experts(prefix, suffix, *attention, adarms_cond, read=no_prefix_output)
         velocity = self.predict_velocity(suffix_out)
-        losses = (velocity.float() - target_velocity.float()).pow(2).mean(dim=-1)
-        # Steps past the episode end, and steps given clean (flow time 0: inputs, not predictions), carry no loss.
-        scored = None if action_is_pad is None else ~action_is_pad.bool()
-        if timestep.dim() == 2:
-            scored = (timestep > 0) if scored is None else scored & (timestep > 0)
-        loss = losses.mean() if scored is None else (losses * scored).sum() / scored.sum().clamp(min=1)
+        losses, loss = flow_losses(velocity, target_velocity, timestep, action_is_pad)
         return PiFlowMatchingOutput(loss=loss, losses=losses, velocity=velocity)
+
+    def _insulated_forward(self, pixel_values, pixel_attention_mask, input_ids, attention_mask, token_type_ids, labels,
+                           state, x_t, timestep, target_velocity, action_is_pad) -> PiFlowMatchingOutput:
+        """Knowledge insulation ("Knowledge Insulating Vision-Language-Action Models", arXiv 2505.23705): the prompt
+        is followed by the chunk's FAST tokens (`token_type_ids` 1, causal), which the backbone learns to predict
+        (`labels`, the tied head); the action expert attends to the images and the prompt only, not to the FAST
+        tokens, through keys and values that pass no gradient back to the backbone, at the positions it has when
+        sampling (which has no FAST tokens). `loss = flow_loss + fast_loss`."""
+        cameras = pixel_values, pixel_attention_mask
+        if self.compute_options.trim_prefix:
+            cameras = drop_absent_cameras(*cameras)
+        prefix, prefix_valid = self.embed_prefix(*cameras, input_ids, attention_mask)
+        images = prefix.shape[1] - input_ids.shape[1]
+        fast = torch.cat([token_type_ids.new_zeros(len(prefix), images), token_type_ids], dim=1).bool() & prefix_valid
+        suffix, adarms_cond = self.embed_suffix(state, x_t, timestep)
+        valid = torch.cat([prefix_valid, prefix_valid.new_ones(suffix.shape[:2])], dim=1)
+        ar = torch.cat([fast, self.suffix_ar_flags(valid.device)[None].expand(len(fast), -1)], dim=1)
+        allowed = block_causal_mask(valid, ar)
+        allowed[:, prefix.shape[1]:, : prefix.shape[1]] &= ~fast[:, None, :]  # the expert never sees a FAST token
+        prefix_positions = prefix_valid.long().cumsum(1) - 1
+        suffix_positions = (prefix_valid & ~fast).sum(dim=1, keepdim=True) + torch.arange(suffix.shape[1], device=valid.device)
+        attention = self.attention_inputs(allowed, torch.cat([prefix_positions, suffix_positions], dim=1), prefix)
+        prefix_out, suffix_out = self.run_experts(prefix, suffix, *attention, adarms_cond, insulate=True)
+        velocity = self.predict_velocity(suffix_out)
+        losses, flow_loss = flow_losses(velocity, target_velocity, timestep, action_is_pad)
+        fast_loss = token_losses(prefix_out[:, images:], labels, self.lm_head_weight()).mean()
+        return PiFlowMatchingOutput(loss=flow_loss + fast_loss, losses=losses, velocity=velocity, flow_loss=flow_loss,
+                                    fast_loss=fast_loss)
 
     # ---- inference ---------------------------------------------------------------------------------
 
@@ -577,6 +620,17 @@ class PiForActionGeneration(PiPreTrainedModel):
         prefix_inputs = self.prefix_in_use(pixel_values, pixel_attention_mask, input_ids, attention_mask, run.prompt_bucket)
         return decode_fast(self, run, *prefix_inputs, max_new_tokens, temperature, generator, allowed_token_ids,
                            reference_positions)
+
+
+def flow_losses(velocity, target_velocity, timestep, action_is_pad) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-step squared errors [B, H] (mean over action dims) and their mean over the steps that carry a loss:
+    not those past the episode end (`action_is_pad`), nor those given clean (flow time 0: inputs, not predictions)."""
+    losses = (velocity.float() - target_velocity.float()).pow(2).mean(dim=-1)
+    scored = None if action_is_pad is None else ~action_is_pad.bool()
+    if timestep.dim() == 2:
+        scored = (timestep > 0) if scored is None else scored & (timestep > 0)
+    loss = losses.mean() if scored is None else (losses * scored).sum() / scored.sum().clamp(min=1)
+    return losses, loss
 
 
 def with_clean_prefix(timestep: torch.Tensor, max_delay: int, horizon: int) -> torch.Tensor:

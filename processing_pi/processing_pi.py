@@ -24,7 +24,8 @@ quantile for π0.5 and π0-FAST) unless `norm_mode` says otherwise; with `norm_s
 are taken as already normalised. π0 gets the state as a vector padded to `action_dim`; π0.5 and π0-FAST
 read its 256-bin discretisation in the prompt (π0.5 not with `discrete_state_input=False`). π0-FAST
 training sequences come with `token_type_ids` and `labels`; its generated ids are cut between "Action: "
-and "|" and FAST-decoded.
+and "|" and FAST-decoded. A π0.5 processor given a FAST `action_tokenizer` writes the same targets after its
+training prompts (knowledge insulation), beside `actions`.
 
 `conventions` records whose pre- and post-processing the policy was trained with: "openpi" (the default)
 or "lerobot" (a folder converted from LeRobot): LeRobot's normaliser epsilon, prompt text, float image
@@ -224,7 +225,8 @@ class PiProcessor(ProcessorMixin):
         chunks = self._actions(actions, batch)
 
         fast_ids = [None] * batch
-        if chunks is not None and self.variant == "pi0_fast":
+        fast_targets = chunks is not None and self.action_tokenizer is not None and self.variant != "pi0"  # π0.5: knowledge insulation
+        if fast_targets:
             fast_ids = self.action_tokenizer(chunks)
         tokens = [
             tokenize_prompt(self.tokenizer, self.variant, text, self.max_token_len, state[i], fast_ids[i],
@@ -235,10 +237,10 @@ class PiProcessor(ProcessorMixin):
         features["attention_mask"] = np.array([t.attention_mask for t in tokens], dtype=bool)
         if self.variant == "pi0":
             features["state"] = _pad(state, self.action_dim, "state").astype(np.float32)
-        if chunks is not None and self.variant == "pi0_fast":
+        if fast_targets:
             features["token_type_ids"] = np.array([t.token_type_ids for t in tokens], dtype=np.int64)
             features["labels"] = np.where([t.loss_mask for t in tokens], features["input_ids"], -100)
-        elif chunks is not None:
+        if chunks is not None and self.variant != "pi0_fast":
             features["actions"] = _pad(chunks, self.action_dim, "actions").astype(np.float32)
         return BatchFeature(features, tensor_type=return_tensors)
 

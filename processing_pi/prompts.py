@@ -5,6 +5,7 @@
   `discrete_state_input=False`, e.g. its LIBERO π0.5), π0's format.
 - π0-FAST: prefix BOS + "Task: {fast_clean(prompt)}, State: {bins};\\n" (bidirectional); for training,
   postfix "Action: " + FAST ids mapped into the vocabulary + "|" + EOS (causal, the loss targets).
+- π0.5 trained with knowledge insulation: its prompt, then the same FAST ids + "|" + EOS as the postfix.
 
 clean = strip, "_" -> " ", "\\n" -> " "; fast_clean = lower-case, strip, "_" -> " " (newlines kept, as
 the reference does); bins = the normalised state discretised into 256 bins over
@@ -128,6 +129,11 @@ def _pad(prefix: list[int], postfix: list[int], max_len: int) -> PromptTokens:
     )
 
 
+def _fast_postfix(tokenizer, fast_ids: list[int]) -> list[int]:
+    """A chunk's FAST ids mapped into the vocabulary, then "|" and EOS: the training targets after "Action: "."""
+    return fast_ids_to_vocab(fast_ids, len(tokenizer)) + _encode(tokenizer, "|") + [tokenizer.eos_token_id]
+
+
 def tokenize_prompt(
     tokenizer,
     variant: str,
@@ -147,6 +153,8 @@ def tokenize_prompt(
     if state_in_prompt is None:
         state_in_prompt = variant != "pi0"
     if variant != "pi0_fast" and not state_in_prompt:
+        if fast_ids is not None:
+            raise ValueError("FAST training targets (knowledge insulation) follow π0.5's \"Action: \", a prompt with the state in it.")
         text = lerobot_pi0_prompt(prompt) if lerobot else clean_prompt(prompt) + "\n"
         ids = bos + _encode(tokenizer, text)
         _fit(ids, max_len, "pi0")
@@ -154,16 +162,14 @@ def tokenize_prompt(
     if state is None:
         raise ValueError(f"The {variant} prompt carries the robot state: pass `state`.")
     bins = " ".join(map(str, discretize_state(state)))
-    if variant != "pi0_fast":
+    if variant != "pi0_fast":  # π0.5; with `fast_ids`, knowledge insulation's targets follow "Action: "
         ids = bos + _encode(tokenizer, f"Task: {clean_prompt(prompt)}, State: {bins};\nAction: ")
-        _fit(ids, max_len, variant)
-        return _pad(ids, [], max_len)
+        postfix = [] if fast_ids is None else _fast_postfix(tokenizer, fast_ids)
+        _fit(ids, max_len, variant, postfix)
+        return _pad(ids, postfix, max_len)
     task = clean_prompt(prompt) if lerobot else fast_clean_prompt(prompt)
     prefix = bos + _encode(tokenizer, f"Task: {task}, State: {bins};\n")
-    postfix = []
-    if fast_ids is not None:
-        action_ids = fast_ids_to_vocab(fast_ids, len(tokenizer))
-        postfix = _encode(tokenizer, "Action: ") + action_ids + _encode(tokenizer, "|") + [tokenizer.eos_token_id]
+    postfix = [] if fast_ids is None else _encode(tokenizer, "Action: ") + _fast_postfix(tokenizer, fast_ids)
     if not lerobot:
         _fit(prefix, max_len, variant, postfix)
         return _pad(prefix, postfix, max_len)
