@@ -241,6 +241,25 @@ def test_pi_train_with_rtc_max_delay_saves_a_model_that_keeps_the_previous_actio
     assert torch.equal(chunk[:, :2], previous[:, :2])
 
 
+def test_pi_train_with_knowledge_insulation_trains_both_losses_and_saves_a_pi05_that_samples(dataset_root, model_folder,
+                                                                                            tmp_path, capsys):
+    common = ["train", "--model", str(model_folder), "--dataset", str(dataset_root), "--batch-size", "4",
+              "--logging-steps", "1", "--save-steps", "2", "--steps", "2", "--full", *MAP_ARGS]
+    assert pi_cli.main([*common, "--output", str(tmp_path / "no_fast"), "--knowledge-insulation"]) == 1
+    assert "--fast-tokenizer" in capsys.readouterr().err
+    fast = FIXTURES / "processor" / "fast_tokenizer"
+    assert pi_cli.main([*common, "--output", str(tmp_path / "run"), "--knowledge-insulation", "--fast-tokenizer", str(fast)]) == 0
+    assert all(np.isfinite(_log(tmp_path / "run")))
+    model = AutoModel.from_pretrained(tmp_path / "run").eval()
+    assert model.config.knowledge_insulation
+    processor = AutoProcessor.from_pretrained(tmp_path / "run")
+    sample = LeRobotDataset(dataset_root, HORIZON, CAMERA_MAP)[3]
+    inputs = processor(images=sample["images"], prompt=sample["prompt"], state=sample["state"])
+    with torch.no_grad():
+        actions = processor.post_process(model.generate_actions(**inputs, generator=torch.Generator().manual_seed(0))).actions
+    assert actions.shape == (1, HORIZON, 3) and torch.isfinite(actions).all()
+
+
 def test_bad_dataset_makes_pi_train_exit_non_zero(dataset_root, model_folder, tmp_path, capsys):
     root = shutil.copytree(dataset_root, tmp_path / "ds")
     (root / "meta" / "stats.json").unlink()

@@ -3,7 +3,7 @@
     pi train --model CONVERTED --dataset LEROBOT_DIR --output OUT [--lora | --full] [--freeze-vision]
              [--steps N] [--batch-size N] [--learning-rate LR] [--warmup-steps N] [--resume | --overwrite]
              [--camera-map DATASET_KEY=MODEL_KEY ...] [--bf16] [--gradient-checkpointing] [--recompute-stats] [--seed N]
-             [--rtc-max-delay N]
+             [--rtc-max-delay N] [--knowledge-insulation [--fast-tokenizer DIR]]
 
 The schedule is the reference's: AdamW (β2 0.95, weight decay 1e-10, gradient clip 1.0), linear
 warm-up, cosine decay to a tenth of the peak. The norm statistics are, as LeRobot trains with them, the
@@ -27,6 +27,10 @@ seed end with bit-identical weights.
 `--rtc-max-delay N` (π0, π0.5) trains for real-time chunking: each example's chunk begins with a clean prefix of
 0 to N actions (drawn uniformly), given at flow time 0 and left out of the loss; the saved config carries it
 (`rtc_max_delay`), so that sampling with the previous chunk's actions fixes them instead of guiding towards them.
+
+`--knowledge-insulation` (π0.5) trains as Physical Intelligence trains π0.5: the backbone also learns each chunk's
+FAST tokens after the prompt, with the FAST tokenizer of `--fast-tokenizer DIR` (or the processor's own), and the
+action expert reads the backbone through a stop-gradient; the loss is the sum of both. Sampling is unchanged.
 """
 
 import argparse
@@ -43,6 +47,8 @@ from transformers import AutoModel, AutoProcessor, Trainer, TrainingArguments, s
 import modeling_pi  # noqa: F401  (registers "pi" with AutoModel / AutoProcessor)
 from conversion.remote_code import add_remote_code
 from model_cards import DEFAULT_LICENSE, render_model_card
+
+from processing_pi import FastActionTokenizer
 
 from .lerobot_dataset import (DatasetError, LeRobotDataset, PiCollator, compute_norm_stats, dataset_norm_stats,
                               write_norm_stats)
@@ -81,6 +87,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              "run (bit for bit on CPU)")
     parser.add_argument("--rtc-max-delay", type=int, default=None, metavar="N",
                         help="real-time chunking: train with clean action prefixes of 0 to N steps (π0, π0.5)")
+    parser.add_argument("--knowledge-insulation", action="store_true",
+                        help="π0.5: the backbone also learns the chunk's FAST tokens, the expert reads it through a stop-gradient")
+    parser.add_argument("--fast-tokenizer", metavar="DIR", help="the FAST action tokenizer for --knowledge-insulation "
+                        "(a FastActionTokenizer folder; default: the processor's own)")
     return parser
 
 
@@ -100,6 +110,17 @@ class OptionError(ValueError):
     """A `pi train` option the model cannot take."""
 
 
+def _insulate(model, processor, fast_tokenizer: str | None) -> None:
+    """Knowledge insulation: the model's flag, and a processor that writes the chunks' FAST tokens."""
+    if fast_tokenizer is not None:
+        processor.action_tokenizer = FastActionTokenizer.from_pretrained(fast_tokenizer)
+    if processor.action_tokenizer is None:
+        raise OptionError("--knowledge-insulation trains the backbone on FAST tokens: pass --fast-tokenizer DIR.")
+    if model.config.variant != "pi05":
+        raise OptionError(f"--knowledge-insulation is a π0.5 training mode, not {model.config.variant}'s.")
+    model.config.knowledge_insulation = True
+
+
 def train(args: argparse.Namespace) -> Path:
     output = Path(args.output)
     check_output(output, args)
@@ -112,6 +133,10 @@ def train(args: argparse.Namespace) -> Path:
         except ValueError as err:
             raise OptionError(f"--rtc-max-delay: {err}") from None
     processor = AutoProcessor.from_pretrained(args.model)
+    if args.fast_tokenizer and not args.knowledge_insulation:
+        raise OptionError("--fast-tokenizer gives --knowledge-insulation its FAST tokenizer: pass both, or neither.")
+    if args.knowledge_insulation:
+        _insulate(model, processor, args.fast_tokenizer)
     dataset = LeRobotDataset(args.dataset, model.config.action_horizon, _camera_map(args.camera_map), processor.image_keys)
     processor.norm_stats, stats_source = _norm_stats(dataset, processor.norm_mode, args.recompute_stats)
 
