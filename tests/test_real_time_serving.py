@@ -4,7 +4,6 @@ the current one. The broker's timing is made deterministic with `simulated_delay
 the test lets it answer: no test waits on the wall clock."""
 
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -18,6 +17,7 @@ from conftest import CAMERAS, ROBOT_DIM
 from processing_pi import Robot
 from serving_pi import BatchingPolicy, LocalPolicy, RealTimeChunkBroker, preset
 from serving_pi.server import serve_in_background
+from test_serving import _ModelGate, _wait_until
 
 STEPS = 3  # flow steps: the fixture models are random, the tests are about what goes in and out
 # A robot whose first six action dims are predicted relative to the state: prev_actions go back through it.
@@ -126,34 +126,11 @@ def test_pi0_fast_says_it_does_not_chunk_in_real_time_and_refuses_prev_actions(p
             client.infer({**_observation(4), "prev_actions": np.zeros((10, ROBOT_DIM), np.float32), "inference_delay": 1})
 
 
-class _HeldModel:
-    """Holds the model thread until `opened` is set, and records the size of each batch and whether it continued
-    previous chunks."""
-
-    def __init__(self, policy: BatchingPolicy):
-        self.entered, self.opened, self.batches = threading.Event(), threading.Event(), []
-        self._generate = policy.model.generate_actions
-        policy.model.generate_actions = self
-
-    def __call__(self, **inputs):
-        self.entered.set()
-        assert self.opened.wait(60), "the test never opened the gate"
-        self.batches.append((len(inputs["pixel_values"]), "prev_actions" in inputs))
-        return self._generate(**inputs)
-
-
-def _wait_until(condition, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out waiting for the server"
-        time.sleep(0.01)
-
-
 def test_requests_with_and_without_prev_actions_are_batched_apart(policy_folder):
     """Queued as plain, continued (L = 20, d = 2), plain, continued (L = 10, d = 5): two batches of two, each of
     one kind; the continued ones share theirs although their L and d differ."""
     policy = _policy(policy_folder("pi05"), max_batch=8)
-    model = _HeldModel(policy)
+    model = _ModelGate(policy)
     prev_actions = np.zeros((50, ROBOT_DIM), np.float32)
     observations = [_observation(5), {**_observation(6), "prev_actions": prev_actions[:20], "inference_delay": 2},
                     _observation(7), {**_observation(8), "prev_actions": prev_actions[:10], "inference_delay": 5}]
@@ -172,7 +149,7 @@ def test_requests_with_and_without_prev_actions_are_batched_apart(policy_folder)
     finally:
         model.opened.set()
     assert sizes == [2, 2, 2, 2]
-    assert model.batches == [(1, False), (2, False), (2, True)]
+    assert [(len(b["pixel_values"]), "prev_actions" in b) for b in model.batches] == [(1, False), (2, False), (2, True)]
 
 
 # ---- the broker -----------------------------------------------------------------------------------

@@ -61,11 +61,12 @@ def _direct(folder, observation: dict, noise: torch.Tensor | None) -> dict:
 
 class _ModelGate:
     """Wraps a policy's `model.generate_actions`: holds the model thread until `opened` is set (so that the
-    requests sent meanwhile queue up together), counts the rows the model computes, and raises for a batch
-    that `fails` says it cannot compute."""
+    requests sent meanwhile queue up together), counts the rows the model computes, keeps each batch's inputs,
+    and raises for a batch that `fails` says it cannot compute."""
 
     def __init__(self, policy: BatchingPolicy, fails=lambda inputs: False):
         self.entered, self.opened, self.rows, self.fails = threading.Event(), threading.Event(), 0, fails
+        self.batches: list[dict] = []
         self._generate = policy.model.generate_actions
         policy.model.generate_actions = self
 
@@ -75,6 +76,7 @@ class _ModelGate:
         if self.fails(inputs):
             raise RuntimeError("the model failed on this batch")
         self.rows += len(inputs["pixel_values"])
+        self.batches.append(inputs)
         return self._generate(**inputs)
 
 
