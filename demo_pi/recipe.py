@@ -3,6 +3,7 @@
 
     python -m demo_pi.recipe --output runs/demo [--variant pi05|pi0] [--episodes 2000] [--steps 4000]
                              [--perturbation 0.3] [--ship demo_pi/model] [--init FOLDER] [--rtc-max-delay N]
+                             [--knowledge-insulation] [--fast-vocab N]
 
 The model is the π architecture at toy size (SigLIP 2 layers on 32 px images in 8 px patches, Gemma
 4 layers of width 96, an action expert of width 48), about 600 thousand parameters, trained fully
@@ -15,6 +16,12 @@ drops sharply after about 2500 steps, once the policy has learned which block th
 `--init demo_pi/model --rtc-max-delay 3` fine-tunes the shipped policy instead of a fresh one, on the same
 demonstrations, with clean action prefixes of 0 to 3 steps (`pi train --rtc-max-delay`): real-time chunking
 learnt in training, as shipped in `demo_pi/model_rtc` (see docs/demo.md for the exact command).
+
+`--knowledge-insulation` (π0.5) trains with knowledge insulation (`pi train --knowledge-insulation`): a FAST
+tokenizer of `--fast-vocab` tokens (256 by default) is fitted on the demonstrations' normalised chunks, the word-level
+vocabulary gains "|" and reserved tokens at its end for the FAST ids, and the prompt budget grows by the longest
+chunk's FAST tokens. `--fast-vocab N` alone builds the same vocabulary and prompt budget and trains without knowledge
+insulation: the like-for-like baseline (`python -m demo_pi.knowledge_insulation_eval` runs both; docs/demo.md).
 """
 
 import argparse
@@ -24,12 +31,14 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from tokenizers import Regex, Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from configuration_pi import PiConfig
-from processing_pi import PiImageProcessor, PiProcessor
+from processing_pi import FastActionTokenizer, PiImageProcessor, PiProcessor
+from processing_pi.prompts import FAST_SKIP_TOKENS, tokenize_prompt
 
 from .demonstrations import IMAGE_KEYS, write_demonstrations
 from .tabletop import CAMERAS, COLORS, IMAGE_SIZE, prompt_for
@@ -40,11 +49,17 @@ MAX_TOKEN_LEN = {"pi05": 20, "pi0": 8}
 TRAIN_SEEDS_START, HELD_OUT_SEEDS_START = 0, 1_000_000  # demonstrations and evaluation never share a seed
 SPECIAL_TOKENS = ["<pad>", "<eos>", "<bos>", "<unk>"]
 WORDS = ["Task", "State", "Action", "move", "to", "the", "block", *COLORS, ":", ",", ";", "\n"]
+# Knowledge insulation's targets: the chunk's FAST ids (mapped to the vocabulary's end), then "|" and EOS.
+FAST_END = "|"
+DEFAULT_FAST_VOCAB = 256  # the byte-level BPE's own alphabet: one token per DCT coefficient (docs/demo.md)
 
 
-def task_tokenizer() -> PreTrainedTokenizerFast:
-    """Word-level: the special tokens, the prompt words, and the state bins 0..255 as whole numbers."""
-    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS + WORDS + [str(i) for i in range(256)])}
+def task_tokenizer(fast_vocab: int = 0) -> PreTrainedTokenizerFast:
+    """Word-level: the special tokens, the prompt words, and the state bins 0..255 as whole numbers. With
+    `fast_vocab` > 0, then "|" and `fast_vocab` + 128 reserved tokens: the FAST ids of a tokenizer of that size
+    land on the reserved ones (`fast_ids_to_vocab` keeps the last 128 ids clear), no word is shared with them."""
+    reserved = [FAST_END] + [f"<reserved_{i}>" for i in range(fast_vocab + FAST_SKIP_TOKENS)] if fast_vocab else []
+    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS + WORDS + [str(i) for i in range(256)] + reserved)}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Split(" ", behavior="removed"),
@@ -54,7 +69,7 @@ def task_tokenizer() -> PreTrainedTokenizerFast:
                                    unk_token="<unk>", clean_up_tokenization_spaces=False)
 
 
-def small_config(variant: str = "pi05", vocab_size: int = 512) -> PiConfig:
+def small_config(variant: str = "pi05", vocab_size: int = 512, max_token_len: int | None = None) -> PiConfig:
     gemma = {"model_type": "gemma", "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 1,
              "head_dim": 24, "hidden_act": "gelu_pytorch_tanh", "use_bidirectional_attention": True}
     return PiConfig(
@@ -67,20 +82,31 @@ def small_config(variant: str = "pi05", vocab_size: int = 512) -> PiConfig:
                        "pad_token_id": None, "bos_token_id": None, "eos_token_id": None},
         action_dim=2,
         action_horizon=ACTION_HORIZON,
-        max_token_len=MAX_TOKEN_LEN[variant],
+        max_token_len=max_token_len or MAX_TOKEN_LEN[variant],
         image_keys=list(CAMERAS),
     )
 
 
-def init_model_folder(output: str | Path, variant: str = "pi05", seed: int = 0) -> Path:
-    """A randomly initialised small model with its processor (statistics come from `pi train`)."""
+def init_model_folder(output: str | Path, variant: str = "pi05", seed: int = 0, fast_vocab: int = 0,
+                      max_token_len: int | None = None) -> Path:
+    """A randomly initialised small model with its processor (statistics come from `pi train`); `fast_vocab` and
+    `max_token_len`: room for knowledge insulation's FAST targets (`task_tokenizer`, `fast_prompt_budget`). The
+    weights are those the seed gives without them, the embedding rows of "|" and the reserved tokens drawn after:
+    trained without knowledge insulation, the model learns as the recipe's own does (the extra rows stay unused)."""
     from modeling_pi import PiForActionGeneration
 
-    tokenizer = task_tokenizer()
+    tokenizer = task_tokenizer(fast_vocab)
+    max_token_len = max_token_len or MAX_TOKEN_LEN[variant]
     torch.manual_seed(seed)
-    model = PiForActionGeneration(small_config(variant, vocab_size=len(tokenizer)))
+    model = PiForActionGeneration(small_config(variant, vocab_size=len(task_tokenizer()), max_token_len=max_token_len))
+    if fast_vocab:
+        wider = PiForActionGeneration(small_config(variant, vocab_size=len(tokenizer), max_token_len=max_token_len))
+        weights, embedding = model.state_dict(), "language_model.embed_tokens.weight"
+        weights[embedding] = torch.cat([weights[embedding], wider.state_dict()[embedding][len(weights[embedding]):]])
+        wider.load_state_dict(weights)
+        model = wider
     processor = PiProcessor(PiImageProcessor(size=IMAGE_SIZE), tokenizer, variant=variant, image_keys=list(CAMERAS),
-                            max_token_len=MAX_TOKEN_LEN[variant], action_dim=2, action_horizon=ACTION_HORIZON)
+                            max_token_len=max_token_len, action_dim=2, action_horizon=ACTION_HORIZON)
     output = Path(output)
     model.save_pretrained(output)
     processor.save_pretrained(output)
@@ -88,16 +114,52 @@ def init_model_folder(output: str | Path, variant: str = "pi05", seed: int = 0) 
 
 
 def train_arguments(model: Path, dataset: Path, output: Path, steps: int, batch_size: int = 32,
-                    learning_rate: float = 1e-3, rtc_max_delay: int | None = None) -> list[str]:
+                    learning_rate: float = 1e-3, rtc_max_delay: int | None = None, fast_tokenizer: Path | None = None,
+                    save_steps: int | None = None) -> list[str]:
     """`pi train` arguments of the recipe: full training (there is nothing pretrained to keep), normalised with
     statistics recomputed in float64 over every frame, as the shipped model was (the demonstrations' stats.json
-    holds float32 ones); with `rtc_max_delay`, clean action prefixes of 0 to that many steps."""
+    holds float32 ones); with `rtc_max_delay`, clean action prefixes of 0 to that many steps; with `fast_tokenizer`
+    (a FastActionTokenizer folder), knowledge insulation. A checkpoint at the end, or every `save_steps`."""
     camera_map = [f"{key}={camera}" for camera, key in IMAGE_KEYS.items()]
     rtc = [] if rtc_max_delay is None else ["--rtc-max-delay", str(rtc_max_delay)]
+    insulation = [] if fast_tokenizer is None else ["--knowledge-insulation", "--fast-tokenizer", str(fast_tokenizer)]
     return ["--model", str(model), "--dataset", str(dataset), "--output", str(output), "--full",
             "--steps", str(steps), "--batch-size", str(batch_size), "--learning-rate", str(learning_rate),
             "--warmup-steps", str(min(200, steps // 10)), "--logging-steps", str(max(1, steps // 50)),
-            "--save-steps", str(steps), "--recompute-stats", *rtc, "--camera-map", *camera_map]
+            "--save-steps", str(save_steps or steps), "--recompute-stats", *rtc, *insulation, "--camera-map", *camera_map]
+
+
+def action_chunks(dataset) -> np.ndarray:
+    """Every frame's action chunk [N, H, A] (float64) as `pi train` samples it, the episode's last action repeated
+    past its end, read from the action column alone (no image is decoded)."""
+    frames = dataset.frames.select_columns(["action", "episode_index"])[:]
+    actions, episodes = np.stack(frames["action"]).astype(np.float64), np.asarray(frames["episode_index"])
+    ends = dataset.episodes.loc[episodes, "dataset_to_index"].to_numpy()
+    steps = np.arange(len(actions))[:, None] + np.arange(dataset.action_horizon)
+    return actions[np.minimum(steps, ends[:, None] - 1)]
+
+
+def fit_fast_tokenizer(dataset_root: Path, fast_vocab: int, variant: str = "pi05") -> tuple[FastActionTokenizer, int]:
+    """A FAST tokenizer of `fast_vocab` tokens fitted on the demonstrations' chunks, normalised as `pi train
+    --recompute-stats` normalises them for `variant`, and the most tokens it writes for one of them."""
+    from training_pi import LeRobotDataset, compute_norm_stats
+
+    dataset = LeRobotDataset(dataset_root, ACTION_HORIZON, {key: camera for camera, key in IMAGE_KEYS.items()})
+    processor = PiProcessor(PiImageProcessor(size=IMAGE_SIZE), task_tokenizer(), variant=variant)
+    stats = compute_norm_stats(dataset).get("actions", processor.norm_mode)
+    chunks = stats.normalize(action_chunks(dataset), processor.norm_mode, processor.conventions)
+    fast = FastActionTokenizer.fit(chunks, vocab_size=fast_vocab)
+    return fast, max(map(len, fast(chunks)))
+
+
+def fast_prompt_budget(longest_fast: int, variant: str = "pi05") -> int:
+    """max_token_len for knowledge insulation: the longest prompt of the task, the longest chunk's FAST ids, "|" and
+    EOS. π0.5's prompt carries the state's bins, one token each, but a normalised state below -1 (1% of the frames
+    lie below the q01 the statistics normalise with) is written "-1", two tokens: both dims so is the longest."""
+    tokenizer = task_tokenizer()
+    prompt = max(sum(tokenize_prompt(tokenizer, variant, prompt_for(color), 64, state=np.full(2, -2.0)).attention_mask)
+                 for color in COLORS)
+    return prompt + longest_fast + 2
 
 
 SHIPPED_FILES = ("config.json", "model.safetensors", "processor_config.json", "tokenizer.json", "tokenizer_config.json",
@@ -162,16 +224,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--init", help="start from this trained π folder (e.g. demo_pi/model) instead of a fresh one")
     parser.add_argument("--rtc-max-delay", type=int, metavar="N",
                         help="real-time chunking learnt in training: clean action prefixes of 0 to N steps")
+    parser.add_argument("--knowledge-insulation", action="store_true",
+                        help=f"π0.5: train with knowledge insulation, on a FAST tokenizer fitted on the demonstrations "
+                             f"(of --fast-vocab tokens, {DEFAULT_FAST_VOCAB} unless given)")
+    parser.add_argument("--fast-vocab", type=int, metavar="N",
+                        help="fit a FAST tokenizer of N tokens and size the vocabulary and prompt for it; without "
+                             "--knowledge-insulation, the same model trained without it (the baseline)")
     args = parser.parse_args(argv)
+    fast_vocab = args.fast_vocab or (DEFAULT_FAST_VOCAB if args.knowledge_insulation else 0)
+    if fast_vocab and (args.variant != "pi05" or args.init):
+        parser.error("--knowledge-insulation and --fast-vocab size a fresh π0.5 (--variant pi05, no --init) for FAST targets")
     run = Path(args.output)
     if run.exists():
         shutil.rmtree(run)
     start = time.perf_counter()
     seeds = range(TRAIN_SEEDS_START, TRAIN_SEEDS_START + args.episodes)
     dataset = write_demonstrations(run / "demonstrations", seeds, args.perturbation)
-    init = Path(args.init) if args.init else init_model_folder(run / "init", args.variant, args.seed)
+    fast_tokenizer = None
+    if fast_vocab:
+        fast, longest = fit_fast_tokenizer(dataset, fast_vocab, args.variant)
+        fast_tokenizer = fast.save_pretrained(run / "fast_tokenizer")
+        init = init_model_folder(run / "init", args.variant, args.seed, fast_vocab, fast_prompt_budget(longest, args.variant))
+    else:
+        init = Path(args.init) if args.init else init_model_folder(run / "init", args.variant, args.seed)
     code = train_with(train_arguments(init, dataset, run / "model", args.steps, args.batch_size, args.learning_rate,
-                                      args.rtc_max_delay))
+                                      args.rtc_max_delay, fast_tokenizer if args.knowledge_insulation else None))
     if code:
         return code
     minutes = (time.perf_counter() - start) / 60
@@ -180,12 +257,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.ship:
         variant = json.loads((run / "model" / "config.json").read_text())["variant"]
         origin = f"fine-tuned from `{args.init}`" if args.init else "trained from scratch"
+        insulation = (" with knowledge insulation (`--knowledge-insulation`: the backbone learns the chunks' FAST tokens, "
+                      "the action expert reads it through a stop-gradient)") if args.knowledge_insulation else ""
         rtc = (f" with clean action prefixes of 0 to {args.rtc_max_delay} steps (`--rtc-max-delay {args.rtc_max_delay}`: "
                f"real-time chunking fixes the first actions of a chunk instead of guiding them)") if args.rtc_max_delay else ""
         provenance = (f"This is the {TITLES[variant]} architecture at toy size (SigLIP, Gemma and the action expert shrunk), "
                       f"{origin} on the built-in tabletop task by `python -m demo_pi.recipe`: {args.episodes} "
                       f"expert demonstrations (perturbation {args.perturbation}), {args.steps} steps of `pi train --full` (batch {args.batch_size}, "
-                      f"learning rate {args.learning_rate}){rtc}, {minutes:.1f} minutes on a 2-core CPU; it reaches the named "
+                      f"learning rate {args.learning_rate}){rtc}{insulation}, {minutes:.1f} minutes on a 2-core CPU; it reaches the named "
                       f"block in {successes} of {args.eval_episodes} held-out episodes.")
         print(f"shipped {ship(run / 'model', Path(args.ship), provenance)}")
     return 0
