@@ -4,7 +4,6 @@
                                                 [--episodes 2000] [--eval-episodes 100] [--fast-vocab 256]
                                                 [--plot docs/knowledge_insulation.png]
     python -m demo_pi.knowledge_insulation_eval --scores runs/knowledge_insulation/scores.jsonl   (table and plot again)
-    python -m demo_pi.knowledge_insulation_eval --cost [--repeats 5]
 
 Both runs are the recipe's (`python -m demo_pi.recipe --fast-vocab 256`, with and without `--knowledge-insulation`):
 the same demonstrations, FAST tokenizer, vocabulary, prompt budget (`max_token_len`), initial weights, seed,
@@ -16,28 +15,21 @@ demonstrations of 32 other held-out seeds (the same noise and flow times for eve
 both, and the FAST loss of the insulated run. Each score is appended to `<output>/scores.jsonl`; at the end it
 prints a Markdown table and draws the plot (PNG, drawn with Pillow).
 
-`--cost` times one training step (forward, backward, AdamW) with and without knowledge insulation on the same
-model and batch, alternating, and measures its peak memory (as `benchmarks.timing` does on CPU): the demo's model
-on 32 frames of the demonstrations, and a π0.5 at the benchmark harness's "small" sizes on random inputs.
+What a training step costs with it: `python -m benchmarks.knowledge_insulation`.
 """
 
 import argparse
-import copy
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
-from torch.autograd import DeviceType
-from torch.profiler import ProfilerActivity, profile
 
 from .demonstrations import write_demonstrations
 from .recipe import (DEFAULT_FAST_VOCAB, HELD_OUT_SEEDS_START, TRAIN_SEEDS_START, fast_prompt_budget, fit_fast_tokenizer,
@@ -267,127 +259,9 @@ def plot(rows: list[dict], path: str | Path) -> Path:
     return Path(path)
 
 
-# ---- cost of a training step -------------------------------------------------------------------------
-
-
-def _step(model, batch: dict):
-    """One training step on a fixed batch: forward, backward, AdamW (a tiny rate), gradients released."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-9)
-
-    def step():
-        model(**batch).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    return step
-
-
-def _peak_bytes(fn) -> int:
-    """The most tensor memory `fn` holds at once beyond what was allocated before it: the running sum of the CPU
-    allocations and frees torch's profiler records (as `benchmarks.timing.peak_added_bytes` measures it on CPU;
-    demo_pi does not import the benchmarks, which import it)."""
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiler:
-        fn()
-    records = [event for event in profiler.profiler.kineto_results.events() if event.name() == "[memory]"]
-    held = peak = 0
-    for event in sorted(records, key=lambda event: event.start_ns()):
-        if event.device_type() in (DeviceType.CPU, DeviceType.MKLDNN):
-            held += event.nbytes()
-            peak = max(peak, held)
-    return peak
-
-
-def _time_pair(model, plain: dict, insulated: dict, repeats: int) -> dict:
-    """The step without and with knowledge insulation on `model`'s weights (a copy flagged for it): each in turn,
-    one warm-up round then `repeats`; the median time, the median over rounds of the ratio to the step without it in
-    the same round (which cancels a shared machine's drift), and the peak memory of one more step."""
-    model = model.train()
-    twin = copy.deepcopy(model)
-    twin.config.knowledge_insulation = True
-    steps = {"without KI": _step(model, plain), "with KI": _step(twin, insulated)}
-    seconds = {mode: [] for mode in steps}
-    for round_ in range(1 + repeats):
-        for mode, step in steps.items():
-            start = time.perf_counter()
-            step()
-            if round_:
-                seconds[mode].append(time.perf_counter() - start)
-    return {mode: {"step_ms": statistics.median(seconds[mode]) * 1e3,
-                   "ratio": statistics.median(a / b for a, b in zip(seconds[mode], seconds["without KI"])),
-                   "peak_mib": _peak_bytes(step) / 2**20} for mode, step in steps.items()}
-
-
-def demo_cost(repeats: int, folder: Path) -> dict:
-    """The demo's model (the recipe's KI sizing) on 32 frames of 200 demonstrations."""
-    from processing_pi import PiProcessor
-    from training_pi import LeRobotDataset, PiCollator, compute_norm_stats
-
-    from .demonstrations import IMAGE_KEYS
-
-    from modeling_pi import PiForActionGeneration
-
-    dataset = write_demonstrations(folder / "demonstrations", range(200), 0.3)
-    fast, longest = fit_fast_tokenizer(dataset, DEFAULT_FAST_VOCAB)
-    init = init_model_folder(folder / "init", "pi05", 0, DEFAULT_FAST_VOCAB, fast_prompt_budget(longest))
-    processor = PiProcessor.from_pretrained(init)
-    frames = LeRobotDataset(dataset, processor.action_horizon, {key: camera for camera, key in IMAGE_KEYS.items()})
-    processor.norm_stats = compute_norm_stats(frames)
-    samples = [frames[int(i)] for i in np.random.default_rng(0).choice(len(frames), 32, replace=False)]
-    plain = PiCollator(processor)(samples)
-    insulated = PiCollator(processor.replace(action_tokenizer=fast))(samples)
-    noise, timestep = torch.randn(plain["actions"].shape), torch.full((32,), 0.5)
-    plain, insulated = ({**batch, "noise": noise, "timestep": timestep} for batch in (plain, insulated))
-    return _time_pair(PiForActionGeneration.from_pretrained(init), plain, insulated, repeats)
-
-
-SMALL_BATCH, SMALL_PROMPT, SMALL_TARGETS = 8, 20, 64  # the harness's 20 prompt tokens; 62 FAST ids + "|" + EOS
-
-
-def small_cost(repeats: int) -> dict:
-    """The benchmark harness's "small" π0.5 (its sizes in `benchmarks.models.SIZES`: Gemma width 256, 4 layers and a
-    32,000-token vocabulary; an action expert of width 128; SigLIP width 192, 4 layers, on 3 cameras of 112 px;
-    horizon 50) on random inputs, batch 8: a prompt of 20 tokens, then `SMALL_TARGETS` FAST targets for the insulated
-    step (the budget fits both; the plain step trims the padding)."""
-    from configuration_pi import PiConfig
-    from modeling_pi import PiForActionGeneration
-
-    def gemma(width, head_dim, mlp, vocab):
-        return {"model_type": "gemma", "hidden_size": width, "num_hidden_layers": 4, "num_attention_heads": 4,
-                "num_key_value_heads": 1, "head_dim": head_dim, "intermediate_size": mlp, "vocab_size": vocab}
-
-    config = PiConfig(variant="pi05", text_config=gemma(256, 64, 1024, 32000),
-                      expert_config={**gemma(128, 64, 512, 1), "pad_token_id": None, "bos_token_id": None, "eos_token_id": None},
-                      vision_config={"model_type": "siglip_vision_model", "hidden_size": 192, "num_hidden_layers": 4,
-                                     "num_attention_heads": 3, "intermediate_size": 768, "image_size": 112,
-                                     "patch_size": 14, "vision_use_head": False},
-                      action_horizon=50, max_token_len=SMALL_PROMPT + SMALL_TARGETS)
-    torch.manual_seed(0)
-    model = PiForActionGeneration(config)
-    length, vocab = config.max_token_len, config.text_config.vocab_size
-    prompt = (torch.arange(length) < SMALL_PROMPT)[None].expand(SMALL_BATCH, -1)
-    chunk = (SMALL_BATCH, config.action_horizon, config.action_dim)
-    plain = {"pixel_values": torch.rand(SMALL_BATCH, 3, 3, 112, 112) * 2 - 1,
-             "pixel_attention_mask": torch.ones(SMALL_BATCH, 3, dtype=torch.bool),
-             "input_ids": torch.randint(3, 1000, (SMALL_BATCH, length)).masked_fill(~prompt, 0), "attention_mask": prompt,
-             "actions": torch.randn(chunk), "noise": torch.randn(chunk), "timestep": torch.rand(SMALL_BATCH)}
-    postfix = ~prompt
-    input_ids = torch.where(postfix, torch.randint(vocab - 129 - 1023, vocab - 129, postfix.shape), plain["input_ids"])
-    insulated = {**plain, "input_ids": input_ids, "attention_mask": prompt | postfix, "token_type_ids": postfix.long(),
-                 "labels": input_ids.masked_fill(~postfix, -100)}
-    return _time_pair(model, plain, insulated, repeats)
-
-
-def cost_table(costs: dict[str, dict]) -> str:
-    lines = ["| model, batch | mode | step (median) | ratio to without KI | peak memory of a step |", "|---|---|---|---|---|"]
-    for size, modes in costs.items():
-        for mode, cost in modes.items():
-            lines.append(f"| {size} | {mode} | {cost['step_ms']:.0f} ms | {cost['ratio']:.2f} | {cost['peak_mib']:.1f} MiB |")
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m demo_pi.knowledge_insulation_eval", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output", default="runs/knowledge_insulation", help="run folder (replaced; --cost uses none)")
+    parser.add_argument("--output", default="runs/knowledge_insulation", help="run folder (replaced)")
     parser.add_argument("--episodes", type=int, default=2000, help="expert demonstrations")
     parser.add_argument("--perturbation", type=float, default=0.3)
     parser.add_argument("--steps", type=int, default=4000)
@@ -398,8 +272,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-episodes", type=int, default=100, help="held-out episodes per checkpoint")
     parser.add_argument("--fast-vocab", type=int, default=DEFAULT_FAST_VOCAB)
     parser.add_argument("--plot", default="docs/knowledge_insulation.png")
-    parser.add_argument("--cost", action="store_true", help="time a training step with and without KI instead")
-    parser.add_argument("--repeats", type=int, default=5, help="--cost: timed rounds")
     parser.add_argument("--scores", metavar="FILE", help="print the table and draw the plot of an earlier run's "
                         "scores.jsonl, training nothing")
     args = parser.parse_args(argv)
@@ -408,12 +280,6 @@ def main(argv: list[str] | None = None) -> int:
         report(rows, args.plot)
         return 0
     start = time.perf_counter()
-    if args.cost:
-        with tempfile.TemporaryDirectory() as folder:
-            costs = {"demo, 32": demo_cost(args.repeats, Path(folder)), f"small, {SMALL_BATCH}": small_cost(args.repeats)}
-        print(f"{torch.get_num_threads()} thread(s), median of {args.repeats} rounds after one warm-up "
-              f"({(time.perf_counter() - start) / 60:.1f} min)\n\n{cost_table(costs)}")
-        return 0
     run = Path(args.output)
     if run.exists():
         shutil.rmtree(run)
