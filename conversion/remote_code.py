@@ -23,7 +23,7 @@ from pathlib import Path
 MODULES = {
     "configuration_pi": ("configuration_pi",),
     "modeling_pi": ("input_checks", "flow_matching", "action_expert", "joint_attention", "cpu_linears",
-                    "compiled_generation", "fast_decoding", "modeling_pi"),
+                    "compiled_generation", "fast_decoding", "real_time_chunking", "quantization", "modeling_pi"),
     "processing_pi": ("normalization", "prompts", "image_processing_pi", "fast_action_tokenizer", "robots", "processing_pi"),
 }
 AUTO_MAP = {

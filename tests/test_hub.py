@@ -22,7 +22,7 @@ from conversion.remote_code import remote_code_files
 
 PROCESSOR = FIXTURES / "processor"
 CODE_FILES = {"configuration_pi.py", "modeling_pi.py", "input_checks.py", "flow_matching.py", "action_expert.py",
-              "joint_attention.py", "cpu_linears.py", "compiled_generation.py", "fast_decoding.py", "processing_pi.py", "normalization.py",
+              "joint_attention.py", "cpu_linears.py", "compiled_generation.py", "fast_decoding.py", "real_time_chunking.py", "quantization.py", "processing_pi.py", "normalization.py",
               "prompts.py", "image_processing_pi.py", "fast_action_tokenizer.py", "robots.py"}
 TITLES = {"pi0": "π0", "pi05": "π0.5", "pi0_fast": "π0-FAST"}
 CITATIONS = {"pi0": "2410.24164", "pi05": "2504.16054", "pi0_fast": "2501.09747"}
