@@ -69,7 +69,7 @@ def demo_cost(repeats: int, folder: Path) -> dict:
     processor.norm_stats = compute_norm_stats(frames)
     samples = [frames[int(i)] for i in np.random.default_rng(0).choice(len(frames), 32, replace=False)]
     plain = PiCollator(processor)(samples)
-    insulated = PiCollator(processor.replace(action_tokenizer=fast))(samples)
+    insulated = PiCollator(processor.replace(action_tokenizer=fast, knowledge_insulation=True))(samples)
     noise, timestep = torch.randn(plain["actions"].shape), torch.full((32,), 0.5)
     plain, insulated = ({**batch, "noise": noise, "timestep": timestep} for batch in (plain, insulated))
     return _time_pair(PiForActionGeneration.from_pretrained(init), plain, insulated, repeats)

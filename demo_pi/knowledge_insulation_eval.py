@@ -69,7 +69,8 @@ class Scorer:
         self.processor = PiProcessor.from_pretrained(paths["init"])
         # the statistics `pi train --recompute-stats` normalises with
         self.processor.norm_stats = compute_norm_stats(LeRobotDataset(paths["dataset"], 8, camera_map))
-        insulated = self.processor.replace(action_tokenizer=FastActionTokenizer.from_pretrained(paths["fast_tokenizer"]))
+        insulated = self.processor.replace(action_tokenizer=FastActionTokenizer.from_pretrained(paths["fast_tokenizer"]),
+                                                 knowledge_insulation=True)
         frames = LeRobotDataset(paths["losses"], self.processor.action_horizon, camera_map)
         generator, times = torch.Generator().manual_seed(0), np.random.default_rng(0)
         self.batches = []

@@ -24,8 +24,8 @@ quantile for π0.5 and π0-FAST) unless `norm_mode` says otherwise; with `norm_s
 are taken as already normalised. π0 gets the state as a vector padded to `action_dim`; π0.5 and π0-FAST
 read its 256-bin discretisation in the prompt (π0.5 not with `discrete_state_input=False`). π0-FAST
 training sequences come with `token_type_ids` and `labels`; its generated ids are cut between "Action: "
-and "|" and FAST-decoded. A π0.5 processor given a FAST `action_tokenizer` writes the same targets after its
-training prompts (knowledge insulation), beside `actions`.
+and "|" and FAST-decoded. A π0.5 processor with `knowledge_insulation` (and a FAST `action_tokenizer`) writes
+the same targets after its training prompts, beside `actions`.
 
 `conventions` records whose pre- and post-processing the policy was trained with: "openpi" (the default)
 or "lerobot" (a folder converted from LeRobot): LeRobot's normaliser epsilon, prompt text, float image
@@ -59,7 +59,7 @@ HUB_OPTIONS = ("revision", "token", "cache_dir", "local_files_only", "force_down
 # which runs no code from the folder and has no device or dtype.
 LOADER_OPTIONS = ("trust_remote_code", "code_revision", "_from_auto", "_from_pipeline", "device_map", "dtype", "torch_dtype")
 SETTINGS = ("variant", "image_keys", "max_token_len", "action_dim", "action_horizon", "robot_action_dim", "norm_mode",
-            "discrete_state_input", "conventions")
+            "discrete_state_input", "conventions", "knowledge_insulation")
 # What `from_pretrained(**settings)` and `replace` may change: every constructor argument but the two sub-processors.
 OVERRIDES = (*SETTINGS, "norm_stats", "robot", "action_tokenizer")
 
@@ -146,6 +146,7 @@ class PiProcessor(ProcessorMixin):
         discrete_state_input: bool | None = None,
         robot: Robot | dict | None = None,
         conventions: str | None = None,
+        knowledge_insulation: bool = False,
     ):
         """`norm_stats`: `NormStats`, their dict or a JSON file (`NormStats.from_json`); None: inputs are taken as
         normalised. `action_horizon`: the chunk length FAST ids decode to (default: the FAST tokenizer's). `robot_action_dim`:
@@ -153,7 +154,8 @@ class PiProcessor(ProcessorMixin):
         statistics). `discrete_state_input`: whether the prompt carries the state (default: all but π0; π0-FAST
         always does). `robot`: the robot whose raw observations `observation=` takes (module docstring).
         `conventions`: whose pre- and post-processing a policy was trained with, "openpi" or "lerobot" (default:
-        the image processor's, "openpi" unless set)."""
+        the image processor's, "openpi" unless set). `knowledge_insulation` (π0.5, with an `action_tokenizer`):
+        training prompts end with the chunk's FAST tokens, as `pi train --knowledge-insulation` trains."""
         super().__init__(image_processor, tokenizer)
         if variant not in VARIANTS:
             raise ValueError(f"Unknown π variant {variant!r}; expected one of {', '.join(VARIANTS)}.")
@@ -167,6 +169,9 @@ class PiProcessor(ProcessorMixin):
                              f"{self.conventions}'s: build both with the same.")
         self.action_tokenizer = action_tokenizer
         self.variant = variant
+        self.knowledge_insulation = bool(knowledge_insulation)
+        if self.knowledge_insulation and (variant != "pi05" or action_tokenizer is None):
+            raise ValueError("knowledge_insulation is π0.5's, and writes FAST targets: it needs an action_tokenizer.")
         self.image_keys = list(image_keys)
         self.max_token_len = max_token_len or DEFAULT_MAX_TOKEN_LEN[variant]
         self.action_dim = int(action_dim)
@@ -225,7 +230,7 @@ class PiProcessor(ProcessorMixin):
         chunks = self._actions(actions, batch)
 
         fast_ids = [None] * batch
-        fast_targets = chunks is not None and self.action_tokenizer is not None and self.variant != "pi0"  # π0.5: knowledge insulation
+        fast_targets = chunks is not None and (self.variant == "pi0_fast" or self.knowledge_insulation)
         if fast_targets:
             fast_ids = self.action_tokenizer(chunks)
         tokens = [

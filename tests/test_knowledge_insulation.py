@@ -93,7 +93,8 @@ def test_a_pi05_processor_with_a_fast_tokenizer_writes_the_targets_after_action(
 
     processor = PiProcessor(PiImageProcessor(size=28), tokenizer_from_sentencepiece(FIXTURES / "processor" / "tokenizer.model"),
                             variant="pi05", image_keys=["base_0_rgb"], max_token_len=120, action_horizon=10,
-                            action_tokenizer=FastActionTokenizer.from_pretrained(FIXTURES / "processor" / "fast_tokenizer"))
+                            action_tokenizer=FastActionTokenizer.from_pretrained(FIXTURES / "processor" / "fast_tokenizer"),
+                            knowledge_insulation=True)
     rng = np.random.default_rng(0)
     state, chunk = rng.uniform(-1, 1, (2, 7)), rng.uniform(-1, 1, (2, 10, 7))
     images = {"base_0_rgb": [np.zeros((32, 32, 3), np.uint8)] * 2}

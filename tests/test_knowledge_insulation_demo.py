@@ -25,7 +25,8 @@ def insulated(tmp_path_factory):
     fast, longest = fit_fast_tokenizer(dataset, DEFAULT_FAST_VOCAB)
     init = init_model_folder(root / "init", "pi05", 0, DEFAULT_FAST_VOCAB, fast_prompt_budget(longest))
     frames = LeRobotDataset(dataset, 8, {key: camera for camera, key in IMAGE_KEYS.items()})
-    processor = PiProcessor.from_pretrained(init).replace(action_tokenizer=fast, norm_stats=compute_norm_stats(frames))
+    processor = PiProcessor.from_pretrained(init).replace(action_tokenizer=fast, knowledge_insulation=True,
+                                                                       norm_stats=compute_norm_stats(frames))
     return init, fast, processor, frames
 
 

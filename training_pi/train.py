@@ -118,7 +118,7 @@ def _insulate(model, processor, fast_tokenizer: str | None) -> None:
         raise OptionError("--knowledge-insulation trains the backbone on FAST tokens: pass --fast-tokenizer DIR.")
     if model.config.variant != "pi05":
         raise OptionError(f"--knowledge-insulation is a π0.5 training mode, not {model.config.variant}'s.")
-    model.config.knowledge_insulation = True
+    model.config.knowledge_insulation = processor.knowledge_insulation = True
 
 
 def train(args: argparse.Namespace) -> Path:
