@@ -23,6 +23,8 @@ import platform
 
 import torch
 
+from modeling_pi.quantization import is_quantized
+
 from .models import SIZES, make_inputs, ours_alone, twin
 from .timing import Clock, alternate, peak_added_bytes
 
@@ -33,8 +35,7 @@ def stored_bytes(model) -> int:
     """The parameters' memory as stored: a quantized weight's integer data and scales, not the floats it stands for."""
     total = 0
     for parameter in model.parameters():
-        inner = [getattr(parameter, name) for name in parameter.__tensor_flatten__()[0]] if hasattr(
-            parameter, "__tensor_flatten__") and type(parameter) is not torch.nn.Parameter else [parameter]
+        inner = [getattr(parameter, name) for name in parameter.__tensor_flatten__()[0]] if is_quantized(parameter) else [parameter]
         total += sum(tensor.numel() * tensor.element_size() for tensor in inner)
     return total
 

@@ -389,10 +389,7 @@ class PiForActionGeneration(PiPreTrainedModel):
             if labels is None and not output_logits:
                 raise ValueError("output_logits=False leaves a pass without `labels` nothing to return.")
             # Cameras no row has stay out of the prefix; prompt slots stay unless no logits are output.
-            cameras = pixel_values, pixel_attention_mask
-            if self.compute_options.trim_prefix:
-                cameras = drop_absent_cameras(*cameras)
-            output = fast_forward(self, *cameras, input_ids, attention_mask, token_type_ids, labels, output_logits)
+            output = fast_forward(self, *self.cameras_in_use(pixel_values, pixel_attention_mask), input_ids, attention_mask, token_type_ids, labels, output_logits)
         return output if return_dict is not False else output.to_tuple()
 
     def _flow_forward(
@@ -438,9 +435,7 @@ class PiForActionGeneration(PiPreTrainedModel):
         (`labels`, the tied head); the action expert attends to the images and the prompt only, not to the FAST
         tokens, through keys and values that pass no gradient back to the backbone, at the positions it has when
         sampling (which has no FAST tokens). `loss = flow_loss + fast_loss`."""
-        cameras = pixel_values, pixel_attention_mask
-        if self.compute_options.trim_prefix:
-            cameras = drop_absent_cameras(*cameras)
+        cameras = self.cameras_in_use(pixel_values, pixel_attention_mask)
         prefix, prefix_valid = self.embed_prefix(*cameras, input_ids, attention_mask)
         images = prefix.shape[1] - input_ids.shape[1]
         fast = torch.cat([token_type_ids.new_zeros(len(prefix), images), token_type_ids], dim=1).bool() & prefix_valid
@@ -571,6 +566,12 @@ class PiForActionGeneration(PiPreTrainedModel):
             return self.compiled_generation
         step = self.velocity if self.config.is_flow else partial(decode_step, self)
         return EagerGeneration(self, self.encode_prefix, step)
+
+    def cameras_in_use(self, pixel_values, pixel_attention_mask) -> tuple[torch.Tensor, torch.Tensor]:
+        """The cameras the model reads: with `compute_options.trim_prefix`, not those absent from every row."""
+        if not self.compute_options.trim_prefix:
+            return pixel_values, pixel_attention_mask
+        return drop_absent_cameras(pixel_values, pixel_attention_mask)
 
     def prefix_in_use(self, pixel_values, pixel_attention_mask, input_ids, attention_mask, bucket: int | None = None):
         """The prefix inputs the model reads: with `compute_options.trim_prefix`, those of `drop_unused_prefix`."""
