@@ -175,3 +175,16 @@ def test_pi_demo_runs_real_time_chunking_under_delay(tmp_path, capsys):
     assert (tmp_path / "demo.png").is_file()
     assert pi_cli.main(["demo", "--mode", "async", "--delay", "5", "--episodes", "1", "--output", str(tmp_path / "x.png")]) == 1
     assert "--delay <= --execution-horizon" in capsys.readouterr().err
+
+
+def test_the_prefix_probe_turns_the_leftover_and_reads_headings_against_the_expert():
+    from demo_pi.prefix_probe import heading, probe, turned
+
+    expert = np.array([[0.0, 1.0], [0.6, -0.8]])
+    np.testing.assert_allclose(heading(turned(expert, 25.0), expert), [25.0, 25.0], atol=1e-9)
+    np.testing.assert_allclose(heading(turned(expert, -40.0), expert), [-40.0, -40.0], atol=1e-9)
+    model, processor = AutoModel.from_pretrained(str(SHIPPED_RTC_MODEL)).eval(), AutoProcessor.from_pretrained(str(SHIPPED_RTC_MODEL))
+    envs = [Tabletop.reset(seed) for seed in SEEDS]
+    straight, turned_away = (probe(model, processor, envs, angle, delay=2, execution_horizon=S) for angle in (0.0, 30.0))
+    assert abs(straight["kept"]) < 0.1 and abs(turned_away["kept"] - 30.0) < 0.1  # a trained prefix is kept as sent
+    assert abs(straight["re-aimed"]) < 0.1 < -turned_away["re-aimed"]  # the expert turns back after a turned prefix
