@@ -92,3 +92,13 @@ def test_the_quantization_benchmark_compares_the_precisions_on_the_same_weights(
     assert by_name["int8 weights, float32"]["weights_mib"] < 0.7 * by_name["float32"]["weights_mib"]
     assert by_name["bfloat16"]["weights_mib"] == pytest.approx(by_name["float32"]["weights_mib"] / 2, rel=0.01)
     assert all(row["chunk_ms"] > 0 and row["error"] < 0.05 for row in rows)
+
+
+def test_the_int8_products_benchmark_times_each_way_against_float32():
+    from benchmarks.int8_products import bench
+
+    rows = bench(1, {"small": (8, 64, 128)})
+    assert [row["weights"] for row in rows] == ["float32", "int8 weights (torchao)", "int8 weights and activations (torchao)",
+                                                "int8 dynamic (torch.ao, fbgemm)"]
+    assert rows[0]["ratio_to_float32"] == 1 and rows[0]["error"] == 0
+    assert all(row["ms"] > 0 and 0 < row["error"] < 0.05 for row in rows[1:])  # quantized, and close
