@@ -4,7 +4,8 @@
     pi serve --model FOLDER [--host 127.0.0.1] [--port 8000] [--preset pi|aloha|droid|libero]
              [--camera MODEL_CAMERA=OBSERVATION_KEY ...] [--state-key KEY ...] [--prompt-key KEY]
              [--default-prompt TEXT] [--max-batch N] [--num-steps N] [--max-message-mb N]
-             [--max-prompt-chars N] [--device DEVICE]
+             [--max-prompt-chars N] [--max-guidance-weight B] [--prefix-schedule exp|linear|ones|zeros]
+             [--device DEVICE]
 
 A folder converted with `--config` or `--robot` knows its robot: the server reads that robot's raw
 observations and answers in its commands with no flags (`--prompt-key` and `--default-prompt` may still
@@ -17,7 +18,9 @@ answered with a dict holding `actions` [H, robot dims] and the timings (`policy_
 openpi's fallback, not a prediction). For real-time chunking (π0 / π0.5; the metadata's
 `real_time_chunking`), an observation may also carry `prev_actions` [L, robot dims], the previous chunk's
 actions not yet executed as this server returned them, and `inference_delay` (control steps); the new
-chunk then continues them (`serving_pi.policy`; the client side is `serving_pi.real_time`). A request
+chunk then continues them (`serving_pi.policy`; the client side is `serving_pi.real_time`), guided with
+`--max-guidance-weight` and `--prefix-schedule` (default 5 and exp; a model trained with clean prefixes
+keeps its prefix instead). A request
 that cannot be served is answered with a text message naming the problem, which the client raises as
 an error; the connection stays open.
 Messages larger than `--max-message-mb` close that connection (code 1009); other clients are not
@@ -46,6 +49,8 @@ from http import HTTPStatus
 
 import websockets
 from websockets.asyncio.server import ServerConnection, serve
+
+from modeling_pi.real_time_chunking import SCHEDULES
 
 from .observations import PRESETS, preset
 from .policy import DEFAULT_MAX_PROMPT_CHARS, BatchingPolicy
@@ -198,6 +203,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--max-message-mb", type=float, default=32.0, help="larger messages close their connection")
     parser.add_argument("--max-prompt-chars", type=int, default=DEFAULT_MAX_PROMPT_CHARS,
                         help="longer prompts are refused before tokenising (default: %(default)s)")
+    parser.add_argument("--max-guidance-weight", type=float,
+                        help="real-time chunking: the guidance's largest weight β (default: 5; 0 turns guidance off)")
+    parser.add_argument("--prefix-schedule", choices=SCHEDULES,
+                        help="real-time chunking: how the weight of prev_actions decays past the delay (default: exp)")
     parser.add_argument("--device", help="where the model runs (default: cuda when available, else cpu)")
     return parser
 
@@ -236,6 +245,13 @@ def build_policy(args: argparse.Namespace) -> BatchingPolicy:
         if not model.config.is_flow:
             raise ValueError("--num-steps sets the flow steps; π0-FAST decodes tokens.")
         options["num_steps"] = args.num_steps
+    guidance = {"max_guidance_weight": args.max_guidance_weight, "prefix_schedule": args.prefix_schedule}
+    guidance = {name: value for name, value in guidance.items() if value is not None}
+    if guidance and not model.config.is_flow:
+        raise ValueError("--max-guidance-weight and --prefix-schedule set real-time chunking, which π0-FAST does not support.")
+    if guidance.get("max_guidance_weight", 0) < 0:
+        raise ValueError(f"--max-guidance-weight must be >= 0, got {args.max_guidance_weight}.")
+    options.update(guidance)
     return BatchingPolicy(model, processor, layout, max_batch=args.max_batch, seed=args.seed,
                           max_prompt_chars=args.max_prompt_chars, **options)
 

@@ -73,6 +73,34 @@ def test_the_server_continues_prev_actions_as_generate_actions_does_and_plain_re
     np.testing.assert_array_equal(continued, _direct(model, processor, _observation(2), noises[1], prev_actions, delay=4))
 
 
+
+def test_pi_serve_passes_its_guidance_flags_to_every_continued_chunk(policy_folder):
+    import argparse
+
+    from serving_pi import server as pi_serve
+
+    def built(folder, *flags):
+        parser = pi_serve.add_arguments(argparse.ArgumentParser())
+        return pi_serve.build_policy(parser.parse_args(["--model", folder, "--device", "cpu", *flags]))
+
+    folder = policy_folder("pi05")
+    policy = built(folder, "--max-guidance-weight", "0", "--prefix-schedule", "linear", "--num-steps", "3")
+    assert policy.generate_kwargs == {"num_steps": 3, "max_guidance_weight": 0.0, "prefix_schedule": "linear"}
+    assert built(folder).generate_kwargs == {}  # generate_actions' own defaults (β = 5, exp)
+    with pytest.raises(ValueError, match="--max-guidance-weight must be >= 0, got -1.0"):
+        built(folder, "--max-guidance-weight", "-1")
+    with pytest.raises(ValueError, match="π0-FAST does not support"):
+        built(policy_folder("pi0_fast"), "--prefix-schedule", "ones")
+    # β = 0: a continued chunk is the plain one from the same noise
+    with serve_in_background(_policy(folder, seed=0, max_guidance_weight=0.0)) as server:
+        client = WebsocketClientPolicy("127.0.0.1", server.port)
+        prev_actions = client.infer(_observation(1))["actions"][30:]
+        continued = client.infer({**_observation(2), "prev_actions": prev_actions, "inference_delay": 4})["actions"]
+    generator = torch.Generator().manual_seed(0)
+    noises = [torch.randn(1, 50, 32, generator=generator) for _ in range(2)]
+    model, processor = AutoModel.from_pretrained(folder).eval(), AutoProcessor.from_pretrained(folder)
+    np.testing.assert_array_equal(continued, _direct(model, processor, _observation(2), noises[1]))
+
 def test_a_model_trained_with_a_clean_prefix_keeps_the_first_d_prev_actions_in_robot_units(policy_folder):
     """prev_actions -> robot's inverse conversions (delta to the new state) -> normalised -> kept by the model ->
     un-normalised -> robot conversions: the robot gets its own actions back."""
