@@ -23,9 +23,11 @@ from accelerate.state import AcceleratorState, PartialState
 from accelerate.utils import DistributedType
 from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
+from transformers.models.gemma.modeling_gemma import GemmaDecoderLayer
 
 import pi_cli
 from training_pi import train
+from training_pi.fsdp import decoder_layer_parts
 
 
 class WholeChunks(train.LeRobotDataset):
@@ -60,6 +62,17 @@ class SameDraws(train.PiCollator):
         batch["timestep"] = torch.cat([torch.rand(1, generator=g) for g in draws]) * 0.999 + 0.001
         SameDraws.batches.append([s["frame"] for s in samples])
         return batch
+
+
+def layer_group(layer: GemmaDecoderLayer) -> dict:
+    """Under FSDP: how many parameter groups the decoder layer's parts belong to, and whether theirs holds exactly
+    the layer's weights."""
+    parts = decoder_layer_parts(layer)
+    if not all(isinstance(part, FSDPModule) for part in parts):
+        return {"groups": 0, "whole_layer": False}
+    groups = {id(part._get_fsdp_state()._fsdp_param_group): part._get_fsdp_state()._fsdp_param_group for part in parts}
+    held = {id(fsdp_param.sharded_param) for group in groups.values() for fsdp_param in group.fsdp_params}
+    return {"groups": len(groups), "whole_layer": held == {id(param) for param in layer.parameters()}}
 
 
 def seeded_by_frame() -> None:
@@ -98,7 +111,9 @@ if __name__ == "__main__":
             trainer_view.update(processes=self.args.world_size, index=self.args.process_index)
             sharding.update(distributed_type=self.accelerator.distributed_type.value,
                             units=sum(isinstance(m, FSDPModule) for m in self.model.modules()),
-                            held=sum(p.numel() for p in held.values()) / sum(p.numel() for p in params.values()))
+                            held=sum(p.numel() for p in held.values()) / sum(p.numel() for p in params.values()),
+                            decoder_layers=[layer_group(layer) for layer in self.model.modules()
+                                            if isinstance(layer, GemmaDecoderLayer)])
             return result
 
     train.Trainer = RecordingTrainer

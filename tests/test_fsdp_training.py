@@ -27,7 +27,6 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from torch import nn
 from transformers import AutoModel
 
 import ddp_train_worker
@@ -62,10 +61,12 @@ def test_two_cpu_processes_under_fsdp_end_with_the_weights_of_one_process(datase
     records = [json.loads((tmp_path / "fsdp" / f"rank{rank}.json").read_text()) for rank in (0, 1)]
     assert [r["trainer"] for r in records] == [{"processes": 2, "index": 0}, {"processes": 2, "index": 1}]
     model = AutoModel.from_pretrained(model_folder)
-    units = sum(type(m).__name__ == "SiglipEncoderLayer" or isinstance(m, nn.Linear) for m in model.modules())
-    for r in records:  # sharded as the config says (a unit per linear and per SigLIP layer, besides accelerate's own
-        # for the root and the embeddings), each rank holding half of every weight
-        assert r["sharding"]["distributed_type"] == "FSDP" and r["sharding"]["units"] > units, r["sharding"]
+    siglip_layers = sum(type(m).__name__ == "SiglipEncoderLayer" for m in model.modules())
+    decoder_layers = len(model.language_model.layers) + len(model.action_expert.layers)
+    for r in records:  # sharded as the config and pi train say, each rank holding half of every weight: every Gemma
+        # decoder layer one group of exactly its weights, every SigLIP layer a unit, besides accelerate's root and embedding
+        assert r["sharding"]["distributed_type"] == "FSDP" and r["sharding"]["units"] > siglip_layers, r["sharding"]
+        assert r["sharding"]["decoder_layers"] == [{"groups": 1, "whole_layer": True}] * decoder_layers, r["sharding"]
         assert abs(r["sharding"]["held"] - 0.5) < 0.01, r["sharding"]
 
     monkeypatch.setattr(train, "LeRobotDataset", ddp_train_worker.WholeChunks)

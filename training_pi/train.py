@@ -14,8 +14,8 @@ the model card says which were used. OUT receives the fine-tuned model (LoRA ada
 publishes it as it is), `adapter/` (LoRA runs), `loss_curve.png` and Trainer checkpoints (`checkpoint-*`,
 what `--resume` continues from). Runs unchanged under `accelerate launch` (DDP; on a machine without
 GPUs, with ACCELERATE_USE_CPU=true, or the processes form no job and `check_one_job` stops the run), and
-with `--full` under FSDP (`training_pi/accelerate/fsdp.yaml`): every process then gathers the sharded
-weights for the main process to save.
+with `--full` under FSDP (`training_pi/accelerate/fsdp.yaml`; each Gemma decoder layer one unit, formed here by
+`training_pi.fsdp`): every process then gathers the sharded weights for the main process to save.
 
 Faults: a non-empty OUT is refused unless `--resume` continues it or `--overwrite` deletes it (never one
 that holds the model or the dataset). `--resume` continues from the newest complete checkpoint: the
@@ -50,6 +50,7 @@ from model_cards import DEFAULT_LICENSE, render_model_card
 
 from processing_pi import FastActionTokenizer
 
+from .fsdp import shard_decoder_layers
 from .lerobot_dataset import (DatasetError, LeRobotDataset, PiCollator, compute_norm_stats, dataset_norm_stats,
                               write_norm_stats)
 from .lora import apply_lora, set_full_finetuning
@@ -159,6 +160,8 @@ def train(args: argparse.Namespace) -> Path:
     if trainer.is_fsdp_enabled and not args.full:
         raise OptionError("--lora under FSDP: the adapters are merged into the saved weights, which FSDP leaves in shards "
                           "across the processes; pass --full, or train LoRA with DDP (accelerate launch --multi_gpu).")
+    if trainer.is_fsdp_enabled:
+        shard_decoder_layers(trainable, trainer.accelerator)  # one unit per Gemma decoder layer (training_pi/fsdp.py)
     trainer.train(resume_from_checkpoint=checkpoint)
     # under FSDP each process holds a shard of every weight: all of them gather the full weights, for rank 0 to save
     weights = trainer.accelerator.get_state_dict(trainer.model) if trainer.is_fsdp_enabled else None
