@@ -51,10 +51,11 @@ def fast_forward(
     attention = model.attention_inputs(block_causal_mask(valid, ar), valid.long().cumsum(1) - 1, prefix)
     hidden, _ = model.run_experts(prefix, None, *attention)
     hidden = hidden[:, -input_ids.shape[1] :]
-    logits = F.linear(hidden, model.lm_head_weight()) if output_logits else None
+    head = model.lm_head_weight()
+    logits = F.linear(hidden, head) if output_logits else None
     if labels is None:
         return PiFastOutput(logits=logits)
-    losses = token_losses(hidden, labels, model.lm_head_weight(), logits)
+    losses = token_losses(hidden, labels, head, logits)
     return PiFastOutput(loss=losses.mean(), losses=losses, logits=logits)
 
 

@@ -389,7 +389,8 @@ class PiForActionGeneration(PiPreTrainedModel):
             if labels is None and not output_logits:
                 raise ValueError("output_logits=False leaves a pass without `labels` nothing to return.")
             # Cameras no row has stay out of the prefix; prompt slots stay unless no logits are output.
-            output = fast_forward(self, *self.cameras_in_use(pixel_values, pixel_attention_mask), input_ids, attention_mask, token_type_ids, labels, output_logits)
+            cameras = self.cameras_in_use(pixel_values, pixel_attention_mask)
+            output = fast_forward(self, *cameras, input_ids, attention_mask, token_type_ids, labels, output_logits)
         return output if return_dict is not False else output.to_tuple()
 
     def _flow_forward(
