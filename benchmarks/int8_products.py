@@ -8,20 +8,22 @@ language model) and the flow steps (50 action tokens through the action expert).
 rows) it times the float32 product against: int8 weights with float32 activations (torchao's weight-only
 int8, what `quantize_weights("int8")` uses), int8 weights and activations quantized per call (torchao's
 `Int8DynamicActivationInt8WeightConfig`), and PyTorch's own dynamic int8 linear (`torch.ao.quantization.
-quantize_dynamic`, fbgemm's kernels; deprecated in favour of torchao). Each row gives the median time, its
-ratio to float32, the rate in GFLOP/s and the largest error relative to the largest float32 output.
+quantize_dynamic`, fbgemm's kernels; deprecated in favour of torchao). The variants run in alternate rounds
+(`timing.alternate`); each row gives the median time, the median over rounds of its ratio to float32, the
+rate in GFLOP/s and the largest error relative to the largest float32 output.
 """
 
 import argparse
 import copy
 import json
 import platform
-import statistics
-import time
 import warnings
+from functools import partial
 
 import torch
 from torch import nn
+
+from .timing import Clock, alternate
 
 SHAPES = {"prefix (800 × 2048 → 16384)": (800, 2048, 16384), "flow step (50 × 1024 → 4096)": (50, 1024, 4096)}
 
@@ -39,16 +41,6 @@ def variants(linear: nn.Linear) -> dict[str, nn.Module]:
             "int8 weights and activations (torchao)": dynamic, "int8 dynamic (torch.ao, fbgemm)": fbgemm}
 
 
-def median_seconds(module: nn.Module, x: torch.Tensor, repeats: int) -> float:
-    module(x)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        module(x)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def bench(repeats: int, shapes: dict = SHAPES) -> list[dict]:
     """A row per product shape ({label: (rows, in, out)}) and way of computing it."""
     rows = []
@@ -56,14 +48,17 @@ def bench(repeats: int, shapes: dict = SHAPES) -> list[dict]:
         torch.manual_seed(0)
         linear = nn.Linear(width, out, bias=False)
         x = torch.randn(tokens, width)
+        modules = variants(linear)
         with torch.no_grad():
             reference = linear(x)
-            timed = {name: (median_seconds(module, x, repeats), module(x)) for name, module in variants(linear).items()}
-        base = timed["float32"][0]
-        for name, (seconds, y) in timed.items():
-            rows.append({"product": label, "weights": name, "ms": seconds * 1e3, "ratio_to_float32": seconds / base,
-                         "gflop_per_s": 2 * tokens * width * out / seconds / 1e9,
-                         "error": ((y - reference).abs().max() / reference.abs().max()).item()})
+            timings = alternate({name: (Clock(x.device), partial(module, x)) for name, module in modules.items()}, repeats,
+                                against=("float32",))
+            errors = {name: ((module(x) - reference).abs().max() / reference.abs().max()).item()
+                      for name, module in modules.items()}
+        for name, timing in timings.items():
+            rows.append({"product": label, "weights": name, "ms": timing["total"] * 1e3,
+                         "ratio_to_float32": timing["ratio to float32"],
+                         "gflop_per_s": 2 * tokens * width * out / timing["total"] / 1e9, "error": errors[name]})
     return rows
 
 

@@ -9,7 +9,6 @@ demonstrations, and the harness's "small" π0.5 (`models.ours_alone`) on random 
 
 import argparse
 import copy
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -21,10 +20,11 @@ from demo_pi.demonstrations import IMAGE_KEYS, write_demonstrations
 from demo_pi.recipe import DEFAULT_FAST_VOCAB, fast_prompt_budget, fit_fast_tokenizer, init_model_folder
 from modeling_pi import PiForActionGeneration
 from processing_pi import PiProcessor
+from processing_pi.prompts import fast_ids_to_vocab
 from training_pi import LeRobotDataset, PiCollator, compute_norm_stats
 
-from .models import ours_alone
-from .timing import peak_added_bytes
+from .models import make_inputs, ours_alone
+from .timing import Clock, alternate, peak_added_bytes
 
 
 def _step(model, batch: dict):
@@ -40,23 +40,17 @@ def _step(model, batch: dict):
 
 
 def _time_pair(model, plain: dict, insulated: dict, repeats: int) -> dict:
-    """The step without and with knowledge insulation on `model`'s weights (a copy flagged for it): each in turn,
-    one warm-up round then `repeats`; the median time, the median over rounds of the ratio to the step without it in
-    the same round (which cancels a shared machine's drift), and the peak memory of one more step."""
+    """The step without and with knowledge insulation on `model`'s weights (a copy flagged for it), timed in
+    alternate rounds (`timing.alternate`): the median time, the median over rounds of the ratio to the step without
+    it, and the peak memory of one more step."""
     model = model.train()
     twin = copy.deepcopy(model)
     twin.config.knowledge_insulation = True
     steps = {"without KI": _step(model, plain), "with KI": _step(twin, insulated)}
-    seconds = {mode: [] for mode in steps}
-    for round_ in range(1 + repeats):
-        for mode, step in steps.items():
-            start = time.perf_counter()
-            step()
-            if round_:
-                seconds[mode].append(time.perf_counter() - start)
-    return {mode: {"step_ms": statistics.median(seconds[mode]) * 1e3,
-                   "ratio": statistics.median(a / b for a, b in zip(seconds[mode], seconds["without KI"])),
-                   "peak_mib": peak_added_bytes(step, torch.device("cpu")) / 2**20} for mode, step in steps.items()}
+    cpu = torch.device("cpu")
+    timings = alternate({mode: (Clock(cpu), step) for mode, step in steps.items()}, repeats, against=("without KI",))
+    return {mode: {"step_ms": timings[mode]["total"] * 1e3, "ratio": timings[mode]["ratio to without KI"],
+                   "peak_mib": peak_added_bytes(step, cpu) / 2**20} for mode, step in steps.items()}
 
 
 def demo_cost(repeats: int, folder: Path) -> dict:
@@ -84,16 +78,13 @@ def small_cost(repeats: int) -> dict:
     padding)."""
     torch.manual_seed(0)
     model = ours_alone("pi05", "small", SMALL_PROMPT + SMALL_TARGETS)
-    config = model.config
-    length, vocab, size = config.max_token_len, config.text_config.vocab_size, config.vision_config.image_size
-    prompt = (torch.arange(length) < SMALL_PROMPT)[None].expand(SMALL_BATCH, -1)
-    chunk = (SMALL_BATCH, config.action_horizon, config.action_dim)
-    plain = {"pixel_values": torch.rand(SMALL_BATCH, 3, 3, size, size) * 2 - 1,
-             "pixel_attention_mask": torch.ones(SMALL_BATCH, 3, dtype=torch.bool),
-             "input_ids": torch.randint(3, 1000, (SMALL_BATCH, length)).masked_fill(~prompt, 0), "attention_mask": prompt,
-             "actions": torch.randn(chunk), "noise": torch.randn(chunk), "timestep": torch.rand(SMALL_BATCH)}
+    inputs = make_inputs(model.config, SMALL_BATCH, 3, SMALL_PROMPT, "cpu")
+    plain = {**inputs.ours(), "actions": inputs.actions, "noise": inputs.noise, "timestep": inputs.timestep}
+    prompt = inputs.attention_mask
     postfix = ~prompt
-    input_ids = torch.where(postfix, torch.randint(vocab - 129 - 1023, vocab - 129, postfix.shape), plain["input_ids"])
+    fast_ids = torch.randint(0, 1024, postfix.shape)  # FAST ids, written where the language vocabulary ends
+    targets = torch.tensor(fast_ids_to_vocab(fast_ids.flatten(), model.config.text_config.vocab_size)).view_as(fast_ids)
+    input_ids = torch.where(postfix, targets, inputs.input_ids)
     insulated = {**plain, "input_ids": input_ids, "attention_mask": prompt | postfix, "token_type_ids": postfix.long(),
                  "labels": input_ids.masked_fill(~postfix, -100)}
     return _time_pair(model, plain, insulated, repeats)

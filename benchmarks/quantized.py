@@ -101,8 +101,7 @@ def demo_success(episodes: int) -> dict[str, float]:
         model = AutoModel.from_pretrained(str(SHIPPED_MODEL)).eval()
         if name != "float32":
             model.quantize_weights("int8")
-        played = rollout(model, processor, seeds)[0]
-        rates[name] = sum(episode.env.success for episode in played) / episodes
+        rates[name] = rollout(model, processor, seeds).success_rate
     return rates
 
 

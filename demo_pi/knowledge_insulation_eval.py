@@ -92,14 +92,14 @@ class Scorer:
 
         model = AutoModel.from_pretrained(folder).eval()
         model.config.knowledge_insulation = insulated  # the initial model's losses in both forms; sampling ignores it
-        episodes, _ = rollout(model, self.processor, self.seeds)
+        played = rollout(model, self.processor, self.seeds)
         flow, fast = [], []
         with torch.no_grad():
             for plain, with_fast in self.batches:
                 out = model(**(with_fast if insulated else plain))
                 flow.append(float(out.flow_loss if insulated else out.loss))
                 fast.append(float(out.fast_loss) if insulated else None)
-        return {"success": sum(episode.env.success for episode in episodes) / len(episodes),
+        return {"success": played.success_rate,
                 "flow_loss": float(np.mean(flow)), "fast_loss": float(np.mean(fast)) if insulated else None}
 
 
