@@ -187,6 +187,9 @@ class PiProcessor(ProcessorMixin):
         self.discrete_state_input = variant != "pi0" if discrete_state_input is None else bool(discrete_state_input)
         if variant == "pi0_fast" and not self.discrete_state_input:
             raise ValueError("π0-FAST always reads the state in its prompt: discrete_state_input cannot be False.")
+        if self.knowledge_insulation and not self.discrete_state_input:
+            raise ValueError("knowledge_insulation writes FAST targets after π0.5's \"Action: \", a prompt with the state in "
+                             "it: discrete_state_input cannot be False.")
         self.robot = Robot.from_dict(robot) if isinstance(robot, dict) else robot
         if self.robot is not None:
             unknown = sorted(set(self.robot.cameras) - set(self.image_keys))

@@ -75,7 +75,7 @@ def test_the_expert_reads_no_fast_token_and_sees_what_it_sees_when_sampling():
         torch.testing.assert_close(sampled, at_noise, atol=1e-5, rtol=0)
 
 
-def test_the_mode_needs_its_targets_and_belongs_to_pi05():
+def test_the_mode_needs_its_targets_and_belongs_to_pi05(tmp_path):
     model, inputs = _case()
     with pytest.raises(ValueError, match="FAST tokens"):
         model(**{k: v for k, v in inputs.items() if k not in ("labels", "token_type_ids")})
@@ -85,7 +85,13 @@ def test_the_mode_needs_its_targets_and_belongs_to_pi05():
     with pytest.raises(ValueError, match="π0.5"):
         noisy_tiny_model("pi0", knowledge_insulation=True)
     # a model trained this way saves, loads and samples like any π0.5
-    assert isinstance(model, PiForActionGeneration)
+    model.eval().save_pretrained(tmp_path)
+    loaded = PiForActionGeneration.from_pretrained(tmp_path).eval()
+    assert loaded.config.knowledge_insulation
+    prompt = inputs["attention_mask"] & ~inputs["token_type_ids"].bool()
+    sample = [each.generate_actions(inputs["pixel_values"], inputs["pixel_attention_mask"], inputs["input_ids"], prompt,
+                                    noise=inputs["noise"], num_steps=2) for each in (model, loaded)]
+    assert torch.equal(*sample)
 
 
 def test_a_pi05_processor_with_a_fast_tokenizer_writes_the_targets_after_action():
@@ -109,3 +115,5 @@ def test_a_pi05_processor_with_a_fast_tokenizer_writes_the_targets_after_action(
         assert len(ids) > len(prompt) + 2 and ids[-1] == processor.tokenizer.eos_token_id
         assert torch.equal(batch["labels"][row] != -100, batch["token_type_ids"][row].bool())
     assert batch["actions"].shape == (2, 10, 32)
+    with pytest.raises(ValueError, match="discrete_state_input cannot be False"):
+        processor.replace(discrete_state_input=False)

@@ -21,9 +21,10 @@ def decoder_layer_parts(layer: GemmaDecoderLayer) -> list[nn.Module]:
             layer.post_attention_layernorm, layer.mlp]
 
 
-def shard_decoder_layers(model: nn.Module, accelerator) -> int:
-    """Shards every decoder layer of `model` as one FSDP2 group, with the options accelerate gives its own units
-    (the config's resharding, offloading and mixed precision; its device mesh). Returns the number of layers."""
+def shard_decoder_layers(model: nn.Module, accelerator) -> None:
+    """Shards every decoder layer of `model` as one FSDP2 group, with the options accelerate (1.16,
+    `fsdp2_prepare_model`) gives its own units: the config's resharding, offloading and mixed precision, its device
+    mesh, and float32 master weights under mixed precision."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     plugin = accelerator.state.fsdp_plugin
@@ -32,10 +33,9 @@ def shard_decoder_layers(model: nn.Module, accelerator) -> int:
                "mp_policy": plugin.mixed_precision_policy or MixedPrecisionPolicy(),
                "mesh": mesh[tuple(accelerator.parallelism_config.fsdp_dim_names)] if mesh is not None else None}
     layers = [module for module in model.modules() if isinstance(module, GemmaDecoderLayer)]
+    if accelerator.mixed_precision != "no":
+        for param in (param for layer in layers for param in layer.parameters()):
+            if param.requires_grad and param.dtype != torch.float32:
+                param.data = param.data.to(torch.float32)
     for layer in layers:
-        if accelerator.mixed_precision != "no":  # float32 master weights, as accelerate keeps for its units
-            for param in layer.parameters():
-                if param.requires_grad and param.dtype != torch.float32:
-                    param.data = param.data.to(torch.float32)
         fully_shard(decoder_layer_parts(layer), **options)
-    return len(layers)

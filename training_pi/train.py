@@ -111,15 +111,20 @@ class OptionError(ValueError):
     """A `pi train` option the model cannot take."""
 
 
-def _insulate(model, processor, fast_tokenizer: str | None) -> None:
-    """Knowledge insulation: the model's flag, and a processor that writes the chunks' FAST tokens."""
-    if fast_tokenizer is not None:
-        processor.action_tokenizer = FastActionTokenizer.from_pretrained(fast_tokenizer)
-    if processor.action_tokenizer is None:
-        raise OptionError("--knowledge-insulation trains the backbone on FAST tokens: pass --fast-tokenizer DIR.")
+def _insulate(model, processor, fast_tokenizer: str | None):
+    """Knowledge insulation: the model's flag, and a processor that writes the chunks' FAST tokens (checked as the
+    processor checks its settings)."""
     if model.config.variant != "pi05":
         raise OptionError(f"--knowledge-insulation is a π0.5 training mode, not {model.config.variant}'s.")
-    model.config.knowledge_insulation = processor.knowledge_insulation = True
+    tokenizer = processor.action_tokenizer if fast_tokenizer is None else FastActionTokenizer.from_pretrained(fast_tokenizer)
+    if tokenizer is None:
+        raise OptionError("--knowledge-insulation trains the backbone on FAST tokens: pass --fast-tokenizer DIR.")
+    try:
+        processor = processor.replace(action_tokenizer=tokenizer, knowledge_insulation=True)
+    except ValueError as err:
+        raise OptionError(f"--knowledge-insulation: {err}") from err
+    model.config.knowledge_insulation = True
+    return processor
 
 
 def train(args: argparse.Namespace) -> Path:
@@ -137,7 +142,7 @@ def train(args: argparse.Namespace) -> Path:
     if args.fast_tokenizer and not args.knowledge_insulation:
         raise OptionError("--fast-tokenizer gives --knowledge-insulation its FAST tokenizer: pass both, or neither.")
     if args.knowledge_insulation:
-        _insulate(model, processor, args.fast_tokenizer)
+        processor = _insulate(model, processor, args.fast_tokenizer)
     dataset = LeRobotDataset(args.dataset, model.config.action_horizon, _camera_map(args.camera_map), processor.image_keys)
     processor.norm_stats, stats_source = _norm_stats(dataset, processor.norm_mode, args.recompute_stats)
 
@@ -153,13 +158,13 @@ def train(args: argparse.Namespace) -> Path:
     )
     check_one_job(training_args)
     checkpoint = resume_checkpoint(output, training_args.should_save) if args.resume else None
-    if args.overwrite and output.exists() and training_args.should_save:
-        print(f"--overwrite: deleting {output} and everything in it")
-        shutil.rmtree(output)
     trainer = Trainer(model=trainable, args=training_args, train_dataset=dataset, data_collator=PiCollator(processor))
     if trainer.is_fsdp_enabled and not args.full:
         raise OptionError("--lora under FSDP: the adapters are merged into the saved weights, which FSDP leaves in shards "
                           "across the processes; pass --full, or train LoRA with DDP (accelerate launch --multi_gpu).")
+    if args.overwrite and output.exists() and training_args.should_save:  # only once the run is known to go ahead
+        print(f"--overwrite: deleting {output} and everything in it")
+        shutil.rmtree(output)
     if trainer.is_fsdp_enabled:
         shard_decoder_layers(trainable, trainer.accelerator)  # one unit per Gemma decoder layer (training_pi/fsdp.py)
     trainer.train(resume_from_checkpoint=checkpoint)
