@@ -3,6 +3,7 @@ processor's training direction), and `RealTimeChunkBroker` requests the next chu
 the current one. The broker's timing is made deterministic with `simulated_delay`, or with a policy held until
 the test lets it answer: no test waits on the wall clock."""
 
+import argparse
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -16,6 +17,7 @@ import modeling_pi  # noqa: F401
 from conftest import CAMERAS, ROBOT_DIM
 from processing_pi import Robot
 from serving_pi import BatchingPolicy, LocalPolicy, RealTimeChunkBroker, preset
+from serving_pi import server as pi_serve
 from serving_pi.server import serve_in_background
 from test_serving import _ModelGate, _wait_until
 
@@ -73,11 +75,7 @@ def test_the_server_continues_prev_actions_as_generate_actions_does_and_plain_re
     np.testing.assert_array_equal(continued, _direct(model, processor, _observation(2), noises[1], prev_actions, delay=4))
 
 
-
 def test_pi_serve_passes_its_guidance_flags_to_every_continued_chunk(policy_folder):
-    import argparse
-
-    from serving_pi import server as pi_serve
 
     def built(folder, *flags):
         parser = pi_serve.add_arguments(argparse.ArgumentParser())
@@ -100,6 +98,7 @@ def test_pi_serve_passes_its_guidance_flags_to_every_continued_chunk(policy_fold
     noises = [torch.randn(1, 50, 32, generator=generator) for _ in range(2)]
     model, processor = AutoModel.from_pretrained(folder).eval(), AutoProcessor.from_pretrained(folder)
     np.testing.assert_array_equal(continued, _direct(model, processor, _observation(2), noises[1]))
+
 
 def test_a_model_trained_with_a_clean_prefix_keeps_the_first_d_prev_actions_in_robot_units(policy_folder):
     """prev_actions -> robot's inverse conversions (delta to the new state) -> normalised -> kept by the model ->
