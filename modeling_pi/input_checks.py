@@ -90,8 +90,9 @@ def check_flow_inputs(
     timestep: torch.Tensor | None = None,
     action_is_pad: torch.Tensor | None = None,
     prev_actions: torch.Tensor | None = None,
+    prefix_actions: torch.Tensor | None = None,
 ) -> None:
-    """State, action chunk, noise, flow time, padded-step mask and previous chunk of π0 / π0.5."""
+    """State, action chunk, noise, flow time, padded-step mask, previous chunk and clean-prefix actions of π0 / π0.5."""
     chunk = (batch, config.action_horizon, config.action_dim)
     if config.variant == "pi05" and state is not None:
         raise ValueError("π0.5 reads the robot state in its prompt (the processor writes it there as 256 bins), not as "
@@ -101,7 +102,8 @@ def check_flow_inputs(
             raise ValueError("π0 reads the robot state as a token: pass `state` [batch, action_dim].")
         _shape("state", state, (batch, config.action_dim), "normalised state zero-padded to action_dim")
         _finite("state", state)
-    for name, tensor in (("actions", actions), ("noise", noise), ("prev_actions", prev_actions)):
+    for name, tensor in (("actions", actions), ("noise", noise), ("prev_actions", prev_actions),
+                         ("prefix_actions", prefix_actions)):
         if tensor is not None:
             _shape(name, tensor, chunk, "batch, action_horizon, action_dim")
             _finite(name, tensor)

@@ -349,6 +349,7 @@ class PiForActionGeneration(PiPreTrainedModel):
         token_type_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         action_is_pad: torch.Tensor | None = None,
+        prefix_actions: torch.Tensor | None = None,
         output_logits: bool = True,
         return_dict: bool | None = None,
     ) -> PiFlowMatchingOutput | PiFastOutput | tuple:
@@ -357,9 +358,13 @@ class PiForActionGeneration(PiPreTrainedModel):
 
         π0 / π0.5 (flow matching; prefix and suffix attend jointly, one pass):
             actions (`[B, H, D]`): normalised target chunk, zero-padded to `action_dim`. Required.
-            state (`[B, D]`): normalised state (π0 only). noise (`[B, H, D]`) and timestep (`[B]`) are drawn
-            when absent (t ~ Beta(1.5, 1)·0.999 + 0.001). action_is_pad (`[B, H]` bool, LeRobot's name): steps
-            past the episode end, left out of `loss` (the reference averages over them too). Returns loss,
+            state (`[B, D]`): normalised state (π0 only). noise (`[B, H, D]`) and timestep (`[B]`, or `[B, H]`
+            per action step) are drawn when absent (t ~ Beta(1.5, 1)·0.999 + 0.001; with `config.rtc_max_delay`,
+            per step, the first 0 to rtc_max_delay steps of each chunk at flow time 0: a clean prefix).
+            action_is_pad (`[B, H]` bool, LeRobot's name): steps past the episode end, left out of `loss` (the
+            reference averages over them too); so are steps at flow time 0. prefix_actions (`[B, H, D]`,
+            normalised as `actions`): what the clean prefix holds instead of `actions`, e.g. the actions the robot
+            actually executed where they differ from the recorded ones; needs per-step flow times. Returns loss,
             losses [B, H] (every step), velocity.
         π0-FAST (prefix-LM):
             token_type_ids (`[B, L]`): 0 = prefix (bidirectional), 1 = postfix (causal); all prefix when absent.
@@ -381,9 +386,9 @@ class PiForActionGeneration(PiPreTrainedModel):
             if not output_logits:
                 raise ValueError("output_logits is π0-FAST's.")
             output = self._flow_forward(pixel_values, pixel_attention_mask, input_ids, attention_mask, actions, state,
-                                        noise, timestep, action_is_pad, token_type_ids, labels)
+                                        noise, timestep, action_is_pad, token_type_ids, labels, prefix_actions)
         else:
-            if any(x is not None for x in (actions, state, noise, timestep, action_is_pad)):
+            if any(x is not None for x in (actions, state, noise, timestep, action_is_pad, prefix_actions)):
                 raise ValueError("π0-FAST reads actions as tokens: pass `labels` (and `token_type_ids`), not actions/state/noise/timestep.")
             check_fast_inputs(self.config, input_ids, token_type_ids, labels)
             if labels is None and not output_logits:
@@ -395,11 +400,12 @@ class PiForActionGeneration(PiPreTrainedModel):
 
     def _flow_forward(
         self, pixel_values, pixel_attention_mask, input_ids, attention_mask, actions, state, noise, timestep, action_is_pad,
-        token_type_ids=None, labels=None,
+        token_type_ids=None, labels=None, prefix_actions=None,
     ):
         if actions is None:
             raise ValueError("forward is the flow-matching training pass and needs `actions`; sample with generate_actions.")
-        check_flow_inputs(self.config, pixel_values.shape[0], state, actions, noise, timestep, action_is_pad)
+        check_flow_inputs(self.config, pixel_values.shape[0], state, actions, noise, timestep, action_is_pad,
+                          prefix_actions=prefix_actions)
         config = self.config
         if noise is None:
             noise = torch.randn_like(actions)
@@ -409,6 +415,11 @@ class PiForActionGeneration(PiPreTrainedModel):
             )
             if config.rtc_max_delay:
                 timestep = with_clean_prefix(timestep, config.rtc_max_delay, config.action_horizon)
+        if prefix_actions is not None:
+            if timestep.dim() != 2:
+                raise ValueError("prefix_actions fills a clean prefix, the steps at flow time 0: pass a per-step timestep "
+                                 "[batch, action_horizon], or train a model with config.rtc_max_delay (it draws one).")
+            actions = torch.where((timestep == 0)[..., None], prefix_actions.to(actions.dtype), actions)
         x_t, target_velocity = interpolate(actions, noise, timestep)
 
         if labels is not None:

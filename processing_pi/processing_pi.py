@@ -305,6 +305,12 @@ class PiProcessor(ProcessorMixin):
             state = self.norm_stats.get("state", self.norm_mode).normalize(state, self.norm_mode, self.conventions)
         return state
 
+    def normalize_actions(self, actions) -> np.ndarray:
+        """Action chunks [H, A] or [B, H, A] in robot units -> float32 [B, H, action_dim], normalised and zero-padded as
+        the `actions` of a call are: e.g. a training batch's `prefix_actions`, or a leftover chunk as `prev_actions`."""
+        chunks = _batch(actions, 3, "actions")
+        return _pad(self._actions(chunks, len(chunks)), self.action_dim, "actions").astype(np.float32)
+
     def _actions(self, actions, batch: int) -> np.ndarray | None:
         if actions is None:
             return None

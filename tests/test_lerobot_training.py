@@ -121,6 +121,53 @@ def test_collator_asks_pi0_fast_for_the_loss_without_logits(dataset_root):
     torch.testing.assert_close(out.losses, model(**{**batch, "output_logits": True}).losses)
 
 
+EXECUTED = "action.executed"
+
+
+def _with_executed_actions(root: Path, destination: Path, dims: int | None = None) -> Path:
+    """A copy of the dataset with a feature of what the robot executed: the commanded action plus a drift that
+    differs per frame (with `dims`, a feature of that many values instead)."""
+    root = shutil.copytree(root, destination)
+    path = root / "data" / "chunk-000" / "file-000.parquet"
+    frames = pd.read_parquet(path)
+    width = dims or len(frames["action"].iloc[0])
+    frames[EXECUTED] = [np.resize(action, width) + np.float32(0.01 * t) for t, action in enumerate(frames["action"])]
+    frames.to_parquet(path)
+    info = json.loads((root / "meta" / "info.json").read_text())
+    info["features"][EXECUTED] = {"dtype": "float32", "shape": [width]}
+    (root / "meta" / "info.json").write_text(json.dumps(info))
+    return root
+
+
+def test_samples_hold_the_prefix_feature_over_the_chunks_steps(dataset_root, tmp_path):
+    root = _with_executed_actions(dataset_root, tmp_path / "ds")
+    frames = pd.read_parquet(root / "data" / "chunk-000" / "file-000.parquet")
+    dataset = LeRobotDataset(root, HORIZON, CAMERA_MAP, prefix_key=EXECUTED)
+    for t in (0, 15, 19):  # 15 and 19: chunks running past the first episode's end (frame 19)
+        sample = dataset[t]
+        steps = np.minimum(np.arange(t, t + HORIZON), 19)
+        np.testing.assert_array_equal(sample["prefix_actions"], np.stack(frames[EXECUTED].iloc[steps]))
+        np.testing.assert_array_equal(sample["actions"], np.stack(frames["action"].iloc[steps]))
+    assert "prefix_actions" not in LeRobotDataset(root, HORIZON, CAMERA_MAP)[0]
+    with pytest.raises(DatasetError, match="no 'action.missing' feature"):
+        LeRobotDataset(root, HORIZON, CAMERA_MAP, prefix_key="action.missing")
+    wrong = _with_executed_actions(dataset_root, tmp_path / "wrong", dims=5)
+    with pytest.raises(DatasetError, match="'action.executed' has shape \\[5\\]"):
+        LeRobotDataset(wrong, HORIZON, CAMERA_MAP, prefix_key=EXECUTED)
+
+
+def test_collator_normalises_the_prefix_actions_as_the_actions(dataset_root, tmp_path):
+    root = _with_executed_actions(dataset_root, tmp_path / "ds")
+    dataset = LeRobotDataset(root, HORIZON, CAMERA_MAP, prefix_key=EXECUTED)
+    processor = _processor(stats=compute_norm_stats(dataset))
+    samples = [dataset[t] for t in (0, 19, 33)]
+    batch = PiCollator(processor)(samples)
+    as_actions = PiCollator(processor)([{**s, "actions": s["prefix_actions"]} for s in samples])["actions"]
+    assert batch["prefix_actions"].dtype == torch.float32
+    torch.testing.assert_close(batch["prefix_actions"], as_actions, rtol=0, atol=0)
+    assert not torch.equal(batch["prefix_actions"], batch["actions"])
+
+
 # ---- bad datasets -----------------------------------------------------------------------------------
 
 
@@ -239,6 +286,21 @@ def test_pi_train_with_rtc_max_delay_saves_a_model_that_keeps_the_previous_actio
     with torch.no_grad():
         chunk = model.generate_actions(**inputs, prev_actions=previous, inference_delay=2, execution_horizon=2)
     assert torch.equal(chunk[:, :2], previous[:, :2])
+
+
+def test_pi_train_trains_clean_prefixes_on_the_feature_it_is_given(dataset_root, model_folder, tmp_path, capsys,
+                                                                   monkeypatch):
+    root = _with_executed_actions(dataset_root, tmp_path / "ds")
+    common = ["train", "--model", str(model_folder), "--dataset", str(root), "--batch-size", "4",
+              "--logging-steps", "1", "--save-steps", "2", "--steps", "2", "--full", "--rtc-prefix-key", EXECUTED, *MAP_ARGS]
+    assert pi_cli.main([*common, "--output", str(tmp_path / "alone")]) == 1
+    assert "--rtc-max-delay" in capsys.readouterr().err and not (tmp_path / "alone").exists()
+    batches = []  # what the model is trained on
+    forward = PiForActionGeneration.forward
+    monkeypatch.setattr(PiForActionGeneration, "forward", lambda self, **batch: batches.append(batch) or forward(self, **batch))
+    assert pi_cli.main([*common, "--output", str(tmp_path / "run"), "--rtc-max-delay", "2"]) == 0
+    assert len(batches) == 2 and all(batch["prefix_actions"].shape == batch["actions"].shape for batch in batches)
+    assert AutoModel.from_pretrained(tmp_path / "run").config.rtc_max_delay == 2
 
 
 def test_pi_train_with_knowledge_insulation_trains_both_losses_and_saves_a_pi05_that_samples(dataset_root, model_folder,

@@ -153,6 +153,27 @@ def test_clean_prefix_training_gives_its_steps_flow_time_0_and_no_loss(variant):
     assert torch.isfinite(drawn.loss)
 
 
+@pytest.mark.parametrize("variant", ["pi0", "pi05"])
+def test_a_clean_prefix_holds_the_prefix_actions_and_the_rest_the_actions(variant):
+    model, inputs, executed = _case(variant)
+    horizon = model.config.action_horizon
+    timestep = torch.tensor([0.5, 0.7])[:, None].repeat(1, horizon)
+    timestep[0, :3] = 0
+    options = {**flow_state(model.config, inputs), "noise": inputs["noise"], "timestep": timestep}
+    given = model(*model_args(inputs), **options, actions=inputs["actions"], prefix_actions=executed)
+    spliced = inputs["actions"].clone()
+    spliced[0, :3] = executed[0, :3]  # only the steps at flow time 0 take the prefix actions
+    expected = model(*model_args(inputs), **options, actions=spliced)
+    torch.testing.assert_close(given.velocity, expected.velocity, rtol=0, atol=0)
+    torch.testing.assert_close(given.loss, expected.loss, rtol=0, atol=0)
+    assert not torch.equal(given.velocity, model(*model_args(inputs), **options, actions=inputs["actions"]).velocity)
+    with pytest.raises(ValueError, match="per-step timestep"):  # one flow time per chunk has no clean prefix
+        model(*model_args(inputs), **{**options, "timestep": timestep[:, -1]}, actions=inputs["actions"],
+              prefix_actions=executed)
+    with pytest.raises(ValueError, match="prefix_actions"):
+        model(*model_args(inputs), **options, actions=inputs["actions"], prefix_actions=executed[:, :3])
+
+
 def test_clean_prefix_delays_cover_zero_to_the_maximum():
     from modeling_pi.modeling_pi import with_clean_prefix
 

@@ -106,20 +106,26 @@ class LeRobotDataset(torch.utils.data.Dataset):
     """`dataset[i]` -> {"images": {model camera: uint8 HWC}, "prompt", "state", "actions" [H, A], "action_is_pad" [H]}.
 
     `camera_map` maps the dataset's camera keys to the model's `image_keys`; by default a key maps to its
-    name without the "observation.images." prefix. Cameras left out of the map are not read.
+    name without the "observation.images." prefix. Cameras left out of the map are not read. With `prefix_key`, a
+    feature of the action's dims (e.g. the actions the robot actually executed), a sample also holds its chunk over
+    the same steps as "prefix_actions" [H, A]: what a clean action prefix is trained with (`pi train --rtc-prefix-key`).
     """
 
     def __init__(self, root: str | os.PathLike, action_horizon: int, camera_map: dict[str, str] | None = None,
-                 image_keys: list[str] | None = None):
+                 image_keys: list[str] | None = None, prefix_key: str | None = None):
         self.root = root = Path(root)
         self.action_horizon = action_horizon
         info = _read_json(root / "meta" / "info.json")
         self.fps = float(info.get("fps", 30))
         features = info.get("features", {})
-        for key in (STATE, ACTION):
+        for key in (STATE, ACTION, prefix_key or ACTION):
             if key not in features:
                 raise DatasetError(f"{root / 'meta' / 'info.json'}: no '{key}' feature.")
         self.state_dim, self.action_dim = (int(np.prod(features[key]["shape"])) for key in (STATE, ACTION))
+        if prefix_key and int(np.prod(features[prefix_key]["shape"])) != self.action_dim:
+            raise DatasetError(f"{root / 'meta' / 'info.json'}: '{prefix_key}' has shape {features[prefix_key]['shape']}; "
+                               f"a clean prefix's actions need the {self.action_dim} dims of '{ACTION}'.")
+        self.prefix_key = prefix_key
         cameras = {key: spec["dtype"] for key, spec in features.items() if spec.get("dtype") in ("video", "image")}
         self.camera_map = dict(camera_map) if camera_map is not None else {
             key: key.removeprefix("observation.images.") for key in cameras}
@@ -135,7 +141,7 @@ class LeRobotDataset(torch.utils.data.Dataset):
         if not files:
             raise DatasetError(f"{root / 'data'}: no chunk-*/file-*.parquet files.")
         self.frames = ArrowDataset.from_parquet([str(f) for f in files]).with_format("numpy")
-        self._actions = self.frames.select_columns([ACTION])  # chunks read this column alone
+        self._actions = self.frames.select_columns([ACTION, *([prefix_key] if prefix_key else [])])  # chunks read these alone
         self.episodes = _parquet(sorted(root.glob("meta/episodes/chunk-*/file-*.parquet")), "episode", root / "meta" / "episodes")
         self.episodes = self.episodes.set_index("episode_index")
         tasks = pd.read_parquet(root / "meta" / "tasks.parquet") if (root / "meta" / "tasks.parquet").is_file() else None
@@ -151,7 +157,8 @@ class LeRobotDataset(torch.utils.data.Dataset):
             raise DatasetError(f"{self.root / 'data'}: frames are not stored in index order 0..{len(self.frames) - 1}.")
         self._file_starts = np.cumsum([0] + [pq.ParquetFile(f).metadata.num_rows for f in files]).tolist()
         self._files = files
-        for key, dim in ((STATE, self.state_dim), (ACTION, self.action_dim)):
+        for key, dim in ((STATE, self.state_dim), (ACTION, self.action_dim), *([(self.prefix_key, self.action_dim)]
+                                                                                 if self.prefix_key else [])):
             self._check_column(key, dim)
 
     def _check_column(self, key: str, dim: int) -> None:
@@ -220,7 +227,8 @@ class LeRobotDataset(torch.utils.data.Dataset):
         episode = self.episodes.loc[int(row["episode_index"])]
         end = int(episode["dataset_to_index"])
         steps = np.arange(t, t + self.action_horizon)
-        actions = np.stack(self._actions[np.minimum(steps, end - 1)][ACTION]).astype(np.float32)
+        chunk = self._actions[np.minimum(steps, end - 1)]
+        actions = np.stack(chunk[ACTION]).astype(np.float32)
         images = {}
         for camera, target in self.camera_map.items():
             if self.camera_types[camera] == "video":
@@ -228,13 +236,16 @@ class LeRobotDataset(torch.utils.data.Dataset):
                 images[target] = self._videos.frame(self._video_path(camera, episode), timestamp, self.fps)
             else:
                 images[target] = self._image(row[camera], camera, t)
-        return {
+        sample = {
             "images": images,
             "prompt": self.tasks[int(row["task_index"])],
             "state": np.asarray(row[STATE], dtype=np.float32).reshape(-1),
             "actions": actions.reshape(self.action_horizon, -1),
             "action_is_pad": steps >= end,
         }
+        if self.prefix_key:
+            sample["prefix_actions"] = np.stack(chunk[self.prefix_key]).astype(np.float32).reshape(self.action_horizon, -1)
+        return sample
 
 
 _RECOMPUTE = "; `pi train --recompute-stats` computes the statistics from the frames instead."
@@ -295,8 +306,9 @@ def write_norm_stats(stats: NormStats, folder: str | os.PathLike) -> None:
 
 
 class PiCollator:
-    """Samples -> float32 model inputs through the model's PiProcessor, plus `action_is_pad` for flow models and,
-    for π0-FAST, `output_logits=False`: a training step reads only the loss, so the model skips the logits."""
+    """Samples -> float32 model inputs through the model's PiProcessor, plus `action_is_pad` (and `prefix_actions`,
+    normalised as the actions, where the samples hold them) for flow models and, for π0-FAST, `output_logits=False`:
+    a training step reads only the loss, so the model skips the logits."""
 
     def __init__(self, processor):
         self.processor = processor
@@ -312,4 +324,7 @@ class PiCollator:
             batch["output_logits"] = False
         else:
             batch["action_is_pad"] = torch.from_numpy(np.stack([s["action_is_pad"] for s in samples]))
+            if "prefix_actions" in samples[0]:
+                prefix = np.stack([s["prefix_actions"] for s in samples])
+                batch["prefix_actions"] = torch.from_numpy(self.processor.normalize_actions(prefix))
         return batch

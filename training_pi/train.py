@@ -3,7 +3,7 @@
     pi train --model CONVERTED --dataset LEROBOT_DIR --output OUT [--lora | --full] [--freeze-vision]
              [--steps N] [--batch-size N] [--learning-rate LR] [--warmup-steps N] [--resume | --overwrite]
              [--camera-map DATASET_KEY=MODEL_KEY ...] [--bf16] [--gradient-checkpointing] [--recompute-stats] [--seed N]
-             [--rtc-max-delay N] [--knowledge-insulation [--fast-tokenizer DIR]]
+             [--rtc-max-delay N [--rtc-prefix-key FEATURE]] [--knowledge-insulation [--fast-tokenizer DIR]]
 
 The schedule is the reference's: AdamW (β2 0.95, weight decay 1e-10, gradient clip 1.0), linear
 warm-up, cosine decay to a tenth of the peak. The norm statistics are, as LeRobot trains with them, the
@@ -27,6 +27,10 @@ seed end with bit-identical weights.
 `--rtc-max-delay N` (π0, π0.5) trains for real-time chunking: each example's chunk begins with a clean prefix of
 0 to N actions (drawn uniformly), given at flow time 0 and left out of the loss; the saved config carries it
 (`rtc_max_delay`), so that sampling with the previous chunk's actions fixes them instead of guiding towards them.
+At run time the prefix is what the robot executes during the delay: the previous chunk's plan, not what the
+demonstrator would have done. Where the dataset records what the robot actually executed beside the commanded
+`action` (a feature of the same dims), `--rtc-prefix-key FEATURE` trains the prefix on it and the rest on the
+recorded actions that followed, so that the model continues from where the executed actions led.
 
 `--knowledge-insulation` (π0.5) trains as Physical Intelligence trains π0.5: the backbone also learns each chunk's
 FAST tokens after the prompt, with the FAST tokenizer of `--fast-tokenizer DIR` (or the processor's own), and the
@@ -88,6 +92,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              "run (bit for bit on CPU)")
     parser.add_argument("--rtc-max-delay", type=int, default=None, metavar="N",
                         help="real-time chunking: train with clean action prefixes of 0 to N steps (π0, π0.5)")
+    parser.add_argument("--rtc-prefix-key", metavar="FEATURE",
+                        help="with --rtc-max-delay: the dataset feature the clean prefixes hold (default: action), e.g. "
+                             "the actions the robot executed")
     parser.add_argument("--knowledge-insulation", action="store_true",
                         help="π0.5: the backbone also learns the chunk's FAST tokens, the expert reads it through a stop-gradient")
     parser.add_argument("--fast-tokenizer", metavar="DIR", help="the FAST action tokenizer for --knowledge-insulation "
@@ -139,11 +146,14 @@ def train(args: argparse.Namespace) -> Path:
         except ValueError as err:
             raise OptionError(f"--rtc-max-delay: {err}") from None
     processor = AutoProcessor.from_pretrained(args.model)
+    if args.rtc_prefix_key and not model.config.rtc_max_delay:
+        raise OptionError("--rtc-prefix-key fills the clean action prefixes of --rtc-max-delay; pass both.")
     if args.fast_tokenizer and not args.knowledge_insulation:
         raise OptionError("--fast-tokenizer gives --knowledge-insulation its FAST tokenizer: pass both, or neither.")
     if args.knowledge_insulation:
         processor = _insulate(model, processor, args.fast_tokenizer)
-    dataset = LeRobotDataset(args.dataset, model.config.action_horizon, _camera_map(args.camera_map), processor.image_keys)
+    dataset = LeRobotDataset(args.dataset, model.config.action_horizon, _camera_map(args.camera_map), processor.image_keys,
+                             args.rtc_prefix_key)
     processor.norm_stats, stats_source = _norm_stats(dataset, processor.norm_mode, args.recompute_stats)
 
     trainable = set_full_finetuning(model, args.freeze_vision) if args.full else apply_lora(model, freeze_vision=args.freeze_vision)
