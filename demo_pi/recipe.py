@@ -13,9 +13,10 @@ with `tokenizers` from the words a prompt of this task can contain, so the embed
 small (PaliGemma's 257k-entry vocabulary would be 99% of the model). With the defaults the loss
 drops sharply after about 2500 steps, once the policy has learned which block the prompt names.
 
-`--init demo_pi/model --rtc-max-delay 3` fine-tunes the shipped policy instead of a fresh one, on the same
-demonstrations, with clean action prefixes of 0 to 3 steps (`pi train --rtc-max-delay`): real-time chunking
-learnt in training, as shipped in `demo_pi/model_rtc` (see docs/demo.md for the exact command).
+`--init demo_pi/model --rtc-max-delay 3` fine-tunes the shipped policy instead of a fresh one, with clean action
+prefixes of 0 to 3 steps (`pi train --rtc-max-delay`) that hold the actions the robot executed, perturbation
+included (`--rtc-prefix-key action.executed`), and the expert's actions from where those led as the rest:
+real-time chunking learnt in training, as shipped in `demo_pi/model_rtc` (see docs/demo.md for the exact command).
 
 `--knowledge-insulation` (π0.5) trains with knowledge insulation (`pi train --knowledge-insulation`): a FAST
 tokenizer of `--fast-vocab` tokens (256 by default) is fitted on the demonstrations' normalised chunks, the word-level
@@ -40,7 +41,7 @@ from configuration_pi import PiConfig
 from processing_pi import FastActionTokenizer, PiImageProcessor, PiProcessor
 from processing_pi.prompts import FAST_SKIP_TOKENS, tokenize_prompt
 
-from .demonstrations import IMAGE_KEYS, write_demonstrations
+from .demonstrations import EXECUTED, IMAGE_KEYS, write_demonstrations
 from .tabletop import CAMERAS, COLORS, IMAGE_SIZE, prompt_for
 
 ACTION_HORIZON = 8
@@ -118,10 +119,11 @@ def train_arguments(model: Path, dataset: Path, output: Path, steps: int, batch_
                     save_steps: int | None = None) -> list[str]:
     """`pi train` arguments of the recipe: full training (there is nothing pretrained to keep), normalised with
     statistics recomputed in float64 over every frame, as the shipped model was (the demonstrations' stats.json
-    holds float32 ones); with `rtc_max_delay`, clean action prefixes of 0 to that many steps; with `fast_tokenizer`
+    holds float32 ones); with `rtc_max_delay`, clean action prefixes of 0 to that many steps, holding the executed
+    actions (perturbation included: what the robot does during the delay); with `fast_tokenizer`
     (a FastActionTokenizer folder), knowledge insulation. A checkpoint at the end, or every `save_steps`."""
     camera_map = [f"{key}={camera}" for camera, key in IMAGE_KEYS.items()]
-    rtc = [] if rtc_max_delay is None else ["--rtc-max-delay", str(rtc_max_delay)]
+    rtc = [] if rtc_max_delay is None else ["--rtc-max-delay", str(rtc_max_delay), "--rtc-prefix-key", EXECUTED]
     insulation = [] if fast_tokenizer is None else ["--knowledge-insulation", "--fast-tokenizer", str(fast_tokenizer)]
     return ["--model", str(model), "--dataset", str(dataset), "--output", str(output), "--full",
             "--steps", str(steps), "--batch-size", str(batch_size), "--learning-rate", str(learning_rate),

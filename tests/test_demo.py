@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -13,7 +14,7 @@ import pi_cli
 from demo_pi.demo import SHIPPED_MODEL, Episode, rollout
 from demo_pi.pictures import (ANIMATION_HEADER, ANIMATION_TABLE, HEADER, LAST_FRAME_MS, MARGIN, MISSED, REACHED, TABLE,
                               TITLE, animation_frames, draw, panel_size, sheet_size)
-from demo_pi.demonstrations import expert_episode, write_demonstrations
+from demo_pi.demonstrations import EXECUTED, IMAGE_KEYS, expert_episode, write_demonstrations
 from demo_pi.recipe import HELD_OUT_SEEDS_START, init_model_folder, task_tokenizer, train_arguments, train_with
 from demo_pi.tabletop import COLORS, IMAGE_SIZE, MAX_SPEED, STEP_BUDGET, Tabletop
 from training_pi import LeRobotDataset
@@ -36,7 +37,7 @@ def test_episodes_and_images_are_a_function_of_the_seed():
 def test_the_expert_is_deterministic_and_always_succeeds():
     steps = expert_episode(3)
     again = expert_episode(3)
-    assert [a.tolist() for _, a in steps] == [a.tolist() for _, a in again]
+    assert [a.tolist() for _, a, _ in steps] == [a.tolist() for _, a, _ in again]
     for seed in range(200):
         env = Tabletop.reset(seed)
         while not env.done:
@@ -61,12 +62,29 @@ def test_demonstrations_are_a_lerobot_dataset_pi_train_reads(tmp_path):
     dataset = LeRobotDataset(root, 8, {"observation.images.scene": "scene", "observation.images.wrist": "wrist"})
     assert len(dataset) == sum(len(expert_episode(seed)) for seed in range(5))
     sample = dataset[0]
-    observation, action = expert_episode(0)[0]
+    observation, action, _ = expert_episode(0)[0]
     assert sample["prompt"] == observation["prompt"]
     np.testing.assert_array_equal(sample["images"]["scene"], observation["images"]["scene"])
     np.testing.assert_allclose(sample["actions"][0], action)
     info = json.loads((root / "meta" / "info.json").read_text())
     assert info["total_episodes"] == 5 and info["codebase_version"] == "v3.0"
+
+
+def test_demonstrations_record_the_steps_the_robot_executed(tmp_path):
+    root = write_demonstrations(tmp_path / "demos", range(3), perturbation=0.3)
+    frames = pd.read_parquet(root / "data" / "chunk-000" / "file-000.parquet")
+    for _, episode in frames.groupby("episode_index"):
+        states, executed = np.stack(episode["observation.state"]), np.stack(episode[EXECUTED])
+        # each executed step leads from one frame's state to the next (states are stored in float32)
+        np.testing.assert_allclose(executed[:-1], np.diff(states, axis=0), atol=1e-6)
+        off = np.linalg.norm(executed - np.stack(episode["action"]), axis=1)
+        assert off.mean() > 0.1 * MAX_SPEED  # the perturbation: not the commanded action
+        assert (np.linalg.norm(executed, axis=1) <= MAX_SPEED + 1e-6).all()
+    exact = write_demonstrations(tmp_path / "exact", range(2))
+    frames = pd.read_parquet(exact / "data" / "chunk-000" / "file-000.parquet")
+    np.testing.assert_allclose(np.stack(frames[EXECUTED]), np.stack(frames["action"]), atol=1e-6)
+    dataset = LeRobotDataset(root, 8, dict(zip(IMAGE_KEYS.values(), IMAGE_KEYS)), prefix_key=EXECUTED)
+    assert dataset[0]["prefix_actions"].shape == (8, 2)
 
 
 def test_the_task_tokenizer_knows_every_word_of_the_prompts():
