@@ -160,6 +160,17 @@ class PiForActionGeneration(PiPreTrainedModel):
         others = {*self.VISION_MODULES, *self.GEMMA_STACKS, "lm_head"}
         return [name for name, module in self.named_children() if module is not None and name not in others]
 
+    def modules_without_gradient(self) -> list[nn.Module]:
+        """The modules no training loss reaches. A flow model without knowledge insulation never reads the prefix's
+        outputs: the language model's last layer gives the suffix keys and values only, so its query and output
+        projections, second norm and MLP, and the final norm, get no gradient. None in π0-FAST and knowledge
+        insulation, whose losses read the language model's outputs."""
+        if not self.config.is_flow or self.config.knowledge_insulation:
+            return []
+        last = self.language_model.layers[-1]
+        return [last.self_attn.q_proj, last.self_attn.o_proj, last.post_attention_layernorm, last.mlp,
+                self.language_model.norm]
+
     def optimize_for_cpu(self, enable: bool = True) -> list[str]:
         """The one CPU-specific switch: on a CPU without bfloat16 arithmetic, large bfloat16 linears compute their
         products in float32 when no gradient is needed (`cpu_linears.py`; 2-5× faster chunks there). Returns the

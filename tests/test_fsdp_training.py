@@ -92,3 +92,17 @@ def test_lora_under_fsdp_is_refused_before_training(dataset_root, model_folder, 
     assert result.returncode != 0
     assert "--lora under FSDP" in result.stderr and "--full" in result.stderr, result.stderr[-3000:]
     assert not list((tmp_path / "o").glob("checkpoint-*"))
+
+
+@pytest.mark.slow  # two processes launched twice: some 40 s on 2 cores
+def test_a_run_under_fsdp_resumes_from_its_checkpoint(dataset_root, model_folder, tmp_path):
+    common = ["--model", str(model_folder), "--dataset", str(dataset_root), "--output", str(tmp_path / "run"),
+              "--batch-size", "2", "--logging-steps", "1", "--save-steps", "2", "--warmup-steps", "0", "--full", *MAP_ARGS]
+    first = _launch_fsdp(*common, "--steps", "2")
+    assert first.returncode == 0, first.stderr[-3000:]
+    resumed = _launch_fsdp(*common, "--steps", "4", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stdout + resumed.stderr
+    state = json.loads((tmp_path / "run" / "checkpoint-4" / "trainer_state.json").read_text())
+    assert [entry["step"] for entry in state["log_history"] if "loss" in entry] == [1, 2, 3, 4]
+    assert type(AutoModel.from_pretrained(tmp_path / "run")).__name__ == "PiForActionGeneration"

@@ -6,7 +6,7 @@ from peft import PeftModel
 from transformers import AutoModel, Trainer, TrainingArguments
 
 import modeling_pi  # noqa: F401
-from conftest import MODEL_INPUTS, random_inputs, tiny_config
+from conftest import MODEL_INPUTS, flow_state, model_args, random_inputs, tiny_config
 from modeling_pi import PiForActionGeneration
 from training_pi import apply_lora, lora_config, set_full_finetuning
 
@@ -72,6 +72,29 @@ def test_full_finetuning_can_freeze_the_vision_tower():
     model = set_full_finetuning(PiForActionGeneration(tiny_config("pi0")), freeze_vision=True)
     assert not any(p.requires_grad for p in model.vision_tower.parameters())
     assert all(p.requires_grad for p in model.action_expert.parameters())
+
+
+@pytest.mark.parametrize("variant, insulated", [("pi0", False), ("pi05", False), ("pi05", True), ("pi0_fast", False)])
+def test_full_finetuning_freezes_exactly_the_weights_no_loss_reaches(variant, insulated):
+    torch.manual_seed(0)
+    model = PiForActionGeneration(tiny_config(variant, knowledge_insulation=insulated))
+    reached = _gradient_reached(model, variant, insulated)
+    set_full_finetuning(model)
+    frozen = {name for name, param in model.named_parameters() if not param.requires_grad}
+    assert frozen == {name for name, _ in model.named_parameters()} - reached
+    assert bool(frozen) == (variant != "pi0_fast" and not insulated)
+
+
+def _gradient_reached(model, variant: str, insulated: bool) -> set[str]:
+    """The parameters one training step of `model` gives a gradient to."""
+    inputs = random_inputs(model.config)
+    if variant == "pi0_fast" or insulated:
+        inputs["token_type_ids"] = (torch.arange(inputs["input_ids"].shape[1]) >= 4).long().expand_as(inputs["input_ids"])
+        inputs["labels"] = torch.where(inputs["token_type_ids"].bool(), inputs["input_ids"], -100)
+    flow = {**flow_state(model.config, inputs), "actions": inputs["actions"]} if variant != "pi0_fast" else {}
+    extra = {key: inputs[key] for key in ("token_type_ids", "labels") if key in inputs}
+    model(*model_args(inputs), **flow, **extra).loss.backward()
+    return {name for name, param in model.named_parameters() if param.grad is not None}
 
 
 def _base_model(seed=0):
