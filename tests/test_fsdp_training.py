@@ -106,3 +106,38 @@ def test_a_run_under_fsdp_resumes_from_its_checkpoint(dataset_root, model_folder
     state = json.loads((tmp_path / "run" / "checkpoint-4" / "trainer_state.json").read_text())
     assert [entry["step"] for entry in state["log_history"] if "loss" in entry] == [1, 2, 3, 4]
     assert type(AutoModel.from_pretrained(tmp_path / "run")).__name__ == "PiForActionGeneration"
+
+
+@pytest.mark.slow  # two processes launched, then one in-process run: some 20 s on 2 cores
+def test_pi0_fast_under_fsdp_ends_with_the_weights_of_one_process(dataset_root, tmp_path):
+    # π0-FAST reads its logits with the embedding matrix after the whole stack: the embedding must stay gathered.
+    # Its loss is the mean of per-example means and draws nothing at random, so halves of a batch need no help.
+    from processing_pi import FastActionTokenizer
+
+    torch.manual_seed(0)
+    config = lerobot.tiny_config("pi0_fast", image_keys=list(lerobot.CAMERA_MAP.values()), action_horizon=lerobot.HORIZON,
+                                 max_token_len=64)
+    modeling_pi.PiForActionGeneration(config).save_pretrained(tmp_path / "model")
+    fast = FastActionTokenizer.from_pretrained(lerobot.FIXTURES / "processor" / "fast_tokenizer")
+    lerobot._processor("pi0_fast", fast=fast, max_token_len=64).save_pretrained(tmp_path / "model")
+    common = ["--model", str(tmp_path / "model"), "--dataset", str(dataset_root), "--steps", "2", "--save-steps", "2",
+              "--learning-rate", "1e-2", "--warmup-steps", "0", "--full", *MAP_ARGS]
+    result = _launch_fsdp(*common, "--output", str(tmp_path / "fsdp"), "--batch-size", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert pi_cli.main(["train", *common, "--output", str(tmp_path / "one"), "--batch-size", "4"]) == 0
+    sharded, single, initial = (load_file(folder / "model.safetensors")
+                                for folder in (tmp_path / "fsdp", tmp_path / "one", tmp_path / "model"))
+    embedding = "language_model.embed_tokens.weight"
+    assert (single[embedding] - initial[embedding]).abs().max().item() > 100 * ATOL
+    torch.testing.assert_close(sharded, single, rtol=0, atol=ATOL)
+    assert AutoModel.from_pretrained(tmp_path / "fsdp").config.variant == "pi0_fast"
+
+
+@pytest.mark.slow  # two processes launched: some 10 s on 2 cores
+def test_knowledge_insulation_trains_under_fsdp(dataset_root, model_folder, tmp_path):
+    # its FAST loss reads the embedding matrix as π0-FAST's does
+    result = _launch_fsdp("--model", str(model_folder), "--dataset", str(dataset_root), "--output", str(tmp_path / "run"),
+                          "--steps", "2", "--batch-size", "2", "--save-steps", "2", "--full", "--knowledge-insulation",
+                          "--fast-tokenizer", str(lerobot.FIXTURES / "processor" / "fast_tokenizer"), *MAP_ARGS)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert AutoModel.from_pretrained(tmp_path / "run").config.knowledge_insulation
