@@ -399,8 +399,10 @@ class PiForActionGeneration(PiPreTrainedModel):
             output = self._flow_forward(pixel_values, pixel_attention_mask, input_ids, attention_mask, actions, state,
                                         noise, timestep, action_is_pad, token_type_ids, labels, prefix_actions)
         else:
-            if any(x is not None for x in (actions, state, noise, timestep, action_is_pad, prefix_actions)):
-                raise ValueError("π0-FAST reads actions as tokens: pass `labels` (and `token_type_ids`), not actions/state/noise/timestep.")
+            flow_inputs = {"actions": actions, "state": state, "noise": noise, "timestep": timestep,
+                           "action_is_pad": action_is_pad, "prefix_actions": prefix_actions}
+            if given := [name for name, value in flow_inputs.items() if value is not None]:
+                raise ValueError(f"π0-FAST reads actions as tokens: pass `labels` (and `token_type_ids`), not {', '.join(given)}.")
             check_fast_inputs(self.config, input_ids, token_type_ids, labels)
             if labels is None and not output_logits:
                 raise ValueError("output_logits=False leaves a pass without `labels` nothing to return.")
@@ -429,7 +431,8 @@ class PiForActionGeneration(PiPreTrainedModel):
         if prefix_actions is not None:
             if timestep.dim() != 2:
                 raise ValueError("prefix_actions fills a clean prefix, the steps at flow time 0: pass a per-step timestep "
-                                 "[batch, action_horizon], or train a model with config.rtc_max_delay (it draws one).")
+                                 "[batch, action_horizon], or leave `timestep` out on a model with config.rtc_max_delay "
+                                 "(it then draws one).")
             actions = torch.where((timestep == 0)[..., None], prefix_actions.to(actions.dtype), actions)
         x_t, target_velocity = interpolate(actions, noise, timestep)
 

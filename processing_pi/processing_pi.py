@@ -121,6 +121,10 @@ def _norm_stats(value) -> NormStats | None:
     raise ValueError(f"norm_stats must be NormStats, a dict of them or a JSON file, got {type(value).__name__}.")
 
 
+def _padded_actions(chunks: np.ndarray, dim: int) -> np.ndarray:
+    return _pad(chunks, dim, "actions").astype(np.float32)
+
+
 def _pad(array: np.ndarray, dim: int, name: str) -> np.ndarray:
     if array.shape[-1] > dim:
         raise ValueError(f"{name} has {array.shape[-1]} dims, more than the model's action_dim={dim}.")
@@ -249,7 +253,7 @@ class PiProcessor(ProcessorMixin):
             features["token_type_ids"] = np.array([t.token_type_ids for t in tokens], dtype=np.int64)
             features["labels"] = np.where([t.loss_mask for t in tokens], features["input_ids"], -100)
         if chunks is not None and self.variant != "pi0_fast":
-            features["actions"] = _pad(chunks, self.action_dim, "actions").astype(np.float32)
+            features["actions"] = _padded_actions(chunks, self.action_dim)
         return BatchFeature(features, tensor_type=return_tensors)
 
     def _read_observations(self, observation, actions) -> tuple:
@@ -306,10 +310,11 @@ class PiProcessor(ProcessorMixin):
         return state
 
     def normalize_actions(self, actions) -> np.ndarray:
-        """Action chunks [H, A] or [B, H, A] in robot units -> float32 [B, H, action_dim], normalised and zero-padded as
-        the `actions` of a call are: e.g. a training batch's `prefix_actions`, or a leftover chunk as `prev_actions`."""
+        """Action chunks [H, A] or [B, H, A], as datasets store them (before normalisation; not a robot's own commands,
+        which `observation=` reads) -> float32 [B, H, action_dim], normalised and zero-padded as the `actions` of a call
+        are: e.g. a training batch's `prefix_actions`."""
         chunks = _batch(actions, 3, "actions")
-        return _pad(self._actions(chunks, len(chunks)), self.action_dim, "actions").astype(np.float32)
+        return _padded_actions(self._actions(chunks, len(chunks)), self.action_dim)
 
     def _actions(self, actions, batch: int) -> np.ndarray | None:
         if actions is None:

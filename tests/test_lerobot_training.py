@@ -149,6 +149,8 @@ def test_samples_hold_the_prefix_feature_over_the_chunks_steps(dataset_root, tmp
         np.testing.assert_array_equal(sample["prefix_actions"], np.stack(frames[EXECUTED].iloc[steps]))
         np.testing.assert_array_equal(sample["actions"], np.stack(frames["action"].iloc[steps]))
     assert "prefix_actions" not in LeRobotDataset(root, HORIZON, CAMERA_MAP)[0]
+    same = LeRobotDataset(root, HORIZON, CAMERA_MAP, prefix_key="action")[15]  # the default, named
+    np.testing.assert_array_equal(same["prefix_actions"], same["actions"])
     with pytest.raises(DatasetError, match="no 'action.missing' feature"):
         LeRobotDataset(root, HORIZON, CAMERA_MAP, prefix_key="action.missing")
     wrong = _with_executed_actions(dataset_root, tmp_path / "wrong", dims=5)
@@ -270,6 +272,15 @@ def test_pi_train_resumes_from_its_last_checkpoint(dataset_root, model_folder, t
     assert len(losses) == 5  # steps 1-3 from the first run, 4-5 after resuming
 
 
+def test_pi_train_resuming_with_other_trained_weights_says_so(dataset_root, model_folder, tmp_path, capsys):
+    common = ["train", "--model", str(model_folder), "--dataset", str(dataset_root), "--output", str(tmp_path / "run"),
+              "--batch-size", "2", "--save-steps", "1", "--full", *MAP_ARGS]
+    assert pi_cli.main([*common, "--steps", "1", "--freeze-vision"]) == 0
+    assert pi_cli.main([*common, "--steps", "2", "--resume"]) == 1  # the vision tower would train now
+    err = capsys.readouterr().err
+    assert "--resume" in err and "covers other weights" in err and "--freeze-vision" in err
+
+
 def test_pi_train_with_rtc_max_delay_saves_a_model_that_keeps_the_previous_actions(dataset_root, model_folder, tmp_path,
                                                                                     capsys):
     common = ["train", "--model", str(model_folder), "--dataset", str(dataset_root), "--batch-size", "4",
@@ -300,6 +311,7 @@ def test_pi_train_trains_clean_prefixes_on_the_feature_it_is_given(dataset_root,
     monkeypatch.setattr(PiForActionGeneration, "forward", lambda self, **batch: batches.append(batch) or forward(self, **batch))
     assert pi_cli.main([*common, "--output", str(tmp_path / "run"), "--rtc-max-delay", "2"]) == 0
     assert len(batches) == 2 and all(batch["prefix_actions"].shape == batch["actions"].shape for batch in batches)
+    assert not any(torch.equal(batch["prefix_actions"], batch["actions"]) for batch in batches)  # the feature's values
     assert AutoModel.from_pretrained(tmp_path / "run").config.rtc_max_delay == 2
 
 

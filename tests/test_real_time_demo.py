@@ -188,3 +188,4 @@ def test_the_prefix_probe_turns_the_leftover_and_reads_headings_against_the_expe
     straight, turned_away = (probe(model, processor, envs, angle, delay=2, execution_horizon=S) for angle in (0.0, 30.0))
     assert abs(straight["kept"]) < 0.1 and abs(turned_away["kept"] - 30.0) < 0.1  # a trained prefix is kept as sent
     assert abs(straight["re-aimed"]) < 0.1 < -turned_away["re-aimed"]  # the expert turns back after a turned prefix
+    assert turned_away["free"] < 0  # and so does the shipped model: it corrects the leftover, not carries it on

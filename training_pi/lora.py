@@ -45,8 +45,9 @@ def apply_lora(model, presets: tuple[str, ...] | None = None, freeze_vision: boo
 
 def set_full_finetuning(model, freeze_vision: bool = False):
     """Every parameter trains, except the vision tower and projector with `freeze_vision`, and those no loss reaches
-    (`model.modules_without_gradient()`): the optimizer would hold no state for them, which a sharded checkpoint
-    (FSDP) cannot save or resume from; left frozen, training is unchanged."""
+    (`model.modules_without_gradient()`, read from the config as it is now: set `knowledge_insulation` before): the
+    optimizer would hold no state for them, which a sharded checkpoint (FSDP) cannot save or resume from; left
+    frozen, training is unchanged."""
     for name, param in model.named_parameters():
         param.requires_grad = not (freeze_vision and name.startswith(model.VISION_MODULES))
     for module in model.modules_without_gradient():

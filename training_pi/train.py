@@ -177,7 +177,15 @@ def train(args: argparse.Namespace) -> Path:
         shutil.rmtree(output)
     if trainer.is_fsdp_enabled:
         shard_decoder_layers(trainable, trainer.accelerator)  # one unit per Gemma decoder layer (training_pi/fsdp.py)
-    trainer.train(resume_from_checkpoint=checkpoint)
+    try:
+        trainer.train(resume_from_checkpoint=checkpoint)
+    except ValueError as err:  # torch's optimizer, loading a state of other parameter groups
+        if checkpoint is None or "parameter group" not in str(err):
+            raise
+        raise OptionError(f"--resume: the optimizer state in {checkpoint} covers other weights than this run trains: "
+                          "resume with the options the run started with (--lora or --full, --freeze-vision). A checkpoint "
+                          "of a `pi train` that still trained the weights no loss reaches (before they were left frozen) "
+                          "cannot be resumed: start afresh with --overwrite.") from err
     # under FSDP each process holds a shard of every weight: all of them gather the full weights, for rank 0 to save
     weights = trainer.accelerator.get_state_dict(trainer.model) if trainer.is_fsdp_enabled else None
 
