@@ -87,6 +87,13 @@ def test_demonstrations_record_the_steps_the_robot_executed(tmp_path):
     assert dataset[0]["prefix_actions"].shape == (8, 2)
 
 
+def test_the_recipe_trains_real_time_chunking_on_the_executed_actions(tmp_path):
+    arguments = train_arguments(tmp_path / "init", tmp_path / "demos", tmp_path / "run", steps=10, rtc_max_delay=3)
+    assert arguments[arguments.index("--rtc-max-delay") + 1] == "3"
+    assert arguments[arguments.index("--rtc-prefix-key") + 1] == EXECUTED
+    assert "--rtc-prefix-key" not in train_arguments(tmp_path / "init", tmp_path / "demos", tmp_path / "run", steps=10)
+
+
 def test_the_task_tokenizer_knows_every_word_of_the_prompts():
     tokenizer = task_tokenizer()
     for color in COLORS:
