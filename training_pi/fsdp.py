@@ -28,7 +28,7 @@ def decoder_layer_parts(layer: GemmaDecoderLayer) -> list[nn.Module]:
             layer.post_attention_layernorm, layer.mlp]
 
 
-def shard_decoder_layers(model: nn.Module, accelerator) -> None:
+def shard_units(model: nn.Module, accelerator) -> None:
     """Shards every decoder layer of `model` as one FSDP2 group, and an embedding read as the head as a unit that
     stays gathered through the backward, with the options accelerate (1.16, `fsdp2_prepare_model`) gives its own
     units: the config's resharding, offloading and mixed precision, its device mesh, and float32 master weights

@@ -54,7 +54,7 @@ from model_cards import DEFAULT_LICENSE, render_model_card
 
 from processing_pi import FastActionTokenizer
 
-from .fsdp import shard_decoder_layers
+from .fsdp import shard_units
 from .lerobot_dataset import (DatasetError, LeRobotDataset, PiCollator, compute_norm_stats, dataset_norm_stats,
                               write_norm_stats)
 from .lora import apply_lora, set_full_finetuning
@@ -176,7 +176,7 @@ def train(args: argparse.Namespace) -> Path:
         print(f"--overwrite: deleting {output} and everything in it")
         shutil.rmtree(output)
     if trainer.is_fsdp_enabled:
-        shard_decoder_layers(trainable, trainer.accelerator)  # one unit per Gemma decoder layer (training_pi/fsdp.py)
+        shard_units(trainable, trainer.accelerator)  # the units accelerate cannot form (training_pi/fsdp.py)
     try:
         trainer.train(resume_from_checkpoint=checkpoint)
     except ValueError as err:  # torch's optimizer, loading a state of other parameter groups
