@@ -1,8 +1,8 @@
 """bfloat16 linears computed as float32 products, on CPUs without bfloat16 arithmetic: `optimize_for_cpu`.
 
 Where the CPU has neither bfloat16 instructions nor AVX-512 (on which oneDNN emulates them), PyTorch runs a
-bfloat16 linear through a generic loop, several times slower than the same product in float32 (2.1× at
-the benchmark's small size, 4.7× at base: `benchmarks/README.md`). Upcasting is exact, and so is the product
+bfloat16 linear through a generic loop, several times slower than the same product in float32 (2.3× at
+the benchmark's small size, 5.4× at base: `benchmarks/README.md`). Upcasting is exact, and so is the product
 of two bfloat16 numbers in float32: computing the product in float32 and rounding the output once to
 bfloat16 is the arithmetic bfloat16 hardware does, float32 accumulation included, up to the order of the
 sums. Inputs, outputs, weights and the KV cache stay bfloat16. The weight is upcast `UPCAST_SLICE`

@@ -173,7 +173,7 @@ class PiForActionGeneration(PiPreTrainedModel):
 
     def optimize_for_cpu(self, enable: bool = True) -> list[str]:
         """The one CPU-specific switch: on a CPU without bfloat16 arithmetic, large bfloat16 linears compute their
-        products in float32 when no gradient is needed (`cpu_linears.py`; 2-5× faster chunks there). Returns the
+        products in float32 when no gradient is needed (`cpu_linears.py`; 2-5.5× faster chunks there). Returns the
         names of the linears it changed: none on a CPU whose bfloat16 products PyTorch runs natively, where it
         would not pay. `enable=False` undoes it. Results are those of bfloat16 hardware (float32 accumulation)."""
         return use_float32_products(self, enable)
