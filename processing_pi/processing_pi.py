@@ -121,14 +121,11 @@ def _norm_stats(value) -> NormStats | None:
     raise ValueError(f"norm_stats must be NormStats, a dict of them or a JSON file, got {type(value).__name__}.")
 
 
-def _padded_actions(chunks: np.ndarray, dim: int) -> np.ndarray:
-    return _pad(chunks, dim, "actions").astype(np.float32)
-
-
 def _pad(array: np.ndarray, dim: int, name: str) -> np.ndarray:
+    """`array` [..., n] -> float32 [..., dim], zero-padded: states and actions as the model takes them."""
     if array.shape[-1] > dim:
         raise ValueError(f"{name} has {array.shape[-1]} dims, more than the model's action_dim={dim}.")
-    return np.pad(array, [(0, 0)] * (array.ndim - 1) + [(0, dim - array.shape[-1])])
+    return np.pad(array, [(0, 0)] * (array.ndim - 1) + [(0, dim - array.shape[-1])]).astype(np.float32)
 
 
 class PiProcessor(ProcessorMixin):
@@ -248,12 +245,12 @@ class PiProcessor(ProcessorMixin):
         features["input_ids"] = np.array([t.input_ids for t in tokens], dtype=np.int64)
         features["attention_mask"] = np.array([t.attention_mask for t in tokens], dtype=bool)
         if self.variant == "pi0":
-            features["state"] = _pad(state, self.action_dim, "state").astype(np.float32)
+            features["state"] = _pad(state, self.action_dim, "state")
         if fast_targets:
             features["token_type_ids"] = np.array([t.token_type_ids for t in tokens], dtype=np.int64)
             features["labels"] = np.where([t.loss_mask for t in tokens], features["input_ids"], -100)
         if chunks is not None and self.variant != "pi0_fast":
-            features["actions"] = _padded_actions(chunks, self.action_dim)
+            features["actions"] = _pad(chunks, self.action_dim, "actions")
         return BatchFeature(features, tensor_type=return_tensors)
 
     def _read_observations(self, observation, actions) -> tuple:
@@ -314,7 +311,7 @@ class PiProcessor(ProcessorMixin):
         which `observation=` reads) -> float32 [B, H, action_dim], normalised and zero-padded as the `actions` of a call
         are: e.g. a training batch's `prefix_actions`."""
         chunks = _batch(actions, 3, "actions")
-        return _padded_actions(self._actions(chunks, len(chunks)), self.action_dim)
+        return _pad(self._actions(chunks, len(chunks)), self.action_dim, "actions")
 
     def _actions(self, actions, batch: int) -> np.ndarray | None:
         if actions is None:

@@ -141,7 +141,8 @@ class LeRobotDataset(torch.utils.data.Dataset):
         if not files:
             raise DatasetError(f"{root / 'data'}: no chunk-*/file-*.parquet files.")
         self.frames = ArrowDataset.from_parquet([str(f) for f in files]).with_format("numpy")
-        self._actions = self.frames.select_columns(list(dict.fromkeys([ACTION, prefix_key or ACTION])))  # chunks read these alone
+        prefix = [prefix_key] if prefix_key not in (None, ACTION) else []
+        self._actions = self.frames.select_columns([ACTION, *prefix])  # chunks read these alone
         self.episodes = _parquet(sorted(root.glob("meta/episodes/chunk-*/file-*.parquet")), "episode", root / "meta" / "episodes")
         self.episodes = self.episodes.set_index("episode_index")
         tasks = pd.read_parquet(root / "meta" / "tasks.parquet") if (root / "meta" / "tasks.parquet").is_file() else None
