@@ -107,7 +107,7 @@ if __name__ == "__main__":
             params = dict(self.model.named_parameters())
             held = {name: p.to_local() if isinstance(p, DTensor) else p for name, p in params.items()}
             for name, param in sorted(held.items()):
-                digest.update(name.encode() + param.detach().cpu().numpy().tobytes())
+                digest.update(name.encode() + param.detach().cpu().view(torch.uint8).numpy().tobytes())
             trainer_view.update(processes=self.args.world_size, index=self.args.process_index)
             sharding.update(distributed_type=self.accelerator.distributed_type.value,
                             units=sum(isinstance(m, FSDPModule) for m in self.model.modules()),

@@ -84,6 +84,31 @@ def test_two_cpu_processes_under_fsdp_end_with_the_weights_of_one_process(datase
     assert type(AutoModel.from_pretrained(tmp_path / "fsdp")).__name__ == "PiForActionGeneration"
 
 
+@pytest.mark.slow  # two processes launched: some 15 s on 2 cores
+def test_bf16_under_fsdp_saves_float32_trained_weights_and_the_frozen_ones_as_they_were(dataset_root, model_folder,
+                                                                                      tmp_path):
+    # from a bfloat16 checkpoint, mixed precision trains float32 copies of the trainable weights (accelerate's and
+    # pi train's units alike) and leaves the frozen ones, those no loss reaches, in bfloat16
+    AutoModel.from_pretrained(model_folder, dtype=torch.bfloat16).save_pretrained(tmp_path / "model")
+    lerobot._processor().save_pretrained(tmp_path / "model")
+    result = _launch_fsdp("--model", str(tmp_path / "model"), "--dataset", str(dataset_root), "--output",
+                          str(tmp_path / "run"), "--steps", "2", "--batch-size", "2", "--save-steps", "2",
+                          "--learning-rate", "1e-2", "--warmup-steps", "0", "--full", "--bf16", *MAP_ARGS)
+    assert result.returncode == 0, result.stderr[-3000:]
+    saved, initial = (load_file(folder / "model.safetensors") for folder in (tmp_path / "run", tmp_path / "model"))
+    frozen = {name for name, p in train.set_full_finetuning(AutoModel.from_pretrained(model_folder)).named_parameters()
+              if not p.requires_grad}
+    assert frozen and saved.keys() == initial.keys()
+    for name, weight in saved.items():
+        if name in frozen:
+            assert weight.dtype == torch.bfloat16 and torch.equal(weight, initial[name]), name
+        else:
+            assert weight.dtype == torch.float32, name
+    assert max((saved[k] - initial[k].float()).abs().max().item() for k in saved.keys() - frozen) > 1e-3
+    loaded = AutoModel.from_pretrained(tmp_path / "run").state_dict()  # as float32, the frozen weights upcast exactly
+    assert all(torch.equal(loaded[name], weight.float()) for name, weight in saved.items())
+
+
 @pytest.mark.slow  # two processes launched: some 20 s on 2 cores
 def test_lora_under_fsdp_is_refused_before_training(dataset_root, model_folder, tmp_path):
     # pi train merges the adapters into the weights it saves: it cannot from shards, so it says so at the start

@@ -263,6 +263,18 @@ def test_pi_train_runs_the_other_variants(dataset_root, tmp_path, variant):
     assert AutoModel.from_pretrained(tmp_path / "run").config.variant == variant
 
 
+def test_pi_train_bf16_runs_on_a_machine_without_gpus(dataset_root, model_folder, tmp_path):
+    # transformers refuses bf16 where no GPU has it unless the run is told it is on the CPU: pi train tells it so
+    code = pi_cli.main(["train", "--model", str(model_folder), "--dataset", str(dataset_root), "--output",
+                        str(tmp_path / "run"), "--steps", "2", "--batch-size", "2", "--logging-steps", "1",
+                        "--save-steps", "2", "--learning-rate", "1e-2", "--warmup-steps", "0", "--full", "--bf16", *MAP_ARGS])
+    assert code == 0
+    assert all(np.isfinite(_log(tmp_path / "run")))
+    trained, initial = (AutoModel.from_pretrained(folder).state_dict() for folder in (tmp_path / "run", model_folder))
+    assert all(weight.dtype == torch.float32 for weight in trained.values())  # autocast: the weights stay float32
+    assert max((trained[k] - initial[k]).abs().max().item() for k in initial) > 1e-3
+
+
 def test_pi_train_resumes_from_its_last_checkpoint(dataset_root, model_folder, tmp_path):
     common = ["train", "--model", str(model_folder), "--dataset", str(dataset_root), "--output", str(tmp_path / "run"),
               "--batch-size", "4", "--logging-steps", "1", "--save-steps", "3", "--warmup-steps", "0", *MAP_ARGS]

@@ -45,6 +45,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import torch
 from huggingface_hub import ModelCard
 from transformers import AutoModel, AutoProcessor, Trainer, TrainingArguments, set_seed
 
@@ -163,7 +164,8 @@ def train(args: argparse.Namespace) -> Path:
         lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr_rate": 0.1},
         optim="adamw_torch", adam_beta2=0.95, weight_decay=1e-10, max_grad_norm=1.0,
         logging_steps=args.logging_steps, save_steps=args.save_steps, save_total_limit=2,
-        bf16=args.bf16, activation_checkpointing=args.gradient_checkpointing, remove_unused_columns=False,
+        # without a GPU (or other accelerator) the run is on the CPU anyway; transformers refuses --bf16 there unless told
+        bf16=args.bf16, use_cpu=not torch.accelerator.is_available(), activation_checkpointing=args.gradient_checkpointing, remove_unused_columns=False,
         report_to=[], seed=args.seed, dataloader_num_workers=0,
     )
     check_one_job(training_args)
