@@ -111,10 +111,10 @@ def continuing(config, velocity, differentiable, noise, prev_actions, inference_
                              f"(rtc_max_delay), not an inference_delay of {int(delay.max())}.")
         frozen = torch.arange(horizon, device=noise.device)[None, :] < delay[:, None]
         return with_fixed_prefix(velocity, frozen), torch.where(frozen[..., None], prev_actions, noise)
+    if not (math.isfinite(max_guidance_weight) and max_guidance_weight >= 0):
+        raise ValueError(f"max_guidance_weight must be a finite number >= 0, got {max_guidance_weight}.")
     if max_guidance_weight == 0:
         return lambda x_t, t: velocity(x_t, torch.full((batch,), t, dtype=torch.float32, device=x_t.device)), noise
-    if max_guidance_weight < 0:
-        raise ValueError(f"max_guidance_weight must be >= 0, got {max_guidance_weight}.")
     if torch.is_inference_mode_enabled():
         raise RuntimeError("Guidance towards prev_actions differentiates the action expert, which torch.inference_mode "
                            "forbids: call generate_actions outside it (it runs under torch.no_grad itself).")
@@ -124,7 +124,10 @@ def continuing(config, velocity, differentiable, noise, prev_actions, inference_
 
 def _per_row(value, batch: int, device) -> torch.Tensor:
     """An int, or one int per row, as a [B] long tensor."""
-    value = torch.as_tensor(value, device=device).long()
+    value = torch.as_tensor(value, device=device)
+    if value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
+        raise ValueError(f"inference_delay and execution_horizon count control steps: ints, got {value.tolist()}.")
+    value = value.long()
     if value.dim() == 0:
         return value.expand(batch)
     if tuple(value.shape) != (batch,):

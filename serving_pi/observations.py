@@ -13,7 +13,7 @@ feeds which model camera and which keys make the state, as openpi's clients send
 from processing_pi import Robot
 
 PRESETS = {
-    "pi": {  # the model's own camera names at the top level
+    "pi": {  # the model's own camera names at the top level (a converted openpi model's; `pi serve` takes the folder's)
         "cameras": {"base_0_rgb": "base_0_rgb", "left_wrist_0_rgb": "left_wrist_0_rgb", "right_wrist_0_rgb": "right_wrist_0_rgb"},
         "state_keys": ["state"],
     },

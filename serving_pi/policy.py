@@ -71,6 +71,8 @@ class BatchingPolicy:
                              "model with --config or --robot.")
         if max_prompt_chars < 1:
             raise ValueError(f"max_prompt_chars must be at least 1, got {max_prompt_chars}.")
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, got {max_batch}.")
         default_prompt = processor.robot.default_prompt
         if default_prompt is not None and len(default_prompt) > max_prompt_chars:
             raise ValueError(f"The default prompt has {len(default_prompt)} characters, more than max_prompt_chars="
@@ -153,11 +155,11 @@ class BatchingPolicy:
         robot_state = fields["state"]
         self._check_state(robot_state)
         continued = read_continuation(observation, self.model.config, self.robot_action_dims)
-        leftover = None if continued is None else self.processor.robot.from_robot(continued[0][None], robot_state[None])
         inputs = dict(self.processor(images={camera: [image] for camera, image in fields["images"].items()},
-                                     prompt=[fields["prompt"]], state=robot_state[None], actions=leftover, return_tensors="pt"))
-        if continued is not None:
-            inputs.update(continuation_inputs(inputs.pop("actions"), continued[1], self.model.config.action_horizon))
+                                     prompt=[fields["prompt"]], state=robot_state[None], return_tensors="pt"))
+        if continued is not None:  # normalised as training targets are, without the targets' tokens (knowledge insulation)
+            leftover = self.processor.normalize_actions(self.processor.robot.from_robot(continued[0][None], robot_state[None]))
+            inputs.update(continuation_inputs(torch.from_numpy(leftover), continued[1], self.model.config.action_horizon))
         self._check_inputs(inputs)
         return inputs, robot_state
 

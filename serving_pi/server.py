@@ -39,6 +39,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import math
 import signal
 import sys
 import threading
@@ -233,6 +234,8 @@ def build_policy(args: argparse.Namespace) -> BatchingPolicy:
             if any(not (camera and equals and key) for camera, equals, key in pairs):
                 raise ValueError(f"--camera takes MODEL_CAMERA=KEY pairs, got {args.camera}.")
             cameras = {camera: key for camera, _, key in pairs}
+        if cameras is None and (args.preset or "pi") == "pi":  # the model's own camera names
+            cameras = {camera: camera for camera in processor.image_keys}
         layout = preset(args.preset or "pi", cameras=cameras, state_keys=args.state_key, **prompt)
     unknown = sorted(set(layout.cameras) - set(processor.image_keys))
     if unknown:
@@ -240,17 +243,22 @@ def build_policy(args: argparse.Namespace) -> BatchingPolicy:
     model = AutoModel.from_pretrained(args.model).to(device)
     if model.device.type == "cpu":
         model.optimize_for_cpu()  # bfloat16 weights on a CPU without bfloat16 arithmetic
+    if args.max_batch < 1:
+        raise ValueError(f"--max-batch must be at least 1, got {args.max_batch}.")
     options = {}
     if args.num_steps is not None:
         if not model.config.is_flow:
             raise ValueError("--num-steps sets the flow steps; π0-FAST decodes tokens.")
+        if args.num_steps < 1:
+            raise ValueError(f"--num-steps must be at least 1, got {args.num_steps}.")
         options["num_steps"] = args.num_steps
     guidance = {"max_guidance_weight": args.max_guidance_weight, "prefix_schedule": args.prefix_schedule}
     guidance = {name: value for name, value in guidance.items() if value is not None}
     if guidance and not model.config.is_flow:
         raise ValueError("--max-guidance-weight and --prefix-schedule set real-time chunking, which π0-FAST does not support.")
-    if guidance.get("max_guidance_weight", 0) < 0:
-        raise ValueError(f"--max-guidance-weight must be >= 0, got {args.max_guidance_weight}.")
+    weight = guidance.get("max_guidance_weight", 0.0)
+    if not (math.isfinite(weight) and weight >= 0):
+        raise ValueError(f"--max-guidance-weight must be a finite number >= 0, got {args.max_guidance_weight}.")
     options.update(guidance)
     return BatchingPolicy(model, processor, layout, max_batch=args.max_batch, seed=args.seed,
                           max_prompt_chars=args.max_prompt_chars, **options)

@@ -190,6 +190,9 @@ def test_clean_prefix_delays_cover_zero_to_the_maximum():
     ({"inference_delay": 5, "execution_horizon": 4}, "action_horizon"),
     ({"inference_delay": 1, "execution_horizon": 3, "prefix_schedule": "cosine"}, "prefix_schedule"),
     ({"inference_delay": 1, "execution_horizon": 3, "max_guidance_weight": -1.0}, "max_guidance_weight"),
+    ({"inference_delay": 1, "execution_horizon": 3, "max_guidance_weight": float("nan")}, "max_guidance_weight"),
+    ({"inference_delay": 1, "execution_horizon": 3, "max_guidance_weight": float("inf")}, "max_guidance_weight"),
+    ({"inference_delay": 1.5, "execution_horizon": 3}, "count control steps: ints"),
     ({"inference_delay": torch.tensor([1, 2, 3]), "execution_horizon": 3}, "one per row"),
 ])
 @torch.no_grad()

@@ -14,7 +14,7 @@ from openpi_client.websocket_client_policy import WebsocketClientPolicy
 from transformers import AutoModel, AutoProcessor
 
 import modeling_pi  # noqa: F401
-from conftest import CAMERAS, ROBOT_DIM
+from conftest import CAMERAS, PROCESSOR, ROBOT_DIM
 from processing_pi import Robot
 from serving_pi import BatchingPolicy, LocalPolicy, RealTimeChunkBroker, preset
 from serving_pi import server as pi_serve
@@ -75,6 +75,19 @@ def test_the_server_continues_prev_actions_as_generate_actions_does_and_plain_re
     np.testing.assert_array_equal(continued, _direct(model, processor, _observation(2), noises[1], prev_actions, delay=4))
 
 
+def test_a_knowledge_insulation_folder_continues_prev_actions_as_a_plain_one(policy_folder):
+    # its processor writes a training chunk's FAST tokens into the prompt: the leftover must not be taken for one
+    from processing_pi import FastActionTokenizer
+
+    folder = policy_folder("pi05")
+    insulated = AutoProcessor.from_pretrained(folder).replace(
+        action_tokenizer=FastActionTokenizer.from_pretrained(PROCESSOR / "fast_tokenizer"), knowledge_insulation=True)
+    policy = BatchingPolicy(AutoModel.from_pretrained(folder), insulated, DELTA, num_steps=STEPS, seed=0)
+    prev_actions = _policy(folder).infer_now(_observation(1))["actions"][30:]
+    request = {**_observation(2), "prev_actions": prev_actions, "inference_delay": 4}
+    np.testing.assert_array_equal(policy.infer_now(request)["actions"], _policy(folder, seed=0).infer_now(request)["actions"])
+
+
 def test_pi_serve_passes_its_guidance_flags_to_every_continued_chunk(policy_folder):
 
     def built(folder, *flags):
@@ -85,7 +98,7 @@ def test_pi_serve_passes_its_guidance_flags_to_every_continued_chunk(policy_fold
     policy = built(folder, "--max-guidance-weight", "0", "--prefix-schedule", "linear", "--num-steps", "3")
     assert policy.generate_kwargs == {"num_steps": 3, "max_guidance_weight": 0.0, "prefix_schedule": "linear"}
     assert built(folder).generate_kwargs == {}  # generate_actions' own defaults (β = 5, exp)
-    with pytest.raises(ValueError, match="--max-guidance-weight must be >= 0, got -1.0"):
+    with pytest.raises(ValueError, match="--max-guidance-weight must be a finite number >= 0, got -1.0"):
         built(folder, "--max-guidance-weight", "-1")
     with pytest.raises(ValueError, match="π0-FAST does not support"):
         built(policy_folder("pi0_fast"), "--prefix-schedule", "ones")

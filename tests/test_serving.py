@@ -28,6 +28,7 @@ from transformers import AutoModel, AutoProcessor
 
 import modeling_pi  # noqa: F401
 from conftest import CAMERAS, ROBOT_DIM
+from demo_pi.demo import SHIPPED_MODEL
 from processing_pi import ObservationError, Robot
 from serving_pi import BatchingPolicy, preset
 from serving_pi import server as pi_serve
@@ -283,6 +284,31 @@ def test_a_fast_folder_without_robot_action_dims_is_refused_at_startup(policy_fo
     args = pi_serve.add_arguments(argparse.ArgumentParser()).parse_args(["--model", str(folder), "--device", "cpu"])
     with pytest.raises(ValueError, match=missing):
         pi_serve.build_policy(args)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--max-batch", "0"], "--max-batch must be at least 1, got 0"),
+    (["--num-steps", "0"], "--num-steps must be at least 1, got 0"),
+    (["--max-guidance-weight", "nan"], "--max-guidance-weight must be a finite number >= 0, got nan"),
+    (["--max-guidance-weight", "inf"], "--max-guidance-weight must be a finite number >= 0, got inf"),
+])
+def test_flags_no_request_could_be_served_with_are_refused_at_startup(policy_folder, flags, message):
+    # --max-batch 0 would leave every request queued; the others would fail every request, or answer NaN
+    args = pi_serve.add_arguments(argparse.ArgumentParser()).parse_args(
+        ["--model", policy_folder("pi05"), "--device", "cpu", *flags])
+    with pytest.raises(ValueError, match=re.escape(message)):
+        pi_serve.build_policy(args)
+
+
+def test_the_default_preset_reads_the_models_own_camera_names():
+    # the shipped demo policy names its cameras scene and wrist, not openpi's base_0_rgb, ...
+    args = pi_serve.add_arguments(argparse.ArgumentParser()).parse_args(["--model", str(SHIPPED_MODEL), "--device", "cpu"])
+    policy = pi_serve.build_policy(args)
+    assert policy.processor.robot.cameras == {"scene": "scene", "wrist": "wrist"}
+    image = np.zeros((32, 32, 3), np.uint8)
+    observation = {"scene": image, "wrist": image, "state": np.array([0.2, 0.4]), "prompt": "move to the red block"}
+    answer = policy.infer_now(observation)
+    assert answer["actions"].shape == (8, 2) and answer["valid"]
 
 
 def test_healthz_answers_503_while_draining_and_the_request_in_flight_is_answered(policy_folder):
