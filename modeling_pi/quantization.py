@@ -6,7 +6,7 @@ the model's dtype (`optimize_for_cpu` leaves quantized linears to torchao's kern
 head keep their precision, as the reference keeps the flow head in float32. torchao does the quantizing and
 the kernels; what is ours is the choice of modules. The same is reachable through transformers:
 `AutoModel.from_pretrained(folder, quantization_config=TorchAoConfig(Int8WeightOnlyConfig()))` quantizes
-every linear but the flow head's (`_keep_in_fp32_modules_strict`) instead.
+every linear but the flow head's and the modulation's (`_keep_in_fp32_modules_strict`) instead.
 
 int4 needs a kernel torchao has for the device (on CUDA, its `mslk` package); int8 runs everywhere. A
 quantized model samples and decodes as before; it is not saved quantized (save the float weights and
@@ -36,12 +36,14 @@ def torchao_config(bits: str, group_size: int = INT4_GROUP_SIZE):
 
 def quantize_weights(model: nn.Module, bits: str = "int8", group_size: int = INT4_GROUP_SIZE) -> list[str]:
     """Quantizes, in place, the weights of every plain linear of the vision tower, the language model and the
-    action expert; returns their names. Raises where torchao has no kernel for `bits` on the model's device."""
+    action expert but the adaRMS modulation (the model's `_keep_in_fp32_modules_strict`); returns their names. Raises where torchao has no kernel for `bits` on the model's device."""
     from torchao.quantization import quantize_
 
     config = torchao_config(bits, group_size)
+    kept = set(getattr(model, "_keep_in_fp32_modules_strict", None) or ())  # the flow head and adaRMS modulation
     names = [name for name, module in model.named_modules()
-             if isinstance(module, nn.Linear) and name.split(".")[0] in STACKS and not is_quantized(module.weight)]
+             if isinstance(module, nn.Linear) and name.split(".")[0] in STACKS and not kept & set(name.split("."))
+             and not is_quantized(module.weight)]
     chosen = set(names)
     try:
         quantize_(model, config, filter_fn=lambda module, name: name in chosen)

@@ -25,6 +25,9 @@ def test_int8_weights_keep_the_reference_chunk_within_one_percent(converted, var
         if isinstance(module, nn.Linear):
             assert is_quantized(module.weight) == (name in names), name
     assert not is_quantized(model.action_in_proj.weight)  # the flow head keeps its precision
+    modulations = [m for name, m in model.named_modules() if name.endswith("modulation")]  # π0.5's adaRMS, likewise
+    assert len(modulations) == (2 * model.config.expert_config.num_hidden_layers + 1 if variant == "pi05" else 0)
+    assert not any(is_quantized(module.weight) for module in modulations)
     actions = model.generate_actions(*model_args(io), **flow_state(model.config, io), noise=io["noise"])
     expected = io["expected.sample_actions_10_steps"]
     assert (actions - expected).abs().max() < 0.01 * expected.abs().max()
