@@ -141,7 +141,7 @@ def rollout(model, processor, seeds, num_steps: int | None = None, execution_hor
         episode.path.append(episode.env.effector.copy())
     generator = torch.Generator(model.device).manual_seed(0)
     latencies = []
-    options = {"num_steps": num_steps} if num_steps else {}
+    options = {"num_steps": num_steps} if num_steps is not None else {}
     round_ = 0
     while active := [episode for episode in episodes if not episode.env.done]:
         waiting = mode == "sync" or round_ == 0  # nothing to execute while the chunk is computed
@@ -197,16 +197,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
+def option_problem(args: argparse.Namespace, folder: Path) -> str | None:
+    """What is wrong with the options, found before any episode runs; None if nothing."""
+    if not (folder / "config.json").is_file():
+        return f"{folder} is not a model folder."
+    if args.episodes < 1:
+        return f"--episodes must be at least 1, got {args.episodes}."
+    if args.num_steps is not None and args.num_steps < 1:
+        return f"--num-steps must be at least 1, got {args.num_steps}."
+    for flag, path in (("--output", args.output), ("--gif", args.gif)):
+        if path and not Path(path).resolve().parent.is_dir():
+            return f"{flag} {path}: its folder does not exist."
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     from transformers import AutoModel, AutoProcessor
 
     import modeling_pi  # noqa: F401  (registers "pi")
 
     folder = Path(args.model) if args.model else Path(str(SHIPPED_MODEL))
-    if not (folder / "config.json").is_file():
-        print(f"pi demo: error: {folder} is not a model folder.", file=sys.stderr)
+    problem = option_problem(args, folder)
+    if problem:
+        print(f"pi demo: error: {problem}", file=sys.stderr)
         return 1
-    model = AutoModel.from_pretrained(folder).to(args.device).eval()
+    model = AutoModel.from_pretrained(folder).eval()
+    try:
+        model = model.to(args.device)
+    except (RuntimeError, AssertionError) as err:  # torch's words for a device it does not know or was not built for
+        print(f"pi demo: error: --device {args.device}: {err}", file=sys.stderr)
+        return 1
     processor = AutoProcessor.from_pretrained(folder)
     seeds = range(args.seed, args.seed + args.episodes)
     try:

@@ -240,7 +240,11 @@ def build_policy(args: argparse.Namespace) -> BatchingPolicy:
     unknown = sorted(set(layout.cameras) - set(processor.image_keys))
     if unknown:
         raise ValueError(f"Camera(s) {', '.join(unknown)} are not the model's ({', '.join(processor.image_keys)}).")
-    model = AutoModel.from_pretrained(args.model).to(device)
+    model = AutoModel.from_pretrained(args.model)
+    try:
+        model = model.to(device)
+    except (RuntimeError, AssertionError) as err:  # torch's words for a device it does not know or was not built for
+        raise ValueError(f"--device {device}: {err}") from err
     if model.device.type == "cpu":
         model.optimize_for_cpu()  # bfloat16 weights on a CPU without bfloat16 arithmetic
     if args.max_batch < 1:

@@ -159,6 +159,20 @@ def test_pi_demo_prints_the_success_rate_and_draws_the_episodes(tmp_path, capsys
     assert gif.size == panel_size(ANIMATION_TABLE, ANIMATION_HEADER) and gif.size[0] > 2 * 192 and gif.n_frames >= 2
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--episodes", "0"], "--episodes must be at least 1, got 0"),
+    (["--num-steps", "0"], "--num-steps must be at least 1, got 0"),  # not taken for the model's default
+    (["--output", "no_such_folder/demo.png"], "--output no_such_folder/demo.png: its folder does not exist"),
+    (["--gif", "no_such_folder/demo.gif"], "--gif no_such_folder/demo.gif: its folder does not exist"),
+    (["--device", "no_such_device"], "--device no_such_device:"),
+])
+def test_pi_demo_refuses_bad_options_before_running_an_episode(tmp_path, capsys, monkeypatch, flags, message):
+    monkeypatch.chdir(tmp_path)
+    assert pi_cli.main(["demo", *flags]) == 1
+    assert f"pi demo: error: {message}" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
 def _near(image: Image.Image, box, color, tolerance: int = 40) -> bool:
     """Some pixel in `box` of `image` is within `tolerance` of `color` (text is anti-aliased)."""
     pixels = np.asarray(image.crop(box).convert("RGB")).astype(int)

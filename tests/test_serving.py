@@ -291,6 +291,7 @@ def test_a_fast_folder_without_robot_action_dims_is_refused_at_startup(policy_fo
     (["--num-steps", "0"], "--num-steps must be at least 1, got 0"),
     (["--max-guidance-weight", "nan"], "--max-guidance-weight must be a finite number >= 0, got nan"),
     (["--max-guidance-weight", "inf"], "--max-guidance-weight must be a finite number >= 0, got inf"),
+    (["--device", "no_such_device"], "--device no_such_device:"),
 ])
 def test_flags_no_request_could_be_served_with_are_refused_at_startup(policy_folder, flags, message):
     # --max-batch 0 would leave every request queued; the others would fail every request, or answer NaN
