@@ -14,8 +14,15 @@ import torch
 from configuration_pi import PiConfig
 
 
+def _tensor(name: str, value) -> None:
+    if not isinstance(value, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(value).__name__} (a processor's output is one unless "
+                         "it was asked for return_tensors='np').")
+
+
 def _shape(name: str, tensor: torch.Tensor, expected: tuple, meaning: str) -> None:
     """`expected` holds ints or None (any size); the first dimension is always the batch."""
+    _tensor(name, tensor)
     if tensor.ndim != len(expected) or any(e is not None and s != e for s, e in zip(tensor.shape, expected)):
         shown = ", ".join("?" if e is None else str(e) for e in expected)
         raise ValueError(f"{name} must have shape [{shown}] ({meaning}), got {list(tensor.shape)}.")
@@ -56,6 +63,9 @@ def check_inputs(
     attention_mask: torch.Tensor,
 ) -> None:
     """The inputs every variant reads: cameras and prompt. Raises `ValueError` unless they fit `config`."""
+    for name, value in (("pixel_values", pixel_values), ("pixel_attention_mask", pixel_attention_mask),
+                        ("input_ids", input_ids), ("attention_mask", attention_mask)):
+        _tensor(name, value)
     if pixel_values.ndim != 5:
         raise ValueError(
             f"pixel_values must have shape [batch, cameras, 3, height, width], got {list(pixel_values.shape)}."

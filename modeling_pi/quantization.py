@@ -9,8 +9,8 @@ the kernels; what is ours is the choice of modules. The same is reachable throug
 every linear but the flow head's and the modulation's (`_keep_in_fp32_modules_strict`) instead.
 
 int4 needs a kernel torchao has for the device (on CUDA, its `mslk` package); int8 runs everywhere. A
-quantized model samples and decodes as before; it is not saved quantized (save the float weights and
-quantize after loading).
+quantized model samples and decodes as before; `save_pretrained` refuses it (save the float weights and
+quantize after loading), where the transformers path saves quantized.
 """
 
 import torch

@@ -59,10 +59,10 @@ class ArrayStats:
         spread = self.q99 - self.q01
         return spread + EPS if conventions == "openpi" else np.where(spread == 0, LEROBOT_EPS, spread)
 
-    def normalize(self, x: np.ndarray, mode: str, conventions: str = "openpi") -> np.ndarray:
-        """x [..., dim] (the robot's dims) -> normalised, same shape."""
+    def normalize(self, x: np.ndarray, mode: str, conventions: str = "openpi", name: str = "The input") -> np.ndarray:
+        """x [..., dim] (the robot's dims) -> normalised, same shape; `name` says what x is in an error."""
         if x.shape[-1] != self.dim:
-            raise ValueError(f"Expected {self.dim} dims (the statistics' size), got {x.shape[-1]}.")
+            raise ValueError(f"{name} has {x.shape[-1]} dims; the normalisation statistics have {self.dim}.")
         if mode == "zscore":
             return (x - self.mean) / (self.std + (EPS if conventions == "openpi" else LEROBOT_EPS))
         return (x - self.q01) / self._spread(conventions) * 2.0 - 1.0

@@ -225,7 +225,9 @@ class PiProcessor(ProcessorMixin):
             images, prompt, state, actions = self._read_observations(observation, actions)
         if prompt is None:
             raise ValueError("Pass a `prompt` (or an `observation`).")
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt) if isinstance(prompt, (list, tuple, np.ndarray)) else None
+        if prompts is None or not all(isinstance(text, str) for text in prompts):
+            raise ValueError(f"prompt must be a string or a list of strings, got {prompt!r:.80}")
         batch = len(prompts)
         if batch == 0:
             raise ValueError("Empty batch: no prompt.")
@@ -303,7 +305,7 @@ class PiProcessor(ProcessorMixin):
         if len(state) != batch:
             raise ValueError(f"state has batch size {len(state)} for {batch} prompts.")
         if self.norm_stats is not None:
-            state = self.norm_stats.get("state", self.norm_mode).normalize(state, self.norm_mode, self.conventions)
+            state = self.norm_stats.get("state", self.norm_mode).normalize(state, self.norm_mode, self.conventions, "state")
         return state
 
     def normalize_actions(self, actions) -> np.ndarray:
@@ -320,7 +322,8 @@ class PiProcessor(ProcessorMixin):
         if len(chunks) != batch:
             raise ValueError(f"actions has batch size {len(chunks)} for {batch} prompts.")
         if self.norm_stats is not None:
-            chunks = self.norm_stats.get("actions", self.norm_mode).normalize(chunks, self.norm_mode, self.conventions)
+            chunks = self.norm_stats.get("actions", self.norm_mode).normalize(chunks, self.norm_mode, self.conventions,
+                                                                              "actions")
         return chunks
 
     def action_token_ids(self) -> torch.Tensor:
@@ -342,8 +345,9 @@ class PiProcessor(ProcessorMixin):
         if self.variant == "pi0_fast":
             actions, valid = self._decode_fast(generated.long().tolist())
         else:
-            if generated.ndim != 3:
-                raise ValueError(f"Expected a normalised action chunk [B, H, D], got shape {tuple(generated.shape)}.")
+            if generated.ndim != 3 or generated.shape[-1] != self.action_dim:  # any number of steps: a part of a chunk
+                raise ValueError(f"Expected a normalised action chunk [B, H, {self.action_dim}] (the model's output, "
+                                 f"action_dim wide), got shape {tuple(generated.shape)}.")
             actions, valid = generated.double().numpy(), np.ones(len(generated), dtype=bool)
         if self.norm_stats is not None:  # wider statistics than the chunk (FAST decodes the robot's dims): its first dims
             stats = self.norm_stats.cut(actions=actions.shape[-1]).get("actions", self.norm_mode)

@@ -331,6 +331,8 @@ def _bad_cases():
         "uint8 pixels": (edit(pixel_values=lambda x: ((x + 1) * 127.5).to(torch.uint8)), "pixel_values must be floats"),
         "NaN pixels": (edit(pixel_values=lambda x: x.index_fill(2, torch.tensor([0]), float("nan"))), "pixel_values.*NaN"),
         "mask shape": (edit(attention_mask=lambda m: m[:, :2]), "attention_mask"),
+        "numpy pixels": (edit(pixel_values=lambda x: x.numpy()), "pixel_values must be a torch.Tensor, got ndarray"),
+        "numpy noise": (edit(noise=lambda x: x.numpy()), "noise must be a torch.Tensor, got ndarray"),
     }
 
 

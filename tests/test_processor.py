@@ -213,8 +213,11 @@ def test_float_range_minus_one_to_one_is_accepted_when_declared():
         PiImageProcessor().preprocess(image)
 
 
-def test_bad_state_and_actions_are_refused(tokenizer):
+def test_bad_prompt_state_and_actions_are_refused(tokenizer):
     processor = _processor(tokenizer, "pi0")
+    for prompt in (b"go", 5, ["go", b"stop"]):
+        with pytest.raises(ValueError, match="prompt must be a string or a list of strings, got "):
+            processor(images=IMAGE, prompt=prompt, state=np.zeros(7))
     with pytest.raises(ValueError, match="needs the robot state"):
         processor(images=IMAGE, prompt="go")
     with pytest.raises(ValueError, match="NaN"):
@@ -223,6 +226,11 @@ def test_bad_state_and_actions_are_refused(tokenizer):
         processor(images=IMAGE, prompt="go", state=np.zeros(40))
     with pytest.raises(ValueError, match="batch size"):
         processor(images=IMAGE, prompt="go", state=np.zeros(7), actions=np.zeros((2, 5, 7)))
+    normalising = _processor(tokenizer, "pi0", norm_stats=NormStats.from_json(PROCESSOR / "norm_stats.json"))  # 7 dims
+    with pytest.raises(ValueError, match="state has 3 dims; the normalisation statistics have 7"):
+        normalising(images=IMAGE, prompt="go", state=np.zeros(3))
+    with pytest.raises(ValueError, match="actions has 6 dims; the normalisation statistics have 7"):
+        normalising(images=IMAGE, prompt="go", state=np.zeros(7), actions=np.zeros((5, 6)))
 
 
 # ---- saving -----------------------------------------------------------------------------------------
@@ -255,6 +263,8 @@ def test_a_chunk_with_a_non_finite_value_is_not_valid(tokenizer):
     huge = torch.zeros(1, 4, 32, dtype=torch.float64)
     huge[0, 0, 0] = 1e300  # finite in float64, infinite in the float32 the actions are returned in
     assert processor.post_process(huge).valid.tolist() == [False]
+    with pytest.raises(ValueError, match=r"\[B, H, 32\] \(the model's output"):  # not the robot's 7 dims, nor cut to them
+        processor.post_process(torch.zeros(1, 4, 7))
 
 
 def test_overriding_the_conventions_switches_the_image_processor_too(tokenizer, tmp_path):

@@ -59,6 +59,18 @@ def test_transformers_quantization_config_loads_a_quantized_model(tmp_path):
     assert is_quantized(loaded.action_expert.layers[0].mlp.up_proj.weight)
     actions = loaded.generate_actions(*model_args(inputs), noise=inputs["noise"])
     assert (actions - expected).abs().max() < 0.01 * expected.abs().max()
+    loaded.save_pretrained(tmp_path / "int8")  # saved quantized, with the config that says how
+    reloaded = AutoModel.from_pretrained(tmp_path / "int8")
+    assert is_quantized(reloaded.action_expert.layers[0].mlp.up_proj.weight)
+    torch.testing.assert_close(reloaded.generate_actions(*model_args(inputs), noise=inputs["noise"]), actions)
+
+
+def test_weights_quantized_in_place_are_not_saved_and_nothing_is_written(tmp_path):
+    model = noisy_tiny_model("pi05")
+    model.quantize_weights("int8")
+    with pytest.raises(ValueError, match="quantized by quantize_weights.*save the float model"):
+        model.save_pretrained(tmp_path / "int8")
+    assert not (tmp_path / "int8").exists()
 
 
 @torch.no_grad()
