@@ -187,7 +187,7 @@ class PiForActionGeneration(PiPreTrainedModel):
     def save_pretrained(self, save_directory, *args, **kwargs):
         """As transformers saves; weights `quantize_weights` quantized are refused before anything is written (a
         model loaded with `quantization_config` saves quantized, its config saying how)."""
-        if getattr(self, "hf_quantizer", None) is None and any(is_quantized(p) for p in self.parameters()):
+        if getattr(self, "_weights_quantized_in_place", False):
             raise ValueError("This model's weights were quantized by quantize_weights, which saves no quantized "
                              "weights: save the float model and quantize it after loading, or load it with "
                              "from_pretrained(..., quantization_config=TorchAoConfig(...)), which saves quantized.")

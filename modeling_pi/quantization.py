@@ -50,6 +50,7 @@ def quantize_weights(model: nn.Module, bits: str = "int8", group_size: int = INT
     except (ImportError, NotImplementedError, ValueError, RuntimeError) as err:
         device = next(model.parameters()).device
         raise RuntimeError(f"torchao cannot quantize weights to {bits} on {device.type} here: {err}") from err
+    model._weights_quantized_in_place = True  # `PiForActionGeneration.save_pretrained` refuses to save them
     return names
 
 
