@@ -150,9 +150,14 @@ class PiConfig(PreTrainedConfig):
 
     def validate_rtc(self) -> None:
         """`rtc_max_delay` is 0, or a flow model's clean action prefix, shorter than its chunk."""
-        if self.rtc_max_delay and (self.variant not in FLOW_VARIANTS or not 0 < self.rtc_max_delay < self.action_horizon):
-            raise ValueError(f"rtc_max_delay is a flow model's clean action prefix, 1 to action_horizon - 1 "
-                             f"({self.action_horizon - 1}) steps, got {self.rtc_max_delay} for {self.variant}.")
+        if not self.rtc_max_delay:
+            return
+        if self.variant not in FLOW_VARIANTS:
+            raise ValueError(f"rtc_max_delay is a flow model's clean action prefix; {self.variant} decodes tokens and "
+                             "has none.")
+        if not 0 < self.rtc_max_delay < self.action_horizon:
+            raise ValueError(f"rtc_max_delay is 0 (none) or a clean action prefix of 1 to action_horizon - 1 "
+                             f"({self.action_horizon - 1}) steps, got {self.rtc_max_delay}.")
 
     @property
     def is_flow(self) -> bool:

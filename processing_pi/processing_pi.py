@@ -225,7 +225,9 @@ class PiProcessor(ProcessorMixin):
             images, prompt, state, actions = self._read_observations(observation, actions)
         if prompt is None:
             raise ValueError("Pass a `prompt` (or an `observation`).")
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt) if isinstance(prompt, (list, tuple, np.ndarray)) else None
+        prompts = [prompt] if isinstance(prompt, str) else None
+        if isinstance(prompt, (list, tuple, np.ndarray)):
+            prompts = list(prompt)
         if prompts is None or not all(isinstance(text, str) for text in prompts):
             raise ValueError(f"prompt must be a string or a list of strings, got {prompt!r:.80}")
         batch = len(prompts)
@@ -307,6 +309,13 @@ class PiProcessor(ProcessorMixin):
         if self.norm_stats is not None:
             state = self.norm_stats.get("state", self.norm_mode).normalize(state, self.norm_mode, self.conventions, "state")
         return state
+
+    def check_prompt(self, prompt: str, state=None) -> None:
+        """Raises `PromptTooLong` where `prompt`, with the robot `state` [S] (π0.5 and π0-FAST write it into the
+        prompt), does not fit `max_token_len`: what a training run checks for each task before its first step."""
+        normalised = None if state is None else self._state(state, 1)[0]
+        tokenize_prompt(self.tokenizer, self.variant, prompt, self.max_token_len, normalised,
+                        state_in_prompt=self.discrete_state_input, conventions=self.conventions)
 
     def normalize_actions(self, actions) -> np.ndarray:
         """Action chunks [H, A] or [B, H, A], as datasets store them (before normalisation; not a robot's own commands,

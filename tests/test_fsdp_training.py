@@ -119,7 +119,7 @@ def test_lora_under_fsdp_is_refused_before_training(dataset_root, model_folder, 
     assert not list((tmp_path / "o").glob("checkpoint-*"))
 
 
-@pytest.mark.slow  # two processes launched twice: some 40 s on 2 cores
+@pytest.mark.slow  # two processes launched three times: some 50 s on 2 cores
 def test_a_run_under_fsdp_resumes_from_its_checkpoint(dataset_root, model_folder, tmp_path):
     common = ["--model", str(model_folder), "--dataset", str(dataset_root), "--output", str(tmp_path / "run"),
               "--batch-size", "2", "--logging-steps", "1", "--save-steps", "2", "--warmup-steps", "0", "--full", *MAP_ARGS]
@@ -131,6 +131,12 @@ def test_a_run_under_fsdp_resumes_from_its_checkpoint(dataset_root, model_folder
     state = json.loads((tmp_path / "run" / "checkpoint-4" / "trainer_state.json").read_text())
     assert [entry["step"] for entry in state["log_history"] if "loss" in entry] == [1, 2, 3, 4]
     assert type(AutoModel.from_pretrained(tmp_path / "run")).__name__ == "PiForActionGeneration"
+    finished = (tmp_path / "run" / "model.safetensors").read_bytes()
+    (tmp_path / "run" / "model.safetensors").unlink()  # as a kill while the final model was written leaves it
+    again = _launch_fsdp(*common, "--steps", "4", "--resume")  # writes it again, without a step more
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (tmp_path / "run" / "model.safetensors").read_bytes() == finished
+    assert not (tmp_path / "run" / "checkpoint-5").exists()
 
 
 @pytest.mark.slow  # two processes launched, then one in-process run: some 20 s on 2 cores

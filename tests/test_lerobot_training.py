@@ -354,6 +354,44 @@ def test_bad_dataset_makes_pi_train_exit_non_zero(dataset_root, model_folder, tm
     assert code != 0 and "stats.json" in capsys.readouterr().err
 
 
+TOP, WRIST = MAP_ARGS[1:]  # the dataset's two cameras, as the model calls them
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--steps", "-5"], "--steps must be at least 1, got -5"),  # the Trainer took it for 3 epochs
+    (["--steps", "0"], "--steps must be at least 1, got 0"),
+    (["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+    (["--warmup-steps", "-3"], "--warmup-steps must be at least 0, got -3"),
+    (["--logging-steps", "0"], "--logging-steps must be at least 1, got 0"),
+    (["--learning-rate", "-1"], "--learning-rate must be a positive number, got -1.0"),
+    (["--camera-map"], "--camera-map takes DATASET_KEY=MODEL_KEY pairs, got none"),
+    (["--camera-map", TOP, TOP.split("=")[0] + "=left_wrist_0_rgb"],
+     "--camera-map names the dataset key observation.images.top twice"),
+    (["--camera-map", TOP, WRIST.split("=")[0] + "=base_0_rgb"], "--camera-map names the model camera base_0_rgb twice"),
+    (["--model", "no/such_model_folder"], "--model no/such_model_folder (no such folder here"),
+    (["--knowledge-insulation", "--fast-tokenizer", "no_such_tokenizer"], "--fast-tokenizer no_such_tokenizer"),
+])
+def test_bad_options_stop_pi_train_before_it_writes_anything(dataset_root, model_folder, tmp_path, capsys, flags,
+                                                             message):
+    args = ["train", "--model", str(model_folder), "--dataset", str(dataset_root), "--output", str(tmp_path / "o"),
+            "--steps", "2", *MAP_ARGS, *flags]
+    assert pi_cli.main(args) == 1
+    assert f"pi train: error: {message}" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_task_too_long_for_the_prompt_stops_pi_train_before_the_first_step(dataset_root, model_folder, tmp_path, capsys):
+    root = shutil.copytree(dataset_root, tmp_path / "ds")
+    tasks = pd.read_parquet(root / "meta" / "tasks.parquet")
+    tasks.index = pd.Index([name if i else "pick up the red cup " * 20 for i, name in enumerate(tasks.index)], name="task")
+    tasks.to_parquet(root / "meta" / "tasks.parquet")
+    code = pi_cli.main(["train", "--model", str(model_folder), "--dataset", str(root), "--output", str(tmp_path / "o"),
+                        "--steps", "2", *MAP_ARGS])
+    err = capsys.readouterr().err
+    assert code == 1 and "task 0 ('pick up the red cup pick up" in err and "more than max_token_len=48" in err, err
+    assert not (tmp_path / "o").exists()
+
+
 def test_two_cpu_processes_over_gloo_end_with_identical_weights(dataset_root, model_folder, tmp_path):
     output = tmp_path / "ddp"
     # accelerate's DDP launcher (torchrun underneath). Without a GPU, ACCELERATE_USE_CPU makes the processes one
@@ -535,6 +573,30 @@ def test_resume_without_a_complete_checkpoint_starts_afresh_and_says_so(dataset_
     printed = capsys.readouterr().out
     assert "no complete checkpoint" in printed and "from step 0" in printed, printed
     assert len(_log(output)) == 2
+
+
+@pytest.mark.parametrize("mode", ["--lora", "--full"])
+def test_resuming_a_finished_run_writes_its_model_again_without_a_step_more(dataset_root, model_folder, tmp_path, mode):
+    # the Trainer, resumed at max_steps, would train once more (and again at every --resume)
+    output = tmp_path / "run"
+    args = _train_args(model_folder, dataset_root, output, mode, "--steps", "2", "--save-steps", "2",
+                       "--learning-rate", "1e-2")
+    assert pi_cli.main(args) == 0
+    finished, log = (output / "model.safetensors").read_bytes(), _log(output)
+    (output / "model.safetensors").unlink()  # as a kill while the final model was written leaves it
+    assert pi_cli.main([*args, "--resume"]) == 0
+    assert (output / "model.safetensors").read_bytes() == finished and _log(output) == log
+    assert sorted(path.name for path in output.glob("checkpoint-*")) == ["checkpoint-2"]
+
+
+def test_resuming_past_steps_or_with_the_other_weights_is_refused(dataset_root, model_folder, tmp_path, capsys):
+    output = tmp_path / "run"
+    assert pi_cli.main(_train_args(model_folder, dataset_root, output, "--steps", "2", "--save-steps", "2")) == 0
+    assert pi_cli.main(_train_args(model_folder, dataset_root, output, "--steps", "1", "--resume")) == 1
+    assert "is at step 2, past --steps 1" in capsys.readouterr().err
+    assert pi_cli.main(_train_args(model_folder, dataset_root, output, "--steps", "4", "--resume", "--full")) == 1
+    assert "holds LoRA adapters: resume with --lora" in capsys.readouterr().err
+    assert sorted(path.name for path in output.glob("checkpoint-*")) == ["checkpoint-2"]
 
 
 def _weights(output: Path) -> dict[str, bytes]:

@@ -39,24 +39,29 @@ action expert reads the backbone through a stop-gradient; the loss is the sum of
 
 import argparse
 import json
+import math
 import os
 import re
 import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 from huggingface_hub import ModelCard
-from transformers import AutoModel, AutoProcessor, Trainer, TrainingArguments, set_seed
+from peft import set_peft_model_state_dict
+from safetensors.torch import load_file
+from transformers import AutoModel, AutoProcessor, Trainer, TrainerState, TrainingArguments, set_seed
 
 import modeling_pi  # noqa: F401  (registers "pi" with AutoModel / AutoProcessor)
 from conversion.remote_code import add_remote_code
 from model_cards import DEFAULT_LICENSE, render_model_card
 
 from processing_pi import FastActionTokenizer
+from processing_pi.prompts import PromptTooLong
 
 from .fsdp import shard_units
-from .lerobot_dataset import (DatasetError, LeRobotDataset, PiCollator, compute_norm_stats, dataset_norm_stats,
+from .lerobot_dataset import (STATE, DatasetError, LeRobotDataset, PiCollator, compute_norm_stats, dataset_norm_stats,
                               write_norm_stats)
 from .lora import apply_lora, set_full_finetuning
 from .loss_curve import save_loss_curve
@@ -106,9 +111,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def _camera_map(pairs: list[str] | None) -> dict[str, str] | None:
     if pairs is None:
         return None
-    if any("=" not in pair for pair in pairs):
-        raise DatasetError(f"--camera-map takes DATASET_KEY=MODEL_KEY pairs, got {pairs}.")
-    return dict(pair.split("=", 1) for pair in pairs)
+    if not pairs or any("=" not in pair for pair in pairs):
+        raise DatasetError(f"--camera-map takes DATASET_KEY=MODEL_KEY pairs, got {pairs or 'none'}.")
+    keys, cameras = zip(*(pair.split("=", 1) for pair in pairs))
+    for side, names in (("dataset key", keys), ("model camera", cameras)):
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise DatasetError(f"--camera-map names the {side} {', '.join(twice)} twice; each camera takes one image.")
+    return dict(zip(keys, cameras))
+
+
+def check_numbers(args: argparse.Namespace) -> None:
+    """Counts and rates a run can have, checked before anything is loaded or written."""
+    least = {"--steps": (args.steps, 1), "--batch-size": (args.batch_size, 1), "--save-steps": (args.save_steps, 1),
+             "--logging-steps": (args.logging_steps, 1), "--warmup-steps": (args.warmup_steps, 0),
+             "--rtc-max-delay": (args.rtc_max_delay or 0, 0)}
+    for flag, (value, smallest) in least.items():
+        if value < smallest:
+            raise OptionError(f"{flag} must be at least {smallest}, got {value}.")
+    if not (math.isfinite(args.learning_rate) and args.learning_rate > 0):
+        raise OptionError(f"--learning-rate must be a positive number, got {args.learning_rate}.")
 
 
 class OutputError(ValueError):
@@ -124,7 +146,8 @@ def _insulate(model, processor, fast_tokenizer: str | None):
     processor checks its settings)."""
     if model.config.variant != "pi05":
         raise OptionError(f"--knowledge-insulation is a π0.5 training mode, not {model.config.variant}'s.")
-    tokenizer = processor.action_tokenizer if fast_tokenizer is None else FastActionTokenizer.from_pretrained(fast_tokenizer)
+    tokenizer = processor.action_tokenizer if fast_tokenizer is None else _load("--fast-tokenizer", fast_tokenizer,
+                                                                                 FastActionTokenizer.from_pretrained)
     if tokenizer is None:
         raise OptionError("--knowledge-insulation trains the backbone on FAST tokens: pass --fast-tokenizer DIR.")
     try:
@@ -135,20 +158,30 @@ def _insulate(model, processor, fast_tokenizer: str | None):
     return processor
 
 
+def _load(flag: str, path: str, load):
+    """`load(path)`, its failure an `OptionError` that names the flag."""
+    try:
+        return load(path)
+    except (OSError, ValueError) as err:
+        where = "" if Path(path).exists() else " (no such folder here, so it was looked up on the Hub)"
+        raise OptionError(f"{flag} {path}{where}: {err}") from err
+
+
 def train(args: argparse.Namespace) -> Path:
+    check_numbers(args)
     output = Path(args.output)
     check_output(output, args)
     set_seed(args.seed)  # before the model loads and the LoRA adapters are drawn: the Trainer seeds only later
-    model = AutoModel.from_pretrained(args.model)
+    model = _load("--model", args.model, AutoModel.from_pretrained)
     if args.rtc_max_delay is not None:
         model.config.rtc_max_delay = args.rtc_max_delay
         try:
             model.config.validate_rtc()
         except ValueError as err:
             raise OptionError(f"--rtc-max-delay: {err}") from None
-    processor = AutoProcessor.from_pretrained(args.model)
+    processor = _load("--model", args.model, AutoProcessor.from_pretrained)
     if args.rtc_prefix_key and not model.config.rtc_max_delay:
-        raise OptionError("--rtc-prefix-key fills the clean action prefixes of --rtc-max-delay; pass both.")
+        raise OptionError("--rtc-prefix-key fills the clean action prefixes of --rtc-max-delay N (N >= 1); pass both.")
     if args.fast_tokenizer and not args.knowledge_insulation:
         raise OptionError("--fast-tokenizer gives --knowledge-insulation its FAST tokenizer: pass both, or neither.")
     if args.knowledge_insulation:
@@ -156,6 +189,7 @@ def train(args: argparse.Namespace) -> Path:
     dataset = LeRobotDataset(args.dataset, model.config.action_horizon, _camera_map(args.camera_map), processor.image_keys,
                              args.rtc_prefix_key)
     processor.norm_stats, stats_source = _norm_stats(dataset, processor.norm_mode, args.recompute_stats)
+    check_prompts(dataset, processor)
 
     trainable = set_full_finetuning(model, args.freeze_vision) if args.full else apply_lora(model, freeze_vision=args.freeze_vision)
     training_args = TrainingArguments(
@@ -170,6 +204,7 @@ def train(args: argparse.Namespace) -> Path:
     )
     check_one_job(training_args)
     checkpoint = resume_checkpoint(output, training_args.should_save) if args.resume else None
+    finished = checkpoint is not None and check_resumable(Path(checkpoint), args)
     trainer = Trainer(model=trainable, args=training_args, train_dataset=dataset, data_collator=PiCollator(processor))
     if trainer.is_fsdp_enabled and not args.full:
         raise OptionError("--lora under FSDP: the adapters are merged into the saved weights, which FSDP leaves in shards "
@@ -177,19 +212,23 @@ def train(args: argparse.Namespace) -> Path:
     if args.overwrite and output.exists() and training_args.should_save:  # only once the run is known to go ahead
         print(f"--overwrite: deleting {output} and everything in it")
         shutil.rmtree(output)
-    if trainer.is_fsdp_enabled:
-        shard_units(trainable, trainer.accelerator)  # the units accelerate cannot form (training_pi/fsdp.py)
-    try:
-        trainer.train(resume_from_checkpoint=checkpoint)
-    except ValueError as err:  # torch's optimizer, loading a state of other parameter groups
-        if checkpoint is None or "parameter group" not in str(err):
-            raise
-        raise OptionError(f"--resume: the optimizer state in {checkpoint} covers other weights than this run trains: "
-                          "resume with the options the run started with (--lora or --full, --freeze-vision). A checkpoint "
-                          "of a `pi train` that still trained the weights no loss reaches (before they were left frozen) "
-                          "cannot be resumed: start afresh with --overwrite.") from err
+    if finished:  # the Trainer, resumed at its last step, would take one step more
+        restore_finished_run(trainer, trainable, Path(checkpoint))
+    else:
+        if trainer.is_fsdp_enabled:
+            shard_units(trainable, trainer.accelerator)  # the units accelerate cannot form (training_pi/fsdp.py)
+        try:
+            trainer.train(resume_from_checkpoint=checkpoint)
+        except ValueError as err:  # torch's optimizer, loading a state of other parameter groups
+            if checkpoint is None or "parameter group" not in str(err):
+                raise
+            raise OptionError(f"--resume: the optimizer state in {checkpoint} covers other weights than this run trains: "
+                              "resume with the options the run started with (--lora or --full, --freeze-vision, "
+                              "--knowledge-insulation). A checkpoint of a `pi train` that still trained the weights no "
+                              "loss reaches (before they were left frozen) cannot be resumed: start afresh with "
+                              "--overwrite.") from err
     # under FSDP each process holds a shard of every weight: all of them gather the full weights, for rank 0 to save
-    weights = trainer.accelerator.get_state_dict(trainer.model) if trainer.is_fsdp_enabled else None
+    weights = trainer.accelerator.get_state_dict(trainer.model) if trainer.is_fsdp_enabled and not finished else None
 
     if trainer.is_world_process_zero():
         write_norm_stats(processor.norm_stats, output / "norm_stats")
@@ -204,6 +243,19 @@ def train(args: argparse.Namespace) -> Path:
         if logged:
             save_loss_curve(*map(list, zip(*logged)), output / "loss_curve.png")
     return output
+
+
+def check_prompts(dataset: LeRobotDataset, processor) -> None:
+    """Each task of the dataset fits the model's prompt budget, with the state of the first frame that has it: a
+    task too long would otherwise stop the run at the first batch holding it, which may be hours in."""
+    table = dataset.frames.data.table
+    tasks, rows = np.unique(table.column("task_index").to_numpy(), return_index=True)
+    for task, row in zip(tasks.tolist(), rows.tolist()):
+        state = np.asarray(table.column(STATE)[row].as_py(), dtype=np.float64).reshape(-1)
+        try:
+            processor.check_prompt(dataset.tasks[task], state)
+        except PromptTooLong as err:
+            raise DatasetError(f"{dataset.root}: task {task} ({dataset.tasks[task]!r:.80}): {err}") from err
 
 
 def _norm_stats(dataset: LeRobotDataset, mode: str, recompute: bool):
@@ -227,6 +279,7 @@ def check_output(output: Path, args: argparse.Namespace) -> None:
 
 
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+ADAPTER_WEIGHTS = "adapter_model.safetensors"  # in the checkpoints of a LoRA run
 
 
 def last_complete_checkpoint(output: Path) -> tuple[Path | None, list[Path]]:
@@ -257,6 +310,29 @@ def resume_checkpoint(output: Path, main_process: bool) -> str | None:
         print(f"--resume: resuming from {checkpoint}" if checkpoint else
               f"--resume: no complete checkpoint in {output}; training from step 0")
     return str(checkpoint) if checkpoint else None
+
+
+def check_resumable(checkpoint: Path, args: argparse.Namespace) -> bool:
+    """Whether the run `checkpoint` belongs to has finished (its step is --steps); raises where resuming from it
+    cannot work: a step past --steps, or weights of the other kind (LoRA adapters against full fine-tuning)."""
+    step = _trainer_step(checkpoint)
+    if step > args.steps:
+        raise OptionError(f"--resume: {checkpoint} is at step {step}, past --steps {args.steps}: pass --steps {step} or "
+                          "more, or start afresh with --overwrite.")
+    lora = (checkpoint / ADAPTER_WEIGHTS).is_file()
+    if lora == args.full:
+        kind, flag = ("LoRA adapters", "--lora") if lora else ("fully fine-tuned weights", "--full")
+        raise OptionError(f"--resume: {checkpoint} holds {kind}: resume with {flag}, as the run started.")
+    return step == args.steps
+
+
+def restore_finished_run(trainer: Trainer, model, checkpoint: Path) -> None:
+    """A finished run's weights and log from its last checkpoint, without training."""
+    trainer.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
+    if (checkpoint / ADAPTER_WEIGHTS).is_file():
+        set_peft_model_state_dict(model, load_file(checkpoint / ADAPTER_WEIGHTS))
+    else:
+        model.load_state_dict(load_file(checkpoint / "model.safetensors"))
 
 
 def check_one_job(training_args: TrainingArguments) -> None:
