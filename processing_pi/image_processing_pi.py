@@ -102,6 +102,10 @@ class PiImageProcessor(BaseImageProcessor):
             array = array.transpose(0, 2, 3, 1)
         if array.shape[-1] != 3:
             raise ValueError(f"Camera {camera!r}: expected 3 colour channels, got {array.shape[-1]} (shape {array.shape}).")
+        height, width = array.shape[1:3]
+        if min(height, width) * self.size < max(height, width):  # its short side would resize to no pixel
+            raise ValueError(f"Camera {camera!r}: a {height}x{width} image is too narrow to resize to {self.size}x"
+                             f"{self.size} with padding (its short side would be less than a pixel).")
         if array.dtype == np.uint8:
             return array
         if not np.issubdtype(array.dtype, np.floating):

@@ -198,6 +198,7 @@ def test_cameras_are_matched_by_name_and_missing_ones_masked(tokenizer):
     ({"base_0_rgb": np.full((64, 64, 3), 2.0, np.float32)}, r"base_0_rgb.*\[0, 1\]"),
     ({"base_0_rgb": np.zeros((0, 64, 3), np.uint8)}, "base_0_rgb"),
     ({"base_0_rgb": np.zeros((2, 64, 64, 3), np.uint8)}, "base_0_rgb.*2 images"),
+    ({"base_0_rgb": np.zeros((1000, 1, 3), np.uint8)}, "base_0_rgb.*1000x1 image is too narrow"),
     ({}, "No camera"),
 ])
 def test_bad_images_name_the_camera_and_the_problem(tokenizer, images, message):
