@@ -17,10 +17,12 @@ GPUs, with ACCELERATE_USE_CPU=true, or the processes form no job and `check_one_
 with `--full` under FSDP (`training_pi/accelerate/fsdp.yaml`; each Gemma decoder layer one unit, formed here by
 `training_pi.fsdp`): every process then gathers the sharded weights for the main process to save.
 
-Faults: a non-empty OUT is refused unless `--resume` continues it or `--overwrite` deletes it (never one
-that holds the model or the dataset). `--resume` continues from the newest complete checkpoint: the
-Trainer writes `trainer_state.json` last, so a folder without a readable one is what a kill during a
-save left; it is removed, and with no complete checkpoint the run starts from step 0, saying so. `--seed`
+Faults: options no run can have, a model, tokenizer or dataset that does not load and a task too long for the
+prompt stop the run before anything is written, naming the flag or the file. A non-empty OUT is refused unless
+`--resume` continues it or `--overwrite` deletes it (never one that holds the model or the dataset). `--resume`
+continues from the newest complete checkpoint: the Trainer writes `trainer_state.json` last, so a folder without a
+readable one is what a kill during a save left; it is removed, and with no complete checkpoint the run starts from
+step 0, saying so; a checkpoint of the last step is the finished run, whose model is written again. `--seed`
 seeds everything random before the model and its adapters are built, so two CPU runs with the same
 seed end with bit-identical weights.
 
@@ -199,7 +201,8 @@ def train(args: argparse.Namespace) -> Path:
         optim="adamw_torch", adam_beta2=0.95, weight_decay=1e-10, max_grad_norm=1.0,
         logging_steps=args.logging_steps, save_steps=args.save_steps, save_total_limit=2,
         # without a GPU (or other accelerator) the run is on the CPU anyway; transformers refuses --bf16 there unless told
-        bf16=args.bf16, use_cpu=not torch.accelerator.is_available(), activation_checkpointing=args.gradient_checkpointing, remove_unused_columns=False,
+        bf16=args.bf16, use_cpu=not torch.accelerator.is_available(),
+        activation_checkpointing=args.gradient_checkpointing, remove_unused_columns=False,
         report_to=[], seed=args.seed, dataloader_num_workers=0,
     )
     check_one_job(training_args)
