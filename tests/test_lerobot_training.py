@@ -104,6 +104,9 @@ def test_collator_gives_float32_model_inputs(dataset_root, model_folder):
     assert batch["action_is_pad"][1].sum() == HORIZON - 1
     out = AutoModel.from_pretrained(model_folder)(**batch)
     assert torch.isfinite(out.loss)
+    # what a Trainer left of the samples without remove_unused_columns=False (the model's forward names no images)
+    with pytest.raises(KeyError, match="lack images, prompt: .*remove_unused_columns=False"):
+        PiCollator(processor)([{"state": dataset[0]["state"], "actions": dataset[0]["actions"]}])
 
 
 def test_collator_asks_pi0_fast_for_the_loss_without_logits(dataset_root):
