@@ -139,13 +139,18 @@ class PiConfig(PreTrainedConfig):
             raise ValueError("π0-FAST has no action expert: leave expert_config unset.")
         if self.variant in FLOW_VARIANTS and not self.tie_word_embeddings:
             raise ValueError("Only π0-FAST reads logits: the flow variants have no output head to untie.")
-        self.validate_rtc()
-        if self.knowledge_insulation and self.variant != "pi05":
-            raise ValueError(f"knowledge_insulation is a π0.5 training mode, not {self.variant}'s.")
         if self.variant in FLOW_VARIANTS and self.expert_config is None:
             self.expert_config = {"model_type": "gemma", **_GEMMA_300M}
         self.image_keys = list(self.image_keys)
         super().__post_init__(**kwargs)
+        self.check()
+
+    def check(self) -> None:
+        """Raises `ValueError` where the values cannot make a π model. Construction runs it, and so does the model:
+        values given to `from_pretrained` are set after construction."""
+        self.validate_rtc()
+        if self.knowledge_insulation and self.variant != "pi05":
+            raise ValueError(f"knowledge_insulation is a π0.5 training mode, not {self.variant}'s.")
         self._check_architecture()
 
     def validate_rtc(self) -> None:

@@ -125,6 +125,7 @@ class PiForActionGeneration(PiPreTrainedModel):
     GEMMA_STACKS = ("language_model", "action_expert")
 
     def __init__(self, config: PiConfig):
+        config.check()  # again: from_pretrained sets its keyword arguments after the config's construction checked it
         super().__init__(config)
         vision, text = config.vision_config, config.text_config
         self.vision_tower = SiglipVisionModel(vision)
@@ -436,6 +437,7 @@ class PiForActionGeneration(PiPreTrainedModel):
                 actions.shape[0], config.time_beta_alpha, config.time_beta_beta, config.time_scale, config.time_offset, actions.device
             )
             if config.rtc_max_delay:
+                config.validate_rtc()  # it may have been set since the model was built
                 timestep = with_clean_prefix(timestep, config.rtc_max_delay, config.action_horizon)
         if prefix_actions is not None:
             if timestep.dim() != 2:

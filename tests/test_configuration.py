@@ -53,6 +53,27 @@ def test_other_impossible_configs_are_rejected(overrides, message):
         tiny_config(**overrides)
 
 
+@pytest.mark.parametrize("overrides, message", [
+    ({"action_horizon": 0}, "action_horizon must be positive"),
+    ({"rtc_max_delay": 50}, "rtc_max_delay is 0 \\(none\\) or a clean action prefix"),
+    ({"knowledge_insulation": True}, "knowledge_insulation is a π0.5 training mode"),
+])
+def test_values_given_to_from_pretrained_are_checked_as_at_construction(tmp_path, overrides, message):
+    # transformers sets them after the config is built: the model checks them again
+    PiForActionGeneration(tiny_config("pi0")).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=message):
+        PiForActionGeneration.from_pretrained(tmp_path, **overrides)
+
+
+def test_a_clean_prefix_set_after_loading_is_checked_before_training_on_it():
+    from conftest import random_inputs
+
+    model = PiForActionGeneration(tiny_config("pi05")).train()
+    model.config.rtc_max_delay = 100  # every step a clean prefix: a loss of 0
+    with pytest.raises(ValueError, match="rtc_max_delay"):
+        model(**{name: value for name, value in random_inputs(model.config).items() if name != "state"})
+
+
 def test_config_round_trips_through_json(tmp_path):
     config = tiny_config("pi05", num_inference_steps=5, image_keys=["top", "wrist"])
     config.save_pretrained(tmp_path)
