@@ -118,11 +118,15 @@ def check_flow_inputs(
             _shape(name, tensor, chunk, "batch, action_horizon, action_dim")
             _finite(name, tensor)
     if timestep is not None:
+        _tensor("timestep", timestep)
         if timestep.dim() == 2:
             _shape("timestep", timestep, chunk[:2], "one flow time per action step")
         else:
             _shape("timestep", timestep, (batch,), "one flow time per example, or per action step [batch, action_horizon]")
         _finite("timestep", timestep)
+        if readable(timestep) and bool(((timestep < 0) | (timestep > 1)).any()):
+            raise ValueError(f"timestep is the flow time, from 0 (the actions) to 1 (noise); got values in "
+                             f"[{timestep.min().item():g}, {timestep.max().item():g}].")
     if action_is_pad is not None:
         _shape("action_is_pad", action_is_pad, chunk[:2], "True for steps past the episode end")
 

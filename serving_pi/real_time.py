@@ -20,6 +20,7 @@ classes have openpi-client's policy interface (`infer`, `reset`) without importi
 (`PolicyAgent`) calls them.
 """
 
+import numbers
 import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -49,16 +50,17 @@ class RealTimeChunkBroker:
         for name, value, least in (("execution_horizon", execution_horizon, 1), ("inference_delay", inference_delay, 0),
                                    ("delay_window", delay_window, 1), ("max_delay", max_delay, 0),
                                    ("simulated_delay", simulated_delay, 0)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least):
                 raise ValueError(f"{name} must be a whole number of control steps, at least {least}, got {value!r}.")
-        self.policy, self.execution_horizon = policy, execution_horizon
-        self.initial_delay, self.max_delay, self.simulated_delay = inference_delay, max_delay, simulated_delay
+        self.policy, self.execution_horizon, self.initial_delay = policy, int(execution_horizon), int(inference_delay)
+        self.max_delay, self.simulated_delay = (None if value is None else int(value) for value in (max_delay, simulated_delay))
         self.delays: deque[int] = deque(maxlen=delay_window)  # measured, newest last
         self._chunk: dict | None = None
         self._horizon = self._index = self._waited = 0  # chunk length, next step to hand out, calls since the request
         self._pending: Future | None = None
         self._requests = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pi-rtc-request")
         self._lock = threading.Lock()
+        self._closed = False
 
     @property
     def inference_delay(self) -> int:
@@ -70,6 +72,8 @@ class RealTimeChunkBroker:
         """The action for this control step: {"actions": [robot dims], ...}, each array of the chunk's answer at
         this step and its other fields as they are. Raises the error of a request that failed."""
         with self._lock:
+            if self._closed:
+                raise RuntimeError("This RealTimeChunkBroker is closed: make a new one.")
             if self._pending is not None:
                 self._waited += 1
                 self._take_answer_if_due()
@@ -95,6 +99,7 @@ class RealTimeChunkBroker:
         with self._lock:
             self._settle()
             self._requests.shutdown(wait=True)
+            self._closed = True
 
     def _request(self, obs: dict) -> None:
         """Asks for the next chunk in the background: `obs` (copied: the robot may reuse its arrays) with the

@@ -348,6 +348,16 @@ def test_bad_input_raises_a_value_error_naming_the_problem(case):
             model.generate_actions(*model_args(inputs), state=inputs["state"], noise=inputs["noise"])
 
 
+@pytest.mark.parametrize("timestep, message", [
+    (torch.tensor([5.0, -3.0]), r"timestep is the flow time, from 0 \(the actions\) to 1 \(noise\); got values in \[-3, 5\]"),
+    (0.5, "timestep must be a torch.Tensor, got float"),
+])
+def test_a_flow_time_outside_0_to_1_or_not_a_tensor_is_refused(timestep, message):
+    model = noisy_tiny_model("pi0")
+    with pytest.raises(ValueError, match=message):
+        model(**random_inputs(model.config), timestep=timestep)
+
+
 @pytest.mark.parametrize("name", ["pixel_values", "noise"])
 def test_inputs_that_are_not_tensors_are_refused_naming_them(name):
     model = noisy_tiny_model("pi0")

@@ -286,6 +286,11 @@ def test_the_broker_refuses_an_execution_horizon_that_leaves_nothing_to_continue
     with pytest.raises(ValueError, match="execution_horizon=10 leaves no actions of a 10-step chunk to continue"):
         broker.infer({})
     broker.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        broker.infer({})
+    broker = RealTimeChunkBroker(_ScriptedPolicy(), execution_horizon=np.int64(4), inference_delay=np.int64(1))
+    assert broker.execution_horizon == 4 and type(broker.execution_horizon) is int  # numpy integers are whole numbers
+    broker.close()
 
 
 class _Recording:
