@@ -55,6 +55,10 @@ class RoboticsPipeline(Pipeline):
     def __call__(self, observations: dict | list[dict] | None = None, **kwargs):
         """One observation (a dict of images, prompt and state, or those as keywords) -> {"actions", "valid"}; a list
         of observations -> a list of those, run as one model batch unless `batch_size` says otherwise."""
+        if "observation" in kwargs:  # the processor's name for it
+            if observations is not None:
+                raise ValueError("Pass the observation as the first argument or as observation=..., not both.")
+            observations = kwargs.pop("observation")
         fields = {name: kwargs.pop(name) for name in OBSERVATION_FIELDS if name in kwargs}
         if observations is None:
             observations = fields

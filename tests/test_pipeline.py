@@ -65,6 +65,8 @@ def test_one_observation_gives_the_actions_of_the_direct_calls(policy_folder, va
     noise = torch.randn(1, policy.model.config.action_horizon, policy.model.config.action_dim)
     out = policy(observation, noise=noise.numpy(), solver="heun", num_steps=2)
     _assert_same([out], _direct(folder, [observation], noise=noise, solver="heun", num_steps=2))
+    again = policy(observation=observation, noise=noise, solver="heun", num_steps=2)  # the processor's keyword
+    np.testing.assert_array_equal(again["actions"], out["actions"])
 
 
 def test_a_list_of_observations_is_one_model_batch(policy_folder):
