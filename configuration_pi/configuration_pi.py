@@ -192,6 +192,15 @@ class PiConfig(PreTrainedConfig):
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}.")
         if not self.image_keys or len(set(self.image_keys)) != len(self.image_keys):
             raise ValueError(f"image_keys must be a non-empty list of distinct camera names, got {self.image_keys}.")
+        if not (self.time_beta_alpha > 0 and self.time_beta_beta > 0 and self.time_scale > 0 and self.time_offset >= 0
+                and self.time_scale + self.time_offset <= 1):
+            raise ValueError("Training draws flow times t ~ Beta(time_beta_alpha, time_beta_beta) * time_scale + time_offset "
+                             "within (0, 1]: both Beta parameters and time_scale must be positive, time_offset at least 0, "
+                             f"their sum at most 1; got {self.time_beta_alpha}, {self.time_beta_beta}, {self.time_scale}, "
+                             f"{self.time_offset}.")
+        if not 0 < self.min_period < self.max_period:
+            raise ValueError(f"The flow-time embedding's periods need 0 < min_period < max_period, got {self.min_period} "
+                             f"and {self.max_period}.")
 
     def _check_expert(self):
         text, expert = self.text_config, self.expert_config

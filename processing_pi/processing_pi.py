@@ -196,6 +196,9 @@ class PiProcessor(ProcessorMixin):
             unknown = sorted(set(self.robot.cameras) - set(self.image_keys))
             if unknown:
                 raise ValueError(f"The robot's camera(s) {', '.join(unknown)} are not the model's ({', '.join(self.image_keys)}).")
+            if variant != "pi0_fast" and (self.robot.action_dim or 0) > self.action_dim:
+                raise ValueError(f"The robot's action_dim={self.robot.action_dim} is more than the model's "
+                                 f"action_dim={self.action_dim}, the dims it generates.")
 
     def _checked_robot_action_dim(self, dim) -> int | None:
         if dim is None:

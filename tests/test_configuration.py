@@ -47,6 +47,9 @@ def test_expert_that_cannot_share_attention_is_rejected(field, value, message):
     ({"variant": "pi0_fast", "expert_config": {"model_type": "gemma"}}, "no action expert"),
     ({"action_horizon": 0}, "action_horizon"),
     ({"image_keys": ["base_0_rgb", "base_0_rgb"]}, "image_keys"),
+    ({"time_beta_alpha": 0.0}, "Beta parameters"),  # torch's Beta would fail at the first training step
+    ({"time_scale": -1.0}, "time_scale must be positive"),
+    ({"min_period": 5.0, "max_period": 4.0}, "0 < min_period < max_period"),
 ])
 def test_other_impossible_configs_are_rejected(overrides, message):
     with pytest.raises(ValueError, match=message):

@@ -227,6 +227,8 @@ def test_bad_prompt_state_and_actions_are_refused(tokenizer):
         processor(images=IMAGE, prompt="go", state=np.zeros(40))
     with pytest.raises(ValueError, match="batch size"):
         processor(images=IMAGE, prompt="go", state=np.zeros(7), actions=np.zeros((2, 5, 7)))
+    with pytest.raises(ValueError, match="robot's action_dim=40 is more than the model's action_dim=32"):
+        _processor(tokenizer, "pi0", robot={"cameras": {"base_0_rgb": "top"}, "state_keys": ["state"], "action_dim": 40})
     normalising = _processor(tokenizer, "pi0", norm_stats=NormStats.from_json(PROCESSOR / "norm_stats.json"))  # 7 dims
     with pytest.raises(ValueError, match="state has 3 dims; the normalisation statistics have 7"):
         normalising(images=IMAGE, prompt="go", state=np.zeros(3))
