@@ -199,6 +199,13 @@ class PiProcessor(ProcessorMixin):
             if variant != "pi0_fast" and (self.robot.action_dim or 0) > self.action_dim:
                 raise ValueError(f"The robot's action_dim={self.robot.action_dim} is more than the model's "
                                  f"action_dim={self.action_dim}, the dims it generates.")
+        if norm_stats is not None:  # dims past the statistics would come back as the model's normalised output
+            covered = norm_stats.get("actions", self.norm_mode).dim
+            for name, dim in (("robot_action_dim", self.robot_action_dim),
+                              ("the robot's action_dim", self.robot.action_dim if self.robot else None)):
+                if (dim or 0) > covered:
+                    raise ValueError(f"{name}={dim} is more than the {covered} action dims the normalisation statistics "
+                                     "cover: the dims past them would not be un-normalised.")
 
     def _checked_robot_action_dim(self, dim) -> int | None:
         if dim is None:

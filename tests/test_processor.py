@@ -229,7 +229,10 @@ def test_bad_prompt_state_and_actions_are_refused(tokenizer):
         processor(images=IMAGE, prompt="go", state=np.zeros(7), actions=np.zeros((2, 5, 7)))
     with pytest.raises(ValueError, match="robot's action_dim=40 is more than the model's action_dim=32"):
         _processor(tokenizer, "pi0", robot={"cameras": {"base_0_rgb": "top"}, "state_keys": ["state"], "action_dim": 40})
-    normalising = _processor(tokenizer, "pi0", norm_stats=NormStats.from_json(PROCESSOR / "norm_stats.json"))  # 7 dims
+    stats = NormStats.from_json(PROCESSOR / "norm_stats.json")  # 7 dims
+    with pytest.raises(ValueError, match="robot_action_dim=10 is more than the 7 action dims the normalisation statistics"):
+        _processor(tokenizer, "pi0", norm_stats=stats, robot_action_dim=10)  # dims 8-10 would stay normalised
+    normalising = _processor(tokenizer, "pi0", norm_stats=stats)
     with pytest.raises(ValueError, match="state has 3 dims; the normalisation statistics have 7"):
         normalising(images=IMAGE, prompt="go", state=np.zeros(3))
     with pytest.raises(ValueError, match="actions has 6 dims; the normalisation statistics have 7"):
