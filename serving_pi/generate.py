@@ -5,7 +5,8 @@
 
 It prints the chunk as JSON ({"actions": [[...], ...], "valid": true}), or with `--output` saves it with `np.save`.
 A chunk that is not a prediction (`valid` false) is printed with `"valid": false` and never saved, and the
-command exits 1.
+command exits 1. A folder without normalisation statistics gets a warning: its state goes in, and its actions
+come out, as the model's normalised values.
 """
 
 import argparse
@@ -14,6 +15,7 @@ import sys
 
 import numpy as np
 from PIL import Image
+from safetensors import SafetensorError
 from transformers import pipeline
 
 import modeling_pi  # noqa: F401  (registers "pi" and the "robotics" task)
@@ -37,7 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     try:
         observation = {"images": _read_images(args.image), "prompt": args.prompt, "state": _parse_state(args.state)}
-        policy = pipeline(TASK, model=str(args.model), device=args.device)
+        policy = _policy(args.model, args.device)
+        if policy.processor.norm_stats is None:
+            print(f"pi generate: warning: {args.model} has no normalisation statistics: the state goes to the model as "
+                  "it is, and the actions are the model's normalised output.", file=sys.stderr)
         if policy.device.type == "cpu":
             policy.model.optimize_for_cpu()  # bfloat16 weights on a CPU without bfloat16 arithmetic
         if policy.processor.robot is not None:
@@ -69,6 +74,18 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print(f"wrote {args.output}")
     return 0
+
+
+def _policy(model: str, device: str | None):
+    """The "robotics" pipeline of the folder; unreadable weights and a device torch cannot use as `ValueError`s."""
+    try:
+        return pipeline(TASK, model=str(model), device=device)
+    except SafetensorError as err:
+        raise ValueError(f"{model}: its weights cannot be read ({err}).") from err
+    except (RuntimeError, AssertionError) as err:  # torch's words for a device it does not know or was not built for
+        if device is None:
+            raise
+        raise ValueError(f"--device {device}: {err}") from err
 
 
 def _read_images(specs: list[str]) -> dict:

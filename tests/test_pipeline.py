@@ -4,6 +4,7 @@ processor -> generate_actions -> post_process written out, for one observation a
 import argparse
 import json
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -169,6 +170,22 @@ def test_generate_reports_bad_arguments(policy_folder, tmp_path, capsys):
     fast = ["--model", policy_folder("pi0_fast"), "--prompt", "pick", "--image", f"base_0_rgb={tmp_path / 'front.png'}", *state]
     assert _generate(*fast, "--num-steps", 3) == 1
     assert "--num-steps" in capsys.readouterr().err
+    image = ["--prompt", "pick", "--image", f"base_0_rgb={tmp_path / 'front.png'}", *state]
+    assert _generate("--model", folder, *image, "--device", "no_such_device") == 1
+    assert "pi generate: error: --device no_such_device:" in capsys.readouterr().err
+    damaged = shutil.copytree(folder, tmp_path / "damaged")
+    (damaged / "model.safetensors").write_bytes((damaged / "model.safetensors").read_bytes()[:5000])  # a cut download
+    assert _generate("--model", damaged, *image) == 1
+    assert re.search("pi generate: error: .*damaged: its weights cannot be read", capsys.readouterr().err)
+
+
+def test_generate_warns_that_a_folder_without_statistics_answers_in_normalised_units(policy_folder, tmp_path, capsys):
+    folder = shutil.copytree(policy_folder("pi05"), tmp_path / "raw")
+    PiProcessor.from_pretrained(folder, norm_stats=None).save_pretrained(folder)
+    Image.fromarray(np.zeros((20, 20, 3), dtype=np.uint8)).save(tmp_path / "front.png")
+    assert _generate("--model", folder, "--prompt", "pick", "--image", f"base_0_rgb={tmp_path / 'front.png'}",
+                     "--state", ",".join(["0.5"] * ROBOT_DIM), "--seed", 0) == 0
+    assert "warning: " in (err := capsys.readouterr().err) and "has no normalisation statistics" in err, err
 
 
 def test_generate_exits_non_zero_on_a_chunk_that_is_not_finite(policy_folder, tmp_path, capsys, monkeypatch):
