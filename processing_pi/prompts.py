@@ -44,9 +44,17 @@ LEROBOT_ACTION_TOKENS = 256  # LeRobot's π0-FAST `max_action_tokens`: the lengt
 
 def tokenizer_from_sentencepiece(path: str | os.PathLike) -> PreTrainedTokenizerFast:
     """A SentencePiece `.model` (e.g. openpi's paligemma_tokenizer.model) as a transformers tokenizer, identical ids."""
+    from google.protobuf.message import DecodeError  # what reading the proto needs, as transformers' converter does
+
     proto = import_protobuf().ModelProto()
     with open(path, "rb") as f:
-        proto.ParseFromString(f.read())
+        data = f.read()
+    try:
+        proto.ParseFromString(data)
+    except DecodeError as err:
+        raise ValueError(f"{path}: not a SentencePiece model ({err}).") from err
+    if not proto.pieces:
+        raise ValueError(f"{path}: not a SentencePiece model (it holds no pieces).")
     vocab = {piece.piece: i for i, piece in enumerate(proto.pieces)}
     backend = SpmConverter.build_tokenizer_from_spm_proto(proto, vocab)
     spec = proto.trainer_spec

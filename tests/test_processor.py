@@ -46,6 +46,13 @@ def test_sentencepiece_conversion_keeps_the_special_tokens(tokenizer):
     assert tokenizer.encode("\n", add_special_tokens=False) == [4]  # "\n" is a piece of its own
 
 
+def test_a_file_that_is_not_a_sentencepiece_model_is_refused_naming_it(tmp_path):
+    for name, data in (("stats.json", (PROCESSOR / "norm_stats.json").read_bytes()), ("empty.model", b"")):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(ValueError, match=f"{name}: not a SentencePiece model"):
+            tokenizer_from_sentencepiece(tmp_path / name)
+
+
 @pytest.mark.parametrize("i", range(len(PROMPTS)))
 def test_pi0_prompts(tokenizer, i):
     out = _processor(tokenizer, "pi0", max_token_len=SETUP["pi0_max_len"])(
