@@ -138,10 +138,19 @@ def publish(args: argparse.Namespace, folder: Path, job: str) -> int:
     if args.push_to_hub:
         try:
             print(f"pushed {push_to_hub(folder, args.push_to_hub, private=args.private)}")
-        except (PushError, HfHubHTTPError, OSError) as err:
-            print(f"{job}: error: the folder was written but not pushed: {err}", file=sys.stderr)
+        except Exception as err:  # noqa: BLE001  (the Hub's HTTP client raises its own errors, with no common base)
+            print(f"{job}: error: the folder was written but not pushed: {_reason(err)}", file=sys.stderr)
             return 1
+    elif args.private:
+        print(f"{job}: warning: --private applies to --push-to-hub, which was not given: nothing was pushed.",
+              file=sys.stderr)
     return 0
+
+
+def _reason(err: Exception) -> str:
+    """What to say of a failed push: our own and the Hub's errors speak for themselves; others (no connection, a
+    timeout) are named by their class."""
+    return str(err) if isinstance(err, (PushError, HfHubHTTPError)) else f"cannot reach the Hub ({type(err).__name__}: {err})"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -159,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
             print("\n".join(hub_files(args.folder, args.repo_id)))
             return 0
         print(f"pushed {push_to_hub(args.folder, args.repo_id, private=args.private, token=args.token)}")
-    except (PushError, HfHubHTTPError, OSError) as err:
-        print(f"pi push: error: {err}", file=sys.stderr)
+    except Exception as err:  # noqa: BLE001  (as in `publish`)
+        print(f"pi push: error: {_reason(err)}", file=sys.stderr)
         return 1
     return 0

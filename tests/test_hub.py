@@ -251,6 +251,9 @@ def test_convert_push_to_hub_writes_then_publishes(tmp_path, hub, capsys):
     (_, repo_id, private, _), (_, _, files) = hub.calls
     assert repo_id == "org/pi05-fixture" and not private and "model.safetensors" in files
     assert 'from_pretrained("org/pi05-fixture")' in (tmp_path / "out" / "README.md").read_text()
+    assert pi_cli.main(["convert", "openpi", "--checkpoint", str(OPENPI / "pi05"), "--output", str(tmp_path / "alone"),
+                        "--private"]) == 0
+    assert "--private applies to --push-to-hub, which was not given" in capsys.readouterr().err and len(hub.calls) == 2
 
 
 def test_push_refuses_what_is_not_a_complete_pi_folder(published, tmp_path, hub, capsys):
@@ -267,6 +270,20 @@ def test_push_refuses_what_is_not_a_complete_pi_folder(published, tmp_path, hub,
     assert pi_cli.main(["push", str(folder), "org/x"]) == 1
     assert "no model.safetensors" in capsys.readouterr().err
     assert hub.calls == []
+
+
+def test_a_hub_that_cannot_be_reached_is_one_line_naming_it(published, monkeypatch, capsys):
+    class ConnectError(Exception):
+        """As the Hub's HTTP client raises without a network; it derives from none of Python's own errors."""
+
+    class Unreachable(RecordingHub):
+        def create_repo(self, *args, **kwargs):
+            raise ConnectError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(push, "HfApi", Unreachable)
+    assert pi_cli.main(["push", str(published("pi05")), "org/x"]) == 1
+    err = capsys.readouterr().err
+    assert err.strip() == "pi push: error: cannot reach the Hub (ConnectError: [Errno -2] Name or service not known)", err
 
 
 def test_dry_run_lists_the_upload_and_sends_nothing(published, hub, capsys):
