@@ -58,7 +58,7 @@ import sys
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from configuration_pi import PiConfig
 from configuration_pi.configuration_pi import DEFAULT_IMAGE_KEYS, FLOW_VARIANTS
@@ -388,8 +388,11 @@ def load_safetensors(folder: Path) -> dict[str, torch.Tensor]:
     for name in files:
         if not (folder / name).is_file():
             raise ConversionError(f"{folder} has no {name}.")
-        with safe_open(folder / name, "pt") as weights:
-            tensors.update({key: weights.get_tensor(key) for key in weights.keys()})
+        try:
+            with safe_open(folder / name, "pt") as weights:
+                tensors.update({key: weights.get_tensor(key) for key in weights.keys()})
+        except SafetensorError as err:
+            raise ConversionError(f"{folder / name}: not a readable safetensors file ({err}).") from err
     return tensors
 
 

@@ -17,7 +17,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from configuration_pi import PiConfig
 from processing_pi import PiProcessor
@@ -49,14 +49,17 @@ def read_weights(folder: Path) -> dict | None:
         return None
     parameters, size, dtypes = 0, 0, set()
     for path in files:
-        with safe_open(path, "pt") as weights:  # reads the header; no tensor is loaded
-            for name in weights.keys():
-                tensor = weights.get_slice(name)
-                count = math.prod(tensor.get_shape())
-                dtype = tensor.get_dtype()
-                parameters += count
-                size += count * DTYPE_BYTES[dtype]
-                dtypes.add(dtype)
+        try:
+            with safe_open(path, "pt") as weights:  # reads the header; no tensor is loaded
+                for name in weights.keys():
+                    tensor = weights.get_slice(name)
+                    count = math.prod(tensor.get_shape())
+                    dtype = tensor.get_dtype()
+                    parameters += count
+                    size += count * DTYPE_BYTES[dtype]
+                    dtypes.add(dtype)
+        except (SafetensorError, OSError) as err:
+            raise InfoError(f"{path}: not a readable safetensors file ({err}).") from err
     return {"parameters": parameters, "bytes": size, "dtypes": sorted(dtypes), "files": [path.name for path in files]}
 
 

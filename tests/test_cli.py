@@ -293,6 +293,10 @@ def test_info_of_a_robot_policy(tmp_path, capsys):
     assert code == 0 and "observation/exterior_image_1_left" in " ".join(out.split())
 
 
-def test_info_refuses_a_folder_that_is_not_a_model(tmp_path, capsys):
+def test_info_refuses_a_folder_that_is_not_a_model(tmp_path, capsys, converted):
     code, _, err = _pi(capsys, "info", tmp_path)
     assert code == 1 and "has no config.json" in err
+    damaged = shutil.copytree(converted("pi05"), tmp_path / "damaged")
+    (damaged / "model.safetensors").write_bytes((damaged / "model.safetensors").read_bytes()[:5000])  # a cut download
+    code, _, err = _pi(capsys, "info", damaged)
+    assert code == 1 and "model.safetensors: not a readable safetensors file" in err, err

@@ -241,6 +241,12 @@ def test_unsupported_policies_and_missing_statistics_are_named(tmp_path, capsys)
     error = capsys.readouterr().err
     assert code == 1 and state_file in error and "observation.state.std" in error
 
+    (folder / "model.safetensors").write_bytes((source / "model.safetensors").read_bytes()[:5000])  # a cut download
+    code = pi_cli.main(["convert", "lerobot", "--checkpoint", str(folder), "--output", str(tmp_path / "out")])
+    error = capsys.readouterr().err
+    assert code == 1 and "model.safetensors: not a readable safetensors file" in error, error
+    assert not (tmp_path / "out").exists()
+
 
 def test_lerobot_conventions_normalise_as_lerobot_does():
     from processing_pi.normalization import ArrayStats
