@@ -64,6 +64,12 @@ def check_finite(state_dict: dict, source: str = "the checkpoint") -> None:
                               "checkpoint is damaged; nothing was written.")
 
 
+def _looks_like_a_hub_id(name: str) -> bool:
+    """ORG/NAME: one slash, neither end a path's."""
+    org, slash, repo = name.partition("/")
+    return bool(org and slash and repo) and "/" not in repo and not name.startswith((".", "~"))
+
+
 def build_processor(
     config: PiConfig, tokenizer: str, fast_tokenizer: str | None, norm_stats: NormStats | None, norm_mode: str | None = None,
     discrete_state_input: bool | None = None, robot: Robot | None = None, conventions: str | None = None,
@@ -73,6 +79,8 @@ def build_processor(
     pre-processing conventions of the checkpoint's origin ("openpi" or "lerobot")."""
     if config.variant == "pi0_fast" and fast_tokenizer is None:
         raise ConversionError("A π0-FAST processor needs its FAST tokenizer: pass --fast-tokenizer.")
+    if fast_tokenizer and not Path(fast_tokenizer).exists() and not _looks_like_a_hub_id(str(fast_tokenizer)):
+        raise ConversionError(f"--fast-tokenizer {fast_tokenizer}: no such folder (nor a Hub id, ORG/NAME).")
     try:
         return PiProcessor(
             PiImageProcessor(size=config.vision_config.image_size, conventions=conventions or "openpi"),
