@@ -66,6 +66,8 @@ def load_openpi_params(checkpoint: str | os.PathLike) -> dict[str, np.ndarray]:
         raise ConversionError('Reading openpi checkpoints needs jax and orbax: pip install -e ".[convert]"') from err
 
     path = Path(checkpoint).resolve()
+    if not path.is_dir():
+        raise ConversionError(f"{checkpoint}: no such folder.")
     if (path / "params").is_dir():
         path = path / "params"
     if not (path / "_METADATA").exists():

@@ -73,6 +73,13 @@ def load_processor(folder: Path) -> tuple[PiProcessor | None, str | None]:
         return None, f"{PROCESSOR_CONFIG} does not load: {err}"
 
 
+def _convert_with_stats(processor) -> str:
+    """How a conversion gives a folder its statistics: openpi's flag, or a LeRobot policy's own normaliser files."""
+    if processor.conventions == "lerobot":
+        return "pi convert lerobot from the policy folder with its policy_preprocessor files (they hold them)"
+    return "pi convert openpi ... --norm-stats FILE"
+
+
 # ---- what the model expects and returns --------------------------------------------------------------
 
 
@@ -175,7 +182,7 @@ def _problems(folder: Path, config: PiConfig, processor: PiProcessor | None, mis
     if processor.norm_stats is None:
         kept = f" with all {processor.action_dim} dims" if config.is_flow and not actions["robot_dim"] else ""
         problems.append("no normalisation statistics: the processor takes the state as already normalised and "
-                        f"post_process returns normalised actions{kept}. Add them: pi convert ... --norm-stats FILE, "
+                        f"post_process returns normalised actions{kept}. Add them: {_convert_with_stats(processor)}, "
                         f"or AutoProcessor.from_pretrained({str(folder)!r}, norm_stats=FILE).save_pretrained"
                         f"({str(folder)!r}) ({COMPLETING}).")
     if config.variant == "pi0_fast" and not (actions["horizon"] and actions["robot_dim"]):

@@ -248,6 +248,19 @@ def test_unsupported_policies_and_missing_statistics_are_named(tmp_path, capsys)
     assert not (tmp_path / "out").exists()
 
 
+def test_info_tells_how_a_lerobot_policy_converted_without_its_normaliser_gets_statistics(tmp_path, capsys):
+    source = LEROBOT / "pi05" / "pretrained_model"
+    folder = tmp_path / "weights_only"
+    folder.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (folder / name).write_bytes((source / name).read_bytes())
+    assert _convert(folder, tmp_path / "out") == 0
+    capsys.readouterr()
+    assert pi_cli.main(["info", str(tmp_path / "out")]) == 0
+    out = " ".join(capsys.readouterr().out.split())  # unwrapped
+    assert "no normalisation statistics" in out and "pi convert lerobot from the policy folder with its policy_preprocessor" in out
+
+
 def test_lerobot_conventions_normalise_as_lerobot_does():
     from processing_pi.normalization import ArrayStats
 
