@@ -119,3 +119,5 @@ def test_asset_choice_and_missing_fast_tokenizer_are_errors(tmp_path, capsys):
     assert code != 0 and "--fast-tokenizer" in stderr and not (tmp_path / "fast").exists()
     code, stderr = _convert(capsys, fast, "pi0_fast", tmp_path / "fast", "--fast-tokenizer", str(tmp_path / "mistyped"))
     assert code != 0 and "mistyped: no such folder (nor a Hub id" in stderr and not (tmp_path / "fast").exists()
+    code, stderr = _convert(capsys, tmp_path / "no_checkpoint", "pi05", tmp_path / "fast")
+    assert code != 0 and "no_checkpoint: no such folder" in stderr and not (tmp_path / "fast").exists()
