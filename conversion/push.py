@@ -138,7 +138,7 @@ def publish(args: argparse.Namespace, folder: Path, job: str) -> int:
     if args.push_to_hub:
         try:
             print(f"pushed {push_to_hub(folder, args.push_to_hub, private=args.private)}")
-        except Exception as err:  # noqa: BLE001  (the Hub's HTTP client raises its own errors, with no common base)
+        except (PushError, OSError, CLIENT_ERROR) as err:
             print(f"{job}: error: the folder was written but not pushed: {_reason(err)}", file=sys.stderr)
             return 1
     elif args.private:
@@ -147,10 +147,17 @@ def publish(args: argparse.Namespace, folder: Path, job: str) -> int:
     return 0
 
 
+# The Hub client's errors derive from its HTTP library's base (httpx's, in huggingface_hub 1.x), which HfHubHTTPError
+# (an answer with an error status) shares with a connection that fails or times out.
+CLIENT_ERROR = next((base for base in HfHubHTTPError.__mro__[1:] if base.__name__ == "HTTPError"), OSError)
+
+
 def _reason(err: Exception) -> str:
-    """What to say of a failed push: our own and the Hub's errors speak for themselves; others (no connection, a
-    timeout) are named by their class."""
-    return str(err) if isinstance(err, (PushError, HfHubHTTPError)) else f"cannot reach the Hub ({type(err).__name__}: {err})"
+    """What to say of a failed push: the Hub's answer, our refusal or a file error as they are; a request that got no
+    answer (no connection, a timeout) as such."""
+    if isinstance(err, CLIENT_ERROR) and not isinstance(err, HfHubHTTPError):
+        return f"cannot reach the Hub ({type(err).__name__}: {err})"
+    return str(err)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -168,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
             print("\n".join(hub_files(args.folder, args.repo_id)))
             return 0
         print(f"pushed {push_to_hub(args.folder, args.repo_id, private=args.private, token=args.token)}")
-    except Exception as err:  # noqa: BLE001  (as in `publish`)
+    except (PushError, OSError, CLIENT_ERROR) as err:
         print(f"pi push: error: {_reason(err)}", file=sys.stderr)
         return 1
     return 0

@@ -63,9 +63,8 @@ def check_inputs(
     attention_mask: torch.Tensor,
 ) -> None:
     """The inputs every variant reads: cameras and prompt. Raises `ValueError` unless they fit `config`."""
-    for name, value in (("pixel_values", pixel_values), ("pixel_attention_mask", pixel_attention_mask),
-                        ("input_ids", input_ids), ("attention_mask", attention_mask)):
-        _tensor(name, value)
+    _tensor("pixel_values", pixel_values)  # the two whose dims are read before `_shape` checks them
+    _tensor("input_ids", input_ids)
     if pixel_values.ndim != 5:
         raise ValueError(
             f"pixel_values must have shape [batch, cameras, 3, height, width], got {list(pixel_values.shape)}."

@@ -2,8 +2,9 @@
 
 The vision tower, the language model and the action expert hold nearly all of a π model's weights; their
 linears' weights become int8 (or int4) with per-channel (per-group) scales, and their activations stay in
-the model's dtype (`optimize_for_cpu` leaves quantized linears to torchao's kernels). The flow head (state, action and time projections, adaRMS modulation) and π0-FAST's output
-head keep their precision, as the reference keeps the flow head in float32. torchao does the quantizing and
+the model's dtype (`optimize_for_cpu` leaves quantized linears to torchao's kernels). The flow head (state, action
+and time projections, adaRMS modulation) and π0-FAST's output head keep their precision, as the reference keeps the
+flow head in float32. torchao does the quantizing and
 the kernels; what is ours is the choice of modules. The same is reachable through transformers:
 `AutoModel.from_pretrained(folder, quantization_config=TorchAoConfig(Int8WeightOnlyConfig()))` quantizes
 every linear but the flow head's and the modulation's (`_keep_in_fp32_modules_strict`) instead.
@@ -36,13 +37,14 @@ def torchao_config(bits: str, group_size: int = INT4_GROUP_SIZE):
 
 def quantize_weights(model: nn.Module, bits: str = "int8", group_size: int = INT4_GROUP_SIZE) -> list[str]:
     """Quantizes, in place, the weights of every plain linear of the vision tower, the language model and the
-    action expert but the adaRMS modulation (the model's `_keep_in_fp32_modules_strict`); returns their names. Raises where torchao has no kernel for `bits` on the model's device."""
+    action expert but the adaRMS modulation (the model's `_keep_in_fp32_modules_strict`); returns their names.
+    Raises where torchao has no kernel for `bits` on the model's device."""
     from torchao.quantization import quantize_
 
     config = torchao_config(bits, group_size)
     kept = set(getattr(model, "_keep_in_fp32_modules_strict", None) or ())  # the flow head and adaRMS modulation
     names = [name for name, module in model.named_modules()
-             if isinstance(module, nn.Linear) and name.split(".")[0] in STACKS and not kept & set(name.split("."))
+             if isinstance(module, nn.Linear) and name.split(".")[0] in STACKS and kept.isdisjoint(name.split("."))
              and not is_quantized(module.weight)]
     chosen = set(names)
     try:
@@ -50,7 +52,8 @@ def quantize_weights(model: nn.Module, bits: str = "int8", group_size: int = INT
     except (ImportError, NotImplementedError, ValueError, RuntimeError) as err:
         device = next(model.parameters()).device
         raise RuntimeError(f"torchao cannot quantize weights to {bits} on {device.type} here: {err}") from err
-    model._weights_quantized_in_place = True  # `PiForActionGeneration.save_pretrained` refuses to save them
+    if names:
+        model._weights_quantized_in_place = True  # `PiForActionGeneration.save_pretrained` refuses to save them
     return names
 
 

@@ -47,7 +47,7 @@ from configuration_pi.configuration_pi import DEFAULT_IMAGE_KEYS, DEFAULT_MAX_TO
 from .fast_action_tokenizer import FastActionTokenizer
 from .image_processing_pi import PiImageProcessor
 from .normalization import CONVENTIONS, MODES, NormStats
-from .prompts import fast_ids_to_vocab, tokenize_prompt
+from .prompts import PromptTooLong, fast_ids_to_vocab, tokenize_prompt
 from .robots import Robot
 
 DEFAULT_NORM_MODE = {"pi0": "zscore", "pi05": "quantile", "pi0_fast": "quantile"}
@@ -320,12 +320,22 @@ class PiProcessor(ProcessorMixin):
             state = self.norm_stats.get("state", self.norm_mode).normalize(state, self.norm_mode, self.conventions, "state")
         return state
 
-    def check_prompt(self, prompt: str, state=None) -> None:
+    def normalize_state(self, state) -> np.ndarray:
+        """Robot states [S] or [B, S] -> normalised [B, S] (as given, without statistics), before any padding."""
+        states = _batch(state, 2, "state")
+        return self._state(states, len(states))
+
+    def check_prompt(self, prompt: str, state=None, with_targets: bool = False) -> None:
         """Raises `PromptTooLong` where `prompt`, with the robot `state` [S] (π0.5 and π0-FAST write it into the
-        prompt), does not fit `max_token_len`: what a training run checks for each task before its first step."""
+        prompt), does not fit `max_token_len`, with room for training targets after it where they share the budget
+        (`with_targets`: π0-FAST, knowledge insulation): what a training run checks for each task before its start."""
         normalised = None if state is None else self._state(state, 1)[0]
-        tokenize_prompt(self.tokenizer, self.variant, prompt, self.max_token_len, normalised,
-                        state_in_prompt=self.discrete_state_input, conventions=self.conventions)
+        tokens = tokenize_prompt(self.tokenizer, self.variant, prompt, self.max_token_len, normalised,
+                                 state_in_prompt=self.discrete_state_input, conventions=self.conventions)
+        targets_follow = self.knowledge_insulation or (self.variant == "pi0_fast" and self.conventions != "lerobot")
+        if with_targets and targets_follow and sum(tokens.attention_mask) >= self.max_token_len:
+            raise PromptTooLong(f"The {self.variant} prompt takes all {self.max_token_len} tokens of max_token_len, "
+                                "leaving none for the training targets. Shorten the task or raise max_token_len.")
 
     def normalize_actions(self, actions) -> np.ndarray:
         """Action chunks [H, A] or [B, H, A], as datasets store them (before normalisation; not a robot's own commands,

@@ -44,7 +44,7 @@ LEROBOT_ACTION_TOKENS = 256  # LeRobot's π0-FAST `max_action_tokens`: the lengt
 
 def tokenizer_from_sentencepiece(path: str | os.PathLike) -> PreTrainedTokenizerFast:
     """A SentencePiece `.model` (e.g. openpi's paligemma_tokenizer.model) as a transformers tokenizer, identical ids."""
-    from google.protobuf.message import DecodeError  # what reading the proto needs, as transformers' converter does
+    from google.protobuf.message import DecodeError  # here, not at the top: remote code loads without protobuf
 
     proto = import_protobuf().ModelProto()
     with open(path, "rb") as f:

@@ -14,6 +14,7 @@ import json
 import sys
 
 import numpy as np
+import torch
 from PIL import Image
 from safetensors import SafetensorError
 from transformers import pipeline
@@ -78,14 +79,15 @@ def run(args: argparse.Namespace) -> int:
 
 def _policy(model: str, device: str | None):
     """The "robotics" pipeline of the folder; unreadable weights and a device torch cannot use as `ValueError`s."""
+    if device is not None:
+        try:
+            torch.empty(0, device=device)
+        except (RuntimeError, AssertionError) as err:  # torch's words for a device it does not know or was not built for
+            raise ValueError(f"--device {device}: {err}") from err
     try:
         return pipeline(TASK, model=str(model), device=device)
     except SafetensorError as err:
         raise ValueError(f"{model}: its weights cannot be read ({err}).") from err
-    except (RuntimeError, AssertionError) as err:  # torch's words for a device it does not know or was not built for
-        if device is None:
-            raise
-        raise ValueError(f"--device {device}: {err}") from err
 
 
 def _read_images(specs: list[str]) -> dict:

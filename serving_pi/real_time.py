@@ -50,11 +50,13 @@ class RealTimeChunkBroker:
         for name, value, least in (("execution_horizon", execution_horizon, 1), ("inference_delay", inference_delay, 0),
                                    ("delay_window", delay_window, 1), ("max_delay", max_delay, 0),
                                    ("simulated_delay", simulated_delay, 0)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)
+                                      or value < least):
                 raise ValueError(f"{name} must be a whole number of control steps, at least {least}, got {value!r}.")
+        whole = (lambda value: None if value is None else int(value))  # numpy's integers as Python's
         self.policy, self.execution_horizon, self.initial_delay = policy, int(execution_horizon), int(inference_delay)
-        self.max_delay, self.simulated_delay = (None if value is None else int(value) for value in (max_delay, simulated_delay))
-        self.delays: deque[int] = deque(maxlen=delay_window)  # measured, newest last
+        self.max_delay, self.simulated_delay = whole(max_delay), whole(simulated_delay)
+        self.delays: deque[int] = deque(maxlen=int(delay_window))  # measured, newest last
         self._chunk: dict | None = None
         self._horizon = self._index = self._waited = 0  # chunk length, next step to hand out, calls since the request
         self._pending: Future | None = None

@@ -240,6 +240,7 @@ def build_policy(args: argparse.Namespace) -> BatchingPolicy:
     unknown = sorted(set(layout.cameras) - set(processor.image_keys))
     if unknown:
         raise ValueError(f"Camera(s) {', '.join(unknown)} are not the model's ({', '.join(processor.image_keys)}).")
+    options = generation_options(args, is_flow=processor.variant != "pi0_fast")  # before the model loads
     model = AutoModel.from_pretrained(args.model)
     try:
         model = model.to(device)
@@ -247,25 +248,30 @@ def build_policy(args: argparse.Namespace) -> BatchingPolicy:
         raise ValueError(f"--device {device}: {err}") from err
     if model.device.type == "cpu":
         model.optimize_for_cpu()  # bfloat16 weights on a CPU without bfloat16 arithmetic
+    return BatchingPolicy(model, processor, layout, max_batch=args.max_batch, seed=args.seed,
+                          max_prompt_chars=args.max_prompt_chars, **options)
+
+
+def generation_options(args: argparse.Namespace, is_flow: bool) -> dict:
+    """The flags' options of `generate_actions`, checked: a value no request could be served with is an error at
+    startup (--max-batch 0 would leave every request queued)."""
     if args.max_batch < 1:
         raise ValueError(f"--max-batch must be at least 1, got {args.max_batch}.")
     options = {}
     if args.num_steps is not None:
-        if not model.config.is_flow:
+        if not is_flow:
             raise ValueError("--num-steps sets the flow steps; π0-FAST decodes tokens.")
         if args.num_steps < 1:
             raise ValueError(f"--num-steps must be at least 1, got {args.num_steps}.")
         options["num_steps"] = args.num_steps
     guidance = {"max_guidance_weight": args.max_guidance_weight, "prefix_schedule": args.prefix_schedule}
     guidance = {name: value for name, value in guidance.items() if value is not None}
-    if guidance and not model.config.is_flow:
+    if guidance and not is_flow:
         raise ValueError("--max-guidance-weight and --prefix-schedule set real-time chunking, which π0-FAST does not support.")
     weight = guidance.get("max_guidance_weight", 0.0)
     if not (math.isfinite(weight) and weight >= 0):
         raise ValueError(f"--max-guidance-weight must be a finite number >= 0, got {args.max_guidance_weight}.")
-    options.update(guidance)
-    return BatchingPolicy(model, processor, layout, max_batch=args.max_batch, seed=args.seed,
-                          max_prompt_chars=args.max_prompt_chars, **options)
+    return {**options, **guidance}
 
 
 def run(args: argparse.Namespace) -> int:

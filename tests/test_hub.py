@@ -273,8 +273,8 @@ def test_push_refuses_what_is_not_a_complete_pi_folder(published, tmp_path, hub,
 
 
 def test_a_hub_that_cannot_be_reached_is_one_line_naming_it(published, monkeypatch, capsys):
-    class ConnectError(Exception):
-        """As the Hub's HTTP client raises without a network; it derives from none of Python's own errors."""
+    class ConnectError(push.CLIENT_ERROR):
+        """As the Hub's HTTP client raises without a network (httpx's ConnectError is no OSError)."""
 
     class Unreachable(RecordingHub):
         def create_repo(self, *args, **kwargs):

@@ -105,7 +105,7 @@ def test_collator_gives_float32_model_inputs(dataset_root, model_folder):
     out = AutoModel.from_pretrained(model_folder)(**batch)
     assert torch.isfinite(out.loss)
     # what a Trainer left of the samples without remove_unused_columns=False (the model's forward names no images)
-    with pytest.raises(KeyError, match="lack images, prompt: .*remove_unused_columns=False"):
+    with pytest.raises(ValueError, match="lack images, prompt: .*remove_unused_columns=False"):
         PiCollator(processor)([{"state": dataset[0]["state"], "actions": dataset[0]["actions"]}])
 
 
@@ -266,8 +266,11 @@ def test_pi_train_runs_the_other_variants(dataset_root, tmp_path, variant):
     assert AutoModel.from_pretrained(tmp_path / "run").config.variant == variant
 
 
-def test_pi_train_bf16_runs_on_a_machine_without_gpus(dataset_root, model_folder, tmp_path):
+def test_pi_train_bf16_runs_on_a_machine_without_gpus(dataset_root, model_folder, tmp_path, monkeypatch):
     # transformers refuses bf16 where no GPU has it unless the run is told it is on the CPU: pi train tells it so
+    from training_pi import train
+
+    monkeypatch.setattr(train, "on_cpu_only", lambda: True)  # as on this machine, on any machine
     code = pi_cli.main(["train", "--model", str(model_folder), "--dataset", str(dataset_root), "--output",
                         str(tmp_path / "run"), "--steps", "2", "--batch-size", "2", "--logging-steps", "1",
                         "--save-steps", "2", "--learning-rate", "1e-2", "--warmup-steps", "0", "--full", "--bf16", *MAP_ARGS])
@@ -371,15 +374,16 @@ TOP, WRIST = MAP_ARGS[1:]  # the dataset's two cameras, as the model calls them
     (["--camera-map", TOP, TOP.split("=")[0] + "=left_wrist_0_rgb"],
      "--camera-map names the dataset key observation.images.top twice"),
     (["--camera-map", TOP, WRIST.split("=")[0] + "=base_0_rgb"], "--camera-map names the model camera base_0_rgb twice"),
-    (["--model", "no/such_model_folder"], "--model no/such_model_folder (no such folder here"),
-    (["--knowledge-insulation", "--fast-tokenizer", "no_such_tokenizer"], "--fast-tokenizer no_such_tokenizer"),
+    (["--model", "MISSING"], "--model MISSING (no such folder here;"),  # an absolute path: no Hub id, no lookup
+    (["--knowledge-insulation", "--fast-tokenizer", "MISSING"], "--fast-tokenizer MISSING"),
 ])
 def test_bad_options_stop_pi_train_before_it_writes_anything(dataset_root, model_folder, tmp_path, capsys, flags,
                                                              message):
+    missing = str(tmp_path / "missing")
     args = ["train", "--model", str(model_folder), "--dataset", str(dataset_root), "--output", str(tmp_path / "o"),
-            "--steps", "2", *MAP_ARGS, *flags]
+            "--steps", "2", *MAP_ARGS, *(missing if flag == "MISSING" else flag for flag in flags)]
     assert pi_cli.main(args) == 1
-    assert f"pi train: error: {message}" in capsys.readouterr().err
+    assert f"pi train: error: {message.replace('MISSING', missing)}" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
 
@@ -393,6 +397,29 @@ def test_a_task_too_long_for_the_prompt_stops_pi_train_before_the_first_step(dat
     err = capsys.readouterr().err
     assert code == 1 and "task 0 ('pick up the red cup pick up" in err and "more than max_token_len=48" in err, err
     assert not (tmp_path / "o").exists()
+
+
+def test_the_prompt_check_tries_each_task_with_the_state_that_writes_it_longest(dataset_root, model_folder, tmp_path,
+                                                                                capsys):
+    # a budget that the first frame of task 0 fits exactly, and a frame of the same task whose state bins have more
+    # digits does not: the run stops before its first step, not at the batch that holds that frame
+    from training_pi import dataset_norm_stats
+
+    dataset = LeRobotDataset(dataset_root, HORIZON, CAMERA_MAP)
+    processor = AutoProcessor.from_pretrained(model_folder)
+    processor = processor.replace(norm_stats=dataset_norm_stats(dataset, processor.norm_mode), max_token_len=200)
+    frames = dataset.frames.select_columns(["task_index", "observation.state"])[:]
+    of_task = [state for task, state in zip(frames["task_index"], frames["observation.state"]) if task == 0]
+    lengths = [sum(processor(images={"base_0_rgb": np.zeros((8, 8, 3), np.uint8)}, prompt=dataset.tasks[0],
+                             state=state)["attention_mask"][0].tolist()) for state in of_task]
+    assert max(lengths) > lengths[0]
+    folder = shutil.copytree(model_folder, tmp_path / "model")
+    AutoModel.from_pretrained(folder, max_token_len=lengths[0]).save_pretrained(folder)
+    processor.replace(max_token_len=lengths[0], norm_stats=None).save_pretrained(folder)
+    code = pi_cli.main(["train", "--model", str(folder), "--dataset", str(dataset_root), "--output", str(tmp_path / "o"),
+                        "--steps", "2", *MAP_ARGS])
+    err = capsys.readouterr().err
+    assert code == 1 and "task 0" in err and f"more than max_token_len={lengths[0]}" in err, err
 
 
 def test_two_cpu_processes_over_gloo_end_with_identical_weights(dataset_root, model_folder, tmp_path):
@@ -585,10 +612,10 @@ def test_resuming_a_finished_run_writes_its_model_again_without_a_step_more(data
     args = _train_args(model_folder, dataset_root, output, mode, "--steps", "2", "--save-steps", "2",
                        "--learning-rate", "1e-2")
     assert pi_cli.main(args) == 0
-    finished, log = (output / "model.safetensors").read_bytes(), _log(output)
+    finished = (output / "model.safetensors").read_bytes()
     (output / "model.safetensors").unlink()  # as a kill while the final model was written leaves it
     assert pi_cli.main([*args, "--resume"]) == 0
-    assert (output / "model.safetensors").read_bytes() == finished and _log(output) == log
+    assert (output / "model.safetensors").read_bytes() == finished
     assert sorted(path.name for path in output.glob("checkpoint-*")) == ["checkpoint-2"]
 
 
@@ -600,6 +627,10 @@ def test_resuming_past_steps_or_with_the_other_weights_is_refused(dataset_root, 
     assert pi_cli.main(_train_args(model_folder, dataset_root, output, "--steps", "4", "--resume", "--full")) == 1
     assert "holds LoRA adapters: resume with --lora" in capsys.readouterr().err
     assert sorted(path.name for path in output.glob("checkpoint-*")) == ["checkpoint-2"]
+    full = tmp_path / "full"
+    assert pi_cli.main(_train_args(model_folder, dataset_root, full, "--full", "--steps", "2", "--save-steps", "2")) == 0
+    assert pi_cli.main(_train_args(model_folder, dataset_root, full, "--steps", "4", "--resume")) == 1
+    assert "holds fully fine-tuned weights: resume with --full" in capsys.readouterr().err
 
 
 def _weights(output: Path) -> dict[str, bytes]:

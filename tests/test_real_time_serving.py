@@ -288,7 +288,8 @@ def test_the_broker_refuses_an_execution_horizon_that_leaves_nothing_to_continue
     broker.close()
     with pytest.raises(RuntimeError, match="closed"):
         broker.infer({})
-    broker = RealTimeChunkBroker(_ScriptedPolicy(), execution_horizon=np.int64(4), inference_delay=np.int64(1))
+    broker = RealTimeChunkBroker(_ScriptedPolicy(), execution_horizon=np.int64(4), inference_delay=np.int64(1),
+                                 delay_window=np.int64(3), max_delay=np.int64(2))
     assert broker.execution_horizon == 4 and type(broker.execution_horizon) is int  # numpy integers are whole numbers
     broker.close()
 

@@ -118,7 +118,7 @@ def test_bad_requests_get_an_error_naming_the_problem_and_the_connection_stays_u
             "Missing image 'left_wrist_0_rgb'": {k: v for k, v in good.items() if k != "left_wrist_0_rgb"},
             "must be \\[H, W, 3\\] or \\[3, H, W\\], got \\[3, 48, 64, 3\\]": {**good, "base_0_rgb": wrong_dims},
             "must be uint8 .* got int32": {**good, "base_0_rgb": good["base_0_rgb"].astype(np.int32)},
-            "Expected 7 dims": {**good, "state": np.zeros(3)},
+            "state has 3 dims; the normalisation statistics have 7": {**good, "state": np.zeros(3)},
             "NaN or infinity": {**good, "state": np.full(ROBOT_DIM, np.nan)},
             "'prompt' must be a string": {**good, "prompt": 3},
             "An observation is a dict": [1, 2, 3],

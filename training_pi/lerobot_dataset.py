@@ -317,8 +317,8 @@ class PiCollator:
     def __call__(self, samples: list[dict]) -> dict:
         missing = sorted({"images", "prompt", "state", "actions"} - set(samples[0]))
         if missing:
-            raise KeyError(f"The samples lack {', '.join(missing)}: a Trainer drops the keys the model's forward does not "
-                           "name unless TrainingArguments(remove_unused_columns=False), as `pi train` sets it.")
+            raise ValueError(f"The samples lack {', '.join(missing)}: a Trainer drops the keys the model's forward does "
+                             "not name unless TrainingArguments(remove_unused_columns=False), as `pi train` sets it.")
         cameras = {key: [s["images"].get(key) for s in samples] for key in self.processor.image_keys
                    if any(key in s["images"] for s in samples)}
         batch = self.processor(images=cameras, prompt=[s["prompt"] for s in samples],

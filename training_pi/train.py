@@ -54,13 +54,14 @@ from huggingface_hub import ModelCard
 from peft import set_peft_model_state_dict
 from safetensors.torch import load_file
 from transformers import AutoModel, AutoProcessor, Trainer, TrainerState, TrainingArguments, set_seed
+from transformers.utils import is_torch_xla_available
 
 import modeling_pi  # noqa: F401  (registers "pi" with AutoModel / AutoProcessor)
 from conversion.remote_code import add_remote_code
 from model_cards import DEFAULT_LICENSE, render_model_card
 
 from processing_pi import FastActionTokenizer
-from processing_pi.prompts import PromptTooLong
+from processing_pi.prompts import PromptTooLong, discretize_state
 
 from .fsdp import shard_units
 from .lerobot_dataset import (STATE, DatasetError, LeRobotDataset, PiCollator, compute_norm_stats, dataset_norm_stats,
@@ -165,7 +166,7 @@ def _load(flag: str, path: str, load):
     try:
         return load(path)
     except (OSError, ValueError) as err:
-        where = "" if Path(path).exists() else " (no such folder here, so it was looked up on the Hub)"
+        where = "" if Path(path).exists() else " (no such folder here; as a Hub id it does not load either)"
         raise OptionError(f"{flag} {path}{where}: {err}") from err
 
 
@@ -190,7 +191,11 @@ def train(args: argparse.Namespace) -> Path:
         processor = _insulate(model, processor, args.fast_tokenizer)
     dataset = LeRobotDataset(args.dataset, model.config.action_horizon, _camera_map(args.camera_map), processor.image_keys,
                              args.rtc_prefix_key)
-    processor.norm_stats, stats_source = _norm_stats(dataset, processor.norm_mode, args.recompute_stats)
+    norm_stats, stats_source = _norm_stats(dataset, processor.norm_mode, args.recompute_stats)
+    try:  # checked as the saved processor will be when it loads
+        processor = processor.replace(norm_stats=norm_stats)
+    except ValueError as err:
+        raise DatasetError(f"{args.dataset}: its statistics do not fit the model's processor: {err}") from err
     check_prompts(dataset, processor)
 
     trainable = set_full_finetuning(model, args.freeze_vision) if args.full else apply_lora(model, freeze_vision=args.freeze_vision)
@@ -200,8 +205,7 @@ def train(args: argparse.Namespace) -> Path:
         lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr_rate": 0.1},
         optim="adamw_torch", adam_beta2=0.95, weight_decay=1e-10, max_grad_norm=1.0,
         logging_steps=args.logging_steps, save_steps=args.save_steps, save_total_limit=2,
-        # without a GPU (or other accelerator) the run is on the CPU anyway; transformers refuses --bf16 there unless told
-        bf16=args.bf16, use_cpu=not torch.accelerator.is_available(),
+        bf16=args.bf16, use_cpu=args.bf16 and on_cpu_only(),  # transformers refuses bf16 on a CPU it is not told of
         activation_checkpointing=args.gradient_checkpointing, remove_unused_columns=False,
         report_to=[], seed=args.seed, dataloader_num_workers=0,
     )
@@ -248,17 +252,30 @@ def train(args: argparse.Namespace) -> Path:
     return output
 
 
+def on_cpu_only() -> bool:
+    """No GPU or other accelerator (XLA included): the Trainer runs on the CPU."""
+    accelerator = torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available()
+    return not (accelerator or is_torch_xla_available())
+
+
 def check_prompts(dataset: LeRobotDataset, processor) -> None:
-    """Each task of the dataset fits the model's prompt budget, with the state of the first frame that has it: a
-    task too long would otherwise stop the run at the first batch holding it, which may be hours in."""
+    """Each task of the dataset fits the model's prompt budget with its training targets: a task too long would
+    otherwise stop the run at the first batch holding it, which may be hours in. Where the prompt holds the state
+    (its bins as numbers), each task is tried with the states that write it longest: the frame whose bins have the
+    most digits, and the one with the most dims below the statistics' range (written "-1")."""
     table = dataset.frames.data.table
-    tasks, rows = np.unique(table.column("task_index").to_numpy(), return_index=True)
-    for task, row in zip(tasks.tolist(), rows.tolist()):
-        state = np.asarray(table.column(STATE)[row].as_py(), dtype=np.float64).reshape(-1)
-        try:
-            processor.check_prompt(dataset.tasks[task], state)
-        except PromptTooLong as err:
-            raise DatasetError(f"{dataset.root}: task {task} ({dataset.tasks[task]!r:.80}): {err}") from err
+    task_of_frame = table.column("task_index").to_numpy()
+    states = np.stack(table.column(STATE).to_numpy(zero_copy_only=False)).astype(np.float64)
+    bins = discretize_state(processor.normalize_state(states))
+    lengths = {"digits": np.where(bins < 0, 2, np.where(bins < 10, 1, np.where(bins < 100, 2, 3))).sum(1),
+               "below": (bins < 0).sum(1)}
+    for task in np.unique(task_of_frame).tolist():
+        frames = np.flatnonzero(task_of_frame == task)
+        for row in {int(frames[np.argmax(length[frames])]) for length in lengths.values()}:
+            try:
+                processor.check_prompt(dataset.tasks[task], states[row], with_targets=True)
+            except PromptTooLong as err:
+                raise DatasetError(f"{dataset.root}: task {task} ({dataset.tasks[task]!r:.80}): {err}") from err
 
 
 def _norm_stats(dataset: LeRobotDataset, mode: str, recompute: bool):
@@ -330,12 +347,21 @@ def check_resumable(checkpoint: Path, args: argparse.Namespace) -> bool:
 
 
 def restore_finished_run(trainer: Trainer, model, checkpoint: Path) -> None:
-    """A finished run's weights and log from its last checkpoint, without training."""
+    """A finished run's weights and log from its last checkpoint, without training: its tensors as they were saved
+    (a run under mixed precision saved float32 copies of weights that loaded as bfloat16)."""
     trainer.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
     if (checkpoint / ADAPTER_WEIGHTS).is_file():
         set_peft_model_state_dict(model, load_file(checkpoint / ADAPTER_WEIGHTS))
-    else:
-        model.load_state_dict(load_file(checkpoint / "model.safetensors"))
+        return
+    index = checkpoint / "model.safetensors.index.json"
+    files = ["model.safetensors"]
+    if index.is_file():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    if not all((checkpoint / name).is_file() for name in files):
+        raise OptionError(f"--resume: {checkpoint} holds no model weights pi train can read (a sharded FSDP state?): "
+                          "the run finished; its model cannot be written again from here.")
+    model.load_state_dict({key: value for name in files for key, value in load_file(checkpoint / name).items()},
+                          assign=True)
 
 
 def check_one_job(training_args: TrainingArguments) -> None:
