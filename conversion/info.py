@@ -74,10 +74,16 @@ def load_processor(folder: Path) -> tuple[PiProcessor | None, str | None]:
 
 
 def _convert_with_stats(processor) -> str:
-    """How a conversion gives a folder its statistics: openpi's flag, or a LeRobot policy's own normaliser files."""
+    """How a conversion gives a folder its statistics: openpi's flag, or the source's own processor files."""
     if processor.conventions == "lerobot":
         return "pi convert lerobot from the policy folder with its policy_preprocessor files (they hold them)"
-    return "pi convert openpi ... --norm-stats FILE"
+    return ("pi convert openpi ... --norm-stats FILE (a transformers PI0 / PI05 folder: pi convert transformers-pi0 / "
+            "transformers-pi05 from the folder with its saved processor)")
+
+
+def _convert_with_robot_dims(processor) -> str:
+    """openpi's conversion takes the robot's action dims as a flag; LeRobot's has none (its statistics give them)."""
+    return "" if processor.conventions == "lerobot" else "pi convert openpi ... --robot-action-dim N, or "
 
 
 # ---- what the model expects and returns --------------------------------------------------------------
@@ -188,7 +194,7 @@ def _problems(folder: Path, config: PiConfig, processor: PiProcessor | None, mis
     if config.variant == "pi0_fast" and not (actions["horizon"] and actions["robot_dim"]):
         problems.append("post_process cannot decode π0-FAST tokens: it needs the robot's action dims (from "
                         "robot_action_dim, a robot layout or the action statistics) and the chunk's length "
-                        "(action_horizon). Add them: pi convert ... --robot-action-dim N, or AutoProcessor.from_pretrained"
+                        f"(action_horizon). Add them: {_convert_with_robot_dims(processor)}AutoProcessor.from_pretrained"
                         f"({str(folder)!r}, robot_action_dim=N).save_pretrained({str(folder)!r}) ({COMPLETING}).")
     return problems
 
