@@ -435,6 +435,9 @@ def convert_checkpoint(
     processor = None
     if tokenizer is not None:
         processor = build_processor(config, tokenizer, fast_tokenizer, norm_stats, norm_mode, conventions=conventions)
+    elif norm_stats is not None:  # they live in the processor, which the tokenizer is needed to write
+        notes.append("its normalisation statistics are not kept: no --tokenizer, so no processor is written (pass "
+                     "--tokenizer to keep them)")
     for note in filter(None, notes):
         print(f"{checkpoint.name}: {note}")
     kind = "LeRobot checkpoint" if source == "lerobot" else f"transformers {TRANSFORMERS_NAMES[config.variant]} checkpoint"

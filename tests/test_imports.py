@@ -214,6 +214,10 @@ def test_transformers_pi0_processor_statistics_are_read(tmp_path, capsys):
     processor = AutoProcessor.from_pretrained(tmp_path / "out")
     assert processor.norm_mode == "zscore" and processor.image_keys == ["top", "wrist"]
     assert processor.norm_stats.state.mean.tolist() == [0.5] * 4 and processor.norm_stats.actions.std.tolist() == [3.0] * 3
+    # without --tokenizer no processor is written, and with it the statistics would go: the conversion says so
+    assert pi_cli.main(["convert", "transformers-pi0", "--checkpoint", str(tmp_path / "pi0"), "--output",
+                        str(tmp_path / "bare"), "--image-keys", "top", "wrist"]) == 0
+    assert "normalisation statistics are not kept: no --tokenizer" in capsys.readouterr().out
 
 
 def test_a_lerobot_folder_is_not_taken_for_a_transformers_pi0_one(tmp_path, capsys, converted):
