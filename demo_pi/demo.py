@@ -199,6 +199,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def option_problem(args: argparse.Namespace, folder: Path) -> str | None:
     """What is wrong with the options, found before any episode runs; None if nothing."""
+    from modeling_pi.input_checks import check_device
+
     if not (folder / "config.json").is_file():
         return f"{folder} is not a model folder."
     if args.episodes < 1:
@@ -208,6 +210,10 @@ def option_problem(args: argparse.Namespace, folder: Path) -> str | None:
     for flag, path in (("--output", args.output), ("--gif", args.gif)):
         if path and not Path(path).resolve().parent.is_dir():
             return f"{flag} {path}: its folder does not exist."
+    try:
+        check_device(args.device, "--device")
+    except ValueError as err:
+        return str(err)
     return None
 
 
@@ -221,12 +227,7 @@ def run(args: argparse.Namespace) -> int:
     if problem:
         print(f"pi demo: error: {problem}", file=sys.stderr)
         return 1
-    model = AutoModel.from_pretrained(folder).eval()
-    try:
-        model = model.to(args.device)
-    except (RuntimeError, AssertionError) as err:  # torch's words for a device it does not know or was not built for
-        print(f"pi demo: error: --device {args.device}: {err}", file=sys.stderr)
-        return 1
+    model = AutoModel.from_pretrained(folder).to(args.device).eval()
     processor = AutoProcessor.from_pretrained(folder)
     seeds = range(args.seed, args.seed + args.episodes)
     try:

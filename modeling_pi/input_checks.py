@@ -14,6 +14,15 @@ import torch
 from configuration_pi import PiConfig
 
 
+def check_device(device, name: str = "device") -> None:
+    """Raises `ValueError` where torch cannot place a tensor on `device`: a name it does not know, or a backend this
+    build lacks (torch says so with a RuntimeError or an AssertionError)."""
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as err:
+        raise ValueError(f"{name} {device}: {err}") from err
+
+
 def _tensor(name: str, value) -> None:
     if not isinstance(value, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(value).__name__} (a processor's output is one unless "

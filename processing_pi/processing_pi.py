@@ -199,13 +199,11 @@ class PiProcessor(ProcessorMixin):
             if variant != "pi0_fast" and (self.robot.action_dim or 0) > self.action_dim:
                 raise ValueError(f"The robot's action_dim={self.robot.action_dim} is more than the model's "
                                  f"action_dim={self.action_dim}, the dims it generates.")
-        if norm_stats is not None:  # dims past the statistics would come back as the model's normalised output
-            covered = norm_stats.get("actions", self.norm_mode).dim
-            for name, dim in (("robot_action_dim", self.robot_action_dim),
-                              ("the robot's action_dim", self.robot.action_dim if self.robot else None)):
-                if (dim or 0) > covered:
-                    raise ValueError(f"{name}={dim} is more than the {covered} action dims the normalisation statistics "
-                                     "cover: the dims past them would not be un-normalised.")
+        kept, source = self.robot_action_dim_source()
+        if norm_stats is not None and kept and kept > norm_stats.actions.dim:  # past them, dims stay normalised
+            name = "robot_action_dim" if source == "robot_action_dim" else f"the {source}'s action_dim"
+            raise ValueError(f"{name}={kept} is more than the {norm_stats.actions.dim} action dims the normalisation "
+                             "statistics cover: the dims past them would not be un-normalised.")
 
     def _checked_robot_action_dim(self, dim) -> int | None:
         if dim is None:

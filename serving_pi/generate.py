@@ -14,12 +14,12 @@ import json
 import sys
 
 import numpy as np
-import torch
 from PIL import Image
 from safetensors import SafetensorError
 from transformers import pipeline
 
 import modeling_pi  # noqa: F401  (registers "pi" and the "robotics" task)
+from modeling_pi.input_checks import check_device
 from pipelines_pi import TASK
 
 
@@ -80,10 +80,7 @@ def run(args: argparse.Namespace) -> int:
 def _policy(model: str, device: str | None):
     """The "robotics" pipeline of the folder; unreadable weights and a device torch cannot use as `ValueError`s."""
     if device is not None:
-        try:
-            torch.empty(0, device=device)
-        except (RuntimeError, AssertionError) as err:  # torch's words for a device it does not know or was not built for
-            raise ValueError(f"--device {device}: {err}") from err
+        check_device(device, "--device")
     try:
         return pipeline(TASK, model=str(model), device=device)
     except SafetensorError as err:

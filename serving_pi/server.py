@@ -51,6 +51,7 @@ from http import HTTPStatus
 import websockets
 from websockets.asyncio.server import ServerConnection, serve
 
+from modeling_pi.input_checks import check_device
 from modeling_pi.real_time_chunking import SCHEDULES
 
 from .observations import PRESETS, preset
@@ -241,11 +242,8 @@ def build_policy(args: argparse.Namespace) -> BatchingPolicy:
     if unknown:
         raise ValueError(f"Camera(s) {', '.join(unknown)} are not the model's ({', '.join(processor.image_keys)}).")
     options = generation_options(args, is_flow=processor.variant != "pi0_fast")  # before the model loads
-    model = AutoModel.from_pretrained(args.model)
-    try:
-        model = model.to(device)
-    except (RuntimeError, AssertionError) as err:  # torch's words for a device it does not know or was not built for
-        raise ValueError(f"--device {device}: {err}") from err
+    check_device(device, "--device")
+    model = AutoModel.from_pretrained(args.model).to(device)
     if model.device.type == "cpu":
         model.optimize_for_cpu()  # bfloat16 weights on a CPU without bfloat16 arithmetic
     return BatchingPolicy(model, processor, layout, max_batch=args.max_batch, seed=args.seed,

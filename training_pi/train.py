@@ -267,8 +267,8 @@ def check_prompts(dataset: LeRobotDataset, processor) -> None:
     task_of_frame = table.column("task_index").to_numpy()
     states = np.stack(table.column(STATE).to_numpy(zero_copy_only=False)).astype(np.float64)
     bins = discretize_state(processor.normalize_state(states))
-    lengths = {"digits": np.where(bins < 0, 2, np.where(bins < 10, 1, np.where(bins < 100, 2, 3))).sum(1),
-               "below": (bins < 0).sum(1)}
+    characters = 1 + (np.abs(bins) >= 10) + (bins >= 100) + (bins < 0)  # "7", "42", "255"; "-1" below the range
+    lengths = {"digits": characters.sum(1), "below": (bins < 0).sum(1)}
     for task in np.unique(task_of_frame).tolist():
         frames = np.flatnonzero(task_of_frame == task)
         for row in {int(frames[np.argmax(length[frames])]) for length in lengths.values()}:
