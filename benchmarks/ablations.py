@@ -13,8 +13,11 @@ and `tests/test_benchmarks.py` runs each one):
 - `in-place-mlp`: without gradients, Gemma's MLPs allocate their activation and product afresh, as when
   training, instead of computing them in the gate projection's output (`PiComputeOptions.in_place_mlp`);
 - `float32-products`: in bfloat16 on a CPU without bfloat16 units, linears keep PyTorch's bfloat16 kernel
-  instead of computing float32 products (`optimize_for_cpu(False)`; on a CPU with bfloat16 units it
-  changes nothing);
+  instead of computing float32 products (`optimize_for_cpu(float32_products=False)`; on a CPU with
+  bfloat16 units it changes nothing);
+- `transposed-products`: float32 products over a few dozen rows of a large weight (a flow step's action
+  expert) take PyTorch's `x @ weightᵀ` instead of the transposed product
+  (`optimize_for_cpu(transposed_products=False)`);
 - `logit-skipping`: π0-FAST's training pass outputs the logits of every prompt slot, as `forward` does by
   default, instead of running the head only where a target is read and leaving out the trailing slots no
   row fills or labels (the training pass's `output_logits=True` instead of the `False` that `PiCollator`
@@ -51,14 +54,18 @@ def _without(option: str):
     return undo
 
 
-@contextmanager
-def native_bfloat16(model):
-    changed = model.optimize_for_cpu(False)
-    try:
-        yield
-    finally:
-        if changed:
+def _cpu_kernel(option: str):
+    """Undoes one of `optimize_for_cpu`'s kernel choices, which the harness makes on a CPU."""
+
+    @contextmanager
+    def undo(model):
+        model.optimize_for_cpu(**{option: False})
+        try:
+            yield
+        finally:
             model.optimize_for_cpu()
+
+    return undo
 
 
 @contextmanager
@@ -69,7 +76,8 @@ def every_logit(model):
 
 ABLATIONS = {"sdpa": eager_attention, "batched-cameras": _without("batched_cameras"),
              "prefix-trimming": _without("trim_prefix"), "in-place-mlp": _without("in_place_mlp"),
-             "float32-products": native_bfloat16, "logit-skipping": every_logit}
+             "float32-products": _cpu_kernel("float32_products"),
+             "transposed-products": _cpu_kernel("transposed_products"), "logit-skipping": every_logit}
 TRAINING_ABLATIONS = ("sdpa", "batched-cameras", "prefix-trimming", "logit-skipping")  # those that change a training step
 TRAINING_ONLY = {"logit-skipping": "pi0_fast"}  # those that change nothing else, and the variant whose training they change
 

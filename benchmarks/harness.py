@@ -215,7 +215,7 @@ def bench_pair(variant, size, dtype, device, args) -> list[dict]:
     theirs = TRANSFORMERS[variant](size, device).to(dtype)
     ours = sharing_weights(theirs, max_token_len=args.prompt_length)
     if device.type == "cpu":
-        ours.optimize_for_cpu()  # as `pi serve` does: the `float32-products` ablation undoes it
+        ours.optimize_for_cpu()  # as `pi serve` does: the `float32-products` and `transposed-products` ablations undo it
     inputs = make_inputs(ours.config, args.batch, args.cameras, args.prompt_tokens, device, absent=args.absent_cameras)
     inputs.pixel_values = inputs.pixel_values.to(dtype)
     models = {"ours": ours, "transformers": theirs}

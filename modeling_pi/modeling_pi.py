@@ -23,7 +23,7 @@ from configuration_pi import PiConfig
 
 from .action_expert import PiActionExpert, PiAdaRMSModulation, apply_norm
 from .compiled_generation import CompiledGeneration, EagerGeneration
-from .cpu_linears import use_float32_products
+from .cpu_linears import choose_cpu_kernels
 from .fast_decoding import PiFastOutput, decode_fast, decode_step, fast_forward, token_losses
 from .flow_matching import integrate, interpolate, sample_flow_time, time_embedding
 from .input_checks import check_fast_inputs, check_flow_inputs, check_inputs
@@ -172,12 +172,15 @@ class PiForActionGeneration(PiPreTrainedModel):
         return [last.self_attn.q_proj, last.self_attn.o_proj, last.post_attention_layernorm, last.mlp,
                 self.language_model.norm]
 
-    def optimize_for_cpu(self, enable: bool = True) -> list[str]:
-        """The one CPU-specific switch: on a CPU without bfloat16 arithmetic, large bfloat16 linears compute their
-        products in float32 when no gradient is needed (`cpu_linears.py`; 2-5.5× faster chunks there). Returns the
-        names of the linears it changed: none on a CPU whose bfloat16 products PyTorch runs natively, where it
-        would not pay. `enable=False` undoes it. Results are those of bfloat16 hardware (float32 accumulation)."""
-        return use_float32_products(self, enable)
+    def optimize_for_cpu(self, enable: bool = True, *, float32_products: bool = True,
+                         transposed_products: bool = True) -> list[str]:
+        """The one CPU-specific switch: without gradients, linears on the CPU choose their kernel per product
+        (`cpu_linears.py`): large bfloat16 products in float32 on a CPU without bfloat16 arithmetic
+        (`float32_products`; 2-5.5× faster chunks there), and float32 products over a few dozen rows of a large
+        weight transposed (`transposed_products`; a flow step's action expert). Returns the names of the
+        linears that take them; `enable=False`, or both options off, undoes it. Results are those of the
+        plain linears up to the order of float sums (bfloat16: those of bfloat16 hardware)."""
+        return choose_cpu_kernels(self, enable and float32_products, enable and transposed_products)
 
     def quantize_weights(self, bits: str = "int8", group_size: int = INT4_GROUP_SIZE) -> list[str]:
         """Weight-only quantization (torchao) of the vision tower, the language model and the action expert:

@@ -76,8 +76,10 @@ def test_the_harness_reports_every_part_for_both_models_and_each_variant(tmp_pat
 
 
 def _state(model) -> tuple:
-    """What the ablations change: attention backend, compute options, the linears' classes."""
-    linears = tuple(type(module).__name__ for module in model.modules() if isinstance(module, torch.nn.Linear))
+    """What the ablations change: attention backend, compute options, the linears' classes and kernels."""
+    linears = tuple((type(module).__name__, getattr(module, "upcast_bfloat16", None),
+                     getattr(module, "transpose_few_rows", None))
+                    for module in model.modules() if isinstance(module, torch.nn.Linear))
     return model.config._attn_implementation, model.compute_options, linears
 
 
@@ -89,7 +91,9 @@ def test_each_optimisation_undone_by_an_ablation_leaves_the_chunk_and_training_u
         monkeypatch.setattr(cpu_linears, "lacks_bfloat16_arithmetic", lambda: True)
         monkeypatch.setattr(cpu_linears, "MIN_WEIGHT", 0)
         ours, tolerance = ours.to(torch.bfloat16), 0.05
-    assert ours.optimize_for_cpu() or ablation != "float32-products"
+    if ablation == "transposed-products":  # it applies to float32 products over few rows of large weights
+        monkeypatch.setattr(cpu_linears, "MIN_TRANSPOSED_WEIGHT", 0)
+    assert ours.optimize_for_cpu()
     inputs = make_inputs(ours.config, batch=2, cameras=3, prompt_tokens=5, device="cpu")
     inputs.pixel_attention_mask[:, 2] = False  # a camera no row has: trimming drops it
     before = _state(ours)
