@@ -5,7 +5,8 @@
 A chunk's time goes to two kinds of product: the prefix pass (about 800 image and prompt tokens through the
 language model) and the flow steps (50 action tokens through the action expert). For one linear of each
 (the full-size MLP up-projections: Gemma 2B's 2048 → 16384 at 800 rows, the 300M expert's 1024 → 4096 at 50
-rows) it times the float32 product against: int8 weights with float32 activations (torchao's weight-only
+rows) it times the float32 product against: the float32 product as the model computes it after
+`optimize_for_cpu()` (transposed over few rows, `modeling_pi/cpu_linears.py`), int8 weights with float32 activations (torchao's weight-only
 int8, what `quantize_weights("int8")` uses), int8 weights and activations quantized per call (torchao's
 `Int8DynamicActivationInt8WeightConfig`), and PyTorch's own dynamic int8 linear (`torch.ao.quantization.
 quantize_dynamic`, fbgemm's kernels; deprecated in favour of torchao). The variants run in alternate rounds
@@ -23,6 +24,8 @@ from functools import partial
 import torch
 from torch import nn
 
+from modeling_pi.cpu_linears import choose_cpu_kernels
+
 from .timing import Clock, alternate
 
 SHAPES = {"prefix (800 × 2048 → 16384)": (800, 2048, 16384), "flow step (50 × 1024 → 4096)": (50, 1024, 4096)}
@@ -31,13 +34,14 @@ SHAPES = {"prefix (800 × 2048 → 16384)": (800, 2048, 16384), "flow step (50 �
 def variants(linear: nn.Linear) -> dict[str, nn.Module]:
     from torchao.quantization import Int8DynamicActivationInt8WeightConfig, Int8WeightOnlyConfig, quantize_
 
-    weight_only, dynamic = copy.deepcopy(linear), copy.deepcopy(linear)
+    weight_only, dynamic, optimised = copy.deepcopy(linear), copy.deepcopy(linear), nn.Sequential(copy.deepcopy(linear))
+    choose_cpu_kernels(optimised, float32_products=False)
     quantize_(weight_only, Int8WeightOnlyConfig())
     quantize_(dynamic, Int8DynamicActivationInt8WeightConfig())
     with warnings.catch_warnings():  # its deprecation notice
         warnings.simplefilter("ignore")
         fbgemm = torch.ao.quantization.quantize_dynamic(nn.Sequential(copy.deepcopy(linear)), {nn.Linear}, dtype=torch.qint8)
-    return {"float32": linear, "int8 weights (torchao)": weight_only,
+    return {"float32": linear, "float32, optimize_for_cpu": optimised, "int8 weights (torchao)": weight_only,
             "int8 weights and activations (torchao)": dynamic, "int8 dynamic (torch.ao, fbgemm)": fbgemm}
 
 

@@ -15,9 +15,10 @@ Two choices of kernel that PyTorch leaves to the BLAS library, made here per pro
 - **Products over few rows computed transposed.** A float32 linear over a few dozen rows (a flow step's
   suffix: one row per action step) runs faster on this project's benchmark CPU as `(weight @ xᵀ)ᵀ` than as
   PyTorch's `x @ weightᵀ`, for weights of `MIN_TRANSPOSED_WEIGHT` elements or more (the full-size action
-  expert's MLP projections among them) and at most `MAX_TRANSPOSED_ROWS` rows; smaller weights and longer
-  sequences keep PyTorch's product (`benchmarks/README.md`). The sums are the same, in another order. The
-  output is made contiguous again.
+  expert's projections but its keys' and values') and from `MIN_ROWS` to `MAX_TRANSPOSED_ROWS` rows;
+  smaller weights, a decoding step's single row and a prefix's hundreds of rows keep PyTorch's product
+  (`python -m benchmarks.transposed_products`). The sums are the same, in another order. The output is
+  made contiguous again.
 
 Nothing here runs unless asked: `PiForActionGeneration.optimize_for_cpu()` turns the model's plain linears
 into `CpuLinear`s. Written here because the choice is the kernel library's, per product, and no PyTorch
@@ -30,7 +31,7 @@ from torch import nn
 
 UPCAST_SLICE = 1 << 22  # bfloat16 weight elements upcast at a time (16 MB in float32)
 MIN_WEIGHT = 1 << 15  # bfloat16 weight elements: smaller linears keep the native bfloat16 kernel,
-MIN_ROWS = 8  # as do products over fewer rows: there upcasting costs more than it saves
+MIN_ROWS = 8  # as do products over fewer rows: there upcasting costs more than it saves, and transposing too
 MIN_TRANSPOSED_WEIGHT = 1 << 21  # weight elements, and
 MAX_TRANSPOSED_ROWS = 256  # rows, of the float32 products computed transposed
 
@@ -48,10 +49,14 @@ def transposed_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     return out.t().contiguous().view(*x.shape[:-1], weight.shape[0])
 
 
+def pays_transposed(rows: int, weight: torch.Tensor) -> bool:
+    """Whether a float32 product over `rows` rows of `weight` is computed transposed (module docstring)."""
+    return MIN_ROWS <= rows <= MAX_TRANSPOSED_ROWS and weight.numel() >= MIN_TRANSPOSED_WEIGHT
+
+
 def float32_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, transpose: bool) -> torch.Tensor:
-    """`F.linear(x, weight, bias)` for float32 operands; with `transpose`, over few enough rows of a large
-    enough weight, the transposed product (module docstring)."""
-    if transpose and x.numel() <= MAX_TRANSPOSED_ROWS * x.shape[-1] and weight.numel() >= MIN_TRANSPOSED_WEIGHT:
+    """`F.linear(x, weight, bias)` for float32 operands; with `transpose`, the transposed product where it pays."""
+    if transpose and pays_transposed(x.numel() // x.shape[-1], weight):
         return transposed_product(x, weight, bias)
     return F.linear(x, weight, bias)
 

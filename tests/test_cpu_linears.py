@@ -97,7 +97,7 @@ def test_only_products_over_few_rows_of_large_weights_are_transposed(transposed)
     model.optimize_for_cpu()
     model.generate_actions(*model_args(inputs), noise=inputs["noise"])
     assert (suffix_rows, up) in products
-    assert all(rows <= suffix_rows and elements >= up for rows, elements in products)
+    assert all(cpu_linears.MIN_ROWS <= rows <= suffix_rows and elements >= up for rows, elements in products)
 
 
 def test_the_sliced_float32_product_is_the_bfloat16_linear(monkeypatch):
@@ -219,3 +219,15 @@ def test_compiled_generation_takes_the_chosen_products_without_recompiling(kerne
     for actions in compiled:
         torch.testing.assert_close(actions, eager, atol=0.02 if dtype == torch.bfloat16 else 1e-5, rtol=0)
     assert any(isinstance(m, CpuLinear) for m in model.modules())
+
+
+def test_the_transposed_products_benchmark_times_both_ways_and_marks_where_the_rule_takes_one(monkeypatch):
+    from benchmarks.transposed_products import bench
+
+    monkeypatch.setattr(cpu_linears, "MAX_TRANSPOSED_ROWS", 16)
+    monkeypatch.setattr(cpu_linears, "MIN_TRANSPOSED_WEIGHT", 64 * 128)
+    rows = bench(1, (1, 8, 32), {"large": (64, 128), "small": (64, 64)})
+    assert [(row["weight"], row["rows"], row["taken"]) for row in rows] == [
+        ("large", 1, False), ("large", 8, True), ("large", 32, False),
+        ("small", 1, False), ("small", 8, False), ("small", 32, False)]
+    assert all(row["linear_ms"] > 0 and row["transposed_ms"] > 0 and row["ratio"] > 0 for row in rows)
