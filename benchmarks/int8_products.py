@@ -6,10 +6,11 @@ A chunk's time goes to two kinds of product: the prefix pass (about 800 image an
 language model) and the flow steps (50 action tokens through the action expert). For one linear of each
 (the full-size MLP up-projections: Gemma 2B's 2048 → 16384 at 800 rows, the 300M expert's 1024 → 4096 at 50
 rows) it times the float32 product against: the float32 product as the model computes it after
-`optimize_for_cpu()` (transposed over few rows, `modeling_pi/cpu_linears.py`), int8 weights with float32 activations (torchao's weight-only
-int8, what `quantize_weights("int8")` uses), int8 weights and activations quantized per call (torchao's
-`Int8DynamicActivationInt8WeightConfig`), and PyTorch's own dynamic int8 linear (`torch.ao.quantization.
-quantize_dynamic`, fbgemm's kernels; deprecated in favour of torchao). The variants run in alternate rounds
+`optimize_for_cpu()` (transposed over few rows, `modeling_pi/cpu_linears.py`), int8 weights with float32
+activations (torchao's weight-only int8, what `quantize_weights("int8")` uses), int8 weights and
+activations quantized per call (torchao's `Int8DynamicActivationInt8WeightConfig`), and PyTorch's own
+dynamic int8 linear (`torch.ao.quantization.quantize_dynamic`, fbgemm's kernels; deprecated in favour of
+torchao). The variants run in alternate rounds
 (`timing.alternate`); each row gives the median time, the median over rounds of its ratio to float32, the
 rate in GFLOP/s and the largest error relative to the largest float32 output.
 """

@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"pi generate: warning: {args.model} has no normalisation statistics: the state goes to the model as "
                   "it is, and the actions are the model's normalised output.", file=sys.stderr)
         if policy.device.type == "cpu":
-            policy.model.optimize_for_cpu()  # bfloat16 weights on a CPU without bfloat16 arithmetic
+            policy.model.optimize_for_cpu()  # the CPU kernel per product (modeling_pi/cpu_linears.py)
         if policy.processor.robot is not None:
             raise ValueError(f"{args.model} reads the raw observations of its robot ({policy.processor.robot.name}), "
                              "which pi generate does not build: use pipeline('robotics', ...) or pi serve.")

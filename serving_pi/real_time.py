@@ -161,7 +161,7 @@ class LocalPolicy:
             layout = preset("pi")
         model = AutoModel.from_pretrained(folder).to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if model.device.type == "cpu":
-            model.optimize_for_cpu()  # bfloat16 weights on a CPU without bfloat16 arithmetic
+            model.optimize_for_cpu()  # the CPU kernel per product (modeling_pi/cpu_linears.py)
         return cls(model, processor, layout, **kwargs)
 
     def get_server_metadata(self) -> dict:

@@ -245,7 +245,7 @@ def build_policy(args: argparse.Namespace) -> BatchingPolicy:
     check_device(device, "--device")
     model = AutoModel.from_pretrained(args.model).to(device)
     if model.device.type == "cpu":
-        model.optimize_for_cpu()  # bfloat16 weights on a CPU without bfloat16 arithmetic
+        model.optimize_for_cpu()  # the CPU kernel per product (modeling_pi/cpu_linears.py)
     return BatchingPolicy(model, processor, layout, max_batch=args.max_batch, seed=args.seed,
                           max_prompt_chars=args.max_prompt_chars, **options)
 
