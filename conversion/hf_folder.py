@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 from huggingface_hub import save_torch_state_dict
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
 
 from configuration_pi import PiConfig
 from model_cards import converted_from, render_model_card
@@ -64,10 +66,13 @@ def check_finite(state_dict: dict, source: str = "the checkpoint") -> None:
                               "checkpoint is damaged; nothing was written.")
 
 
-def _looks_like_a_hub_id(name: str) -> bool:
-    """ORG/NAME: one slash, neither end a path's."""
-    org, slash, repo = name.partition("/")
-    return bool(org and slash and repo) and "/" not in repo and not name.startswith((".", "~"))
+def _is_hub_id(name: str) -> bool:
+    """ORG/NAME, as the Hub client validates repository ids."""
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return "/" in name
 
 
 def build_processor(
@@ -79,7 +84,7 @@ def build_processor(
     pre-processing conventions of the checkpoint's origin ("openpi" or "lerobot")."""
     if config.variant == "pi0_fast" and fast_tokenizer is None:
         raise ConversionError("A π0-FAST processor needs its FAST tokenizer: pass --fast-tokenizer.")
-    if fast_tokenizer and not Path(fast_tokenizer).exists() and not _looks_like_a_hub_id(str(fast_tokenizer)):
+    if fast_tokenizer and not Path(fast_tokenizer).exists() and not _is_hub_id(str(fast_tokenizer)):
         raise ConversionError(f"--fast-tokenizer {fast_tokenizer}: no such folder (nor a Hub id, ORG/NAME).")
     try:
         return PiProcessor(

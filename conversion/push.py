@@ -24,6 +24,9 @@ from conversion.remote_code import remote_code_files, with_auto_map
 from model_cards import GEMMA_LICENSE, PALIGEMMA, retarget_card
 
 WEIGHTS_INDEX = "model.safetensors.index.json"
+# The Hub client's errors derive from its HTTP library's base (httpx's, in huggingface_hub 1.x), which HfHubHTTPError
+# (an answer with an error status) shares with a connection that fails or times out.
+CLIENT_ERROR = next((base for base in HfHubHTTPError.__mro__[1:] if base.__name__ == "HTTPError"), OSError)
 
 
 class PushError(ValueError):
@@ -145,11 +148,6 @@ def publish(args: argparse.Namespace, folder: Path, job: str) -> int:
         print(f"{job}: warning: --private applies to --push-to-hub, which was not given: nothing was pushed.",
               file=sys.stderr)
     return 0
-
-
-# The Hub client's errors derive from its HTTP library's base (httpx's, in huggingface_hub 1.x), which HfHubHTTPError
-# (an answer with an error status) shares with a connection that fails or times out.
-CLIENT_ERROR = next((base for base in HfHubHTTPError.__mro__[1:] if base.__name__ == "HTTPError"), OSError)
 
 
 def _reason(err: Exception) -> str:
