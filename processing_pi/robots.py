@@ -205,7 +205,11 @@ class Robot:
     def to_robot(self, actions: np.ndarray, state: np.ndarray) -> np.ndarray:
         """Un-normalised model actions [B, H, D >= action_dim] and `state` [B, S] (from `state`) -> the robot's
         commands [B, H, action_dim]."""
-        actions = np.array(actions[..., : self.action_dim or actions.shape[-1]], dtype=np.float64)
+        actions = np.array(actions, dtype=np.float64)
+        if actions.ndim == 3 and self.action_dim is not None and actions.shape[-1] < self.action_dim:
+            raise ValueError(f"The actions have {actions.shape[-1]} dims; the robot has {self.action_dim} (action_dim).")
+        actions = actions[..., : self.action_dim or actions.shape[-1]]
+        self._check_chunk(actions, state)
         if self.delta_action_mask is not None:
             dims = len(self.delta_action_mask)
             actions[..., :dims] += np.where(self.delta_action_mask, state[:, :dims], 0.0)[:, None]
@@ -218,6 +222,7 @@ class Robot:
         """The inverse of `to_robot`: a chunk of the robot's commands [B, H, A] -> the model's training targets
         (before normalisation)."""
         actions = np.array(actions, dtype=np.float64)
+        self._check_chunk(actions, state)
         if self.adapt_to_pi:
             actions = _ALOHA_JOINT_SIGNS * actions
             actions[..., _ALOHA_GRIPPERS] = _gripper_to_pi_command(actions[..., _ALOHA_GRIPPERS])
@@ -225,6 +230,21 @@ class Robot:
             dims = len(self.delta_action_mask)
             actions[..., :dims] -= np.where(self.delta_action_mask, state[:, :dims], 0.0)[:, None]
         return actions
+
+    def _check_chunk(self, actions: np.ndarray, state) -> None:
+        """Refuse, naming the shapes, a chunk and state the conversions above cannot pair up."""
+        state = np.asarray(state)
+        if actions.ndim != 3 or state.ndim != 2:
+            raise ValueError(f"Expected actions [B, H, D] and state [B, S], got shapes {list(actions.shape)} and {list(state.shape)}.")
+        if len(actions) != len(state):
+            raise ValueError(f"{len(actions)} action chunk(s) for {len(state)} state(s).")
+        if self.adapt_to_pi and actions.shape[-1] != len(_ALOHA_JOINT_SIGNS):
+            raise ValueError(f"adapt_to_pi converts ALOHA's {len(_ALOHA_JOINT_SIGNS)} action dims, got {actions.shape[-1]}.")
+        if self.delta_action_mask is not None:
+            dims = len(self.delta_action_mask)
+            for name, width in (("actions", actions.shape[-1]), ("state", state.shape[-1])):
+                if width < dims:
+                    raise ValueError(f"{name} of {width} dims are narrower than delta_action_mask ({dims} dims).")
 
     def describe(self) -> dict:
         """What a policy server tells clients on connect about the observations it reads."""

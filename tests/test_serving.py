@@ -373,6 +373,27 @@ def test_presets_read_the_openpi_robot_layouts():
         preset("franka")
 
 
+def test_actions_and_states_that_do_not_pair_up_are_refused_by_name():
+    mask = [True] * 6 + [False] + [True] * 6 + [False]  # ALOHA's conversion and delta joints
+    robot = Robot(cameras={"base_0_rgb": "image"}, state_keys=["state"], adapt_to_pi=True, delta_action_mask=mask)
+    chunk, state = np.zeros((2, 5, 14)), np.zeros((2, 14))
+    assert robot.to_robot(chunk, state).shape == robot.from_robot(chunk, state).shape == (2, 5, 14)
+    for convert in (robot.to_robot, robot.from_robot):
+        with pytest.raises(ValueError, match=re.escape("2 action chunk(s) for 1 state(s)")):
+            convert(chunk, state[:1])
+        with pytest.raises(ValueError, match=re.escape("state [B, S], got shapes [2, 5, 14] and [14]")):
+            convert(chunk, state[0])
+        with pytest.raises(ValueError, match="ALOHA's 14 action dims, got 7"):
+            convert(chunk[..., :7], state)
+    delta = Robot(cameras={"base_0_rgb": "image"}, state_keys=["state"], delta_action_mask=[True] * 6 + [False])
+    with pytest.raises(ValueError, match=re.escape("state of 3 dims are narrower than delta_action_mask (7 dims)")):
+        delta.to_robot(chunk, state[:, :3])
+    with pytest.raises(ValueError, match=re.escape("actions of 5 dims are narrower than delta_action_mask (7 dims)")):
+        delta.from_robot(chunk[..., :5], state)
+    with pytest.raises(ValueError, match=re.escape("The actions have 14 dims; the robot has 20 (action_dim)")):
+        Robot(cameras={"base_0_rgb": "image"}, state_keys=["state"], action_dim=20).to_robot(chunk, state)
+
+
 def test_wire_format_is_openpis_and_refuses_what_is_not_plain_numbers():
     observation = {"image": np.arange(24, dtype=np.uint8).reshape(2, 4, 3), "state": np.float32(1.5), "prompt": "go"}
     for decoded in (unpackb(msgpack_numpy.packb(observation)), msgpack_numpy.unpackb(packb(observation))):
