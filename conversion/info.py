@@ -70,7 +70,7 @@ def load_processor(folder: Path) -> tuple[PiProcessor | None, str | None]:
     try:
         return PiProcessor.from_pretrained(folder), None
     except (OSError, ValueError, KeyError) as err:
-        return None, f"{PROCESSOR_CONFIG} does not load: {err}"
+        return None, f"{PROCESSOR_CONFIG} does not load: {str(err).rstrip('.')}"
 
 
 def _convert_with_stats(processor) -> str:

@@ -53,6 +53,7 @@ from .robots import Robot
 DEFAULT_NORM_MODE = {"pi0": "zscore", "pi05": "quantile", "pi0_fast": "quantile"}
 FAST_FOLDER = "fast_tokenizer"
 PROCESSOR_CONFIG = "processor_config.json"
+TOKENIZER_FILE = "tokenizer.json"  # the prompt tokenizer as `tokenizers` saves it
 PROCESSOR_FILES = [PROCESSOR_CONFIG, "tokenizer*.json", "special_tokens_map.json", f"{FAST_FOLDER}/*"]
 HUB_OPTIONS = ("revision", "token", "cache_dir", "local_files_only", "force_download")
 # What the Auto classes and `pipeline()` pass to every `from_pretrained`; they concern the model, not a processor,
@@ -515,6 +516,9 @@ class PiProcessor(ProcessorMixin):
             folder = Path(snapshot_download(str(path_or_repo), allow_patterns=PROCESSOR_FILES, **hub_kwargs))
         if not (folder / PROCESSOR_CONFIG).is_file():
             raise ValueError(f"{path_or_repo} has no {PROCESSOR_CONFIG}: not a saved PiProcessor.")
+        if not (folder / TOKENIZER_FILE).is_file():
+            raise ValueError(f"{path_or_repo} has a {PROCESSOR_CONFIG} but no {TOKENIZER_FILE}: the processor's "
+                             f"tokenizer is missing (save the processor again, or copy the whole folder).")
         config = json.loads((folder / PROCESSOR_CONFIG).read_text())
         image_config = {k: v for k, v in config["image_processor"].items() if k != "image_processor_type"}
         fast_folder = folder / FAST_FOLDER

@@ -263,6 +263,17 @@ def test_info_of_a_folder_without_a_processor(converted, capsys):
     assert code == 0 and "π0 (variant pi0)" in out and "--tokenizer" in out
 
 
+def test_info_and_the_processor_name_a_missing_tokenizer_file(policy_folder, tmp_path, capsys):
+    folder = tmp_path / "copied"
+    shutil.copytree(policy_folder("pi0"), folder)
+    (folder / "tokenizer.json").unlink()
+    with pytest.raises(ValueError, match="has a processor_config.json but no tokenizer.json"):
+        PiProcessor.from_pretrained(folder)
+    info = _info(capsys, folder)
+    assert info["processor"] is False and len(info["problems"]) == 1
+    assert "processor_config.json does not load" in info["problems"][0] and "no tokenizer.json" in info["problems"][0]
+
+
 def test_info_of_a_policy_with_statistics(policy_folder, capsys):
     info = _info(capsys, policy_folder("pi0_fast"))
     assert info["problems"] == [] and info["conventions"] == "openpi" and info["robot"] is None
