@@ -62,7 +62,8 @@ from safetensors import SafetensorError, safe_open
 
 from configuration_pi import PiConfig
 from configuration_pi.configuration_pi import DEFAULT_IMAGE_KEYS, FLOW_VARIANTS
-from conversion.hf_folder import DTYPES, ConversionError, build_processor, check_complete, check_output, write_folder
+from conversion.hf_folder import (DTYPES, ConversionError, build_processor, check_complete, check_output, check_tokenizers,
+                                  write_folder)
 from conversion.push import add_publish_arguments, card_options, publish
 from processing_pi.normalization import NEEDED_STATS, ArrayStats, NormStats
 
@@ -415,6 +416,7 @@ def convert_checkpoint(
     if dtype is not None and dtype not in DTYPES:
         raise ConversionError(f"Unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}.")
     output = check_output(output)
+    check_tokenizers(tokenizer, fast_tokenizer)
     settings = json.loads((checkpoint / "config.json").read_text())
     tensors = load_safetensors(checkpoint)
     notes, conventions = [], None

@@ -40,7 +40,8 @@ from tqdm.auto import tqdm
 
 from configuration_pi import PiConfig
 from configuration_pi.configuration_pi import FLOW_VARIANTS, VARIANTS
-from conversion.hf_folder import DTYPES, ConversionError, build_processor, check_output, expected_shapes, write_folder
+from conversion.hf_folder import (DTYPES, ConversionError, build_processor, check_output, check_tokenizers, expected_shapes,
+                                  write_folder)
 from conversion.openpi_configs import OPENPI_CONFIGS, PolicyConfig, openpi_config
 from conversion.push import add_publish_arguments, card_options, publish
 from processing_pi import NormStats
@@ -415,9 +416,16 @@ def convert_openpi(
     if dtype not in DTYPES:
         raise ConversionError(f"Unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}.")
     output = check_output(output)
-    if tokenizer is None and any(option is not None for option in (fast_tokenizer, asset_id, norm_stats, robot_action_dim)):
-        raise ConversionError("--fast-tokenizer, --asset-id, --norm-stats and --robot-action-dim build the processor, "
-                              "which also needs --tokenizer.")
+    processor_flags = {"--fast-tokenizer": fast_tokenizer, "--asset-id": asset_id, "--norm-stats": norm_stats,
+                       "--robot-action-dim": robot_action_dim}
+    given = [flag for flag, value in processor_flags.items() if value is not None]
+    if tokenizer is None and given:
+        raise ConversionError(f"{' and '.join(given)} {'builds' if len(given) == 1 else 'build'} the processor, which "
+                              f"also needs --tokenizer.")
+    check_tokenizers(tokenizer, fast_tokenizer)
+    for flag, value in (("--action-horizon", action_horizon), ("--max-token-len", max_token_len)):
+        if value is not None and value < 1:
+            raise ConversionError(f"{flag} must be at least 1, got {value}.")
     if policy is not None:
         if robot_action_dim is not None:
             raise ConversionError("The policy config's robot fixes the action dims: drop --robot-action-dim (or declare "

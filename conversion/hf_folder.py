@@ -75,6 +75,17 @@ def _is_hub_id(name: str) -> bool:
     return "/" in name
 
 
+def check_tokenizers(tokenizer: str | os.PathLike | None, fast_tokenizer: str | os.PathLike | None) -> None:
+    """The processor's tokenizers exist, checked before any weight is read: `tokenizer` a SentencePiece file,
+    `fast_tokenizer` (which only a processor uses) a folder or a Hub id."""
+    if fast_tokenizer is not None and tokenizer is None:
+        raise ConversionError("--fast-tokenizer builds the processor, which also needs --tokenizer.")
+    if tokenizer is not None and not Path(tokenizer).is_file():
+        raise ConversionError(f"--tokenizer {tokenizer}: no such file (a SentencePiece model, e.g. paligemma_tokenizer.model).")
+    if fast_tokenizer and not Path(fast_tokenizer).exists() and not _is_hub_id(str(fast_tokenizer)):
+        raise ConversionError(f"--fast-tokenizer {fast_tokenizer}: no such folder (nor a Hub id, ORG/NAME).")
+
+
 def build_processor(
     config: PiConfig, tokenizer: str, fast_tokenizer: str | None, norm_stats: NormStats | None, norm_mode: str | None = None,
     discrete_state_input: bool | None = None, robot: Robot | None = None, conventions: str | None = None,
@@ -84,8 +95,7 @@ def build_processor(
     pre-processing conventions of the checkpoint's origin ("openpi" or "lerobot")."""
     if config.variant == "pi0_fast" and fast_tokenizer is None:
         raise ConversionError("A π0-FAST processor needs its FAST tokenizer: pass --fast-tokenizer.")
-    if fast_tokenizer and not Path(fast_tokenizer).exists() and not _is_hub_id(str(fast_tokenizer)):
-        raise ConversionError(f"--fast-tokenizer {fast_tokenizer}: no such folder (nor a Hub id, ORG/NAME).")
+    check_tokenizers(tokenizer, fast_tokenizer)
     try:
         return PiProcessor(
             PiImageProcessor(size=config.vision_config.image_size, conventions=conventions or "openpi"),

@@ -220,8 +220,12 @@ def test_convert_takes_statistics_and_robot_action_dim(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--norm-stats", STATS], "also needs --tokenizer"),
-    (["--robot-action-dim", 7], "also needs --tokenizer"),
+    (["--norm-stats", STATS], "--norm-stats builds the processor, which also needs --tokenizer"),
+    (["--robot-action-dim", 7, "--asset-id", "x"], "--asset-id and --robot-action-dim build the processor"),
+    (["--fast-tokenizer", FAST], "--fast-tokenizer builds the processor, which also needs --tokenizer"),
+    (["--tokenizer", STATS.parent], f"--tokenizer {STATS.parent}: no such file"),  # a folder, not the model file
+    (["--max-token-len", 0], "--max-token-len must be at least 1, got 0"),  # not the checkpoint's fault
+    (["--action-horizon", -2], "--action-horizon must be at least 1, got -2"),
     (["--tokenizer", TOKENIZER, "--norm-stats", STATS, "--asset-id", "x"], "pass one"),
     (["--tokenizer", TOKENIZER, "--norm-stats", "missing.json"], "missing.json"),
     (["--tokenizer", TOKENIZER, "--norm-stats", TOKENIZER], "Cannot read the statistics"),

@@ -247,6 +247,14 @@ def test_unsupported_policies_and_missing_statistics_are_named(tmp_path, capsys)
     assert code == 1 and "model.safetensors: not a readable safetensors file" in error, error
     assert not (tmp_path / "out").exists()
 
+    for flags, message in ((["--fast-tokenizer", PROCESSOR / "fast_tokenizer"], "which also needs --tokenizer"),
+                           (["--tokenizer", PROCESSOR / "missing.model"], "missing.model: no such file")):
+        code = pi_cli.main(["convert", "lerobot", "--checkpoint", str(source), "--output", str(tmp_path / "out"),
+                            *map(str, flags)])
+        error = capsys.readouterr().err
+        assert code == 1 and message in error, error  # refused before the weights are read, not dropped
+    assert not (tmp_path / "out").exists()
+
 
 def test_info_tells_how_a_lerobot_policy_converted_without_its_normaliser_gets_statistics(tmp_path, capsys):
     source = LEROBOT / "pi05" / "pretrained_model"
