@@ -633,6 +633,29 @@ def test_resuming_past_steps_or_with_the_other_weights_is_refused(dataset_root, 
     assert "holds fully fine-tuned weights: resume with --full" in capsys.readouterr().err
 
 
+def test_resume_keeps_the_runs_learning_rate_and_says_how_more_steps_reshape_its_schedule(dataset_root, model_folder,
+                                                                                         tmp_path, capsys):
+    output = tmp_path / "run"
+    run = lambda *extra: pi_cli.main(_train_args(model_folder, dataset_root, output, "--save-steps", "2", *extra))  # noqa: E731
+    assert run("--steps", "4", "--learning-rate", "1e-2") == 0
+    shutil.rmtree(output / "checkpoint-4")  # as a kill before the last save leaves the run
+    capsys.readouterr()
+    # the Trainer would keep 1e-2 (its optimizer and scheduler state), or reshape the steps taken with a warm-up
+    assert run("--steps", "4", "--learning-rate", "1e-3", "--resume") == 1
+    assert "trains with --learning-rate 0.01" in capsys.readouterr().err
+    assert run("--steps", "4", "--learning-rate", "1e-2", "--warmup-steps", "1", "--resume") == 1
+    assert "is not the one --warmup-steps 1 gives there" in capsys.readouterr().err
+    assert sorted(path.name for path in output.glob("checkpoint-*")) == ["checkpoint-2"]
+
+    assert run("--steps", "8", "--learning-rate", "1e-2", "--resume") == 0  # more steps: allowed, and said
+    rates = {entry["step"]: entry["learning_rate"] for entry in
+             json.loads((output / "checkpoint-8" / "trainer_state.json").read_text())["log_history"] if "learning_rate" in entry}
+    cosine = lambda step, steps: 1e-2 * (0.1 + 0.45 * (1 + np.cos(np.pi * (step - 1) / steps)))  # noqa: E731
+    assert rates[3] == pytest.approx(cosine(3, 4)) and rates[4] == pytest.approx(cosine(4, 8))
+    said = capsys.readouterr().out
+    assert f"a schedule of 8 steps from step 4 on ({rates[4]:g} there, {cosine(4, 4):g} in the run's own)" in said, said
+
+
 def _weights(output: Path) -> dict[str, bytes]:
     """The saved run's weights, adapters apart and merged, as bytes (equal only when bit-identical)."""
     from safetensors.torch import load_file

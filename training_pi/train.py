@@ -53,7 +53,7 @@ import torch
 from huggingface_hub import ModelCard
 from peft import set_peft_model_state_dict
 from safetensors.torch import load_file
-from transformers import AutoModel, AutoProcessor, Trainer, TrainerState, TrainingArguments, set_seed
+from transformers import AutoModel, AutoProcessor, Trainer, TrainerState, TrainingArguments, get_scheduler, set_seed
 from transformers.utils import is_torch_xla_available
 
 import modeling_pi  # noqa: F401  (registers "pi" with AutoModel / AutoProcessor)
@@ -68,6 +68,9 @@ from .lerobot_dataset import (STATE, DatasetError, LeRobotDataset, PiCollator, c
                               write_norm_stats)
 from .lora import apply_lora, set_full_finetuning
 from .loss_curve import save_loss_curve
+
+# the reference's learning-rate schedule: linear warm-up, cosine decay to a tenth of the peak
+SCHEDULE, SCHEDULE_OPTIONS = "cosine_with_min_lr", {"min_lr_rate": 0.1}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -202,7 +205,7 @@ def train(args: argparse.Namespace) -> Path:
     training_args = TrainingArguments(
         output_dir=str(output), max_steps=args.steps, per_device_train_batch_size=args.batch_size,
         learning_rate=args.learning_rate, warmup_steps=args.warmup_steps,
-        lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr_rate": 0.1},
+        lr_scheduler_type=SCHEDULE, lr_scheduler_kwargs=SCHEDULE_OPTIONS,
         optim="adamw_torch", adam_beta2=0.95, weight_decay=1e-10, max_grad_norm=1.0,
         logging_steps=args.logging_steps, save_steps=args.save_steps, save_total_limit=2,
         bf16=args.bf16, use_cpu=args.bf16 and on_cpu_only(),  # transformers refuses bf16 on a CPU it is not told of
@@ -212,6 +215,9 @@ def train(args: argparse.Namespace) -> Path:
     check_one_job(training_args)
     checkpoint = resume_checkpoint(output, training_args.should_save) if args.resume else None
     finished = checkpoint is not None and check_resumable(Path(checkpoint), args)
+    note = checkpoint and resumed_schedule(Path(checkpoint), args)
+    if note and training_args.should_save:
+        print(note)
     trainer = Trainer(model=trainable, args=training_args, train_dataset=dataset, data_collator=PiCollator(processor))
     if trainer.is_fsdp_enabled and not args.full:
         raise OptionError("--lora under FSDP: the adapters are merged into the saved weights, which FSDP leaves in shards "
@@ -344,6 +350,42 @@ def check_resumable(checkpoint: Path, args: argparse.Namespace) -> bool:
         kind, flag = ("LoRA adapters", "--lora") if lora else ("fully fine-tuned weights", "--full")
         raise OptionError(f"--resume: {checkpoint} holds {kind}: resume with {flag}, as the run started.")
     return step == args.steps
+
+
+def _schedule(args: argparse.Namespace, steps: int):
+    """The learning rate of each step (counted from 1) of a run of `steps` steps with the run's options."""
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=args.learning_rate)
+    scheduler = get_scheduler(SCHEDULE, optimizer, num_warmup_steps=args.warmup_steps, num_training_steps=steps,
+                              scheduler_specific_kwargs=SCHEDULE_OPTIONS)
+    return lambda step: args.learning_rate * scheduler.lr_lambdas[0](step - 1)
+
+
+def resumed_schedule(checkpoint: Path, args: argparse.Namespace) -> str | None:
+    """Raises where the Trainer, resuming, would not follow the options given: it keeps the checkpoint's peak
+    learning rate whatever --learning-rate says, and a --warmup-steps of its own would reshape the schedule
+    under the steps already taken. Returns what a --steps other than the run's does to the learning rate, to be
+    said: the Trainer spreads the schedule over the new --steps from the second resumed step on."""
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    step, planned = state["global_step"], state.get("max_steps")
+    if (checkpoint / "scheduler.pt").is_file():
+        peak = torch.load(checkpoint / "scheduler.pt", weights_only=True)["base_lrs"][0]
+        if not math.isclose(peak, args.learning_rate, rel_tol=1e-6):
+            raise OptionError(f"--resume: {checkpoint} trains with --learning-rate {peak:g}, which its optimizer and "
+                              f"schedule keep: resume with --learning-rate {peak:g}.")
+    logged = [(log["step"], log["learning_rate"]) for log in state["log_history"] if "learning_rate" in log]
+    if not planned or not logged:
+        return None
+    last, rate = logged[-1]
+    if not math.isclose(_schedule(args, planned)(last), rate, rel_tol=1e-6, abs_tol=1e-12):
+        raise OptionError(f"--resume: the learning rate {checkpoint} logged at step {last} ({rate:g}) is not the one "
+                          f"--warmup-steps {args.warmup_steps} gives there: resume with the --warmup-steps the run "
+                          "started with.")
+    changed = step + 2  # the first resumed step takes the rate the checkpoint's optimizer holds
+    if planned == args.steps or changed > args.steps:
+        return None
+    return (f"--resume: {checkpoint} is of a run of {planned} steps; with --steps {args.steps} its learning rate "
+            f"follows a schedule of {args.steps} steps from step {changed} on ({_schedule(args, args.steps)(changed):g} "
+            f"there, {_schedule(args, planned)(changed):g} in the run's own).")
 
 
 def restore_finished_run(trainer: Trainer, model, checkpoint: Path) -> None:
