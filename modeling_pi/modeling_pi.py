@@ -89,6 +89,19 @@ class PiPreTrainedModel(PreTrainedModel):
         "time_mlp_in", "time_mlp_out", "modulation",
     ]
 
+    def _apply(self, fn, recurse=True):
+        """Casting the model to half precision (`.to(torch.bfloat16)`, `.bfloat16()`, `.half()`) keeps the modules
+        of `_keep_in_fp32_modules_strict` float32, as loading it in that dtype does: both give the reference's
+        mixed precision."""
+        kept = set(self._keep_in_fp32_modules_strict or ())
+        float32 = {name: tensor.detach() for name, tensor in self.named_parameters()
+                   if tensor.dtype == torch.float32 and not kept.isdisjoint(name.split("."))}
+        super()._apply(fn, recurse)
+        for name, tensor in self.named_parameters():
+            if name in float32 and tensor.dtype in (torch.bfloat16, torch.float16):
+                tensor.data = float32[name].to(tensor.device)  # the values as they were, not rounded and back
+        return self
+
     def _init_weights(self, module):
         # Gemma norms scale by (1 + weight); the reference starts them, and the adaRMS modulation, at zero.
         if isinstance(module, PiAdaRMSModulation):

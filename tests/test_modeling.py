@@ -440,10 +440,19 @@ def test_a_new_model_starts_like_the_reference():
 
 
 @torch.no_grad()
-def test_bfloat16_loading_keeps_the_flow_head_and_adarms_modulation_in_float32(converted):
-    model = AutoModel.from_pretrained(converted("pi05"), dtype=torch.bfloat16)
+@pytest.mark.parametrize("cast", [
+    lambda folder: AutoModel.from_pretrained(folder, dtype=torch.bfloat16),
+    lambda folder: AutoModel.from_pretrained(folder).to(torch.bfloat16),
+    lambda folder: AutoModel.from_pretrained(folder).bfloat16(),
+], ids=["loaded", "to", "bfloat16"])
+def test_bfloat16_keeps_the_flow_head_and_adarms_modulation_in_float32(converted, cast):
+    model = cast(converted("pi05"))
     kept = [model.action_in_proj, model.action_out_proj, model.time_mlp_in, model.time_mlp_out,
             model.action_expert.layers[0].input_layernorm.modulation, model.action_expert.norm.modulation]
-    assert all(module.weight.dtype == torch.float32 for module in kept)
+    assert all(module.weight.dtype == module.bias.dtype == torch.float32 for module in kept)
     assert model.language_model.layers[0].mlp.up_proj.weight.dtype == torch.bfloat16
     assert model.action_expert.layers[0].mlp.up_proj.weight.dtype == torch.bfloat16
+    loaded = AutoModel.from_pretrained(converted("pi05"), dtype=torch.bfloat16)
+    assert all(torch.equal(mine, theirs) and mine.dtype == theirs.dtype
+               for mine, theirs in zip(model.state_dict().values(), loaded.state_dict().values()))
+    assert model.float().action_expert.layers[0].mlp.up_proj.weight.dtype == torch.float32  # and back

@@ -105,7 +105,8 @@ def test_the_quantization_benchmark_compares_the_precisions_on_the_same_weights(
     assert list(by_name) == ["float32", "bfloat16", "int8 weights, float32", "int8 weights, bfloat16"]
     assert by_name["float32"]["error"] == 0 and by_name["float32"]["ratio_to_float32"] == 1
     assert by_name["int8 weights, float32"]["weights_mib"] < 0.7 * by_name["float32"]["weights_mib"]
-    assert by_name["bfloat16"]["weights_mib"] == pytest.approx(by_name["float32"]["weights_mib"] / 2, rel=0.01)
+    float32_mib = by_name["float32"]["weights_mib"]  # bfloat16 halves all but the flow head, which stays float32
+    assert float32_mib / 2 < by_name["bfloat16"]["weights_mib"] < 0.55 * float32_mib
     assert all(row["chunk_ms"] > 0 and row["error"] < 0.05 for row in rows)
 
 
