@@ -316,6 +316,15 @@ def test_pi_train_with_rtc_max_delay_saves_a_model_that_keeps_the_previous_actio
         chunk = model.generate_actions(**inputs, prev_actions=previous, inference_delay=2, execution_horizon=2)
     assert torch.equal(chunk[:, :2], previous[:, :2])
 
+    further = ["train", "--model", str(tmp_path / "run"), *common[3:]]  # trained on as it was trained, and said
+    capsys.readouterr()
+    assert pi_cli.main([*further, "--output", str(tmp_path / "again")]) == 0
+    assert "this run trains with clean action prefixes of 0 to 2 steps" in capsys.readouterr().out
+    assert AutoModel.from_pretrained(tmp_path / "again").config.rtc_max_delay == 2
+    assert pi_cli.main([*further, "--output", str(tmp_path / "plain"), "--rtc-max-delay", "0"]) == 0
+    assert AutoModel.from_pretrained(tmp_path / "plain").config.rtc_max_delay == 0
+    assert "this run trains with" not in capsys.readouterr().out
+
 
 def test_pi_train_trains_clean_prefixes_on_the_feature_it_is_given(dataset_root, model_folder, tmp_path, capsys,
                                                                    monkeypatch):
@@ -350,6 +359,16 @@ def test_pi_train_with_knowledge_insulation_trains_both_losses_and_saves_a_pi05_
     with torch.no_grad():
         actions = processor.post_process(model.generate_actions(**inputs, generator=torch.Generator().manual_seed(0))).actions
     assert actions.shape == (1, HORIZON, 3) and torch.isfinite(actions).all()
+
+    further = ["train", "--model", str(tmp_path / "run"), *common[3:]]  # trained on as it was trained, and said
+    capsys.readouterr()
+    assert pi_cli.main([*further, "--output", str(tmp_path / "again")]) == 0
+    assert "this run trains with knowledge insulation" in capsys.readouterr().out
+    assert AutoModel.from_pretrained(tmp_path / "again").config.knowledge_insulation
+    assert AutoProcessor.from_pretrained(tmp_path / "again").knowledge_insulation
+    assert pi_cli.main([*further, "--output", str(tmp_path / "plain"), "--no-knowledge-insulation"]) == 0
+    assert not AutoModel.from_pretrained(tmp_path / "plain").config.knowledge_insulation
+    assert not AutoProcessor.from_pretrained(tmp_path / "plain").knowledge_insulation
 
 
 def test_bad_dataset_makes_pi_train_exit_non_zero(dataset_root, model_folder, tmp_path, capsys):

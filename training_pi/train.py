@@ -3,7 +3,7 @@
     pi train --model CONVERTED --dataset LEROBOT_DIR --output OUT [--lora | --full] [--freeze-vision]
              [--steps N] [--batch-size N] [--learning-rate LR] [--warmup-steps N] [--resume | --overwrite]
              [--camera-map DATASET_KEY=MODEL_KEY ...] [--bf16] [--gradient-checkpointing] [--recompute-stats] [--seed N]
-             [--rtc-max-delay N [--rtc-prefix-key FEATURE]] [--knowledge-insulation [--fast-tokenizer DIR]]
+             [--rtc-max-delay N [--rtc-prefix-key FEATURE]] [--[no-]knowledge-insulation [--fast-tokenizer DIR]]
 
 The schedule is the reference's: AdamW (β2 0.95, weight decay 1e-10, gradient clip 1.0), linear
 warm-up, cosine decay to a tenth of the peak. The norm statistics are, as LeRobot trains with them, the
@@ -37,6 +37,9 @@ recorded actions that followed, so that the model continues from where the execu
 `--knowledge-insulation` (π0.5) trains as Physical Intelligence trains π0.5: the backbone also learns each chunk's
 FAST tokens after the prompt, with the FAST tokenizer of `--fast-tokenizer DIR` (or the processor's own), and the
 action expert reads the backbone through a stop-gradient; the loss is the sum of both. Sampling is unchanged.
+
+Without the flag, a model trained with either mode (its config says so) goes on training with it, and the run says
+so; `--rtc-max-delay 0` and `--no-knowledge-insulation` leave it out.
 """
 
 import argparse
@@ -103,12 +106,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="seeds adapter initialisation, data order, flow noise and times: the same seed gives the same "
                              "run (bit for bit on CPU)")
     parser.add_argument("--rtc-max-delay", type=int, default=None, metavar="N",
-                        help="real-time chunking: train with clean action prefixes of 0 to N steps (π0, π0.5)")
+                        help="real-time chunking: train with clean action prefixes of 0 to N steps (π0, π0.5; default: "
+                             "as the model was trained, 0: none)")
     parser.add_argument("--rtc-prefix-key", metavar="FEATURE",
                         help="with --rtc-max-delay: the dataset feature the clean prefixes hold (default: action), e.g. "
                              "the actions the robot executed")
-    parser.add_argument("--knowledge-insulation", action="store_true",
-                        help="π0.5: the backbone also learns the chunk's FAST tokens, the expert reads it through a stop-gradient")
+    parser.add_argument("--knowledge-insulation", action=argparse.BooleanOptionalAction, default=None,
+                        help="π0.5: the backbone also learns the chunk's FAST tokens, the expert reads it through a "
+                             "stop-gradient (default: as the model was trained)")
     parser.add_argument("--fast-tokenizer", metavar="DIR", help="the FAST action tokenizer for --knowledge-insulation "
                         "(a FastActionTokenizer folder; default: the processor's own)")
     return parser
@@ -164,6 +169,33 @@ def _insulate(model, processor, fast_tokenizer: str | None):
     return processor
 
 
+def _training_modes(model, processor, args: argparse.Namespace) -> tuple:
+    """Real-time chunking's clean prefixes and knowledge insulation as the flags set them, or, where a flag is
+    not given, as the model was trained (its config), which is then said. Returns the processor for them and
+    what was taken from the model."""
+    inherited = []
+    if args.rtc_max_delay is not None:
+        model.config.rtc_max_delay = args.rtc_max_delay
+        try:
+            model.config.validate_rtc()
+        except ValueError as err:
+            raise OptionError(f"--rtc-max-delay: {err}") from None
+    elif model.config.rtc_max_delay:
+        inherited.append(f"clean action prefixes of 0 to {model.config.rtc_max_delay} steps (--rtc-max-delay 0: none)")
+    insulation = args.knowledge_insulation
+    if insulation is None and model.config.knowledge_insulation:
+        insulation = True
+        inherited.append("knowledge insulation (--no-knowledge-insulation: without)")
+    if args.fast_tokenizer and not insulation:
+        raise OptionError("--fast-tokenizer gives --knowledge-insulation its FAST tokenizer: pass both, or neither.")
+    if insulation:
+        processor = _insulate(model, processor, args.fast_tokenizer)
+    elif model.config.knowledge_insulation:  # --no-knowledge-insulation
+        model.config.knowledge_insulation = False
+        processor = processor.replace(knowledge_insulation=False)
+    return processor, inherited
+
+
 def _load(flag: str, path: str, load):
     """`load(path)`, its failure an `OptionError` that names the flag."""
     try:
@@ -179,19 +211,10 @@ def train(args: argparse.Namespace) -> Path:
     check_output(output, args)
     set_seed(args.seed)  # before the model loads and the LoRA adapters are drawn: the Trainer seeds only later
     model = _load("--model", args.model, AutoModel.from_pretrained)
-    if args.rtc_max_delay is not None:
-        model.config.rtc_max_delay = args.rtc_max_delay
-        try:
-            model.config.validate_rtc()
-        except ValueError as err:
-            raise OptionError(f"--rtc-max-delay: {err}") from None
     processor = _load("--model", args.model, AutoProcessor.from_pretrained)
+    processor, inherited = _training_modes(model, processor, args)
     if args.rtc_prefix_key and not model.config.rtc_max_delay:
         raise OptionError("--rtc-prefix-key fills the clean action prefixes of --rtc-max-delay N (N >= 1); pass both.")
-    if args.fast_tokenizer and not args.knowledge_insulation:
-        raise OptionError("--fast-tokenizer gives --knowledge-insulation its FAST tokenizer: pass both, or neither.")
-    if args.knowledge_insulation:
-        processor = _insulate(model, processor, args.fast_tokenizer)
     dataset = LeRobotDataset(args.dataset, model.config.action_horizon, _camera_map(args.camera_map), processor.image_keys,
                              args.rtc_prefix_key)
     norm_stats, stats_source = _norm_stats(dataset, processor.norm_mode, args.recompute_stats)
@@ -213,6 +236,8 @@ def train(args: argparse.Namespace) -> Path:
         report_to=[], seed=args.seed, dataloader_num_workers=0,
     )
     check_one_job(training_args)
+    if inherited and training_args.should_save:
+        print(f"pi train: as {args.model} was trained, this run trains with {'; and with '.join(inherited)}.")
     checkpoint = resume_checkpoint(output, training_args.should_save) if args.resume else None
     finished = checkpoint is not None and check_resumable(Path(checkpoint), args)
     note = checkpoint and resumed_schedule(Path(checkpoint), args)
