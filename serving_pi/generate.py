@@ -12,6 +12,7 @@ come out, as the model's normalised values.
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -40,6 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     try:
         observation = {"images": _read_images(args.image), "prompt": args.prompt, "state": _parse_state(args.state)}
+        if args.output and not Path(args.output).resolve().parent.is_dir():
+            raise ValueError(f"--output {args.output}: no folder {Path(args.output).resolve().parent} to write it in.")
         policy = _policy(args.model, args.device)
         if policy.processor.norm_stats is None:
             print(f"pi generate: warning: {args.model} has no normalisation statistics: the state goes to the model as "
@@ -51,6 +54,8 @@ def run(args: argparse.Namespace) -> int:
                              "which pi generate does not build: use pipeline('robotics', ...) or pi serve.")
         if args.num_steps is not None and not policy.model.config.is_flow:
             raise ValueError("--num-steps sets the flow solver's steps; π0-FAST decodes tokens.")
+        if args.num_steps is not None and args.num_steps < 1:
+            raise ValueError(f"--num-steps must be at least 1, got {args.num_steps}.")
         options = {name: value for name, value in (("num_steps", args.num_steps), ("seed", args.seed)) if value is not None}
         out = policy(observation, **options)
     except (OSError, ValueError) as err:
@@ -96,8 +101,13 @@ def _read_images(specs: list[str]) -> dict:
             raise ValueError(f"--image takes NAME=FILE (e.g. base_0_rgb=front.png), got {spec!r}.")
         if camera in images:
             raise ValueError(f"Camera {camera!r} is given twice.")
-        with Image.open(path) as image:
-            image.load()  # read now: the file closes here
+        try:
+            with Image.open(path) as image:
+                image.load()  # read now: the file closes here
+        except FileNotFoundError:
+            raise ValueError(f"--image {spec}: no such file.") from None
+        except (OSError, Image.DecompressionBombError) as err:
+            raise ValueError(f"--image {spec}: not an image Pillow can read ({err}).") from None
         images[camera] = image
     return images
 

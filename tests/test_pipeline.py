@@ -156,10 +156,15 @@ def test_generate_prints_json_or_saves_npy(policy_folder, tmp_path, capsys):
 def test_generate_reports_bad_arguments(policy_folder, tmp_path, capsys):
     folder = policy_folder("pi05")
     Image.fromarray(np.zeros((20, 20, 3), dtype=np.uint8)).save(tmp_path / "front.png")
+    (tmp_path / "notes.png").write_text("not a picture")
     state = ["--state", ",".join(["0.5"] * ROBOT_DIM)]
     cases = {
         "NAME=FILE": ["--image", str(tmp_path / "front.png"), *state],
-        "missing.png": ["--image", f"base_0_rgb={tmp_path / 'missing.png'}", *state],
+        "missing.png: no such file": ["--image", f"base_0_rgb={tmp_path / 'missing.png'}", *state],
+        "notes.png: not an image Pillow can read": ["--image", f"base_0_rgb={tmp_path / 'notes.png'}", *state],
+        "--num-steps must be at least 1": ["--image", f"base_0_rgb={tmp_path / 'front.png'}", *state, "--num-steps", "0"],
+        "--output .*: no folder": ["--image", f"base_0_rgb={tmp_path / 'front.png'}", *state, "--output",
+                                   str(tmp_path / "absent" / "chunk.npy")],
         "comma-separated numbers": ["--image", f"base_0_rgb={tmp_path / 'front.png'}", "--state", "0.5,up"],
         "Unknown camera.*top_cam": ["--image", f"top_cam={tmp_path / 'front.png'}", *state],
     }
