@@ -10,11 +10,10 @@ from pathlib import Path
 
 import torch
 from huggingface_hub import save_torch_state_dict
-from huggingface_hub.errors import HFValidationError
-from huggingface_hub.utils import validate_repo_id
 
 from configuration_pi import PiConfig
 from model_cards import converted_from, render_model_card
+from modeling_pi.input_checks import is_hub_id
 from processing_pi import FastActionTokenizer, NormStats, PiImageProcessor, PiProcessor, Robot, tokenizer_from_sentencepiece
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -66,15 +65,6 @@ def check_finite(state_dict: dict, source: str = "the checkpoint") -> None:
                               "checkpoint is damaged; nothing was written.")
 
 
-def _is_hub_id(name: str) -> bool:
-    """ORG/NAME, as the Hub client validates repository ids."""
-    try:
-        validate_repo_id(name)
-    except HFValidationError:
-        return False
-    return "/" in name
-
-
 def check_tokenizers(tokenizer: str | os.PathLike | None, fast_tokenizer: str | os.PathLike | None) -> None:
     """The processor's tokenizers exist, checked before any weight is read: `tokenizer` a SentencePiece file,
     `fast_tokenizer` (which only a processor uses) a folder or a Hub id."""
@@ -82,7 +72,7 @@ def check_tokenizers(tokenizer: str | os.PathLike | None, fast_tokenizer: str | 
         raise ConversionError("--fast-tokenizer builds the processor, which also needs --tokenizer.")
     if tokenizer is not None and not Path(tokenizer).is_file():
         raise ConversionError(f"--tokenizer {tokenizer}: no such file (a SentencePiece model, e.g. paligemma_tokenizer.model).")
-    if fast_tokenizer and not Path(fast_tokenizer).exists() and not _is_hub_id(str(fast_tokenizer)):
+    if fast_tokenizer and not Path(fast_tokenizer).exists() and not is_hub_id(str(fast_tokenizer)):
         raise ConversionError(f"--fast-tokenizer {fast_tokenizer}: no such folder (nor a Hub id, ORG/NAME).")
 
 

@@ -1,4 +1,5 @@
-"""Validation of the model inputs users pass (names, shapes, dtypes, ranges), with errors that name the problem.
+"""Validation of the model inputs users pass (names, shapes, dtypes, ranges), and of the model sources and devices
+the commands take, with errors that name the problem.
 
 A VLA model silently broadcasting a wrong-sized state or a NaN action into a plausible-looking chunk
 is the failure mode that costs robot time; every check here turns one into a `ValueError` instead.
@@ -9,7 +10,10 @@ the processor, the pipeline and the server have already checked the same values 
 them (and a non-finite chunk is flagged `valid=False` by `post_process`).
 """
 
+from pathlib import Path
+
 import torch
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from configuration_pi import PiConfig
 
@@ -21,6 +25,27 @@ def check_device(device, name: str = "device") -> None:
         torch.empty(0, device=device)
     except (RuntimeError, AssertionError) as err:
         raise ValueError(f"{name} {device}: {err}") from err
+
+
+def is_hub_id(name: str) -> bool:
+    """ORG/NAME, as the Hub client validates repository ids."""
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return "/" in name
+
+
+def check_source(source, name: str = "--model", kind: str = "folder") -> None:
+    """Raises `ValueError` for a `source` that is neither a `kind` here nor a Hub id (ORG/NAME), before anything
+    tries to download it (the Hub client's own complaint is about repository names)."""
+    path = Path(source)
+    if path.is_dir():
+        return
+    if path.exists():
+        raise ValueError(f"{name} {source}: not a {kind}.")
+    if not is_hub_id(str(source)):
+        raise ValueError(f"{name} {source}: no such {kind} (nor a Hub id, ORG/NAME).")
 
 
 def _tensor(name: str, value) -> None:

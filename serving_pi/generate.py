@@ -20,7 +20,7 @@ from safetensors import SafetensorError
 from transformers import pipeline
 
 import modeling_pi  # noqa: F401  (registers "pi" and the "robotics" task)
-from modeling_pi.input_checks import check_device
+from modeling_pi.input_checks import check_device, check_source
 from pipelines_pi import TASK
 
 
@@ -84,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _policy(model: str, device: str | None):
     """The "robotics" pipeline of the folder; unreadable weights and a device torch cannot use as `ValueError`s."""
+    check_source(model)
     if device is not None:
         check_device(device, "--device")
     try:

@@ -51,7 +51,7 @@ from http import HTTPStatus
 import websockets
 from websockets.asyncio.server import ServerConnection, serve
 
-from modeling_pi.input_checks import check_device
+from modeling_pi.input_checks import check_device, check_source
 from modeling_pi.real_time_chunking import SCHEDULES
 
 from .observations import PRESETS, preset
@@ -220,6 +220,11 @@ def build_policy(args: argparse.Namespace) -> BatchingPolicy:
 
     import torch
 
+    if not 0 <= args.port <= 65535:
+        raise ValueError(f"--port must be 0 (a free port) to 65535, got {args.port}.")
+    if not (math.isfinite(args.max_message_mb) and args.max_message_mb > 0):
+        raise ValueError(f"--max-message-mb must be a positive number, got {args.max_message_mb}.")
+    check_source(args.model)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     processor = AutoProcessor.from_pretrained(args.model)
     prompt = {key: value for key, value in (("prompt_key", args.prompt_key), ("default_prompt", args.default_prompt)) if value}
@@ -253,8 +258,9 @@ def build_policy(args: argparse.Namespace) -> BatchingPolicy:
 def generation_options(args: argparse.Namespace, is_flow: bool) -> dict:
     """The flags' options of `generate_actions`, checked: a value no request could be served with is an error at
     startup (--max-batch 0 would leave every request queued)."""
-    if args.max_batch < 1:
-        raise ValueError(f"--max-batch must be at least 1, got {args.max_batch}.")
+    for flag, value in (("--max-batch", args.max_batch), ("--max-prompt-chars", args.max_prompt_chars)):
+        if value < 1:
+            raise ValueError(f"{flag} must be at least 1, got {value}.")
     options = {}
     if args.num_steps is not None:
         if not is_flow:
@@ -288,6 +294,10 @@ def run(args: argparse.Namespace) -> int:
             loop.add_signal_handler(signum, stop.set)
         await server.serve(stop)
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except OSError as err:  # the address: taken, not this machine's, or a host name that does not resolve
+        print(f"pi serve: error: cannot serve on {args.host}:{args.port}: {err}", file=sys.stderr)
+        return 1
     logger.info("stopped")
     return 0

@@ -393,8 +393,8 @@ TOP, WRIST = MAP_ARGS[1:]  # the dataset's two cameras, as the model calls them
     (["--camera-map", TOP, TOP.split("=")[0] + "=left_wrist_0_rgb"],
      "--camera-map names the dataset key observation.images.top twice"),
     (["--camera-map", TOP, WRIST.split("=")[0] + "=base_0_rgb"], "--camera-map names the model camera base_0_rgb twice"),
-    (["--model", "MISSING"], "--model MISSING (no such folder here;"),  # an absolute path: no Hub id, no lookup
-    (["--knowledge-insulation", "--fast-tokenizer", "MISSING"], "--fast-tokenizer MISSING"),
+    (["--model", "MISSING"], "--model MISSING: no such folder (nor a Hub id"),  # an absolute path: no Hub lookup
+    (["--knowledge-insulation", "--fast-tokenizer", "MISSING"], "--fast-tokenizer MISSING: no such folder"),
 ])
 def test_bad_options_stop_pi_train_before_it_writes_anything(dataset_root, model_folder, tmp_path, capsys, flags,
                                                              message):

@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -292,6 +293,10 @@ def test_a_fast_folder_without_robot_action_dims_is_refused_at_startup(policy_fo
     (["--max-guidance-weight", "nan"], "--max-guidance-weight must be a finite number >= 0, got nan"),
     (["--max-guidance-weight", "inf"], "--max-guidance-weight must be a finite number >= 0, got inf"),
     (["--device", "no_such_device"], "--device no_such_device:"),
+    (["--max-prompt-chars", "0"], "--max-prompt-chars must be at least 1, got 0"),
+    (["--port", "70000"], "--port must be 0 (a free port) to 65535, got 70000"),
+    (["--max-message-mb", "0"], "--max-message-mb must be a positive number, got 0.0"),
+    (["--model", "/no/such/folder"], "--model /no/such/folder: no such folder (nor a Hub id"),  # no Hub lookup
 ])
 def test_flags_no_request_could_be_served_with_are_refused_at_startup(policy_folder, flags, message):
     # --max-batch 0 would leave every request queued; the others would fail every request, or answer NaN
@@ -299,6 +304,17 @@ def test_flags_no_request_could_be_served_with_are_refused_at_startup(policy_fol
         ["--model", policy_folder("pi05"), "--device", "cpu", *flags])
     with pytest.raises(ValueError, match=re.escape(message)):
         pi_serve.build_policy(args)
+
+
+def test_an_address_it_cannot_listen_on_is_an_error_that_names_it(policy_folder, capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        args = pi_serve.add_arguments(argparse.ArgumentParser()).parse_args(
+            ["--model", policy_folder("pi05"), "--device", "cpu", "--port", str(port)])
+        assert pi_serve.run(args) == 1  # not a traceback
+    assert f"pi serve: error: cannot serve on 127.0.0.1:{port}:" in capsys.readouterr().err
 
 
 def test_the_default_preset_reads_the_models_own_camera_names():

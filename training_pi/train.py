@@ -62,6 +62,7 @@ from transformers.utils import is_torch_xla_available
 import modeling_pi  # noqa: F401  (registers "pi" with AutoModel / AutoProcessor)
 from conversion.remote_code import add_remote_code
 from model_cards import DEFAULT_LICENSE, render_model_card
+from modeling_pi.input_checks import check_source
 
 from processing_pi import FastActionTokenizer
 from processing_pi.prompts import PromptTooLong, discretize_state
@@ -198,6 +199,10 @@ def _training_modes(model, processor, args: argparse.Namespace) -> tuple:
 
 def _load(flag: str, path: str, load):
     """`load(path)`, its failure an `OptionError` that names the flag."""
+    try:
+        check_source(path, flag)
+    except ValueError as err:
+        raise OptionError(str(err)) from None
     try:
         return load(path)
     except (OSError, ValueError) as err:
