@@ -41,6 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     try:
         observation = {"images": _read_images(args.image), "prompt": args.prompt, "state": _parse_state(args.state)}
+        if args.num_steps is not None and args.num_steps < 1:
+            raise ValueError(f"--num-steps must be at least 1, got {args.num_steps}.")
         if args.output and not Path(args.output).resolve().parent.is_dir():
             raise ValueError(f"--output {args.output}: no folder {Path(args.output).resolve().parent} to write it in.")
         policy = _policy(args.model, args.device)
@@ -54,8 +56,6 @@ def run(args: argparse.Namespace) -> int:
                              "which pi generate does not build: use pipeline('robotics', ...) or pi serve.")
         if args.num_steps is not None and not policy.model.config.is_flow:
             raise ValueError("--num-steps sets the flow solver's steps; π0-FAST decodes tokens.")
-        if args.num_steps is not None and args.num_steps < 1:
-            raise ValueError(f"--num-steps must be at least 1, got {args.num_steps}.")
         options = {name: value for name, value in (("num_steps", args.num_steps), ("seed", args.seed)) if value is not None}
         out = policy(observation, **options)
     except (OSError, ValueError) as err:
