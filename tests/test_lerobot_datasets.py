@@ -3,6 +3,7 @@ through LeRobot's own loader: the same samples (pixels, state, action chunk, pad
 the same normalisation statistics (the dataset's `meta/stats.json`)."""
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -160,6 +161,18 @@ def test_stats_json_lacking_what_the_mode_needs_is_an_error_naming_file_and_key(
     (root / "meta" / "stats.json").unlink()
     with pytest.raises(DatasetError, match=r"meta/stats\.json: missing; `pi train --recompute-stats`"):
         dataset_norm_stats(dataset, "zscore")
+
+
+@pytest.mark.parametrize("version, message", [
+    ("v2.1", "a LeRobot v2.1 dataset; pi train reads v3 datasets (LeRobot's convert_dataset_v21_to_v30"),
+    ("v4.0", "a LeRobot v4.0 dataset; pi train reads v3 datasets."),
+])
+def test_a_dataset_of_another_lerobot_version_is_named_as_such(tmp_path, version, message):
+    root = shutil.copytree(LEROBOT / "dataset_image", tmp_path / "ds")
+    info = json.loads((root / "meta" / "info.json").read_text())
+    (root / "meta" / "info.json").write_text(json.dumps({**info, "codebase_version": version}))
+    with pytest.raises(DatasetError, match=re.escape(f"info.json: {message}")):
+        LeRobotDataset(root, 10, CAMERA_MAP)
 
 
 def test_pi_train_stops_on_incomplete_stats_and_recompute_stats_gets_past_it(model_folder, tmp_path, capsys):

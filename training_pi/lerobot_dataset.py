@@ -116,6 +116,11 @@ class LeRobotDataset(torch.utils.data.Dataset):
         self.root = root = Path(root)
         self.action_horizon = action_horizon
         info = _read_json(root / "meta" / "info.json")
+        version = str(info.get("codebase_version", "v3.0"))
+        if not version.startswith("v3."):
+            converted = " (LeRobot's convert_dataset_v21_to_v30 script converts a v2.1 one)" if version == "v2.1" else ""
+            raise DatasetError(f"{root / 'meta' / 'info.json'}: a LeRobot {version} dataset; pi train reads v3 datasets"
+                               f"{converted}.")
         self.fps = float(info.get("fps", 30))
         features = info.get("features", {})
         for key in (STATE, ACTION, prefix_key or ACTION):
