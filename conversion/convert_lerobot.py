@@ -63,7 +63,7 @@ from safetensors import SafetensorError, safe_open
 from configuration_pi import PiConfig
 from configuration_pi.configuration_pi import DEFAULT_IMAGE_KEYS, FLOW_VARIANTS
 from conversion.hf_folder import (DTYPES, ConversionError, build_processor, check_complete, check_output, check_tokenizers,
-                                  write_folder)
+                                  weights_dtype, write_folder)
 from conversion.push import add_publish_arguments, card_options, publish
 from processing_pi.normalization import NEEDED_STATS, ArrayStats, NormStats
 
@@ -433,7 +433,7 @@ def convert_checkpoint(
         config = transformers_config(settings, TRANSFORMERS_VARIANTS[source], image_keys)
         norm_stats, norm_mode = transformers_norm_stats(checkpoint)
     state_dict = convert_state_dict(tensors, config, DTYPES.get(dtype), CONFIG_HINT if config_path else ARCHITECTURE_HINT)
-    config.dtype = str(next(iter(state_dict.values())).dtype).removeprefix("torch.")
+    config.dtype = str(weights_dtype(state_dict)).removeprefix("torch.")
     processor = None
     if tokenizer is not None:
         processor = build_processor(config, tokenizer, fast_tokenizer, norm_stats, norm_mode, conventions=conventions)

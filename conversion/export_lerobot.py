@@ -42,7 +42,7 @@ from safetensors.torch import save_file
 from configuration_pi import PiConfig
 from configuration_pi.configuration_pi import _GEMMA_2B, _GEMMA_300M, _SIGLIP_SO400M
 from conversion.convert_lerobot import EMBEDDING, IMAGE_PREFIX, LEROBOT_QUERY_HEADS, NORM_MODES, load_safetensors
-from conversion.hf_folder import ConversionError, check_complete, check_output, staged_folder
+from conversion.hf_folder import ConversionError, check_complete, check_output, staged_folder, weights_dtype
 from processing_pi import PiProcessor
 from processing_pi.processing_pi import PROCESSOR_CONFIG
 
@@ -214,9 +214,9 @@ def norm_map(processor: PiProcessor) -> dict[str, str]:
     return {"VISUAL": "IDENTITY", "STATE": mode, "ACTION": mode}
 
 
-def weights_dtype(state_dict: dict[str, torch.Tensor]) -> str:
-    """LeRobot's `dtype` (its compute precision): bfloat16 for bfloat16 weights, else float32."""
-    return "bfloat16" if next(iter(state_dict.values())).dtype == torch.bfloat16 else "float32"
+def lerobot_dtype(state_dict: dict[str, torch.Tensor]) -> str:
+    """LeRobot's `dtype` (its compute precision): bfloat16 for a bfloat16 model, else float32."""
+    return "bfloat16" if weights_dtype(state_dict) == torch.bfloat16 else "float32"
 
 
 def lerobot_config(config: PiConfig, processor: PiProcessor, dims: tuple[int, int], names: dict, dtype: str) -> dict:
@@ -346,7 +346,7 @@ def export_lerobot(folder: str | os.PathLike, output: str | os.PathLike, allow_c
             "sizes.")
     tensors = lerobot_state_dict(state_dict, config)
     stats = normaliser_stats(processor, dims)
-    settings = lerobot_config(config, processor, dims, names, weights_dtype(state_dict))
+    settings = lerobot_config(config, processor, dims, names, lerobot_dtype(state_dict))
 
     with staged_folder(output) as staging:
         (staging / "config.json").write_text(json.dumps(settings, indent=4) + "\n")

@@ -65,6 +65,14 @@ def check_finite(state_dict: dict, source: str = "the checkpoint") -> None:
                               "checkpoint is damaged; nothing was written.")
 
 
+def weights_dtype(state_dict: dict[str, torch.Tensor]) -> torch.dtype:
+    """The dtype most of the weights have: a bfloat16 model keeps its flow head float32."""
+    sizes = {}
+    for tensor in state_dict.values():
+        sizes[tensor.dtype] = sizes.get(tensor.dtype, 0) + tensor.numel()
+    return max(sizes, key=sizes.get)
+
+
 def check_tokenizers(tokenizer: str | os.PathLike | None, fast_tokenizer: str | os.PathLike | None) -> None:
     """The processor's tokenizers exist, checked before any weight is read: `tokenizer` a SentencePiece file,
     `fast_tokenizer` (which only a processor uses) a folder or a Hub id."""
