@@ -42,6 +42,7 @@ from configuration_pi import PiConfig
 from configuration_pi.configuration_pi import FLOW_VARIANTS, VARIANTS
 from conversion.hf_folder import (DTYPES, ConversionError, build_processor, check_output, check_tokenizers, expected_shapes,
                                   write_folder)
+from conversion.convert_lerobot import check_source_kind
 from conversion.openpi_configs import OPENPI_CONFIGS, PolicyConfig, openpi_config
 from conversion.push import add_publish_arguments, card_options, publish
 from processing_pi import NormStats
@@ -72,6 +73,7 @@ def load_openpi_params(checkpoint: str | os.PathLike) -> dict[str, np.ndarray]:
     if (path / "params").is_dir():
         path = path / "params"
     if not (path / "_METADATA").exists():
+        check_source_kind(Path(checkpoint), "openpi")
         raise ConversionError(f"{checkpoint} is not an orbax checkpoint (no _METADATA in it or in its params/).")
     with ocp.PyTreeCheckpointer() as checkpointer:
         tree = checkpointer.metadata(path).item_metadata.tree

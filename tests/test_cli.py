@@ -244,6 +244,21 @@ def test_a_policy_config_keeps_its_robots_action_dims(tmp_path, capsys):
     assert code == 1 and "drop --robot-action-dim" in err
 
 
+@pytest.mark.parametrize("source, folder, message", [
+    ("lerobot", OPENPI / "pi0", "is an openpi (orbax) checkpoint, not a LeRobot policy folder: convert it with pi convert openpi"),
+    ("transformers-pi05", FIXTURES / "lerobot" / "pi05" / "pretrained_model",
+     "is a LeRobot policy folder, not a transformers PI05 folder: convert it with pi convert lerobot"),
+    ("openpi", FIXTURES / "lerobot" / "pi0" / "pretrained_model",
+     "is a LeRobot policy folder, not an openpi (orbax) checkpoint: convert it with pi convert lerobot"),
+    ("openpi", Path(__file__).resolve().parents[1] / "demo_pi" / "model",
+     "is a π folder already: AutoModel.from_pretrained loads it as it is"),
+])
+def test_convert_names_the_command_for_a_folder_of_another_source(tmp_path, capsys, source, folder, message):
+    code, _, err = _pi(capsys, "convert", source, "--checkpoint", folder, "--output", tmp_path / "out")
+    assert code == 1 and message in err, err
+    assert not (tmp_path / "out").exists()
+
+
 # ---- pi info ------------------------------------------------------------------------------------------------
 
 
