@@ -40,9 +40,9 @@ from tqdm.auto import tqdm
 
 from configuration_pi import PiConfig
 from configuration_pi.configuration_pi import FLOW_VARIANTS, VARIANTS
+from conversion.convert_lerobot import check_source_kind
 from conversion.hf_folder import (DTYPES, ConversionError, build_processor, check_output, check_tokenizers, expected_shapes,
                                   write_folder)
-from conversion.convert_lerobot import check_source_kind
 from conversion.openpi_configs import OPENPI_CONFIGS, PolicyConfig, openpi_config
 from conversion.push import add_publish_arguments, card_options, publish
 from processing_pi import NormStats
