@@ -224,7 +224,8 @@ def test_a_lerobot_folder_is_not_taken_for_a_transformers_pi0_one(tmp_path, caps
     config = PiConfig.from_pretrained(converted("pi05"))
     source = lerobot_folder(tmp_path / "lerobot", converted("pi05"), config)
     code, stderr = _pi(capsys, "convert", "transformers-pi0", "--checkpoint", source, "--output", tmp_path / "out")
-    assert code == 1 and "model_type 'pi0'" in stderr and not (tmp_path / "out").exists()
+    assert code == 1 and "is a LeRobot policy folder, not a transformers PI0 folder: convert it with pi convert lerobot" in stderr
+    assert not (tmp_path / "out").exists()
 
 
 @torch.no_grad()
@@ -294,4 +295,6 @@ def test_transformers_pi05_processor_quantiles_are_read(tmp_path, capsys):
 def test_a_transformers_pi0_folder_is_not_taken_for_a_pi05_one(tmp_path, capsys):
     _tiny_transformers().save_pretrained(tmp_path / "pi0")
     code, stderr = _pi(capsys, "convert", "transformers-pi05", "--checkpoint", tmp_path / "pi0", "--output", tmp_path / "out")
-    assert code == 1 and "model_type 'pi05'" in stderr and not (tmp_path / "out").exists()
+    assert code == 1 and "is a transformers PI0 folder, not a transformers PI05 folder: convert it with pi convert " \
+                         "transformers-pi0" in stderr
+    assert not (tmp_path / "out").exists()
