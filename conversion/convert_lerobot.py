@@ -72,7 +72,8 @@ LEROBOT_VARIANTS = {"pi0": "pi0", "pi05": "pi05", "pi0_fast": "pi0_fast", "pi0fa
 TRANSFORMERS_VARIANTS = {"transformers-pi0": "pi0", "transformers-pi05": "pi05"}
 TRANSFORMERS_NAMES = {"pi0": "PI0", "pi05": "PI05"}
 SOURCE_NAMES = {"openpi": "an openpi (orbax) checkpoint", "lerobot": "a LeRobot policy folder",
-                "transformers-pi0": "a transformers PI0 folder", "transformers-pi05": "a transformers PI05 folder"}
+                "transformers-pi0": "a transformers PI0 folder", "transformers-pi05": "a transformers PI05 folder",
+                "pi": "a π folder"}
 LEROBOT_QUERY_HEADS = 8  # LeRobot's joint attention reshapes its output to 8 heads; all its Gemma variants have 8
 # ViT widths -> heads (big_vision's table: mu, Ti, S, M, B, L, So400m, H, g, g-opt / G-opt, G, e)
 SIGLIP_HEADS = {32: 2, 192: 3, 384: 6, 512: 8, 768: 12, 1024: 16, 1152: 16, 1280: 16, 1408: 16, 1536: 16, 1664: 16,
@@ -297,13 +298,17 @@ def source_kind(folder: Path) -> str | None:
 
 
 def check_source_kind(folder: Path, source: str) -> None:
-    """Refuses, naming the command that converts it, a folder of another source than `source`."""
+    """Refuses a folder that does not exist, or whose files say it is another source than `source` ("pi": a
+    converted folder), naming the command that converts it."""
+    if not folder.is_dir():
+        raise ConversionError(f"{folder}: no such folder.")
     kind = source_kind(folder)
+    if kind is None or kind == source:
+        return
     if kind == "pi":
         raise ConversionError(f"{folder} is a π folder already: AutoModel.from_pretrained loads it as it is.")
-    if kind is not None and kind != source:
-        raise ConversionError(f"{folder} is {SOURCE_NAMES[kind]}, not {SOURCE_NAMES[source]}: convert it with "
-                              f"pi convert {kind}.")
+    raise ConversionError(f"{folder} is {SOURCE_NAMES[kind]}, not {SOURCE_NAMES[source]}: convert it with "
+                          f"pi convert {kind}.")
 
 
 def lerobot_variant(settings: dict, path: Path | str = "config.json") -> str:
@@ -440,8 +445,6 @@ def convert_checkpoint(
     """`source` "lerobot", "transformers-pi0" or "transformers-pi05": converts `checkpoint` and writes `output`
     atomically."""
     checkpoint = Path(checkpoint)
-    if not checkpoint.is_dir():
-        raise ConversionError(f"{checkpoint}: no such folder.")
     check_source_kind(checkpoint, source)
     if not (checkpoint / "config.json").is_file():
         raise ConversionError(f"{checkpoint} has no config.json.")

@@ -41,8 +41,8 @@ from safetensors.torch import save_file
 
 from configuration_pi import PiConfig
 from configuration_pi.configuration_pi import _GEMMA_2B, _GEMMA_300M, _SIGLIP_SO400M
-from conversion.convert_lerobot import (EMBEDDING, IMAGE_PREFIX, LEROBOT_QUERY_HEADS, NORM_MODES, SOURCE_NAMES, load_safetensors,
-                                       source_kind)
+from conversion.convert_lerobot import (EMBEDDING, IMAGE_PREFIX, LEROBOT_QUERY_HEADS, NORM_MODES, check_source_kind,
+                                       load_safetensors, source_kind)
 from conversion.hf_folder import ConversionError, check_complete, check_output, staged_folder, weights_dtype
 from processing_pi import PiProcessor
 from processing_pi.processing_pi import PROCESSOR_CONFIG
@@ -301,13 +301,9 @@ def write_pipeline(folder: Path, name: str, steps: list[dict], stats: dict[str, 
 
 def read_folder(folder: Path) -> tuple[PiConfig, PiProcessor, dict[str, torch.Tensor]]:
     """Our config, processor and weights, the weights checked to fill the model exactly."""
-    if not folder.is_dir():
-        raise ConversionError(f"{folder}: no such folder.")
-    kind = source_kind(folder)
-    if kind == "lerobot":
+    if folder.is_dir() and source_kind(folder) == "lerobot":
         raise ConversionError(f"{folder} is a LeRobot policy folder already: LeRobot loads it as it is.")
-    if kind not in (None, "pi"):
-        raise ConversionError(f"{folder} is {SOURCE_NAMES[kind]}, not a π folder: convert it first (pi convert {kind}).")
+    check_source_kind(folder, "pi")
     if not (folder / "config.json").is_file():
         raise ConversionError(f"{folder} has no config.json: not a π folder.")
     if not (folder / PROCESSOR_CONFIG).is_file():

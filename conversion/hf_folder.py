@@ -6,6 +6,7 @@ import contextlib
 import os
 import shutil
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -13,7 +14,7 @@ from huggingface_hub import save_torch_state_dict
 
 from configuration_pi import PiConfig
 from model_cards import converted_from, render_model_card
-from modeling_pi.input_checks import is_hub_id
+from modeling_pi.input_checks import check_source
 from processing_pi import FastActionTokenizer, NormStats, PiImageProcessor, PiProcessor, Robot, tokenizer_from_sentencepiece
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -67,10 +68,10 @@ def check_finite(state_dict: dict, source: str = "the checkpoint") -> None:
 
 def weights_dtype(state_dict: dict[str, torch.Tensor]) -> torch.dtype:
     """The dtype most of the weights have: a bfloat16 model keeps its flow head float32."""
-    sizes = {}
+    sizes = Counter()
     for tensor in state_dict.values():
-        sizes[tensor.dtype] = sizes.get(tensor.dtype, 0) + tensor.numel()
-    return max(sizes, key=sizes.get)
+        sizes[tensor.dtype] += tensor.numel()
+    return sizes.most_common(1)[0][0]
 
 
 def check_tokenizers(tokenizer: str | os.PathLike | None, fast_tokenizer: str | os.PathLike | None) -> None:
@@ -80,8 +81,11 @@ def check_tokenizers(tokenizer: str | os.PathLike | None, fast_tokenizer: str | 
         raise ConversionError("--fast-tokenizer builds the processor, which also needs --tokenizer.")
     if tokenizer is not None and not Path(tokenizer).is_file():
         raise ConversionError(f"--tokenizer {tokenizer}: no such file (a SentencePiece model, e.g. paligemma_tokenizer.model).")
-    if fast_tokenizer and not Path(fast_tokenizer).exists() and not is_hub_id(str(fast_tokenizer)):
-        raise ConversionError(f"--fast-tokenizer {fast_tokenizer}: no such folder (nor a Hub id, ORG/NAME).")
+    if fast_tokenizer is not None:
+        try:
+            check_source(fast_tokenizer, "--fast-tokenizer")
+        except ValueError as err:
+            raise ConversionError(str(err)) from None
 
 
 def build_processor(

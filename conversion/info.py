@@ -20,7 +20,8 @@ from pathlib import Path
 from safetensors import SafetensorError, safe_open
 
 from configuration_pi import PiConfig
-from conversion.convert_lerobot import SOURCE_NAMES, source_kind
+from conversion.convert_lerobot import check_source_kind
+from conversion.hf_folder import ConversionError
 from processing_pi import PiProcessor
 from processing_pi.processing_pi import PROCESSOR_CONFIG
 
@@ -93,11 +94,10 @@ def _convert_with_robot_dims(processor) -> str:
 def describe(folder: str | os.PathLike) -> dict:
     """Everything `pi info` prints, as JSON-able data."""
     folder = Path(folder)
-    if not folder.is_dir():
-        raise InfoError(f"{folder}: no such folder.")
-    kind = source_kind(folder)
-    if kind not in (None, "pi"):
-        raise InfoError(f"{folder} is {SOURCE_NAMES[kind]}, not a π model folder: convert it with pi convert {kind}.")
+    try:
+        check_source_kind(folder, "pi")
+    except ConversionError as err:
+        raise InfoError(str(err)) from None
     if not (folder / "config.json").is_file():
         raise InfoError(f"{folder} has no config.json: not a π model folder (pi convert and pi train write one).")
     try:

@@ -36,16 +36,16 @@ def is_hub_id(name: str) -> bool:
     return "/" in name
 
 
-def check_source(source, name: str = "--model", kind: str = "folder") -> None:
-    """Raises `ValueError` for a `source` that is neither a `kind` here nor a Hub id (ORG/NAME), before anything
+def check_source(source, name: str = "--model") -> None:
+    """Raises `ValueError` for a `source` that is neither a folder here nor a Hub id (ORG/NAME), before anything
     tries to download it (the Hub client's own complaint is about repository names)."""
     path = Path(source)
     if path.is_dir():
         return
     if path.exists():
-        raise ValueError(f"{name} {source}: not a {kind}.")
+        raise ValueError(f"{name} {source}: not a folder.")
     if not is_hub_id(str(source)):
-        raise ValueError(f"{name} {source}: no such {kind} (nor a Hub id, ORG/NAME).")
+        raise ValueError(f"{name} {source}: no such folder (nor a Hub id, ORG/NAME).")
 
 
 def _tensor(name: str, value) -> None:

@@ -43,8 +43,9 @@ def run(args: argparse.Namespace) -> int:
         observation = {"images": _read_images(args.image), "prompt": args.prompt, "state": _parse_state(args.state)}
         if args.num_steps is not None and args.num_steps < 1:
             raise ValueError(f"--num-steps must be at least 1, got {args.num_steps}.")
-        if args.output and not Path(args.output).resolve().parent.is_dir():
-            raise ValueError(f"--output {args.output}: no folder {Path(args.output).resolve().parent} to write it in.")
+        folder = Path(args.output).resolve().parent if args.output else None
+        if folder is not None and not folder.is_dir():
+            raise ValueError(f"--output {args.output}: no folder {folder} to write it in.")
         policy = _policy(args.model, args.device)
         if policy.processor.norm_stats is None:
             print(f"pi generate: warning: {args.model} has no normalisation statistics: the state goes to the model as "

@@ -328,7 +328,7 @@ def test_info_refuses_a_folder_that_is_not_a_model(tmp_path, capsys, converted):
     assert code == 1 and "has no config.json" in err
     lerobot = FIXTURES / "lerobot" / "pi0" / "pretrained_model"  # its config.json is LeRobot's, not a π model's
     code, _, err = _pi(capsys, "info", lerobot)
-    assert code == 1 and "is a LeRobot policy folder, not a π model folder: convert it with pi convert lerobot" in err
+    assert code == 1 and "is a LeRobot policy folder, not a π folder: convert it with pi convert lerobot" in err
     damaged = shutil.copytree(converted("pi05"), tmp_path / "damaged")
     (damaged / "model.safetensors").write_bytes((damaged / "model.safetensors").read_bytes()[:5000])  # a cut download
     code, _, err = _pi(capsys, "info", damaged)

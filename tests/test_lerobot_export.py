@@ -271,7 +271,7 @@ def test_a_folder_without_its_processor_is_refused(tmp_path, capsys):
 
 @pytest.mark.parametrize("source, message", [
     (FIXTURES / "lerobot" / "pi0" / "pretrained_model", "is a LeRobot policy folder already: LeRobot loads it as it is"),
-    (FIXTURES / "openpi" / "pi0", "is an openpi (orbax) checkpoint, not a π folder: convert it first (pi convert openpi)"),
+    (FIXTURES / "openpi" / "pi0", "is an openpi (orbax) checkpoint, not a π folder: convert it with pi convert openpi"),
 ])
 def test_a_folder_that_is_not_a_pi_folder_is_named_for_what_it_is(tmp_path, capsys, source, message):
     code, _, err = _pi(capsys, "export", "lerobot", source, tmp_path / "lerobot")
