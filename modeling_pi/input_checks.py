@@ -10,6 +10,7 @@ the processor, the pipeline and the server have already checked the same values 
 them (and a non-finite chunk is flagged `valid=False` by `post_process`).
 """
 
+import sys
 from pathlib import Path
 
 import torch
@@ -38,7 +39,11 @@ def is_hub_id(name: str) -> bool:
 
 def check_source(source, name: str = "--model") -> None:
     """Raises `ValueError` for a `source` that is neither a folder here nor a Hub id (ORG/NAME), before anything
-    tries to download it (the Hub client's own complaint is about repository names)."""
+    tries to download it (the Hub client's own complaint is about repository names).
+
+    A Hub id whose ORG is a folder here is more likely a mistyped path: it is still looked up on the Hub (a
+    repository can share its organisation's name with a local folder), but stderr says so first, as the Hub
+    client can spend a minute retrying before it fails offline."""
     path = Path(source)
     if path.is_dir():
         return
@@ -46,6 +51,9 @@ def check_source(source, name: str = "--model") -> None:
         raise ValueError(f"{name} {source}: not a folder.")
     if not is_hub_id(str(source)):
         raise ValueError(f"{name} {source}: no such folder (nor a Hub id, ORG/NAME).")
+    if path.parent.is_dir():
+        print(f"{name} {source}: no such folder here, though {path.parent}/ is one; looking for {source} on the Hub.",
+              file=sys.stderr)
 
 
 def _tensor(name: str, value) -> None:

@@ -20,6 +20,7 @@ import pi_cli
 from conftest import CAMERAS, FIXTURES, OPENPI, PROCESSOR, ROBOT_DIM
 from conversion.convert_openpi import convert_openpi
 from conversion.openpi_configs import openpi_config
+from modeling_pi.input_checks import check_source
 from processing_pi import NormStats, PiActionOutput, PiProcessor
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -121,6 +122,17 @@ def test_pi_generate_takes_a_state_that_starts_negative(policy_folder, tmp_path,
     expected = pipeline("robotics", model=folder, device="cpu")(images=images, prompt="pick", state=state, num_steps=2,
                                                                  seed=1)
     np.testing.assert_array_equal(np.array(json.loads(out)["actions"], dtype=np.float32), expected["actions"])
+
+
+def test_a_hub_id_whose_org_is_a_folder_here_is_looked_up_but_named_as_a_likely_typo(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "model").mkdir(parents=True)
+    check_source("runs/modle")  # still a valid Hub id: a repository may share its organisation's name with a folder
+    assert capsys.readouterr().err == ("--model runs/modle: no such folder here, though runs/ is one; looking for "
+                                       "runs/modle on the Hub.\n")
+    check_source("runs/model")
+    check_source("lerobot/pi05_base")  # no folder lerobot/ here: a plain Hub id, said nothing about
+    assert capsys.readouterr().err == ""
 
 
 # ---- post_process unpacks --------------------------------------------------------------------------------
