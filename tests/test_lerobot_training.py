@@ -190,14 +190,49 @@ def _damage(root: Path, damage: str) -> str:
         del info["features"][CAMERAS[0]]
         (root / "meta" / "info.json").write_text(json.dumps(info))
         return f"info.json: no camera '{CAMERAS[0]}'"
+    data, episodes = root / "data" / "chunk-000" / "file-000.parquet", root / "meta" / "episodes" / "chunk-000" / "file-000.parquet"
+    table = pd.read_parquet(episodes)
+    if damage == "episode bounds":  # episode 0 said to end 3 frames into episode 1 (20 frames long)
+        table.loc[0, "dataset_to_index"] += 3
+        table.loc[1, "dataset_from_index"] += 3
+        table.to_parquet(episodes)
+        return ("file-000.parquet: the frame at index 20 is of episode 1, but .*meta/episodes puts index 20 in episode 0 "
+                "\\(3 frames disagree\\)")
+    if damage == "unlisted episode":
+        table.drop(index=2).to_parquet(episodes)
+        return "file-000.parquet: frames are of episode 2 \\(the first at index 34\\), which .*meta/episodes does not list"
+    if damage == "lost data file":  # episode 3's frames said to lie in a file that is not there
+        table.loc[3, "data/file_index"] = 1
+        table.to_parquet(episodes)
+        return "chunk-000/file-001.parquet: missing \\(the frames of episode 3\\)"
+    if damage == "unknown task":
+        pd.DataFrame({"task_index": [0]}, index=pd.Index(["pick up the cube"], name="task")).to_parquet(
+            root / "meta" / "tasks.parquet")
+        return "file-000.parquet: frames are of task 1 \\(the first at index 20\\), which .*tasks.parquet does not list"
+    if damage == "corrupt data file":
+        data.write_bytes(data.read_bytes()[:3000])
+        return "file-000.parquet: not a readable parquet file"
+    if damage == "no frames":
+        pd.read_parquet(data).iloc[:0].to_parquet(data)
+        return "data: no frames"
     raise AssertionError(damage)
 
 
-@pytest.mark.parametrize("damage", ["missing camera video", "action dim mismatch", "unknown camera"])
+@pytest.mark.parametrize("damage", ["missing camera video", "action dim mismatch", "unknown camera", "episode bounds",
+                                    "unlisted episode", "lost data file", "unknown task", "corrupt data file", "no frames"])
 def test_bad_datasets_stop_with_an_error_naming_the_file_and_the_problem(dataset_root, tmp_path, damage):
     root = shutil.copytree(dataset_root, tmp_path / "ds")
     message = _damage(root, damage)
     with pytest.raises(DatasetError, match=message):
+        LeRobotDataset(root, HORIZON, CAMERA_MAP)
+
+
+def test_an_image_camera_without_its_column_is_named(tmp_path):
+    root = write_lerobot_dataset(tmp_path / "ds", images_in_parquet=True)
+    data = root / "data" / "chunk-000" / "file-000.parquet"
+    pd.read_parquet(data).drop(columns=[CAMERAS[1]]).to_parquet(data)
+    with pytest.raises(DatasetError, match=f"data: the frames have no '{CAMERAS[1]}' column, though info.json declares "
+                                           "it an image camera"):
         LeRobotDataset(root, HORIZON, CAMERA_MAP)
 
 

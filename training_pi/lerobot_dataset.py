@@ -10,7 +10,8 @@ from `datasets` already decoded when the file declares its `Image` feature (LeRo
 as raw `{bytes, path}` structs when it does not; both are read. Normalisation statistics are, as in
 LeRobot, the dataset's own `meta/stats.json`, or exact ones recomputed over every frame. Opening a dataset
 checks every frame's state and actions (their dims, all finite: one inf would give NaN statistics or
-losses) reading those two columns alone; an error names the file, episode, frame and feature.
+losses) reading those two columns alone, and that the frames, `meta/episodes` and `meta/tasks.parquet` agree;
+an error names the file (and the episode, frame and feature where it is one).
 Written here because the `lerobot` package itself is not a dependency of ours; only its file layout is.
 """
 
@@ -27,6 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 from datasets import Dataset as ArrowDataset
+from datasets.exceptions import DatasetGenerationError
 from PIL import Image
 from tqdm.auto import tqdm
 
@@ -46,10 +48,31 @@ def _read_json(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def _read_parquet(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_parquet(path)
+    except (pa.ArrowException, OSError) as err:
+        raise DatasetError(f"{path}: not a readable parquet file ({err}).") from err
+
+
 def _parquet(paths: list[Path], what: str, root: Path) -> pd.DataFrame:
     if not paths:
         raise DatasetError(f"{root}: no {what} parquet files.")
-    return pd.concat([pd.read_parquet(path) for path in paths], ignore_index=True)
+    return pd.concat([_read_parquet(path) for path in paths], ignore_index=True)
+
+
+def _num_rows(path: Path) -> int:
+    """The rows of a parquet file, from its footer alone."""
+    try:
+        return pq.ParquetFile(path).metadata.num_rows
+    except (pa.ArrowException, OSError) as err:
+        raise DatasetError(f"{path}: not a readable parquet file ({err}).") from err
+
+
+def _episode_list(episodes) -> str:
+    episodes = [int(e) for e in episodes]
+    shown = ", ".join(map(str, episodes[:5])) + (f" and {len(episodes) - 5} more" if len(episodes) > 5 else "")
+    return f"episode{'s' if len(episodes) > 1 else ''} {shown}"
 
 
 class _VideoFrames:
@@ -142,27 +165,48 @@ class LeRobotDataset(torch.utils.data.Dataset):
                                    f"({', '.join(image_keys)}); pass a camera map.")
         self.camera_types = {key: cameras[key] for key in self.camera_map}
 
-        files = sorted(root.glob("data/chunk-*/file-*.parquet"))
-        if not files:
-            raise DatasetError(f"{root / 'data'}: no chunk-*/file-*.parquet files.")
-        self.frames = ArrowDataset.from_parquet([str(f) for f in files]).with_format("numpy")
-        prefix = [prefix_key] if prefix_key not in (None, ACTION) else []
-        self._actions = self.frames.select_columns([ACTION, *prefix])  # chunks read these alone
         self.episodes = _parquet(sorted(root.glob("meta/episodes/chunk-*/file-*.parquet")), "episode", root / "meta" / "episodes")
         self.episodes = self.episodes.set_index("episode_index")
-        tasks = pd.read_parquet(root / "meta" / "tasks.parquet") if (root / "meta" / "tasks.parquet").is_file() else None
-        if tasks is None:
+        if not (root / "meta" / "tasks.parquet").is_file():
             raise DatasetError(f"{root / 'meta' / 'tasks.parquet'}: missing.")
-        self.tasks = dict(zip(tasks["task_index"], tasks["task"] if "task" in tasks else tasks.index))
-        self._check_frames(files)  # every frame's state and actions: their dims, finite
-        self._check_videos()
+        tasks = _read_parquet(root / "meta" / "tasks.parquet")
+        self.tasks = {int(i): task for i, task in zip(tasks["task_index"], tasks["task"] if "task" in tasks else tasks.index)}
+        self._files = self._data_files()
+        self._file_starts = np.cumsum([0] + [_num_rows(f) for f in self._files]).tolist()
+        if not self._file_starts[-1]:
+            raise DatasetError(f"{root / 'data'}: no frames.")
+        try:
+            self.frames = ArrowDataset.from_parquet([str(f) for f in self._files]).with_format("numpy")
+        except DatasetGenerationError as err:
+            raise DatasetError(f"{root / 'data'}: cannot read its frames ({err.__cause__ or err}).") from err
+        prefix = [prefix_key] if prefix_key not in (None, ACTION) else []
+        self._actions = self.frames.select_columns([ACTION, *prefix])  # chunks read these alone
+        self._check_frames()  # every frame's state and actions: their dims, finite
+        self._check_episodes()
+        self._check_cameras()
         self._videos = _VideoFrames()
 
-    def _check_frames(self, files):
+    def _data_files(self) -> list[Path]:
+        """The frame tables, in order. Each one `meta/episodes` names must be there: without it, its episodes would be
+        silently left out."""
+        files = sorted(self.root.glob("data/chunk-*/file-*.parquet"))
+        located = ["data/chunk_index", "data/file_index"]
+        if set(located) <= set(self.episodes.columns):
+            for (chunk, file), episodes in self.episodes.groupby(located).groups.items():
+                path = self.root / "data" / f"chunk-{int(chunk):03d}" / f"file-{int(file):03d}.parquet"
+                if not path.is_file():
+                    raise DatasetError(f"{path}: missing (the frames of {_episode_list(episodes)}).")
+        if not files:
+            raise DatasetError(f"{self.root / 'data'}: no chunk-*/file-*.parquet files.")
+        return files
+
+    def _check_frames(self):
+        columns = self.frames.column_names
+        for key in ("index", "episode_index", "task_index", *(["timestamp"] if "video" in self.camera_types.values() else [])):
+            if key not in columns:
+                raise DatasetError(f"{self.root / 'data'}: the frames have no '{key}' column.")
         if not np.array_equal(self.frames["index"], np.arange(len(self.frames))):
             raise DatasetError(f"{self.root / 'data'}: frames are not stored in index order 0..{len(self.frames) - 1}.")
-        self._file_starts = np.cumsum([0] + [pq.ParquetFile(f).metadata.num_rows for f in files]).tolist()
-        self._files = files
         for key, dim in ((STATE, self.state_dim), (ACTION, self.action_dim), *([(self.prefix_key, self.action_dim)]
                                                                                  if self.prefix_key else [])):
             self._check_column(key, dim)
@@ -188,9 +232,12 @@ class LeRobotDataset(torch.utils.data.Dataset):
                     "training on them would give NaN statistics or losses.")
             start += len(chunk)
 
+    def _file_of(self, row: int) -> Path:
+        return self._files[bisect.bisect_right(self._file_starts, row) - 1]
+
     def _where(self, row: int) -> str:
         """The file, episode and frame of the frame table's row `row`, as errors name them."""
-        file = self._files[bisect.bisect_right(self._file_starts, row) - 1]
+        file = self._file_of(row)
         table = self.frames.data.table
         episode = table.column("episode_index")[row].as_py()
         if "frame_index" in table.column_names:
@@ -203,10 +250,51 @@ class LeRobotDataset(torch.utils.data.Dataset):
         chunk, file = int(episode[f"videos/{camera}/chunk_index"]), int(episode[f"videos/{camera}/file_index"])
         return self.root / "videos" / camera / f"chunk-{chunk:03d}" / f"file-{file:03d}.mp4"
 
-    def _check_videos(self):
+    def _check_episodes(self) -> None:
+        """`meta/episodes` and the frames agree: the rows [dataset_from_index, dataset_to_index) of each episode are its
+        frames, and every frame is in one. A chunk ends at its episode's last frame by these bounds, so a wrong one
+        would run a chunk on into the next episode's actions. Each task the frames name is in `meta/tasks.parquet`."""
+        meta, table = self.root / "meta" / "episodes", self.frames.data.table
+        for column in ("dataset_from_index", "dataset_to_index"):
+            if column not in self.episodes:
+                raise DatasetError(f"{meta}: no '{column}' column.")
+        of_frame = table.column("episode_index").to_numpy()
+        starts, ends = (self.episodes[column].to_numpy(np.int64) for column in ("dataset_from_index", "dataset_to_index"))
+        past = ends > len(of_frame)
+        if past.any():
+            raise DatasetError(f"{meta}: {_episode_list(self.episodes.index[past])} end past the {len(of_frame)} frames "
+                               f"in {self.root / 'data'} (a data file lost?).")
+        listed = np.full(len(of_frame), -1)
+        for episode, start, end in zip(self.episodes.index, starts, ends):
+            listed[start:end] = episode
+        wrong = np.flatnonzero(listed != of_frame)
+        if wrong.size:
+            row, episode = int(wrong[0]), int(of_frame[wrong[0]])
+            if episode not in self.episodes.index:
+                raise DatasetError(f"{self._file_of(row)}: frames are of episode {episode} (the first at index {row}), "
+                                   f"which {meta} does not list.")
+            there = f"episode {listed[row]}" if listed[row] >= 0 else "no episode"
+            raise DatasetError(f"{self._file_of(row)}: the frame at index {row} is of episode {episode}, but {meta} "
+                               f"puts index {row} in {there} ({wrong.size} frames disagree).")
+        of_task = table.column("task_index").to_numpy()
+        unknown = sorted(set(np.unique(of_task).tolist()) - set(self.tasks))
+        if unknown:
+            row = int(np.flatnonzero(of_task == unknown[0])[0])
+            raise DatasetError(f"{self._file_of(row)}: frames are of task {unknown[0]} (the first at index {row}), which "
+                               f"{self.root / 'meta' / 'tasks.parquet'} does not list.")
+
+    def _check_cameras(self) -> None:
+        """Each camera read is there for every episode: an image column, or a video file that `meta/episodes` locates."""
         for camera, kind in self.camera_types.items():
-            if kind != "video":
+            if kind == "image":
+                if camera not in self.frames.column_names:
+                    raise DatasetError(f"{self.root / 'data'}: the frames have no '{camera}' column, though info.json "
+                                       "declares it an image camera.")
                 continue
+            for column in (f"videos/{camera}/{name}" for name in ("chunk_index", "file_index", "from_timestamp")):
+                if column not in self.episodes:
+                    raise DatasetError(f"{self.root / 'meta' / 'episodes'}: no '{column}' column, which locates camera "
+                                       f"'{camera}''s video.")
             for _, episode in self.episodes.iterrows():
                 path = self._video_path(camera, episode)
                 if not path.is_file():
