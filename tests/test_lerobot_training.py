@@ -575,6 +575,30 @@ def test_overwrite_never_deletes_the_dataset_or_the_model(dataset_root, model_fo
         error = capsys.readouterr().err
         assert code == 1 and f"holds the {inside} folder" in error, error
         assert (folder / "config.json" if inside == "--model" else folder / "meta" / "info.json").is_file()
+    fast = tmp_path / "run" / "my_fast_tokenizer"  # kept in the output of an earlier run
+    fast.mkdir(parents=True)
+    code = pi_cli.main(_train_args(model_folder, dataset_root, tmp_path / "run", "--steps", "1", "--overwrite",
+                                   "--knowledge-insulation", "--fast-tokenizer", str(fast)))
+    assert code == 1 and "holds the --fast-tokenizer folder" in capsys.readouterr().err and fast.is_dir()
+
+
+def test_samples_the_model_cannot_take_stop_pi_train_before_it_writes_anything(dataset_root, tmp_path, capsys):
+    narrow = tmp_path / "narrow"  # a π0.5 of 2 action dims; the dataset's actions have 3
+    torch.manual_seed(0)
+    PiForActionGeneration(tiny_config("pi05", image_keys=list(CAMERA_MAP.values()), action_horizon=HORIZON,
+                                      max_token_len=48, action_dim=2)).save_pretrained(narrow)
+    _processor().replace(action_dim=2).save_pretrained(narrow)
+    assert pi_cli.main(_train_args(narrow, dataset_root, tmp_path / "o", "--steps", "1")) == 1
+    assert (f"pi train: error: {dataset_root}: its samples do not fit the model: actions has 3 dims, more than the "
+            "model's action_dim=2") in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_model_camera_no_dataset_camera_maps_to_is_named(dataset_root, model_folder, tmp_path, capsys):
+    args = _train_args(model_folder, dataset_root, tmp_path / "o", "--steps", "1")
+    assert pi_cli.main([*args, "--camera-map", TOP]) == 0  # the last --camera-map counts: the top camera alone
+    assert (f"pi train: no camera of {dataset_root} maps to the model's left_wrist_0_rgb: it trains as an absent "
+            "camera (masked) throughout.") in capsys.readouterr().out
 
 
 def test_last_complete_checkpoint_skips_ones_an_interrupted_save_left(tmp_path):

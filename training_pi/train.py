@@ -228,6 +228,7 @@ def train(args: argparse.Namespace) -> Path:
     except ValueError as err:
         raise DatasetError(f"{args.dataset}: its statistics do not fit the model's processor: {err}") from err
     check_prompts(dataset, processor)
+    check_first_sample(dataset, processor)
 
     trainable = set_full_finetuning(model, args.freeze_vision) if args.full else apply_lora(model, freeze_vision=args.freeze_vision)
     training_args = TrainingArguments(
@@ -243,6 +244,10 @@ def train(args: argparse.Namespace) -> Path:
     check_one_job(training_args)
     if inherited and training_args.should_save:
         print(f"pi train: as {args.model} was trained, this run trains with {'; and with '.join(inherited)}.")
+    blank = [key for key in processor.image_keys if key not in dataset.camera_map.values()]
+    if blank and training_args.should_save:
+        print(f"pi train: no camera of {args.dataset} maps to the model's {', '.join(blank)}: "
+              f"{'they train' if len(blank) > 1 else 'it trains'} as an absent camera (masked) throughout.")
     checkpoint = resume_checkpoint(output, training_args.should_save) if args.resume else None
     finished = checkpoint is not None and check_resumable(Path(checkpoint), args)
     note = checkpoint and resumed_schedule(Path(checkpoint), args)
@@ -314,6 +319,18 @@ def check_prompts(dataset: LeRobotDataset, processor) -> None:
                 raise DatasetError(f"{dataset.root}: task {task} ({dataset.tasks[task]!r:.80}): {err}") from err
 
 
+def check_first_sample(dataset: LeRobotDataset, processor) -> None:
+    """The dataset's first sample goes through the collator as every batch will: what the processor refuses in it
+    (more action or state dims than the model has, say) stops the run now, not at its first step. The dims of every
+    frame are those of the first (checked when the dataset opened)."""
+    try:
+        PiCollator(processor)([dataset[0]])
+    except DatasetError:
+        raise
+    except ValueError as err:
+        raise DatasetError(f"{dataset.root}: its samples do not fit the model: {err}") from err
+
+
 def _norm_stats(dataset: LeRobotDataset, mode: str, recompute: bool):
     """The statistics the run normalises with, and where they come from (for the model card)."""
     if recompute:
@@ -324,8 +341,8 @@ def _norm_stats(dataset: LeRobotDataset, mode: str, recompute: bool):
 def check_output(output: Path, args: argparse.Namespace) -> None:
     """Raises when the run would write over what it must not: a folder holding the model or the dataset, a file,
     or (without --resume or --overwrite) a non-empty folder, e.g. an earlier run whose checkpoints would be lost."""
-    for flag, folder in (("--model", args.model), ("--dataset", args.dataset)):
-        if Path(folder).exists() and output.resolve() in (Path(folder).resolve(), *Path(folder).resolve().parents):
+    for flag, folder in (("--model", args.model), ("--dataset", args.dataset), ("--fast-tokenizer", args.fast_tokenizer)):
+        if folder and Path(folder).exists() and output.resolve() in (Path(folder).resolve(), *Path(folder).resolve().parents):
             raise OutputError(f"{output}: holds the {flag} folder {folder}; write the fine-tuned model elsewhere.")
     if output.exists() and not output.is_dir():
         raise OutputError(f"{output}: is a file, not a folder.")
