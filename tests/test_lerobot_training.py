@@ -711,6 +711,39 @@ def test_resuming_past_steps_or_with_the_other_weights_is_refused(dataset_root, 
     assert "holds fully fine-tuned weights: resume with --full" in capsys.readouterr().err
 
 
+def test_resuming_on_other_inputs_is_refused_and_a_moved_dataset_is_named(dataset_root, model_folder, tmp_path, capsys):
+    output = tmp_path / "run"
+    run = lambda dataset, *extra: pi_cli.main(_train_args(model_folder, dataset, output, "--save-steps", "2", *extra))  # noqa: E731
+    assert run(dataset_root, "--steps", "2") == 0
+    other = write_lerobot_dataset(tmp_path / "other", seed=1)  # other frames, so other statistics
+    swapped = ["--camera-map", f"{CAMERAS[0]}=left_wrist_0_rgb", f"{CAMERAS[1]}=base_0_rgb"]
+    refusals = {(other,): "resume it with the dataset and statistics it started with",
+                (dataset_root, "--recompute-stats"): "resume it with the dataset and statistics it started with",
+                (dataset_root, *swapped): f"resume it with --camera-map {' '.join(MAP_ARGS[1:])}",
+                (dataset_root, "--rtc-max-delay", "2"): "resume it with --rtc-max-delay 0"}
+    for args, message in refusals.items():
+        capsys.readouterr()
+        assert run(*args, "--steps", "4", "--resume") == 1
+        assert f"--resume: the run in {output} started with other inputs than these; {message}" in capsys.readouterr().err
+    assert sorted(path.name for path in output.glob("checkpoint-*")) == ["checkpoint-2"]
+    moved = Path(shutil.copytree(dataset_root, tmp_path / "moved"))
+    assert run(moved, "--steps", "4", "--resume") == 0
+    assert (f"the run started on {dataset_root.resolve()}; it goes on with {moved.resolve()}, whose statistics are the "
+            "same") in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("damaged", ["adapter_model.safetensors", "optimizer.pt", "scheduler.pt"])
+def test_resuming_from_a_damaged_checkpoint_names_the_file(dataset_root, model_folder, tmp_path, capsys, damaged):
+    output = tmp_path / "run"
+    assert pi_cli.main(_train_args(model_folder, dataset_root, output, "--steps", "1")) == 0
+    path = output / "checkpoint-1" / damaged
+    path.write_bytes(path.read_bytes()[:100])  # as a full disk or a copy cut short leaves it
+    capsys.readouterr()
+    assert pi_cli.main(_train_args(model_folder, dataset_root, output, "--steps", "2", "--resume")) == 1
+    assert (f"--resume: {path} is damaged (") in capsys.readouterr().err
+    assert not (output / "checkpoint-2").exists()
+
+
 def test_resume_keeps_the_runs_learning_rate_and_says_how_more_steps_reshape_its_schedule(dataset_root, model_folder,
                                                                                          tmp_path, capsys):
     output = tmp_path / "run"

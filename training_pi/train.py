@@ -22,7 +22,8 @@ prompt stop the run before anything is written, naming the flag or the file. A n
 `--resume` continues it or `--overwrite` deletes it (never one that holds the model or the dataset). `--resume`
 continues from the newest complete checkpoint: the Trainer writes `trainer_state.json` last, so a folder without a
 readable one is what a kill during a save left; it is removed, and with no complete checkpoint the run starts from
-step 0, saying so; a checkpoint of the last step is the finished run, whose model is written again. `--seed`
+step 0, saying so; a checkpoint of the last step is the finished run, whose model is written again. It refuses a
+checkpoint with a file it cannot open, and inputs other than the run's (`.pi_train_run.json` records them). `--seed`
 seeds everything random before the model and its adapters are built, so two CPU runs with the same
 seed end with bit-identical weights.
 
@@ -46,15 +47,18 @@ import argparse
 import json
 import math
 import os
+import pickle
 import re
 import shutil
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from huggingface_hub import ModelCard
 from peft import set_peft_model_state_dict
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from transformers import AutoModel, AutoProcessor, Trainer, TrainerState, TrainingArguments, get_scheduler, set_seed
 from transformers.utils import is_torch_xla_available
@@ -250,9 +254,11 @@ def train(args: argparse.Namespace) -> Path:
               f"{'they train' if len(blank) > 1 else 'it trains'} as an absent camera (masked) throughout.")
     checkpoint = resume_checkpoint(output, training_args.should_save) if args.resume else None
     finished = checkpoint is not None and check_resumable(Path(checkpoint), args)
-    note = checkpoint and resumed_schedule(Path(checkpoint), args)
-    if note and training_args.should_save:
-        print(note)
+    record = run_record(args, model, dataset, processor)
+    notes = [checkpoint and check_same_run(output, record), checkpoint and resumed_schedule(Path(checkpoint), args)]
+    for note in notes:
+        if note and training_args.should_save:
+            print(note)
     trainer = Trainer(model=trainable, args=training_args, train_dataset=dataset, data_collator=PiCollator(processor))
     if trainer.is_fsdp_enabled and not args.full:
         raise OptionError("--lora under FSDP: the adapters are merged into the saved weights, which FSDP leaves in shards "
@@ -260,6 +266,9 @@ def train(args: argparse.Namespace) -> Path:
     if args.overwrite and output.exists() and training_args.should_save:  # only once the run is known to go ahead
         print(f"--overwrite: deleting {output} and everything in it")
         shutil.rmtree(output)
+    if training_args.should_save:
+        output.mkdir(parents=True, exist_ok=True)
+        (output / RUN_RECORD).write_text(json.dumps(record, indent=2) + "\n")
     if finished:  # the Trainer, resumed at its last step, would take one step more
         restore_finished_run(trainer, trainable, Path(checkpoint))
     else:
@@ -346,9 +355,54 @@ def check_output(output: Path, args: argparse.Namespace) -> None:
             raise OutputError(f"{output}: holds the {flag} folder {folder}; write the fine-tuned model elsewhere.")
     if output.exists() and not output.is_dir():
         raise OutputError(f"{output}: is a file, not a folder.")
-    if output.is_dir() and any(output.iterdir()) and not (args.resume or args.overwrite):
+    if output.is_dir() and any(path.name != RUN_RECORD for path in output.iterdir()) and not (args.resume or args.overwrite):
         raise OutputError(f"{output}: not empty (an earlier run?); pass --resume to continue its training, --overwrite to "
                           "delete it and start afresh, or choose another --output.")
+
+
+RUN_RECORD = ".pi_train_run.json"  # what the run in a folder trains on, for --resume to compare (pi push skips it)
+
+
+def run_record(args: argparse.Namespace, model, dataset: LeRobotDataset, processor) -> dict:
+    """The inputs a run trains on, as JSON holds them: resuming it on other ones would change them mid-run."""
+    record = {"model": str(Path(args.model).resolve()) if Path(args.model).is_dir() else args.model,
+              "dataset": str(dataset.root.resolve()), "camera_map": dataset.camera_map,
+              "norm_stats": processor.norm_stats.to_dict(), "rtc_max_delay": model.config.rtc_max_delay or 0,
+              "rtc_prefix_key": args.rtc_prefix_key, "knowledge_insulation": bool(model.config.knowledge_insulation)}
+    return json.loads(json.dumps(record))
+
+
+def _resume_with(key: str, value) -> str:
+    """How to pass `value` of a run record's `key` again."""
+    if key == "camera_map":
+        return "--camera-map " + " ".join(f"{dataset_key}={model_key}" for dataset_key, model_key in value.items())
+    if key == "norm_stats":
+        return ("the dataset and statistics it started with (another --dataset, or --recompute-stats added or left "
+                "out, gives other statistics)")
+    if key == "rtc_prefix_key":
+        return f"--rtc-prefix-key {value}" if value else "no --rtc-prefix-key"
+    if key == "knowledge_insulation":
+        return "--knowledge-insulation" if value else "--no-knowledge-insulation"
+    return f"--{key.replace('_', '-')} {value}"
+
+
+def check_same_run(output: Path, record: dict) -> str | None:
+    """Raises where `--resume` would go on training the run in `output` on other inputs than it started with: another
+    model, statistics, camera map or training mode. Returns a note where only the dataset's folder differs (a copy,
+    or a move: its statistics are the same). A run from before such records were written is not compared."""
+    path = output / RUN_RECORD
+    if not path.is_file():
+        return None
+    run = json.loads(path.read_text())
+    changed = [key for key in record if key in run and key != "dataset" and run[key] != record[key]]
+    if changed:
+        raise OptionError(f"--resume: the run in {output} started with other inputs than these; resume it with "
+                          f"{'; '.join(_resume_with(key, run[key]) for key in changed)}, or start afresh with "
+                          "--overwrite.")
+    if run.get("dataset", record["dataset"]) != record["dataset"]:
+        return (f"--resume: the run started on {run['dataset']}; it goes on with {record['dataset']}, whose statistics "
+                "are the same.")
+    return None
 
 
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
@@ -388,6 +442,7 @@ def resume_checkpoint(output: Path, main_process: bool) -> str | None:
 def check_resumable(checkpoint: Path, args: argparse.Namespace) -> bool:
     """Whether the run `checkpoint` belongs to has finished (its step is --steps); raises where resuming from it
     cannot work: a step past --steps, or weights of the other kind (LoRA adapters against full fine-tuning)."""
+    check_checkpoint_files(checkpoint)
     step = _trainer_step(checkpoint)
     if step > args.steps:
         raise OptionError(f"--resume: {checkpoint} is at step {step}, past --steps {args.steps}: pass --steps {step} or "
@@ -397,6 +452,27 @@ def check_resumable(checkpoint: Path, args: argparse.Namespace) -> bool:
         kind, flag = ("LoRA adapters", "--lora") if lora else ("fully fine-tuned weights", "--full")
         raise OptionError(f"--resume: {checkpoint} holds {kind}: resume with {flag}, as the run started.")
     return step == args.steps
+
+
+def _damaged(path: Path, checkpoint: Path, err: Exception) -> OptionError:
+    return OptionError(f"--resume: {path} is damaged ({err}): delete {checkpoint} to resume from the checkpoint before "
+                       "it, or start afresh with --overwrite.")
+
+
+def check_checkpoint_files(checkpoint: Path) -> None:
+    """Raises naming a weights or state file of `checkpoint` that cannot be opened: a safetensors file whose header
+    does not read, or a `torch.save` file without its zip directory (what a truncated or overwritten file lacks).
+    The Trainer, loading them, fails with a traceback that names no file."""
+    for path in sorted(checkpoint.iterdir()):
+        try:
+            if path.suffix == ".safetensors":
+                with safe_open(path, "pt"):
+                    pass
+            elif path.suffix in (".pt", ".pth", ".bin"):
+                with zipfile.ZipFile(path):
+                    pass
+        except (SafetensorError, zipfile.BadZipFile, OSError) as err:
+            raise _damaged(path, checkpoint, err) from err
 
 
 def _schedule(args: argparse.Namespace, steps: int):
@@ -415,7 +491,10 @@ def resumed_schedule(checkpoint: Path, args: argparse.Namespace) -> str | None:
     state = json.loads((checkpoint / "trainer_state.json").read_text())
     step, planned = state["global_step"], state.get("max_steps")
     if (checkpoint / "scheduler.pt").is_file():
-        peak = torch.load(checkpoint / "scheduler.pt", weights_only=True)["base_lrs"][0]
+        try:
+            peak = torch.load(checkpoint / "scheduler.pt", weights_only=True)["base_lrs"][0]
+        except (pickle.UnpicklingError, RuntimeError, EOFError, KeyError) as err:
+            raise _damaged(checkpoint / "scheduler.pt", checkpoint, err) from err
         if not math.isclose(peak, args.learning_rate, rel_tol=1e-6):
             raise OptionError(f"--resume: {checkpoint} trains with --learning-rate {peak:g}, which its optimizer and "
                               f"schedule keep: resume with --learning-rate {peak:g}.")
