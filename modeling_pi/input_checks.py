@@ -21,11 +21,14 @@ from configuration_pi import PiConfig
 
 def check_device(device, name: str = "device") -> None:
     """Raises `ValueError` where torch cannot place a tensor on `device`: a name it does not know, or a backend this
-    build lacks (torch says so with a RuntimeError or an AssertionError)."""
+    build lacks (torch says so with a RuntimeError or an AssertionError); and for the meta device, which takes
+    tensors but computes nothing."""
     try:
         torch.empty(0, device=device)
     except (RuntimeError, AssertionError) as err:
         raise ValueError(f"{name} {device}: {err}") from err
+    if torch.device(device).type == "meta":
+        raise ValueError(f"{name} {device}: tensors on the meta device hold no values, so nothing can run there.")
 
 
 def is_hub_id(name: str) -> bool:

@@ -171,10 +171,10 @@ class Robot:
             if self.default_prompt is None:
                 raise ObservationError(f"Missing {self.prompt_key!r}, and the robot has no default prompt.")
             return self.default_prompt
+        if isinstance(prompt, np.ndarray) and prompt.dtype.kind in "SU" and prompt.size == 1:
+            prompt = prompt.item()  # str, or bytes for a numpy bytes array
         if isinstance(prompt, bytes):
             prompt = prompt.decode("utf-8", errors="replace")
-        if isinstance(prompt, np.ndarray) and prompt.dtype.kind in "SU" and prompt.size == 1:
-            prompt = str(prompt.item())
         if not isinstance(prompt, str):
             raise ObservationError(f"{self.prompt_key!r} must be a string, got {type(prompt).__name__}.")
         return prompt

@@ -252,10 +252,15 @@ class BatchingPolicy:
         for request, answer in zip(batch, answers):
             self._settle(request, answer)
 
-    @staticmethod
-    def _settle(request: _Request, answer: dict | None = None, error: Exception | None = None) -> None:
+    def _settle(self, request: _Request, answer: dict | None = None, error: Exception | None = None) -> None:
+        """Answers `request`. A flow model's chunk that is not finite is an error, never sent: openpi's clients do not
+        read `valid`, and would hand the robot NaN commands (π0-FAST's undecodable chunks are openpi's fallback)."""
         if request.answer.done():  # a client that left has cancelled its answer
             return
+        if error is None and not answer["valid"] and self.model.config.is_flow:
+            error = ValueError("The chunk holds NaN or inf values, so it is not a prediction and is not sent. The inputs "
+                               "were finite: values of extreme size (prev_actions, or a state far outside the "
+                               "statistics) overflow inside the model.")
         if error is not None:
             request.answer.set_exception(error)
         else:
@@ -300,14 +305,14 @@ def read_continuation(observation: dict, config, action_dims: int | None) -> tup
     executed from the previous chunk, is at least 1), and 0 <= d <= L (d + s <= H); a model trained with a clean
     prefix takes d up to its `rtc_max_delay`. A `ValueError` names what is wrong."""
     prev_actions, delay = observation.get(PREV_ACTIONS), observation.get(INFERENCE_DELAY)
-    if prev_actions is None:
-        if delay is not None:
-            raise ValueError(f"{INFERENCE_DELAY} was sent without {PREV_ACTIONS}: it is the delay of a chunk that "
-                             "continues the previous one; send both, or neither.")
+    if prev_actions is None and delay is None:
         return None
     if not config.is_flow:
         raise ValueError(f"π0-FAST does not support real-time chunking: send observations without {PREV_ACTIONS} and "
                          f"{INFERENCE_DELAY} (the server's metadata says real_time_chunking: false).")
+    if prev_actions is None:
+        raise ValueError(f"{INFERENCE_DELAY} was sent without {PREV_ACTIONS}: it is the delay of a chunk that "
+                         "continues the previous one; send both, or neither.")
     horizon = config.action_horizon
     prev_actions = np.asarray(prev_actions)
     expected = f"[L, {action_dims}] numbers with 1 <= L <= {horizon - 1}"

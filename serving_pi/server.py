@@ -15,7 +15,8 @@ The protocol (openpi's): on connect the server sends its metadata (msgpack: the 
 ALOHA's `reset_pose`, and the server's); then each binary msgpack message is one observation and is
 answered with a dict holding `actions` [H, robot dims] and the timings (`policy_timing`,
 `server_timing`), plus `valid` (False where a π0-FAST answer did not decode into actions; they are then
-openpi's fallback, not a prediction). For real-time chunking (π0 / π0.5; the metadata's
+openpi's fallback, not a prediction). A π0 / π0.5 chunk holding NaN or inf is never sent: openpi's clients do
+not read `valid`, so the request is answered with an error instead. For real-time chunking (π0 / π0.5; the metadata's
 `real_time_chunking`), an observation may also carry `prev_actions` [L, robot dims], the previous chunk's
 actions not yet executed as this server returned them, and `inference_delay` (control steps); the new
 chunk then continues them (`serving_pi.policy`; the client side is `serving_pi.real_time`), guided with
@@ -227,7 +228,10 @@ def build_policy(args: argparse.Namespace) -> BatchingPolicy:
     check_source(args.model)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     processor = AutoProcessor.from_pretrained(args.model)
-    prompt = {key: value for key, value in (("prompt_key", args.prompt_key), ("default_prompt", args.default_prompt)) if value}
+    if args.prompt_key == "":
+        raise ValueError("--prompt-key must name the observation's prompt key, got an empty one.")
+    prompt = {key: value for key, value in (("prompt_key", args.prompt_key), ("default_prompt", args.default_prompt))
+              if value is not None}  # an empty default prompt is a prompt, as an empty one in a request is
     if processor.robot is not None:
         if args.preset or args.camera or args.state_key:
             raise ValueError(f"{args.model} declares its robot ({processor.robot.name}); --preset, --camera and "
@@ -239,6 +243,9 @@ def build_policy(args: argparse.Namespace) -> BatchingPolicy:
             pairs = [spec.partition("=") for spec in args.camera]
             if any(not (camera and equals and key) for camera, equals, key in pairs):
                 raise ValueError(f"--camera takes MODEL_CAMERA=KEY pairs, got {args.camera}.")
+            doubled = sorted({camera for camera, _, _ in pairs if [c for c, _, _ in pairs].count(camera) > 1})
+            if doubled:
+                raise ValueError(f"--camera gives the model camera(s) {', '.join(doubled)} twice.")
             cameras = {camera: key for camera, _, key in pairs}
         if cameras is None and (args.preset or "pi") == "pi":  # the model's own camera names
             cameras = {camera: camera for camera in processor.image_keys}

@@ -35,7 +35,10 @@ def _decode(obj: dict):
         if dtype.kind in _REFUSED_KINDS:
             raise WireError(f"Arrays of dtype {dtype} are not accepted.")
         if b"__npgeneric__" in obj:
-            return dtype.type(obj[b"data"])
+            try:
+                return dtype.type(obj[b"data"])
+            except (KeyError, TypeError, ValueError, OverflowError) as err:
+                raise WireError(f"A numpy scalar whose data does not fit its dtype {dtype}: {err!r}") from None
         try:
             return np.frombuffer(obj[b"data"], dtype=dtype).reshape(obj[b"shape"]).copy()
         except (KeyError, TypeError, ValueError) as err:

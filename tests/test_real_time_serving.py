@@ -142,6 +142,9 @@ def test_bad_prev_actions_and_delays_are_refused_naming_the_problem_and_the_conn
             r"prev_actions holds NaN or infinite values": {**good, "prev_actions": np.full((20, ROBOT_DIM), np.nan)},
             r"After preprocessing, prev_actions holds NaN or values beyond the range of torch.float32":
                 {**good, "prev_actions": np.full((20, ROBOT_DIM), 1e300)},
+            # finite in float32, but guidance towards them overflows: the NaN chunk is not sent (clients ignore `valid`)
+            r"The chunk holds NaN or inf values, so it is not a prediction and is not sent":
+                {**good, "prev_actions": np.full((20, ROBOT_DIM), 1e30)},
             r"inference_delay must be 0 to the 20 prev_actions sent": {**good, "inference_delay": 21},
             r"inference_delay must be 0 to the 20": {**good, "inference_delay": -1},
             r"inference_delay must be a whole number of control steps, got 1.5": {**good, "inference_delay": 1.5},
@@ -162,8 +165,10 @@ def test_pi0_fast_says_it_does_not_chunk_in_real_time_and_refuses_prev_actions(p
     with serve_in_background(policy) as server:
         client = WebsocketClientPolicy("127.0.0.1", server.port)
         assert client.get_server_metadata()["real_time_chunking"] is False
-        with pytest.raises(RuntimeError, match="Bad request: π0-FAST does not support real-time chunking"):
-            client.infer({**_observation(4), "prev_actions": np.zeros((10, ROBOT_DIM), np.float32), "inference_delay": 1})
+        for continuation in ({"prev_actions": np.zeros((10, ROBOT_DIM), np.float32), "inference_delay": 1},
+                             {"inference_delay": 1}):  # not "send both": that is refused too
+            with pytest.raises(RuntimeError, match="Bad request: π0-FAST does not support real-time chunking"):
+                client.infer({**_observation(4), **continuation})
 
 
 def test_requests_with_and_without_prev_actions_are_batched_apart(policy_folder):

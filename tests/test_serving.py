@@ -297,6 +297,9 @@ def test_a_fast_folder_without_robot_action_dims_is_refused_at_startup(policy_fo
     (["--port", "70000"], "--port must be 0 (a free port) to 65535, got 70000"),
     (["--max-message-mb", "0"], "--max-message-mb must be a positive number, got 0.0"),
     (["--model", "/no/such/folder"], "--model /no/such/folder: no such folder (nor a Hub id"),  # no Hub lookup
+    (["--device", "meta"], "--device meta: tensors on the meta device hold no values"),  # it answered every request
+    (["--camera", "base_0_rgb=a", "--camera", "base_0_rgb=b"], "--camera gives the model camera(s) base_0_rgb twice"),
+    (["--prompt-key", ""], "--prompt-key must name the observation's prompt key, got an empty one"),
 ])
 def test_flags_no_request_could_be_served_with_are_refused_at_startup(policy_folder, flags, message):
     # --max-batch 0 would leave every request queued; the others would fail every request, or answer NaN
@@ -383,6 +386,9 @@ def test_presets_read_the_openpi_robot_layouts():
     np.testing.assert_array_equal(fields["state"], [0, 1, 2, 3, 4, 5, 6, 0.5])
     libero = {"observation/image": hwc, "observation/wrist_image": hwc, "observation/state": np.zeros(8), "prompt": b"open"}
     assert preset("libero").read(libero)["prompt"] == "open"
+    for prompt in (np.array(b"open"), np.bytes_(b"open"), np.array("open")):  # as numpy clients may send it
+        assert preset("libero").read({**libero, "prompt": prompt})["prompt"] == "open"
+    assert preset("droid", default_prompt="").read(droid)["prompt"] == ""
     with pytest.raises(ObservationError, match="no default prompt"):
         preset("droid").read(droid)
     with pytest.raises(ValueError, match="Unknown observation preset"):
@@ -421,6 +427,9 @@ def test_wire_format_is_openpis_and_refuses_what_is_not_plain_numbers():
         unpackb(packb({"x": {b"__ndarray__": True, b"data": b"\x00" * 3, b"dtype": "<f4", b"shape": (2,)}}))
     with pytest.raises(WireError, match="Not a msgpack"):
         unpackb(b"\xc1")
+    for scalar in ({b"data": 300, b"dtype": "|u1"}, {b"dtype": "<f8"}):  # out of its dtype's range; no data
+        with pytest.raises(WireError, match="A numpy scalar whose data does not fit its dtype"):
+            unpackb(packb({"state": {b"__npgeneric__": True, **scalar}}))
 
 
 def _wait_for_port(process: subprocess.Popen, lines: list[str]) -> int:
