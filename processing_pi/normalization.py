@@ -26,6 +26,11 @@ LEROBOT_EPS = 1e-8
 LEROBOT_KEYS = {"observation.state": "state", "action": "actions"}
 
 
+def non_finite(value: float) -> str:
+    """A value that is not finite, as errors name it."""
+    return "NaN" if np.isnan(value) else ("inf" if value > 0 else "-inf")
+
+
 @dataclass
 class ArrayStats:
     """Per-dim statistics of one array (state or actions); quantiles may be absent."""
@@ -34,6 +39,20 @@ class ArrayStats:
     std: np.ndarray
     q01: np.ndarray | None = None
     q99: np.ndarray | None = None
+
+    def __post_init__(self):
+        """One finite value per dim in each statistic given: a NaN, or statistics of different lengths, would
+        surface only later, as NaN actions or a broadcasting error at the first state."""
+        given = {name: value for name, value in vars(self).items() if value is not None}
+        lengths = {name: len(value) for name, value in given.items()}
+        if len(set(lengths.values())) > 1:
+            raise ValueError(f"the statistics disagree on the dims ({', '.join(f'{n} has {k}' for n, k in lengths.items())} "
+                             "values): each needs one value per dim.")
+        for name, value in given.items():
+            bad = np.flatnonzero(~np.isfinite(value))
+            if bad.size:
+                raise ValueError(f"{name} is {non_finite(value[bad[0]])} in dim {int(bad[0])}; normalising with it would give the "
+                                 "model NaN inputs, or the robot NaN actions.")
 
     @classmethod
     def from_dict(cls, stats: dict) -> "ArrayStats":
@@ -101,7 +120,13 @@ class NormStats:
         unknown = set(data) - {"state", "actions"}
         if unknown:
             raise ValueError(f"Unknown statistics {sorted(unknown)}; expected 'state' and/or 'actions'.")
-        return cls(**{key: ArrayStats.from_dict(value) for key, value in data.items()})
+        stats = {}
+        for key, value in data.items():
+            try:
+                stats[key] = ArrayStats.from_dict(value)
+            except ValueError as err:
+                raise ValueError(f"'{key}' statistics: {err}") from None
+        return cls(**stats)
 
     def to_dict(self) -> dict:
         return {key: stats.to_dict() for key in ("state", "actions") if (stats := getattr(self, key)) is not None}

@@ -250,6 +250,22 @@ def test_convert_refuses_flags_it_cannot_apply(tmp_path, capsys, extra, message)
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("damage, message", [
+    (lambda stats: stats["actions"]["mean"].__setitem__(0, float("nan")),
+     "'actions' statistics: mean is NaN in dim 0; normalising with it would give"),
+    (lambda stats: stats["state"].__setitem__("std", stats["state"]["std"][:5]),
+     "'state' statistics: the statistics disagree on the dims (mean has 7, std has 5, q01 has 7, q99 has 7 values)"),
+])
+def test_convert_refuses_statistics_that_would_give_nan_or_not_fit_a_state(tmp_path, capsys, damage, message):
+    stats = json.loads(STATS.read_text())
+    damage(stats["norm_stats"])
+    (tmp_path / "stats.json").write_text(json.dumps(stats))  # json writes NaN, as numpy-based writers do
+    code, _, err = _pi(capsys, "convert", "openpi", "--checkpoint", OPENPI / "pi0", "--output", tmp_path / "out",
+                       "--tokenizer", TOKENIZER, "--norm-stats", tmp_path / "stats.json")
+    assert code == 1 and message in err, err  # before: written, then NaN actions or a broadcasting error
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_policy_config_keeps_its_robots_action_dims(tmp_path, capsys):
     code, _, err = _pi(capsys, "convert", "openpi", "--checkpoint", DROID, "--config", "pi05_droid", "--tokenizer",
                        TOKENIZER, "--robot-action-dim", 7, "--output", tmp_path / "out")

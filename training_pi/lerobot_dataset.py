@@ -33,7 +33,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from processing_pi import NormStats
-from processing_pi.normalization import LEROBOT_KEYS, NEEDED_STATS, ArrayStats
+from processing_pi.normalization import LEROBOT_KEYS, NEEDED_STATS, ArrayStats, non_finite
 
 STATE, ACTION = "observation.state", "action"
 
@@ -119,10 +119,6 @@ def _row_values(chunk: pa.Array, dim: int) -> np.ndarray:
 
 def _count_bad(column: pa.ChunkedArray, dim: int) -> int:
     return sum(int((~np.isfinite(_row_values(chunk, dim)).all(axis=1)).sum()) for chunk in column.chunks)
-
-
-def _number(value: float) -> str:
-    return "NaN" if np.isnan(value) else ("inf" if value > 0 else "-inf")
 
 
 class LeRobotDataset(torch.utils.data.Dataset):
@@ -227,7 +223,7 @@ class LeRobotDataset(torch.utils.data.Dataset):
             if bad_rows.size:
                 row, dims = start + int(bad_rows[0]), np.flatnonzero(~np.isfinite(values[bad_rows[0]]))
                 raise DatasetError(
-                    f"{self._where(row)}: '{key}' is {_number(values[bad_rows[0], dims[0]])} in dim {int(dims[0])} "
+                    f"{self._where(row)}: '{key}' is {non_finite(values[bad_rows[0], dims[0]])} in dim {int(dims[0])} "
                     f"(frames with a non-finite '{key}': {_count_bad(self.frames.data.table.column(key), dim)}); "
                     "training on them would give NaN statistics or losses.")
             start += len(chunk)
@@ -362,16 +358,12 @@ def _feature_stats(path: Path, stats: dict, key: str, dim: int, mode: str) -> Ar
     missing = [name for name in NEEDED_STATS[mode] if stats[key].get(name) is None]
     if missing:
         raise DatasetError(f"{path}: '{key}' has no {', '.join(map(repr, missing))}, which {mode} normalisation needs{_RECOMPUTE}")
-    found = ArrayStats.from_dict(stats[key])
-    for name, values in vars(found).items():
-        if values is None:
-            continue
-        if len(values) != dim:
-            raise DatasetError(f"{path}: '{key}' {name} has {len(values)} values, info.json says {dim} dims.")
-        bad = np.flatnonzero(~np.isfinite(values))
-        if bad.size:
-            raise DatasetError(f"{path}: '{key}' {name} is {_number(values[bad[0]])} in dim {int(bad[0])}; normalising "
-                               f"with it would give the model NaN inputs{_RECOMPUTE}")
+    try:
+        found = ArrayStats.from_dict(stats[key])
+    except ValueError as err:  # a NaN, or statistics of different lengths
+        raise DatasetError(f"{path}: '{key}' {err.args[0].removesuffix('.')}{_RECOMPUTE}") from err
+    if found.dim != dim:
+        raise DatasetError(f"{path}: '{key}' has statistics of {found.dim} dims, info.json says {dim}.")
     return found
 
 
