@@ -64,8 +64,10 @@ from configuration_pi import PiConfig
 from configuration_pi.configuration_pi import DEFAULT_IMAGE_KEYS, FLOW_VARIANTS
 from conversion.hf_folder import (DTYPES, ConversionError, build_processor, check_complete, check_output, check_tokenizers,
                                   weights_dtype, write_folder)
+from conversion.json_files import index_shards, read_json
 from conversion.push import add_publish_arguments, card_options, publish
 from processing_pi.normalization import NEEDED_STATS, ArrayStats, NormStats
+from processing_pi.prompts import FAST_SKIP_TOKENS
 
 LEROBOT_VARIANTS = {"pi0": "pi0", "pi05": "pi05", "pi0_fast": "pi0_fast", "pi0fast": "pi0_fast"}
 # `pi convert` sources of transformers' folders -> the variant (their config's model_type) and class prefix
@@ -319,6 +321,21 @@ def lerobot_variant(settings: dict, path: Path | str = "config.json") -> str:
     return variant
 
 
+def lerobot_decoding_notes(settings: dict, path: Path) -> list[str]:
+    """π0-FAST decoding settings of LeRobot's config that the converted model does not carry: raises for a FAST token
+    offset other than openpi's (its tokens would be read as others), and says how to sample at its temperature."""
+    skip = settings.get("fast_skip_tokens", FAST_SKIP_TOKENS)
+    if skip != FAST_SKIP_TOKENS:
+        raise ConversionError(f"{path}: fast_skip_tokens is {skip}; π0-FAST here places FAST tokens "
+                              f"{FAST_SKIP_TOKENS} ids from the end of the vocabulary, as openpi does, so this policy's "
+                              "tokens would be read as other ones.")
+    temperature = settings.get("temperature") or 0.0
+    if temperature:
+        return [f"LeRobot samples its FAST tokens at temperature {temperature}; the converted model decodes greedily "
+                f"unless asked: generate_actions(..., temperature={temperature})"]
+    return []
+
+
 def lerobot_config(settings: dict, shapes: dict, architecture: PiConfig | None = None, image_keys=None) -> PiConfig:
     """LeRobot's policy config.json (`"type": "pi0" | "pi05" | "pi0_fast"`) and our names' tensor shapes -> ours.
     `architecture` (a PiConfig) replaces the sizes inferred from the shapes."""
@@ -369,19 +386,25 @@ def lerobot_norm_stats(folder: Path) -> tuple[NormStats | None, str | None]:
     pipeline = folder / "policy_preprocessor.json"
     if not pipeline.is_file():
         return None, None
-    steps = json.loads(pipeline.read_text())["steps"]
-    normalizer = next((step for step in steps if step.get("registry_name") == "normalizer_processor"), None)
-    if normalizer is None or "state_file" not in normalizer:
-        return None, None
-    modes = {NORM_MODES.get(normalizer["config"]["norm_map"].get(kind)) for kind in ("STATE", "ACTION")}
+    try:
+        steps = read_json(pipeline, ConversionError)["steps"]
+        normalizer = next((step for step in steps if step.get("registry_name") == "normalizer_processor"), None)
+        if normalizer is None or "state_file" not in normalizer:
+            return None, None
+        norm_map = normalizer["config"]["norm_map"]
+        modes = {NORM_MODES.get(norm_map.get(kind)) for kind in ("STATE", "ACTION")}
+    except (KeyError, TypeError, AttributeError) as err:
+        raise ConversionError(f"{pipeline}: not a LeRobot processor pipeline (its normaliser step: {err!r}).") from err
     if len(modes) != 1 or None in modes:
-        raise ConversionError(f"{pipeline}: state and actions must both be MEAN_STD or both QUANTILES, got "
-                              f"{normalizer['config']['norm_map']}.")
+        raise ConversionError(f"{pipeline}: state and actions must both be MEAN_STD or both QUANTILES, got {norm_map}.")
     path = folder / normalizer["state_file"]
     if not path.is_file():
         raise ConversionError(f"{pipeline} names the statistics file {normalizer['state_file']}, which is missing.")
-    with safe_open(path, "pt") as stats_file:
-        flat = {key: stats_file.get_tensor(key).double().numpy() for key in stats_file.keys()}
+    try:
+        with safe_open(path, "pt") as stats_file:
+            flat = {key: stats_file.get_tensor(key).double().numpy() for key in stats_file.keys()}
+    except SafetensorError as err:
+        raise ConversionError(f"{path}: not a readable safetensors file ({err}).") from err
     mode = modes.pop()
     stats = {}
     for theirs, ours in (("observation.state", "state"), ("action", "actions")):
@@ -398,7 +421,7 @@ def transformers_norm_stats(folder: Path) -> tuple[NormStats | None, str | None]
     path = folder / "processor_config.json"
     if not path.is_file():
         return None, None
-    saved = json.loads(path.read_text())
+    saved = read_json(path, ConversionError)
     stats, modes = {}, {}
     for key in ("state", "actions"):
         values = {name: saved.get(f"{key}_{name}") for name in ("mean", "std", "q01", "q99")}
@@ -418,7 +441,7 @@ def transformers_norm_stats(folder: Path) -> tuple[NormStats | None, str | None]
 def load_safetensors(folder: Path) -> dict[str, torch.Tensor]:
     """`model.safetensors`, or the shards its index lists."""
     index = folder / "model.safetensors.index.json"
-    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else ["model.safetensors"]
+    files = index_shards(index, ConversionError) if index.is_file() else ["model.safetensors"]
     tensors = {}
     for name in files:
         if not (folder / name).is_file():
@@ -452,7 +475,7 @@ def convert_checkpoint(
         raise ConversionError(f"Unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}.")
     output = check_output(output)
     check_tokenizers(tokenizer, fast_tokenizer)
-    settings = json.loads((checkpoint / "config.json").read_text())
+    settings = read_json(checkpoint / "config.json", ConversionError)
     tensors = load_safetensors(checkpoint)
     notes, conventions = [], None
     if source == "lerobot":
@@ -461,6 +484,11 @@ def convert_checkpoint(
         architecture = PiConfig.from_json_file(config_path) if config_path else None
         config = lerobot_config(settings, {name: tuple(t.shape) for name, t in renamed.items()}, architecture, image_keys)
         norm_stats, norm_mode = lerobot_norm_stats(checkpoint)
+        notes += lerobot_decoding_notes(settings, checkpoint / "config.json") if variant == "pi0_fast" else []
+        if norm_stats is None and tokenizer is not None:
+            notes.append("it has no normaliser statistics (no policy_preprocessor.json with a normalizer_processor "
+                         "step), so the processor has none: add them with PiProcessor.from_pretrained(folder, "
+                         "norm_stats=FILE).save_pretrained(folder)")
         conventions = "lerobot"
         if architecture is None:
             notes.append(siglip_heads(config.vision_config.hidden_size)[1])

@@ -22,6 +22,7 @@ from safetensors import SafetensorError, safe_open
 from configuration_pi import PiConfig
 from conversion.convert_lerobot import check_source_kind
 from conversion.hf_folder import ConversionError
+from conversion.json_files import index_shards, read_json
 from processing_pi import PiProcessor
 from processing_pi.processing_pi import PROCESSOR_CONFIG
 
@@ -44,7 +45,7 @@ def read_weights(folder: Path) -> dict | None:
     `*.safetensors` file); None when the folder holds no weights."""
     index = folder / WEIGHTS_INDEX
     if index.is_file():
-        files = sorted({folder / name for name in json.loads(index.read_text())["weight_map"].values()})
+        files = [folder / name for name in index_shards(index, InfoError)]
     else:
         files = sorted(folder.glob("*.safetensors"))
     if not files:
@@ -100,6 +101,7 @@ def describe(folder: str | os.PathLike) -> dict:
         raise InfoError(str(err)) from None
     if not (folder / "config.json").is_file():
         raise InfoError(f"{folder} has no config.json: not a π model folder (pi convert and pi train write one).")
+    read_json(folder / "config.json", InfoError)
     try:
         config = PiConfig.from_pretrained(folder)
     except (OSError, ValueError) as err:

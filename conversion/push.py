@@ -11,7 +11,6 @@ commit through huggingface_hub.
 """
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ from huggingface_hub import CommitOperationAdd, HfApi
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
+from conversion.json_files import index_shards, read_json
 from conversion.remote_code import remote_code_files, with_auto_map
 from model_cards import GEMMA_LICENSE, PALIGEMMA, retarget_card
 
@@ -36,7 +36,7 @@ class PushError(ValueError):
 def _weights(folder: Path) -> list[str]:
     index = folder / WEIGHTS_INDEX
     if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        shards = index_shards(index, PushError)
         missing = [name for name in shards if not (folder / name).is_file()]
         if missing:
             raise PushError(f"{folder}: the weight index lists shards that are not there: {', '.join(missing)}.")
@@ -88,7 +88,7 @@ def hub_files(folder: str | Path, repo_id: str) -> dict[str, Path | bytes]:
     if "/" not in repo_id:
         raise PushError(f"{repo_id!r}: give the repository as ORG/NAME.")
     config_path = folder / "config.json"
-    if not config_path.is_file() or json.loads(config_path.read_text()).get("model_type") != "pi":
+    if not config_path.is_file() or read_json(config_path, PushError).get("model_type") != "pi":
         raise PushError(f"{folder} is not a π model folder (no config.json with model_type 'pi').")
     if not (folder / "README.md").is_file():
         raise PushError(f"{folder} has no model card (README.md).")

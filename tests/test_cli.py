@@ -351,6 +351,20 @@ def test_info_of_a_robot_policy(tmp_path, capsys):
     assert code == 0 and "observation/exterior_image_1_left" in " ".join(out.split())
 
 
+@pytest.mark.parametrize("name, text, message", [
+    ("config.json", '{"model_type": "pi",', "config.json: not readable JSON"),
+    ("config.json", "[]", "config.json: holds a JSON list, where an object ({...}) belongs"),
+    ("model.safetensors.index.json", '{"weight_map": ', "model.safetensors.index.json: not readable JSON"),
+    ("model.safetensors.index.json", "{}", "model.safetensors.index.json: no 'weight_map' from tensor names"),
+])
+def test_info_and_push_name_a_damaged_json_file(tmp_path, capsys, converted, name, text, message):
+    damaged = shutil.copytree(converted("pi05"), tmp_path / "damaged")
+    (damaged / name).write_text(text)
+    for command in (["info", damaged], ["push", damaged, "me/pi05", "--dry-run"]):  # before: tracebacks
+        code, _, err = _pi(capsys, *command)
+        assert code == 1 and f"{damaged / name}: " in err and message in err, err
+
+
 def test_info_refuses_a_folder_that_is_not_a_model(tmp_path, capsys, converted):
     code, _, err = _pi(capsys, "info", tmp_path)
     assert code == 1 and "has no config.json" in err

@@ -7,6 +7,7 @@ its preprocessor, the policy, its postprocessor. Converted with no `--config`, o
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -256,6 +257,47 @@ def test_unsupported_policies_and_missing_statistics_are_named(tmp_path, capsys)
     assert not (tmp_path / "out").exists()
 
 
+def _damage_pipeline(folder: Path, damage: str) -> str:
+    pipeline = folder / "policy_preprocessor.json"
+    steps = json.loads(pipeline.read_text())["steps"]
+    normalizer = next(step for step in steps if step["registry_name"] == "normalizer_processor")
+    if damage == "cut pipeline":
+        pipeline.write_text(pipeline.read_text()[:40])
+        return "policy_preprocessor.json: not readable JSON"
+    if damage == "normaliser without config":
+        del normalizer["config"]
+        pipeline.write_text(json.dumps({"steps": steps}))
+        return "policy_preprocessor.json: not a LeRobot processor pipeline (its normaliser step: KeyError('config'))"
+    if damage == "cut statistics":
+        path = folder / normalizer["state_file"]
+        path.write_bytes(path.read_bytes()[:4])
+        return f"{normalizer['state_file']}: not a readable safetensors file"
+    if damage == "config a list":
+        (folder / "config.json").write_text("[]")
+        return "config.json: holds a JSON list, where an object ({...}) belongs"
+    raise AssertionError(damage)
+
+
+@pytest.mark.parametrize("damage", ["cut pipeline", "normaliser without config", "cut statistics", "config a list"])
+def test_a_damaged_policy_file_is_named(tmp_path, capsys, damage):
+    folder = Path(shutil.copytree(LEROBOT / "pi0" / "pretrained_model", tmp_path / "policy"))
+    message = _damage_pipeline(folder, damage)
+    assert _convert(folder, tmp_path / "out") == 1  # before: a traceback, or "config.json lacks the entry 'config'"
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_fast_decoding_settings_the_model_does_not_carry_are_refused_or_said(tmp_path, capsys):
+    folder = Path(shutil.copytree(LEROBOT / "pi0_fast" / "pretrained_model", tmp_path / "policy"))
+    settings = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**settings, "fast_skip_tokens": 64}))
+    assert _convert(folder, tmp_path / "out") == 1
+    assert "config.json: fast_skip_tokens is 64; π0-FAST here places FAST tokens 128 ids" in capsys.readouterr().err
+    (folder / "config.json").write_text(json.dumps({**settings, "temperature": 0.7}))
+    assert _convert(folder, tmp_path / "out") == 0
+    assert "generate_actions(..., temperature=0.7)" in capsys.readouterr().out
+
+
 def test_info_tells_how_a_lerobot_policy_converted_without_its_normaliser_gets_statistics(tmp_path, capsys):
     source = LEROBOT / "pi05" / "pretrained_model"
     folder = tmp_path / "weights_only"
@@ -263,7 +305,7 @@ def test_info_tells_how_a_lerobot_policy_converted_without_its_normaliser_gets_s
     for name in ("config.json", "model.safetensors"):
         (folder / name).write_bytes((source / name).read_bytes())
     assert _convert(folder, tmp_path / "out") == 0
-    capsys.readouterr()
+    assert "it has no normaliser statistics (no policy_preprocessor.json" in capsys.readouterr().out  # said at once
     assert pi_cli.main(["info", str(tmp_path / "out")]) == 0
     out = " ".join(capsys.readouterr().out.split())  # unwrapped
     assert "no normalisation statistics" in out and "pi convert lerobot from the policy folder with its policy_preprocessor" in out

@@ -64,6 +64,7 @@ from transformers import AutoModel, AutoProcessor, Trainer, TrainerState, Traini
 from transformers.utils import is_torch_xla_available
 
 import modeling_pi  # noqa: F401  (registers "pi" with AutoModel / AutoProcessor)
+from conversion.json_files import index_shards
 from conversion.remote_code import add_remote_code
 from model_cards import DEFAULT_LICENSE, render_model_card
 from modeling_pi.input_checks import check_source
@@ -524,7 +525,7 @@ def restore_finished_run(trainer: Trainer, model, checkpoint: Path) -> None:
     index = checkpoint / "model.safetensors.index.json"
     files = ["model.safetensors"]
     if index.is_file():
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        files = index_shards(index, OptionError)
     if not all((checkpoint / name).is_file() for name in files):
         raise OptionError(f"--resume: {checkpoint} holds no model weights pi train can read (a sharded FSDP state?): "
                           "the run finished; its model cannot be written again from here.")
