@@ -113,15 +113,17 @@ def detect_variant(keys) -> str:
 
 
 def infer_config(
-    params: dict, variant: str | None = None, action_horizon: int | None = None, max_token_len: int | None = None
+    params: dict, variant: str | None = None, action_horizon: int | None = None, max_token_len: int | None = None,
+    asked_by: str = "--variant",
 ) -> PiConfig:
-    """The `PiConfig` whose parameters have these shapes; horizon and prompt length from the caller."""
+    """The `PiConfig` whose parameters have these shapes; horizon and prompt length from the caller. `asked_by` names
+    what asked for `variant`, for the error when the weights are of another."""
     found = detect_variant(params)
     variant = variant or found
     if variant not in VARIANTS:
         raise ConversionError(f"Unknown variant {variant!r}; expected one of {', '.join(VARIANTS)}.")
     if found != variant:
-        raise ConversionError(f"--variant {variant} was asked for, but the checkpoint is a {found} checkpoint.")
+        raise ConversionError(f"{asked_by} is for a {variant} checkpoint, but the checkpoint is a {found} checkpoint.")
 
     def shape(key):
         if key not in params:
@@ -409,12 +411,14 @@ def convert_openpi(
     policy: PolicyConfig | None = None,
     norm_stats: str | os.PathLike | None = None,
     robot_action_dim: int | None = None,
+    policy_source: str = "the policy config",
     **card,
 ) -> Path:
     """Converts and writes `output` (config, safetensors, model card, remote code, and with `tokenizer` the
     processor) atomically; returns its path. `policy` (`openpi_config(name)` or a user's `PolicyConfig`) fixes
     what the weights do not say. `norm_stats` (a JSON file) replaces the checkpoint's statistics; `robot_action_dim`
-    sets the robot's action dims. `card`: `write_folder`'s model-card options."""
+    sets the robot's action dims; `policy_source` names where `policy` came from (`--config NAME`), for errors.
+    `card`: `write_folder`'s model-card options."""
     if dtype not in DTYPES:
         raise ConversionError(f"Unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}.")
     output = check_output(output)
@@ -428,6 +432,7 @@ def convert_openpi(
     for flag, value in (("--action-horizon", action_horizon), ("--max-token-len", max_token_len)):
         if value is not None and value < 1:
             raise ConversionError(f"{flag} must be at least 1, got {value}.")
+    asked_by = "--variant"
     if policy is not None:
         if robot_action_dim is not None:
             raise ConversionError("The policy config's robot fixes the action dims: drop --robot-action-dim (or declare "
@@ -438,14 +443,15 @@ def convert_openpi(
         if tokenizer is None:
             raise ConversionError("A robot policy is recorded in the processor, which needs --tokenizer.")
         if variant is not None and policy.variant is not None and variant != policy.variant:
-            raise ConversionError(f"--variant {variant} contradicts the policy config's variant {policy.variant}.")
+            raise ConversionError(f"--variant {variant} contradicts {policy_source}'s variant {policy.variant}.")
+        asked_by = asked_by if variant is not None else policy_source
         variant = variant or policy.variant
         action_horizon, max_token_len = policy.action_horizon, policy.max_token_len
         asset_id = asset_id or (policy.asset_id if norm_stats is None else None)
     stats = read_norm_stats(checkpoint, asset_id, norm_stats) if tokenizer is not None else None  # before the weights
 
     params = load_openpi_params(checkpoint)
-    config = infer_config(params, variant, action_horizon, max_token_len)
+    config = infer_config(params, variant, action_horizon, max_token_len, asked_by)
     config.dtype = dtype
     processor = None
     if policy is not None:
@@ -487,8 +493,9 @@ def run(args: argparse.Namespace) -> int:
         path = convert_openpi(args.checkpoint, args.variant, args.output, args.action_horizon, args.max_token_len, args.dtype,
                               tokenizer=args.tokenizer, fast_tokenizer=args.fast_tokenizer, asset_id=args.asset_id,
                               policy=policy, norm_stats=args.norm_stats, robot_action_dim=args.robot_action_dim,
+                              policy_source=f"--config {args.config}" if args.config else f"--robot {args.robot}",
                               **card_options(args))
-    except ConversionError as err:
+    except (ConversionError, OSError) as err:  # OSError: writing the folder (a full disk, no permission)
         print(f"pi convert openpi: error: {err}", file=sys.stderr)
         return 1
     return publish(args, path, "pi convert openpi")

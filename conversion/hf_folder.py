@@ -122,6 +122,9 @@ def check_output(output: str | os.PathLike) -> Path:
     output = Path(output)
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise ConversionError(f"{output} already exists and is not an empty folder; refusing to overwrite it.")
+    blocking = next((parent for parent in output.absolute().parents if parent.exists() and not parent.is_dir()), None)
+    if blocking is not None:  # checked now: the folder is made only once everything is converted
+        raise ConversionError(f"{output}: {blocking} is a file, so no folder can be made there.")
     return output
 
 

@@ -46,6 +46,10 @@ class PolicyConfig:
             raise ValueError(f"{source}: unknown field(s) {', '.join(unknown)}; expected some of {', '.join(sorted(known))}.")
         if not isinstance(data.get("robot"), dict):
             raise ValueError(f"{source}: needs a 'robot' object (cameras, state_keys, ...).")
+        for name in ("action_horizon", "max_token_len"):  # otherwise blamed on the checkpoint's shapes
+            value = data.get(name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{source}: {name} must be a whole number of at least 1, got {value!r}.")
         try:
             return cls(**{**data, "robot": Robot.from_dict(data["robot"])})
         except (TypeError, ValueError) as err:

@@ -266,6 +266,22 @@ def test_convert_refuses_statistics_that_would_give_nan_or_not_fit_a_state(tmp_p
     assert not (tmp_path / "out").exists()
 
 
+def test_convert_names_the_flag_or_file_at_fault(tmp_path, capsys):
+    code, _, err = _pi(capsys, "convert", "openpi", "--checkpoint", DROID, "--config", "pi0_droid", "--tokenizer",
+                       TOKENIZER, "--output", tmp_path / "out")  # a π0.5 checkpoint: not "--variant", never given
+    assert code == 1 and "--config pi0_droid is for a pi0 checkpoint, but the checkpoint is a pi05 checkpoint" in err, err
+    robot = tmp_path / "robot.json"
+    robot.write_text(json.dumps({"robot": {"cameras": {"base_0_rgb": "image"}, "state_keys": ["state"]},
+                                 "action_horizon": 0}))
+    code, _, err = _pi(capsys, "convert", "openpi", "--checkpoint", DROID, "--robot", robot, "--tokenizer", TOKENIZER,
+                       "--output", tmp_path / "out")  # not "the checkpoint's shapes"
+    assert code == 1 and f"{robot}: action_horizon must be a whole number of at least 1, got 0" in err, err
+    (tmp_path / "a_file").touch()
+    code, _, err = _pi(capsys, "convert", "openpi", "--checkpoint", OPENPI / "pi0", "--output", tmp_path / "a_file" / "out")
+    assert code == 1 and f"{tmp_path / 'a_file'} is a file, so no folder can be made there" in err, err  # not a traceback
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_policy_config_keeps_its_robots_action_dims(tmp_path, capsys):
     code, _, err = _pi(capsys, "convert", "openpi", "--checkpoint", DROID, "--config", "pi05_droid", "--tokenizer",
                        TOKENIZER, "--robot-action-dim", 7, "--output", tmp_path / "out")
