@@ -330,6 +330,18 @@ def preprocessing_note(config: PiConfig, processor: PiProcessor) -> str | None:
             f"padding in float{fast}).")
 
 
+def robot_note(processor: PiProcessor) -> str | None:
+    """A line for what the robot layout holds that a LeRobot policy folder has no place for."""
+    robot = processor.robot
+    dropped = []
+    if robot is not None and robot.default_prompt is not None:
+        dropped.append(f"default prompt {robot.default_prompt!r} (LeRobot reads the task from each observation)")
+    if robot is not None and robot.metadata:
+        dropped.append(f"metadata ({', '.join(robot.metadata)}; openpi's server sends it to clients, LeRobot has none)")
+    verb = "are" if len(dropped) > 1 else "is"
+    return f"note: the robot layout's {' and '.join(dropped)} {verb} not exported." if dropped else None
+
+
 def export_lerobot(folder: str | os.PathLike, output: str | os.PathLike, allow_custom_sizes: bool = False,
                    log=print) -> Path:
     """Writes `output`, a LeRobot 0.6 policy folder of the π folder `folder`, atomically (a staging folder
@@ -361,9 +373,9 @@ def export_lerobot(folder: str | os.PathLike, output: str | os.PathLike, allow_c
         log(f"note: sizes LeRobot's table does not have ({', '.join(unbuildable)}): unpatched LeRobot cannot load "
             f"{output}; its config.json names {' / '.join(names.values())}, which a patched LeRobot must build at "
             "this model's sizes.")
-    note = preprocessing_note(config, processor)
-    if note:
-        log(note)
+    for note in (preprocessing_note(config, processor), robot_note(processor)):
+        if note:
+            log(note)
     return output
 
 

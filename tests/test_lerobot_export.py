@@ -262,6 +262,18 @@ def test_pre_processing_lerobot_has_no_step_for_is_refused(tmp_path, capsys):
     assert code == 1 and "delta_action_mask" in err
 
 
+def test_what_the_robot_layout_holds_beyond_lerobots_pipeline_is_named(tmp_path, capsys):
+    model = lerobot_shaped_model("pi0")
+    robot = {"cameras": {"base_0_rgb": "image"}, "state_keys": ["state"], "state_dim": STATE_DIM,
+             "action_dim": ACTION_DIM, "default_prompt": "stack the cups", "metadata": {"reset_pose": [0.0] * 6}}
+    processor = build_processor(model.config, PROCESSOR / "tokenizer.model", None, robot_stats(), robot=Robot.from_dict(robot))
+    source = write_folder(tmp_path / "ours", model.config, model.state_dict(), "tiny", processor)
+    code, out, _ = _pi(capsys, "export", "lerobot", source, tmp_path / "lerobot", "--allow-custom-sizes")
+    assert code == 0  # before: dropped without a word
+    assert ("note: the robot layout's default prompt 'stack the cups' (LeRobot reads the task from each observation) "
+            "and metadata (reset_pose; openpi's server sends it to clients, LeRobot has none) are not exported.") in out
+
+
 def test_a_folder_without_its_processor_is_refused(tmp_path, capsys):
     model = lerobot_shaped_model("pi0")
     source = write_folder(tmp_path / "ours", model.config, model.state_dict(), "tiny")
