@@ -54,6 +54,7 @@ DEFAULT_NORM_MODE = {"pi0": "zscore", "pi05": "quantile", "pi0_fast": "quantile"
 FAST_FOLDER = "fast_tokenizer"
 PROCESSOR_CONFIG = "processor_config.json"
 TOKENIZER_FILE = "tokenizer.json"  # the prompt tokenizer as `tokenizers` saves it
+TOKENIZER_CONFIG = "tokenizer_config.json"  # its special tokens (pad, BOS, EOS)
 PROCESSOR_FILES = [PROCESSOR_CONFIG, "tokenizer*.json", "special_tokens_map.json", f"{FAST_FOLDER}/*"]
 HUB_OPTIONS = ("revision", "token", "cache_dir", "local_files_only", "force_download")
 # What the Auto classes and `pipeline()` pass to every `from_pretrained`; they concern the model, not a processor,
@@ -516,8 +517,9 @@ class PiProcessor(ProcessorMixin):
             folder = Path(snapshot_download(str(path_or_repo), allow_patterns=PROCESSOR_FILES, **hub_kwargs))
         if not (folder / PROCESSOR_CONFIG).is_file():
             raise ValueError(f"{path_or_repo} has no {PROCESSOR_CONFIG}: not a saved PiProcessor.")
-        if not (folder / TOKENIZER_FILE).is_file():
-            raise ValueError(f"{path_or_repo} has a {PROCESSOR_CONFIG} but no {TOKENIZER_FILE}: the processor's "
+        missing = [name for name in (TOKENIZER_FILE, TOKENIZER_CONFIG) if not (folder / name).is_file()]
+        if missing:  # without its config, the tokenizer loads with no special tokens, and fails at the first prompt
+            raise ValueError(f"{path_or_repo} has a {PROCESSOR_CONFIG} but no {' or '.join(missing)}: the processor's "
                              f"tokenizer is missing (save the processor again, or copy the whole folder).")
         config = json.loads((folder / PROCESSOR_CONFIG).read_text())
         image_config = {k: v for k, v in config["image_processor"].items() if k != "image_processor_type"}

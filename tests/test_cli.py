@@ -326,15 +326,16 @@ def test_info_of_a_folder_without_a_processor(converted, capsys):
     assert code == 0 and "π0 (variant pi0)" in out and "--tokenizer" in out
 
 
-def test_info_and_the_processor_name_a_missing_tokenizer_file(policy_folder, tmp_path, capsys):
+@pytest.mark.parametrize("name", ["tokenizer.json", "tokenizer_config.json"])
+def test_info_and_the_processor_name_a_missing_tokenizer_file(policy_folder, tmp_path, capsys, name):
     folder = tmp_path / "copied"
     shutil.copytree(policy_folder("pi0"), folder)
-    (folder / "tokenizer.json").unlink()
-    with pytest.raises(ValueError, match="has a processor_config.json but no tokenizer.json"):
+    (folder / name).unlink()  # without tokenizer_config.json the processor loaded, then failed at the first prompt
+    with pytest.raises(ValueError, match=f"has a processor_config.json but no {name}"):
         PiProcessor.from_pretrained(folder)
     info = _info(capsys, folder)
     assert info["processor"] is False and len(info["problems"]) == 1
-    assert "processor_config.json does not load" in info["problems"][0] and "no tokenizer.json" in info["problems"][0]
+    assert "processor_config.json does not load" in info["problems"][0] and f"no {name}" in info["problems"][0]
 
 
 def test_info_of_a_policy_with_statistics(policy_folder, capsys):
