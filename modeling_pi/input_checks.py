@@ -10,9 +10,11 @@ the processor, the pipeline and the server have already checked the same values 
 them (and a non-finite chunk is flagged `valid=False` by `post_process`).
 """
 
+import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
@@ -57,6 +59,29 @@ def check_source(source, name: str = "--model") -> None:
     if path.parent.is_dir():
         print(f"{name} {source}: no such folder here, though {path.parent}/ is one; looking for {source} on the Hub.",
               file=sys.stderr)
+
+
+def check_count(name: str, value) -> None:
+    """A whole number of at least 1 (not a bool, not a float): a number of steps or tokens."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a whole number of at least 1, got {value!r}.")
+
+
+def check_decoding(config: PiConfig, max_new_tokens, temperature, allowed_token_ids):
+    """π0-FAST's decoding options, checked; returns `allowed_token_ids` as a 1-D long tensor (or None)."""
+    check_count("max_new_tokens", max_new_tokens)
+    if not (isinstance(temperature, (int, float, np.number)) and math.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f"temperature must be a finite number >= 0 (0 is greedy), got {temperature!r}.")
+    if allowed_token_ids is None:
+        return None
+    ids = torch.as_tensor(allowed_token_ids)
+    vocab = config.text_config.vocab_size
+    if ids.ndim != 1 or ids.is_floating_point() or ids.dtype == torch.bool or ids.numel() == 0:
+        raise ValueError(f"allowed_token_ids must be a non-empty 1-D set of integer ids, got {ids.dtype} "
+                         f"{list(ids.shape)}.")
+    if ids.min() < 0 or ids.max() >= vocab:
+        raise ValueError(f"allowed_token_ids must lie in [0, {vocab}), got values in [{ids.min()}, {ids.max()}].")
+    return ids.long()
 
 
 def _tensor(name: str, value) -> None:
@@ -128,6 +153,8 @@ def check_inputs(
     _shape("pixel_attention_mask", pixel_attention_mask, (batch, cameras), "camera present")
     if input_ids.ndim != 2:
         raise ValueError(f"input_ids must have shape [batch, prompt length], got {list(input_ids.shape)}.")
+    if input_ids.is_floating_point() or input_ids.dtype == torch.bool:
+        raise ValueError(f"input_ids must hold integer token ids, got {input_ids.dtype}.")
     _shape("input_ids", input_ids, (batch, None), "prompt tokens, batch size of pixel_values")
     _shape("attention_mask", attention_mask, tuple(input_ids.shape), "one flag per prompt token")
     vocab = config.text_config.vocab_size
@@ -173,6 +200,9 @@ def check_flow_inputs(
                              f"[{timestep.min().item():g}, {timestep.max().item():g}].")
     if action_is_pad is not None:
         _shape("action_is_pad", action_is_pad, chunk[:2], "True for steps past the episode end")
+        if readable(action_is_pad) and action_is_pad.dtype != torch.bool and bool(
+                ((action_is_pad != 0) & (action_is_pad != 1)).any()):
+            raise ValueError("action_is_pad must be True/False (or 1/0) per step, got other values.")
 
 
 def check_fast_inputs(config: PiConfig, input_ids: torch.Tensor, token_type_ids=None, labels=None) -> None:

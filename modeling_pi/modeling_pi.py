@@ -26,10 +26,10 @@ from .compiled_generation import CompiledGeneration, EagerGeneration
 from .cpu_linears import choose_cpu_kernels
 from .fast_decoding import PiFastOutput, decode_fast, decode_step, fast_forward, token_losses
 from .flow_matching import integrate, interpolate, sample_flow_time, time_embedding
-from .input_checks import check_fast_inputs, check_flow_inputs, check_inputs
+from .input_checks import check_count, check_decoding, check_fast_inputs, check_flow_inputs, check_inputs
 from .joint_attention import additive_mask, at_positions, block_causal_mask, joint_layer, last_valid_position
 from .quantization import INT4_GROUP_SIZE, is_quantized, quantize_weights
-from .real_time_chunking import FrozenPrefix, continuing
+from .real_time_chunking import SCHEDULES, FrozenPrefix, continuing
 
 
 @dataclass(frozen=True)
@@ -92,8 +92,15 @@ class PiPreTrainedModel(PreTrainedModel):
     def _apply(self, fn, recurse=True):
         """Casting the model to half precision (`.to(torch.bfloat16)`, `.bfloat16()`, `.half()`) keeps the modules
         of `_keep_in_fp32_modules_strict` float32, as loading it in that dtype does: both give the reference's
-        mixed precision."""
+        mixed precision. A model whose weights `quantize_weights` quantized keeps its dtype: torchao's tensors do
+        not cast, so the rest would compute in another dtype than they do."""
         kept = set(self._keep_in_fp32_modules_strict or ())
+        if getattr(self, "_weights_quantized_in_place", False):
+            dtype = next(tensor.dtype for name, tensor in self.named_parameters()  # what the plain weights are in
+                         if tensor.is_floating_point() and not is_quantized(tensor) and kept.isdisjoint(name.split(".")))
+            if fn(torch.zeros(0, dtype=dtype)).dtype != dtype:
+                raise ValueError("This model's weights were quantized (quantize_weights), and quantized weights keep "
+                                 "their dtype: cast the model first (model.to(torch.bfloat16)), then quantize it.")
         float32 = {name: tensor.detach() for name, tensor in self.named_parameters()
                    if tensor.dtype == torch.float32 and not kept.isdisjoint(name.split("."))}
         super()._apply(fn, recurse)
@@ -554,12 +561,18 @@ class PiForActionGeneration(PiPreTrainedModel):
             raise ValueError("π0-FAST decodes action tokens: use generate_actions or decode_action_tokens.")
         check_inputs(self.config, pixel_values, pixel_attention_mask, input_ids, attention_mask)
         check_flow_inputs(self.config, pixel_values.shape[0], state, noise=noise, prev_actions=prev_actions)
+        if prev_actions is None and (inference_delay is not None or execution_horizon is not None):
+            raise ValueError("inference_delay and execution_horizon say how a chunk continues prev_actions: pass "
+                             "prev_actions with them, or neither.")
+        if prefix_schedule not in SCHEDULES:
+            raise ValueError(f"Unknown prefix_schedule {prefix_schedule!r}; expected one of {', '.join(SCHEDULES)}.")
         config = self.config
         batch = pixel_values.shape[0]
         if noise is None:
             shape = (batch, config.action_horizon, config.action_dim)
             noise = torch.randn(shape, generator=generator, device=pixel_values.device, dtype=torch.float32)
         num_steps = config.num_inference_steps if num_steps is None else num_steps
+        check_count("num_steps", num_steps)
 
         run = self.generation_runtime()
         prefix_inputs = self.prefix_in_use(pixel_values, pixel_attention_mask, input_ids, attention_mask, run.prompt_bucket)
@@ -659,15 +672,7 @@ class PiForActionGeneration(PiPreTrainedModel):
             raise ValueError(f"{self.config.variant} samples actions by flow matching: use generate_actions or sample_actions.")
         check_inputs(self.config, pixel_values, pixel_attention_mask, input_ids, attention_mask)
         max_new_tokens = self.config.max_new_tokens if max_new_tokens is None else max_new_tokens
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}.")
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0 (0 is greedy), got {temperature}.")
-        if allowed_token_ids is not None:
-            allowed_token_ids = torch.as_tensor(allowed_token_ids, dtype=torch.long)
-            vocab = self.config.text_config.vocab_size
-            if allowed_token_ids.numel() == 0 or allowed_token_ids.min() < 0 or allowed_token_ids.max() >= vocab:
-                raise ValueError(f"allowed_token_ids must be a non-empty set of ids in [0, {vocab}).")
+        allowed_token_ids = check_decoding(self.config, max_new_tokens, temperature, allowed_token_ids)
         if reference_positions is None:
             reference_positions = self.config.skip_position_after_prefix
         run = self.generation_runtime()

@@ -14,6 +14,8 @@ quantized model samples and decodes as before; `save_pretrained` refuses it (sav
 quantize after loading), where the transformers path saves quantized.
 """
 
+import warnings
+
 import torch
 from torch import nn
 
@@ -37,10 +39,13 @@ def torchao_config(bits: str, group_size: int = INT4_GROUP_SIZE):
 
 def quantize_weights(model: nn.Module, bits: str = "int8", group_size: int = INT4_GROUP_SIZE) -> list[str]:
     """Quantizes, in place, the weights of every plain linear of the vision tower, the language model and the
-    action expert but the adaRMS modulation (the model's `_keep_in_fp32_modules_strict`); returns their names.
-    Raises where torchao has no kernel for `bits` on the model's device."""
+    action expert but the adaRMS modulation (the model's `_keep_in_fp32_modules_strict`); returns the names of those
+    torchao quantized. Raises where torchao has no kernel for `bits` on the model's device, or quantized none; warns
+    where it left some (int4 skips a linear whose input width `group_size` does not divide)."""
     from torchao.quantization import quantize_
 
+    if bits == "int4" and (isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1):
+        raise ValueError(f"group_size must be a whole number of input features, at least 1, got {group_size!r}.")
     config = torchao_config(bits, group_size)
     kept = set(getattr(model, "_keep_in_fp32_modules_strict", None) or ())  # the flow head and adaRMS modulation
     names = [name for name, module in model.named_modules()
@@ -52,9 +57,17 @@ def quantize_weights(model: nn.Module, bits: str = "int8", group_size: int = INT
     except (ImportError, NotImplementedError, ValueError, RuntimeError) as err:
         device = next(model.parameters()).device
         raise RuntimeError(f"torchao cannot quantize weights to {bits} on {device.type} here: {err}") from err
-    if names:
+    left = [name for name in names if not is_quantized(model.get_submodule(name).weight)]  # torchao skips some
+    done = [name for name in names if name not in left]
+    why = f" (for int4, those whose input width group_size {group_size} does not divide)" if bits == "int4" else ""
+    if left and not done:
+        raise ValueError(f"torchao quantized none of the {len(left)} linears to {bits}{why}.")
+    if left:
+        warnings.warn(f"torchao left {len(left)} of {len(names)} linears unquantized{why}: {', '.join(left[:3])}"
+                      f"{' ...' if len(left) > 3 else ''}", stacklevel=2)
+    if done:
         model._weights_quantized_in_place = True  # `PiForActionGeneration.save_pretrained` refuses to save them
-    return names
+    return done
 
 
 def is_quantized(weight: torch.Tensor) -> bool:

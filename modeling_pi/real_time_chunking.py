@@ -94,8 +94,6 @@ def continuing(config, velocity, differentiable, noise, prev_actions, inference_
     otherwise they, and the steps after them, are guided (β = `max_guidance_weight`; 0 leaves sampling as it is).
     """
     batch, horizon = noise.shape[:2]
-    if prefix_schedule not in SCHEDULES:
-        raise ValueError(f"Unknown prefix_schedule {prefix_schedule!r}; expected one of {', '.join(SCHEDULES)}.")
     if inference_delay is None or execution_horizon is None:
         raise ValueError("prev_actions needs inference_delay (steps the computation takes) and execution_horizon "
                          "(steps executed from a chunk before the next is requested).")

@@ -20,11 +20,13 @@ observations instead, as its clients send them, and answers in the robot's comma
 It is `PiProcessor` -> `generate_actions` -> `PiProcessor.post_process` and nothing more, so that serving code,
 notebooks and `pi generate` get the numbers of those three calls written out. Every keyword but `seed` goes to
 `generate_actions` (`num_steps`, `solver`, `noise` for π0 / π0.5; `max_new_tokens`, `temperature`,
-`allowed_token_ids` for π0-FAST; a `noise` [H, D] is one chunk's); `seed` seeds a generator on the model's device
+`allowed_token_ids` for π0-FAST; a `noise` [H, D] is one chunk's, used for each observation, and [N, H, D] gives each
+of a list of N observations its own); `seed` seeds a generator on the model's device
 for each model call. The model
 casts its inputs to its own dtype (and keeps the flow in float32), so the pipeline only places them on its device.
 """
 
+import numpy as np
 import torch
 from transformers import AutoModel, Pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
@@ -74,10 +76,11 @@ class RoboticsPipeline(Pipeline):
         if seed is not None:
             if "generator" in generate_kwargs:
                 raise ValueError("Pass seed or generator, not both.")
-            generate_kwargs["seed"] = seed
+            if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+                raise ValueError(f"seed must be an integer, got {seed!r}.")
+            generate_kwargs["seed"] = int(seed)
         if "noise" in generate_kwargs:
-            noise = torch.as_tensor(generate_kwargs["noise"], dtype=torch.float32)
-            generate_kwargs["noise"] = noise[None] if noise.ndim == 2 else noise
+            generate_kwargs["noise"] = torch.as_tensor(generate_kwargs["noise"], dtype=torch.float32)
         return {}, generate_kwargs, {}
 
     def preprocess(self, observation):
@@ -102,6 +105,15 @@ class RoboticsPipeline(Pipeline):
     def _forward(self, model_inputs, seed: int | None = None, **generate_kwargs):
         if seed is not None:
             generate_kwargs["generator"] = torch.Generator(self.device).manual_seed(seed)
+        noise = generate_kwargs.get("noise")
+        if noise is not None:
+            batch = model_inputs["pixel_values"].shape[0]
+            if noise.ndim == 2:  # one chunk's noise, for each observation
+                generate_kwargs["noise"] = noise.expand(batch, *noise.shape)
+            elif noise.ndim == 3 and len(noise) != batch:
+                raise ValueError(f"noise holds {len(noise)} chunks for a model batch of {batch} observation(s): pass one "
+                                 "chunk's noise [H, D], used for each, or [N, H, D] for a list of N observations run as "
+                                 "one batch (without a smaller batch_size).")
         generate_kwargs = self._ensure_tensor_on_device(generate_kwargs, self.device)
         robot_state = model_inputs.pop("robot_state", None)
         return {"generated": self.model.generate_actions(**model_inputs, **generate_kwargs), "robot_state": robot_state}

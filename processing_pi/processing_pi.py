@@ -176,6 +176,9 @@ class PiProcessor(ProcessorMixin):
         if self.knowledge_insulation and (variant != "pi05" or action_tokenizer is None):
             raise ValueError("knowledge_insulation is π0.5's, and writes FAST targets: it needs an action_tokenizer.")
         self.image_keys = list(image_keys)
+        for name, value in (("max_token_len", max_token_len), ("action_dim", action_dim), ("action_horizon", action_horizon)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
+                raise ValueError(f"{name} must be a whole number of at least 1, got {value!r}.")  # 0 read as unset
         self.max_token_len = max_token_len or DEFAULT_MAX_TOKEN_LEN[variant]
         self.action_dim = int(action_dim)
         self.action_horizon = action_horizon
@@ -250,6 +253,10 @@ class PiProcessor(ProcessorMixin):
         fast_ids = [None] * batch
         fast_targets = chunks is not None and (self.variant == "pi0_fast" or self.knowledge_insulation)
         if fast_targets:
+            horizon = self.action_horizon or self.action_tokenizer.time_horizon
+            if horizon and chunks.shape[1] != horizon:  # its tokens would train answers that decode to no chunk
+                raise ValueError(f"actions holds chunks of {chunks.shape[1]} steps; the FAST tokens of this model decode "
+                                 f"to {horizon} (action_horizon).")
             fast_ids = self.action_tokenizer(chunks)
         tokens = [
             tokenize_prompt(self.tokenizer, self.variant, text, self.max_token_len, state[i], fast_ids[i],
@@ -290,9 +297,9 @@ class PiProcessor(ProcessorMixin):
         pixel_values = np.full((batch, len(self.image_keys), 3, size, size), -1.0, dtype=np.float32)  # blank: black
         present = np.zeros((batch, len(self.image_keys)), dtype=bool)
         for i, camera in enumerate(self.image_keys):
-            if camera not in images:
+            value = images.get(camera)
+            if value is None:  # absent, as a camera left out is
                 continue
-            value = images[camera]
             # a list may hold None for the examples that lack this camera
             rows = list(range(batch))
             if isinstance(value, (list, tuple)) and any(item is None for item in value):
@@ -308,6 +315,10 @@ class PiProcessor(ProcessorMixin):
             pixel_values[rows, i], present[rows, i] = values, True
         if not present.any():
             raise ValueError(f"No camera given; the model's cameras are {', '.join(self.image_keys)}.")
+        blind = np.flatnonzero(~present.any(axis=1)).tolist()
+        if blind:  # the model would act on the prompt alone, and the chunk would look like any other
+            raise ValueError(f"No camera given for example(s) {blind} of the batch; each needs at least one of "
+                             f"{', '.join(self.image_keys)}.")
         return {"pixel_values": pixel_values, "pixel_attention_mask": present}
 
     def _state(self, state, batch: int) -> np.ndarray:
@@ -372,6 +383,9 @@ class PiProcessor(ProcessorMixin):
         (`robot_state` [B, S]), the processor's robot turns the actions into its commands."""
         generated = generated.detach().cpu() if hasattr(generated, "detach") else torch.as_tensor(generated)
         if self.variant == "pi0_fast":
+            if generated.ndim != 2 or generated.is_floating_point():
+                raise ValueError(f"Expected π0-FAST's generated token ids [B, T] (the model's output), got "
+                                 f"{generated.dtype} of shape {tuple(generated.shape)}.")
             actions, valid = self._decode_fast(generated.long().tolist())
         else:
             if generated.ndim != 3 or generated.shape[-1] != self.action_dim:  # any number of steps: a part of a chunk

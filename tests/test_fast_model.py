@@ -256,6 +256,11 @@ def test_bad_training_input_raises_a_value_error(change, message):
     ({"max_new_tokens": 0}, "max_new_tokens"),
     ({"temperature": -1.0}, "temperature"),
     ({"allowed_token_ids": [5000]}, "allowed_token_ids"),
+    ({"max_new_tokens": 2.5}, "max_new_tokens must be a whole number"),
+    ({"temperature": float("nan")}, "temperature must be a finite number"),
+    ({"allowed_token_ids": [[5, 6]]}, r"allowed_token_ids must be a non-empty 1-D set of integer ids, got torch.int64 \[1, 2\]"),
+    ({"allowed_token_ids": 5}, "allowed_token_ids must be a non-empty 1-D set"),
+    ({"allowed_token_ids": [5.7, 6.2]}, "allowed_token_ids must be a non-empty 1-D set of integer ids, got torch.float32"),
 ])
 def test_bad_decoding_options_raise_a_value_error(options, message):
     model = _tiny_fast()

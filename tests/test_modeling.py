@@ -2,6 +2,8 @@
 broken folders fail, gradient checkpointing is transparent, sampling is reproducible, bad input is refused,
 the MLP computed in place when sampling is Gemma's."""
 
+import re
+
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -413,13 +415,32 @@ def test_pi05_refuses_a_state_given_to_the_model():
         model(*model_args(inputs), actions=inputs["actions"], state=state)
 
 
-def test_unknown_solver_and_step_count_are_refused():
+@pytest.mark.parametrize("options, message", [
+    ({"solver": "midpoint"}, "solver"),
+    ({"num_steps": 0}, "num_steps must be a whole number of at least 1, got 0"),
+    ({"num_steps": True}, "num_steps must be a whole number of at least 1, got True"),  # ran 1 step
+    ({"num_steps": 2.5}, "num_steps must be a whole number of at least 1, got 2.5"),
+    # real-time chunking's options without prev_actions were ignored, a misspelt schedule with them
+    ({"inference_delay": 2, "execution_horizon": 4}, "pass prev_actions with them, or neither"),
+    ({"prefix_schedule": "cosine"}, "Unknown prefix_schedule 'cosine'"),
+])
+def test_bad_sampling_options_are_refused(options, message):
     model = noisy_tiny_model("pi05")
     inputs = random_inputs(model.config)
-    with pytest.raises(ValueError, match="solver"):
-        model.generate_actions(*model_args(inputs), solver="midpoint")
-    with pytest.raises(ValueError, match="num_steps"):
-        model.generate_actions(*model_args(inputs), num_steps=0)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        model.generate_actions(*model_args(inputs), **options)
+
+
+def test_float_token_ids_and_fractional_padding_flags_are_refused():
+    model = noisy_tiny_model("pi0")
+    inputs = random_inputs(model.config)
+    args = list(model_args(inputs))
+    args[2] = args[2].float()  # before: torch's embedding error
+    with pytest.raises(ValueError, match="input_ids must hold integer token ids, got torch.float32"):
+        model.generate_actions(*args, state=inputs["state"])
+    half = torch.full(inputs["actions"].shape[:2], 0.5)  # before: read as all padded, a loss of 0
+    with pytest.raises(ValueError, match="action_is_pad must be True/False"):
+        model(*model_args(inputs), state=inputs["state"], actions=inputs["actions"], action_is_pad=half)
 
 
 def test_auto_classes_know_the_pi_model_type():

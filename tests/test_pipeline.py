@@ -81,6 +81,16 @@ def test_a_list_of_observations_is_one_model_batch(policy_folder):
     singles = policy(observations, batch_size=1, seed=0)
     for single, observation in zip(singles, observations):
         np.testing.assert_array_equal(single["actions"], policy(observation, seed=0)["actions"])
+    np.testing.assert_array_equal(policy(observations[0], seed=np.int64(0))["actions"], singles[0]["actions"])
+    with pytest.raises(ValueError, match="seed must be an integer, got 0.5"):
+        policy(observations[0], seed=0.5)
+    # noise: one chunk's [H, D] for each observation, or one per observation [N, H, D] (before: both refused)
+    config = policy.model.config
+    noise = torch.randn(3, config.action_horizon, config.action_dim)
+    _assert_same(policy(observations, noise=noise[0]), _direct(folder, observations, noise=noise[0].expand(3, -1, -1), num_steps=3))
+    _assert_same(policy(observations, noise=noise), _direct(folder, observations, noise=noise, num_steps=3))
+    with pytest.raises(ValueError, match="noise holds 3 chunks for a model batch of 2 observation"):
+        policy(observations, noise=noise, batch_size=2)
 
 
 def test_fast_answers_decode_like_the_direct_calls(policy_folder):

@@ -1,6 +1,7 @@
 """PiProcessor and its parts against the reference's outputs (fixtures/processor)."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -116,6 +117,23 @@ def test_fast_training_targets_cut_entirely_are_refused_and_partly_are_warned(to
     assert (out["labels"] != -100).sum() == 2 and "training target tokens cut off" in caplog.text
 
 
+def test_settings_that_are_no_size_and_fast_ids_of_another_shape_are_refused(tokenizer, fast):
+    for setting in ("max_token_len", "action_dim", "action_horizon"):  # max_token_len=0 became the default, 200
+        with pytest.raises(ValueError, match=f"{setting} must be a whole number of at least 1, got 0"):
+            _processor(tokenizer, "pi0", **{setting: 0})
+    processor = _processor(tokenizer, "pi0_fast", fast, action_horizon=4, robot_action_dim=7)
+    ids = torch.zeros(2, 5, dtype=torch.long)
+    for wrong in (ids[0], ids[None], ids.float()):  # 1-D: a TypeError; 3-D: two rows merged into one chunk
+        with pytest.raises(ValueError, match=r"Expected π0-FAST's generated token ids \[B, T\]"):
+            processor.post_process(wrong)
+
+
+def test_fast_training_chunks_of_another_horizon_are_refused(tokenizer, fast):
+    processor = _processor(tokenizer, "pi0_fast", fast, action_horizon=4)
+    with pytest.raises(ValueError, match=re.escape("actions holds chunks of 3 steps; the FAST tokens of this model decode to 4")):
+        processor(images=IMAGE, prompt="go", state=np.zeros(7), actions=np.ones((3, 7)))  # trained answers no decode
+
+
 def test_fast_post_processing_takes_the_ids_between_action_and_bar(tokenizer, fast):
     processor = _processor(tokenizer, "pi0_fast", fast, action_horizon=SETUP["fast_time_horizon"],
                            robot_action_dim=SETUP["fast_action_dim"])
@@ -197,6 +215,10 @@ def test_cameras_are_matched_by_name_and_missing_ones_masked(tokenizer):
     assert out["pixel_attention_mask"].tolist() == [[True, True, False], [False, True, False]]
     assert (out["pixel_values"][1, 0] == -1).all() and (out["pixel_values"][:, 2] == -1).all()  # blank: black
     assert torch.equal(out["pixel_values"][0, 0], out["pixel_values"][0, 1])
+    with pytest.raises(ValueError, match=re.escape("No camera given for example(s) [1] of the batch")):
+        processor(images={"base_0_rgb": [image, None]}, prompt=["a", "b"], state=np.zeros((2, 7)))  # was acted on
+    single = processor(images={"base_0_rgb": image, "left_wrist_0_rgb": None}, prompt="a", state=np.zeros(7))
+    assert single["pixel_attention_mask"].tolist() == [[True, False, False]]  # None: absent, as in a list
 
 
 @pytest.mark.parametrize("images, message", [

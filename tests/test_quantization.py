@@ -97,6 +97,29 @@ def test_unknown_formats_and_missing_kernels_are_refused_with_the_reason():
         assert "int4" in str(err) and "cpu" in str(err)
 
 
+def test_a_quantization_that_quantizes_nothing_is_an_error_not_a_list_of_names():
+    model = noisy_tiny_model("pi0")
+    with pytest.raises(ValueError, match="group_size must be a whole number of input features, at least 1, got 0"):
+        model.quantize_weights("int4", group_size=0)
+    with pytest.raises(ValueError, match="torchao quantized none of the .* linears to int4 .*group_size 7 does not divide"):
+        model.quantize_weights("int4", group_size=7)  # no input width of the model is a multiple of 7: torchao skips all
+    assert not any(is_quantized(parameter) for parameter in model.parameters())
+    assert not getattr(model, "_weights_quantized_in_place", False)  # before: marked quantized, so never saved
+
+
+def test_a_quantized_model_refuses_a_cast_and_says_to_cast_first():
+    model = noisy_tiny_model("pi05")
+    inputs = random_inputs(model.config)
+    model.quantize_weights("int8")
+    with pytest.raises(ValueError, match="cast the model first .*then quantize it"):
+        model.to(torch.bfloat16)  # before: torchao's weights stayed float32 and generation failed deep inside
+    model.to(torch.float32)  # no change of dtype: allowed
+    cast_first = noisy_tiny_model("pi05").to(torch.bfloat16)
+    cast_first.quantize_weights("int8")
+    cast_first.to(torch.bfloat16)
+    assert cast_first.generate_actions(*model_args(inputs), noise=inputs["noise"].bfloat16()).isfinite().all()
+
+
 def test_the_quantization_benchmark_compares_the_precisions_on_the_same_weights():
     from benchmarks.quantized import main
 

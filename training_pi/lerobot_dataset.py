@@ -162,10 +162,14 @@ class LeRobotDataset(torch.utils.data.Dataset):
         self.camera_types = {key: cameras[key] for key in self.camera_map}
 
         self.episodes = _parquet(sorted(root.glob("meta/episodes/chunk-*/file-*.parquet")), "episode", root / "meta" / "episodes")
+        if "episode_index" not in self.episodes:
+            raise DatasetError(f"{root / 'meta' / 'episodes'}: no 'episode_index' column.")
         self.episodes = self.episodes.set_index("episode_index")
         if not (root / "meta" / "tasks.parquet").is_file():
             raise DatasetError(f"{root / 'meta' / 'tasks.parquet'}: missing.")
         tasks = _read_parquet(root / "meta" / "tasks.parquet")
+        if "task_index" not in tasks:
+            raise DatasetError(f"{root / 'meta' / 'tasks.parquet'}: no 'task_index' column.")
         self.tasks = {int(i): task for i, task in zip(tasks["task_index"], tasks["task"] if "task" in tasks else tasks.index)}
         self._files = self._data_files()
         self._file_starts = np.cumsum([0] + [_num_rows(f) for f in self._files]).tolist()

@@ -64,7 +64,7 @@ from transformers import AutoModel, AutoProcessor, Trainer, TrainerState, Traini
 from transformers.utils import is_torch_xla_available
 
 import modeling_pi  # noqa: F401  (registers "pi" with AutoModel / AutoProcessor)
-from conversion.json_files import index_shards
+from conversion.json_files import index_shards, read_json
 from conversion.remote_code import add_remote_code
 from model_cards import DEFAULT_LICENSE, render_model_card
 from modeling_pi.input_checks import check_source
@@ -394,7 +394,7 @@ def check_same_run(output: Path, record: dict) -> str | None:
     path = output / RUN_RECORD
     if not path.is_file():
         return None
-    run = json.loads(path.read_text())
+    run = read_json(path, OptionError)
     changed = [key for key in record if key in run and key != "dataset" and run[key] != record[key]]
     if changed:
         raise OptionError(f"--resume: the run in {output} started with other inputs than these; resume it with "
