@@ -73,8 +73,11 @@ def test_two_cpu_processes_under_fsdp_end_with_the_weights_of_one_process(datase
     monkeypatch.setattr(train, "PiCollator", ddp_train_worker.SameDraws)
     monkeypatch.setattr(ddp_train_worker.SameDraws, "batches", [])
     assert pi_cli.main(["train", *common, "--output", str(tmp_path / "one"), "--batch-size", "4"]) == 0
-    halves = [first + second for first, second in zip(records[0]["batches"], records[1]["batches"])]
-    assert halves[:4] == ddp_train_worker.SameDraws.batches[:4]  # the data loaders fetch one batch ahead
+    # every run first passes frame 0 through the collator alone, before training (train.check_first_sample)
+    one_process = ddp_train_worker.SameDraws.batches
+    assert records[0]["batches"][0] == records[1]["batches"][0] == one_process[0] == [0]
+    halves = [first + second for first, second in zip(records[0]["batches"][1:], records[1]["batches"][1:])]
+    assert halves[:4] == one_process[1:5]  # the data loaders fetch one batch ahead
 
     sharded, single, initial = (load_file(folder / "model.safetensors")
                                 for folder in (tmp_path / "fsdp", tmp_path / "one", model_folder))
