@@ -40,9 +40,9 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from .pictures import draw, save_animation
+from .pictures import draw, picture_extensions, save_animation
 from .recipe import HELD_OUT_SEEDS_START
-from .tabletop import Tabletop
+from .tabletop import CAMERAS, STEP_BUDGET, Tabletop
 
 SHIPPED_MODEL = files(__package__) / "model"
 SHIPPED_RTC_MODEL = files(__package__) / "model_rtc"  # the shipped model fine-tuned with `--rtc-max-delay 3`
@@ -207,9 +207,20 @@ def option_problem(args: argparse.Namespace, folder: Path) -> str | None:
         return f"--episodes must be at least 1, got {args.episodes}."
     if args.num_steps is not None and args.num_steps < 1:
         return f"--num-steps must be at least 1, got {args.num_steps}."
-    for flag, path in (("--output", args.output), ("--gif", args.gif)):
-        if path and not Path(path).resolve().parent.is_dir():
+    if args.seed < 0:
+        return f"--seed must be at least 0, got {args.seed}."
+    if args.delay >= STEP_BUDGET:
+        return f"--delay {args.delay}: an episode has {STEP_BUDGET} steps, so no action would run; pass fewer."
+    for flag, path, kinds, kind in (("--output", args.output, picture_extensions(), "a picture Pillow writes, e.g. .png"),
+                                    ("--gif", args.gif, {".gif"}, "a .gif")):
+        if not path:
+            continue
+        if Path(path).is_dir():
+            return f"{flag} {path}: a folder; give a file name."
+        if not Path(path).resolve().parent.is_dir():
             return f"{flag} {path}: its folder does not exist."
+        if Path(path).suffix.lower() not in kinds:
+            return f"{flag} {path}: the file must be {kind}."
     try:
         check_device(args.device, "--device")
     except ValueError as err:
@@ -227,8 +238,13 @@ def run(args: argparse.Namespace) -> int:
     if problem:
         print(f"pi demo: error: {problem}", file=sys.stderr)
         return 1
-    model = AutoModel.from_pretrained(folder).to(args.device).eval()
     processor = AutoProcessor.from_pretrained(folder)
+    other = [camera for camera in processor.image_keys if camera not in CAMERAS]
+    if other:
+        print(f"pi demo: error: {folder} reads the cameras {', '.join(processor.image_keys)}; the task's are "
+              f"{', '.join(CAMERAS)}: pi demo runs models trained on it (python -m demo_pi.recipe).", file=sys.stderr)
+        return 1
+    model = AutoModel.from_pretrained(folder).to(args.device).eval()
     seeds = range(args.seed, args.seed + args.episodes)
     try:
         result = rollout(model, processor, seeds, args.num_steps, args.execution_horizon, args.delay, args.mode)

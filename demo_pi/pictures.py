@@ -20,6 +20,7 @@ MARGIN = 12  # dark frame around each table: where a path along the table's edge
 HEADER, TEXT = 46, 17  # panel header (prompt and outcome, two lines) and its text, in pixels
 ANIMATION_HEADER, ANIMATION_TEXT = 70, 27
 TITLE = 40
+TITLE_SIZE = 22
 LEGEND = 40
 REACHED, MISSED, UNDER_WAY = (0, 170, 60), (230, 20, 20), (255, 255, 255)
 OUTLINE, FRAME, PAPER, INK = (0, 0, 0), (55, 55, 55), (255, 255, 255), (20, 20, 20)
@@ -44,10 +45,13 @@ def panel_size(table: int = TABLE, header: int = HEADER) -> tuple[int, int]:
     return table + 2 * MARGIN, header + table + 2 * MARGIN
 
 
-def sheet_size(episodes: int, columns: int = 5) -> tuple[int, int]:
+def sheet_size(episodes: int, columns: int = 5, title: str = "") -> tuple[int, int]:
+    """Wide enough for the panels, the title and the legend (a sheet of one or two panels is narrower than both)."""
     width, height = panel_size()
     rows = -(-episodes // columns)
-    return min(episodes, columns) * width, TITLE + rows * height + LEGEND
+    pen = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    text = max(legend_width(), 20 + int(pen.textlength(title, font=_font(TITLE_SIZE))))
+    return max(min(episodes, columns) * width, text), TITLE + rows * height + LEGEND
 
 
 def _pixel(point, table: int) -> tuple[float, float]:
@@ -97,7 +101,12 @@ def panel(episode, number: int) -> Image.Image:
     return picture
 
 
-def _legend(sheet: Image.Image, top: int) -> None:
+def legend_width() -> int:
+    return _legend(Image.new("RGB", (4000, LEGEND)), 0)
+
+
+def _legend(sheet: Image.Image, top: int) -> int:
+    """Draws the legend from `top`; returns where it ends on the right."""
     pen, font = ImageDraw.Draw(sheet), _font(16)
     x, y = 10, top + LEGEND // 2
     for color, label in ((REACHED, "reached the named block"), (MISSED, "did not reach it")):
@@ -109,7 +118,7 @@ def _legend(sheet: Image.Image, top: int) -> None:
     x = _legend_label(pen, x + 28, y, "the named block (outlined)", font)
     pen.rectangle((x - 4, y - 12, x + 22, y + 12), fill=(150, 150, 150))
     pen.ellipse((x, y - 9, x + 18, y + 9), outline=UNDER_WAY, width=4)
-    _legend_label(pen, x + 28, y, "where the end-effector started; a dot: where it ended", font)
+    return _legend_label(pen, x + 28, y, "where the end-effector started; a dot: where it ended", font) - 14
 
 
 def _legend_label(pen: ImageDraw.ImageDraw, x: int, y: int, text: str, font) -> int:
@@ -119,11 +128,11 @@ def _legend_label(pen: ImageDraw.ImageDraw, x: int, y: int, text: str, font) -> 
 
 def draw(episodes: list, title: str, columns: int = 5) -> Image.Image:
     """Every episode's panel on one sheet, under `title` and over the legend."""
-    sheet = Image.new("RGB", sheet_size(len(episodes), columns), PAPER)
+    sheet = Image.new("RGB", sheet_size(len(episodes), columns, title), PAPER)
     width, height = panel_size()
     for i, episode in enumerate(episodes):
         sheet.paste(panel(episode, i + 1), ((i % columns) * width, TITLE + (i // columns) * height))
-    ImageDraw.Draw(sheet).text((10, TITLE // 2), title, fill=INK, font=_font(22), anchor="lm")
+    ImageDraw.Draw(sheet).text((10, TITLE // 2), title, fill=INK, font=_font(TITLE_SIZE), anchor="lm")
     _legend(sheet, sheet.height - LEGEND)
     return sheet
 
@@ -141,6 +150,12 @@ def animation_frames(episode) -> tuple[list[Image.Image], list[int]]:
         _header(frame, f'"{episode.env.prompt}"', *status, ANIMATION_HEADER, ANIMATION_TEXT)
         frames.append(frame)
     return frames, [FRAME_MS] * (len(frames) - 1) + [LAST_FRAME_MS]
+
+
+def picture_extensions() -> set[str]:
+    """The file name endings Pillow writes a still picture for (a name's ending picks the format)."""
+    Image.init()
+    return {ending for ending, kind in Image.registered_extensions().items() if kind in Image.SAVE}
 
 
 def save_animation(episode, path) -> None:

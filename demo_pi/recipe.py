@@ -1,7 +1,7 @@
 """The recipe that trains the shipped demo policy from scratch on CPU: demonstrations, a small π0.5 (or
 π0) with a word-level tokenizer of the task's few words, then `pi train`, then held-out episodes.
 
-    python -m demo_pi.recipe --output runs/demo [--variant pi05|pi0] [--episodes 2000] [--steps 4000]
+    python -m demo_pi.recipe --output runs/demo [--overwrite] [--variant pi05|pi0] [--episodes 2000] [--steps 4000]
                              [--perturbation 0.3] [--ship demo_pi/model] [--init FOLDER] [--rtc-max-delay N]
                              [--knowledge-insulation] [--fast-vocab N]
 
@@ -173,6 +173,7 @@ def ship(trained: Path, destination: Path, provenance: str) -> Path:
     `demo_pi/<destination's name>`); not its checkpoints, and not the remote code (the package that ships it has
     the code)."""
     if destination.exists():
+        print(f"--ship: replacing {destination}")
         shutil.rmtree(destination)
     destination.mkdir(parents=True)
     for name in SHIPPED_FILES:
@@ -209,20 +210,25 @@ def train_with(arguments: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     from model_cards import TITLES
+    from pi_cli import HelpWithDefaults
 
     from .demo import evaluate
 
-    parser = argparse.ArgumentParser(prog="python -m demo_pi.recipe", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output", required=True, help="run folder (demonstrations/, init/, model/)")
-    parser.add_argument("--variant", choices=("pi05", "pi0"), default="pi05")
+    parser = argparse.ArgumentParser(prog="python -m demo_pi.recipe", description=__doc__.split("\n\n")[0],
+                                     formatter_class=HelpWithDefaults)
+    parser.add_argument("--output", required=True, help="run folder (demonstrations/, init/, model/); refused if it "
+                                                        "holds anything, unless --overwrite")
+    parser.add_argument("--overwrite", action="store_true", help="delete a non-empty --output first")
+    parser.add_argument("--variant", choices=("pi05", "pi0"), default="pi05", help="the architecture")
     parser.add_argument("--episodes", type=int, default=2000, help="expert demonstrations")
     parser.add_argument("--perturbation", type=float, default=0.3, help="noise on the demonstrations' executed actions (× max speed)")
-    parser.add_argument("--steps", type=int, default=4000)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--learning-rate", type=float, default=2e-3)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=4000, help="training steps")
+    parser.add_argument("--batch-size", type=int, default=32, help="frames per step")
+    parser.add_argument("--learning-rate", type=float, default=2e-3, help="peak learning rate")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the initial weights and of training")
     parser.add_argument("--eval-episodes", type=int, default=100, help="held-out episodes scored after training")
-    parser.add_argument("--ship", help="copy the trained policy here with its model card (the package's: demo_pi/model)")
+    parser.add_argument("--ship", help="copy the trained policy here with its model card, replacing what is there (the "
+                                       "package's: demo_pi/model)")
     parser.add_argument("--init", help="start from this trained π folder (e.g. demo_pi/model) instead of a fresh one")
     parser.add_argument("--rtc-max-delay", type=int, metavar="N",
                         help="real-time chunking learnt in training: clean action prefixes of 0 to N steps")
@@ -236,9 +242,16 @@ def main(argv: list[str] | None = None) -> int:
     fast_vocab = args.fast_vocab or (DEFAULT_FAST_VOCAB if args.knowledge_insulation else 0)
     if fast_vocab and (args.variant != "pi05" or args.init):
         parser.error("--knowledge-insulation and --fast-vocab size a fresh π0.5 (--variant pi05, no --init) for FAST targets")
+    for flag, value in (("--episodes", args.episodes), ("--eval-episodes", args.eval_episodes)):
+        if value < 1:
+            parser.error(f"{flag} must be at least 1, got {value}")
     run = Path(args.output)
-    if run.exists():
-        shutil.rmtree(run)
+    if run.exists() and (not run.is_dir() or any(run.iterdir())):
+        if not args.overwrite:
+            parser.error(f"--output {run} is not an empty folder (an earlier run?); pass --overwrite to delete it, or "
+                         "choose another")
+        print(f"--overwrite: deleting {run}")
+        shutil.rmtree(run) if run.is_dir() else run.unlink()
     start = time.perf_counter()
     seeds = range(TRAIN_SEEDS_START, TRAIN_SEEDS_START + args.episodes)
     dataset = write_demonstrations(run / "demonstrations", seeds, args.perturbation)

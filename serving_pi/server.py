@@ -2,7 +2,7 @@
 `openpi_client.websocket_client_policy.WebsocketClientPolicy` drives it unchanged.
 
     pi serve --model FOLDER [--host 127.0.0.1] [--port 8000] [--preset pi|aloha|droid|libero]
-             [--camera MODEL_CAMERA=OBSERVATION_KEY ...] [--state-key KEY ...] [--prompt-key KEY]
+             [--camera MODEL_CAMERA=OBSERVATION_KEY]... [--state-key KEY]... [--prompt-key KEY]
              [--default-prompt TEXT] [--max-batch N] [--num-steps N] [--max-message-mb N]
              [--max-prompt-chars N] [--max-guidance-weight B] [--prefix-schedule exp|linear|ones|zeros]
              [--device DEVICE]
@@ -196,8 +196,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--preset", choices=tuple(PRESETS),
                         help="observation layout of a common robot client, for a folder that declares no robot (default: pi)")
     parser.add_argument("--camera", action="append", metavar="MODEL_CAMERA=KEY",
-                        help="map an observation key to a model camera (replaces the preset's cameras)")
-    parser.add_argument("--state-key", action="append", metavar="KEY", help="observation keys concatenated into the state")
+                        help="map an observation key to a model camera (replaces the preset's cameras); repeat the "
+                             "flag for each camera")
+    parser.add_argument("--state-key", action="append", metavar="KEY",
+                        help="an observation key of the state; repeat the flag for each, concatenated in order")
     parser.add_argument("--prompt-key", help="observation key of the prompt (default: prompt)")
     parser.add_argument("--default-prompt", help="prompt for observations that carry none")
     parser.add_argument("--max-batch", type=int, default=8, help="most requests run together on the model")

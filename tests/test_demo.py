@@ -13,7 +13,7 @@ import modeling_pi  # noqa: F401
 import pi_cli
 from demo_pi.demo import SHIPPED_MODEL, Episode, rollout
 from demo_pi.pictures import (ANIMATION_HEADER, ANIMATION_TABLE, HEADER, LAST_FRAME_MS, MARGIN, MISSED, REACHED, TABLE,
-                              TITLE, animation_frames, draw, panel_size, sheet_size)
+                              TITLE, animation_frames, draw, legend_width, panel_size, sheet_size)
 from demo_pi.demonstrations import EXECUTED, IMAGE_KEYS, expert_episode, write_demonstrations
 from demo_pi.recipe import HELD_OUT_SEEDS_START, init_model_folder, task_tokenizer, train_arguments, train_with
 from demo_pi.tabletop import COLORS, IMAGE_SIZE, MAX_SPEED, STEP_BUDGET, Tabletop
@@ -165,11 +165,38 @@ def test_pi_demo_prints_the_success_rate_and_draws_the_episodes(tmp_path, capsys
     (["--output", "no_such_folder/demo.png"], "--output no_such_folder/demo.png: its folder does not exist"),
     (["--gif", "no_such_folder/demo.gif"], "--gif no_such_folder/demo.gif: its folder does not exist"),
     (["--device", "no_such_device"], "--device no_such_device:"),
+    # these ran every episode, then gave a traceback, or ran to a meaningless result
+    (["--output", "demo.txt"], "--output demo.txt: the file must be a picture Pillow writes, e.g. .png"),
+    (["--output", "."], "--output .: a folder; give a file name"),
+    (["--gif", "demo.jpg"], "--gif demo.jpg: the file must be a .gif"),
+    (["--seed", "-1"], "--seed must be at least 0, got -1"),
+    (["--delay", "40"], "--delay 40: an episode has 40 steps, so no action would run"),
 ])
 def test_pi_demo_refuses_bad_options_before_running_an_episode(tmp_path, capsys, monkeypatch, flags, message):
     monkeypatch.chdir(tmp_path)
     assert pi_cli.main(["demo", *flags]) == 1
     assert f"pi demo: error: {message}" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def test_the_recipe_keeps_a_folder_it_did_not_write_and_refuses_counts_of_zero(tmp_path, capsys):
+    from demo_pi.recipe import main
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    for flags, message in ((["--output", str(tmp_path / "run")], "is not an empty folder (an earlier run?); pass --overwrite"),
+                           (["--output", str(tmp_path / "new"), "--episodes", "0"], "--episodes must be at least 1, got 0"),
+                           (["--output", str(tmp_path / "new"), "--eval-episodes", "0"], "--eval-episodes must be at least 1")):
+        with pytest.raises(SystemExit):
+            main(flags)
+        assert message in capsys.readouterr().err
+    assert (tmp_path / "run" / "notes.txt").read_text() == "mine" and not (tmp_path / "new").exists()  # it was deleted
+
+
+def test_pi_demo_names_a_model_of_other_cameras(tmp_path, capsys, policy_folder):
+    assert pi_cli.main(["demo", "--model", str(policy_folder("pi05")), "--output", str(tmp_path / "demo.png")]) == 1
+    assert ("reads the cameras base_0_rgb, left_wrist_0_rgb, right_wrist_0_rgb; the task's are scene, wrist"
+            in capsys.readouterr().err)  # before: a KeyError
     assert not list(tmp_path.iterdir())
 
 
@@ -195,7 +222,11 @@ def test_the_sheet_shows_a_failed_path_along_the_edge_the_prompt_and_the_outcome
     reached.path.append(reached.env.effector.copy())
     sheet = draw([failed, reached], "title")
     width, height = panel_size()
-    assert sheet.size == sheet_size(2) == (2 * width, TITLE + height + 40)
+    # two panels are narrower than the legend: the sheet takes the legend's width (it was cut off at two panels)
+    assert sheet.size == sheet_size(2, title="title") == (legend_width(), TITLE + height + 40) and legend_width() > 2 * width
+    assert _near(sheet, (legend_width() - 40, sheet.height - 40, legend_width(), sheet.height), (20, 20, 20))  # its end
+    long_title = "a title wider than the legend " * 6
+    assert draw([failed], long_title).width == sheet_size(1, title=long_title)[0] > legend_width()
     edge_row = TITLE + HEADER + MARGIN  # y = 0 on the first panel's table
     for x in (0.3, 0.5, 0.8):
         assert sheet.getpixel((MARGIN + round(x * TABLE), edge_row)) == MISSED
