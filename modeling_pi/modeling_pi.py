@@ -96,9 +96,10 @@ class PiPreTrainedModel(PreTrainedModel):
         not cast, so the rest would compute in another dtype than they do."""
         kept = set(self._keep_in_fp32_modules_strict or ())
         if getattr(self, "_weights_quantized_in_place", False):
-            dtype = next(tensor.dtype for name, tensor in self.named_parameters()  # what the plain weights are in
-                         if tensor.is_floating_point() and not is_quantized(tensor) and kept.isdisjoint(name.split(".")))
-            if fn(torch.zeros(0, dtype=dtype)).dtype != dtype:
+            dtype = next((tensor.dtype for name, tensor in self.named_parameters()  # what the plain weights are in
+                          if tensor.is_floating_point() and not is_quantized(tensor) and kept.isdisjoint(name.split("."))),
+                         None)
+            if dtype is not None and fn(torch.zeros(0, dtype=dtype)).dtype != dtype:
                 raise ValueError("This model's weights were quantized (quantize_weights), and quantized weights keep "
                                  "their dtype: cast the model first (model.to(torch.bfloat16)), then quantize it.")
         float32 = {name: tensor.detach() for name, tensor in self.named_parameters()
