@@ -98,23 +98,28 @@ JOBS = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = JobParser(prog="pi", description="π0 / π0.5 / π0-FAST in Hugging Face Transformers.")
+    parser.job_parsers = {}  # (job, source or target) -> its parser, which reports what it does not know
     jobs = parser.add_subparsers(dest="job", required=True, metavar="JOB")
     convert = jobs.add_parser("convert", help="convert a checkpoint into a Hugging Face folder")
     sources = convert.add_subparsers(dest="source", required=True, metavar="SOURCE")
     for name, (help_text, load) in SOURCES.items():
         description = None if name == "openpi" else f"Convert {help_text} into a π folder."
-        sources.add_parser(name, help=help_text, description=description, load=load)
+        parser.job_parsers["convert", name] = sources.add_parser(name, help=help_text, description=description, load=load)
     export = jobs.add_parser("export", help="write a π folder in another library's format")
     targets = export.add_subparsers(dest="target", required=True, metavar="TARGET")
     for name, (help_text, load) in TARGETS.items():
-        targets.add_parser(name, help=help_text, load=load)
+        parser.job_parsers["export", name] = targets.add_parser(name, help=help_text, load=load)
     for name, (help_text, load) in JOBS.items():
-        jobs.add_parser(name, help=help_text, load=load)
+        parser.job_parsers[name,] = jobs.add_parser(name, help=help_text, load=load)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # said with the job's own usage, where the flag and how many values it takes are shown
+        job = tuple(value for value in (args.job, getattr(args, "source", None), getattr(args, "target", None)) if value)
+        parser.job_parsers.get(job, parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     return args.run(args)
 
 

@@ -107,6 +107,17 @@ def test_options_are_still_options_after_a_negative_state(capsys):
     assert exit_.value.code == 2 and "unrecognized arguments: --bogus" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv, usage", [
+    (["serve", "--model", "m", "--camera", "scene=a", "wrist=b"], "usage: pi serve "),  # --camera takes one value
+    (["convert", "openpi", "--checkpoint", "c", "--output", "o", "--bogus"], "usage: pi convert openpi "),
+])
+def test_an_unknown_argument_is_said_with_the_jobs_own_usage(capsys, argv, usage):
+    with pytest.raises(SystemExit) as exit_:
+        pi_cli.main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith(usage) and f"unrecognized arguments: {argv[-1]}" in err, err
+
+
 def test_pi_generate_takes_a_state_that_starts_negative(policy_folder, tmp_path, capsys):
     folder = policy_folder("pi05")
     rng = np.random.default_rng(0)
