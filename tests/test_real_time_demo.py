@@ -126,8 +126,8 @@ def test_guided_chunks_begin_nearer_what_the_robot_still_executes(shipped, monke
         if inputs.get("prev_actions") is None:
             return generate(**inputs)
         same_noise = torch.Generator().set_state(inputs["generator"].get_state())
-        plain = generate(**{key: value for key, value in inputs.items() if key not in ("prev_actions", "generator")},
-                         generator=same_noise)
+        continuing = ("prev_actions", "inference_delay", "execution_horizon", "generator")
+        plain = generate(**{key: value for key, value in inputs.items() if key not in continuing}, generator=same_noise)
         guided = generate(**inputs)
         target = inputs["prev_actions"][:, :d]
         distances.append(((guided[:, :d] - target).norm(), (plain[:, :d] - target).norm()))
