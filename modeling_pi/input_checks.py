@@ -151,6 +151,10 @@ def check_inputs(
     _shape("pixel_values", pixel_values, (batch, cameras, 3, size, size), f"{size}x{size} RGB images")
     _pixel_range(pixel_values)
     _shape("pixel_attention_mask", pixel_attention_mask, (batch, cameras), "camera present")
+    if readable(pixel_attention_mask):
+        blind = (~pixel_attention_mask.bool().any(dim=1)).nonzero().flatten().tolist()
+        if blind:  # the chunk would come from the prompt alone, and look like any other
+            raise ValueError(f"pixel_attention_mask: example(s) {blind} have no camera present; each needs at least one.")
     if input_ids.ndim != 2:
         raise ValueError(f"input_ids must have shape [batch, prompt length], got {list(input_ids.shape)}.")
     if input_ids.is_floating_point() or input_ids.dtype == torch.bool:

@@ -333,6 +333,9 @@ def _bad_cases():
         "uint8 pixels": (edit(pixel_values=lambda x: ((x + 1) * 127.5).to(torch.uint8)), "pixel_values must be floats"),
         "NaN pixels": (edit(pixel_values=lambda x: x.index_fill(2, torch.tensor([0]), float("nan"))), "pixel_values.*NaN"),
         "mask shape": (edit(attention_mask=lambda m: m[:, :2]), "attention_mask"),
+        # a row that sees nothing: its chunk came from the prompt alone, and looked like any other
+        "no camera in a row": (edit(pixel_attention_mask=lambda m: m.index_fill(0, torch.tensor([0]), False)),
+                               r"pixel_attention_mask: example\(s\) \[0\] have no camera present"),
     }
 
 
@@ -369,7 +372,7 @@ def test_inputs_that_are_not_tensors_are_refused_naming_them(name):
         model(**inputs)
 
 
-VALUE_CASES = ("NaN state", "inf actions", "token ids", "raw 0..255 pixels", "NaN pixels")  # the rest are shapes, dtypes
+VALUE_CASES = ("NaN state", "inf actions", "token ids", "raw 0..255 pixels", "NaN pixels", "no camera in a row")  # the rest are shapes, dtypes
 
 
 @pytest.mark.parametrize("case", list(_bad_cases()), ids=str)
