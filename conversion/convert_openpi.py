@@ -432,7 +432,7 @@ def convert_openpi(
     for flag, value in (("--action-horizon", action_horizon), ("--max-token-len", max_token_len)):
         if value is not None and value < 1:
             raise ConversionError(f"{flag} must be at least 1, got {value}.")
-    asked_by = "--variant"
+    asked_by = policy_source if policy is not None and variant is None else "--variant"  # named if the variant differs
     if policy is not None:
         if robot_action_dim is not None:
             raise ConversionError("The policy config's robot fixes the action dims: drop --robot-action-dim (or declare "
@@ -444,7 +444,6 @@ def convert_openpi(
             raise ConversionError("A robot policy is recorded in the processor, which needs --tokenizer.")
         if variant is not None and policy.variant is not None and variant != policy.variant:
             raise ConversionError(f"--variant {variant} contradicts {policy_source}'s variant {policy.variant}.")
-        asked_by = asked_by if variant is not None else policy_source
         variant = variant or policy.variant
         action_horizon, max_token_len = policy.action_horizon, policy.max_token_len
         asset_id = asset_id or (policy.asset_id if norm_stats is None else None)

@@ -45,6 +45,7 @@ import signal
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http import HTTPStatus
@@ -245,7 +246,7 @@ def build_policy(args: argparse.Namespace) -> BatchingPolicy:
             pairs = [spec.partition("=") for spec in args.camera]
             if any(not (camera and equals and key) for camera, equals, key in pairs):
                 raise ValueError(f"--camera takes MODEL_CAMERA=KEY pairs, got {args.camera}.")
-            doubled = sorted({camera for camera, _, _ in pairs if [c for c, _, _ in pairs].count(camera) > 1})
+            doubled = sorted(camera for camera, count in Counter(camera for camera, _, _ in pairs).items() if count > 1)
             if doubled:
                 raise ValueError(f"--camera gives the model camera(s) {', '.join(doubled)} twice.")
             cameras = {camera: key for camera, _, key in pairs}

@@ -32,6 +32,7 @@ from datasets.exceptions import DatasetGenerationError
 from PIL import Image
 from tqdm.auto import tqdm
 
+from conversion.json_files import read_json
 from processing_pi import NormStats
 from processing_pi.normalization import LEROBOT_KEYS, NEEDED_STATS, ArrayStats, non_finite
 
@@ -40,12 +41,6 @@ STATE, ACTION = "observation.state", "action"
 
 class DatasetError(ValueError):
     """A dataset that cannot be trained on; the message names the file and the problem."""
-
-
-def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        raise DatasetError(f"{path}: missing.")
-    return json.loads(path.read_text())
 
 
 def _read_parquet(path: Path) -> pd.DataFrame:
@@ -134,7 +129,9 @@ class LeRobotDataset(torch.utils.data.Dataset):
                  image_keys: list[str] | None = None, prefix_key: str | None = None):
         self.root = root = Path(root)
         self.action_horizon = action_horizon
-        info = _read_json(root / "meta" / "info.json")
+        if not (root / "meta" / "info.json").is_file():
+            raise DatasetError(f"{root / 'meta' / 'info.json'}: missing.")
+        info = read_json(root / "meta" / "info.json", DatasetError)
         version = str(info.get("codebase_version", "v3.0"))
         if not version.startswith("v3."):
             converted = " (LeRobot's convert_dataset_v21_to_v30 script converts a v2.1 one)" if version == "v2.1" else ""
@@ -351,7 +348,7 @@ def dataset_norm_stats(dataset: LeRobotDataset, mode: str) -> NormStats:
     path = dataset.root / "meta" / "stats.json"
     if not path.is_file():
         raise DatasetError(f"{path}: missing{_RECOMPUTE}")
-    stats = json.loads(path.read_text())
+    stats = read_json(path, DatasetError)
     return NormStats(**{LEROBOT_KEYS[key]: _feature_stats(path, stats, key, dim, mode)
                         for key, dim in ((STATE, dataset.state_dim), (ACTION, dataset.action_dim))})
 
