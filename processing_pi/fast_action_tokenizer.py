@@ -4,7 +4,9 @@ Per chunk [H, D]: an orthonormal DCT-II over time, coefficients scaled and round
 (round(scale·c)), flattened time-major, shifted by `-min_token` so that every value is a non-negative
 code point, written as a string of those characters and compressed by a byte-level BPE (HF
 `tokenizers`). Decoding inverts each step; a sequence that does not decode to exactly H·D
-coefficients yields zeros and is reported invalid.
+coefficients yields zeros and is reported invalid. LeRobot reads such a sequence leniently instead (ids
+past the vocabulary skipped, the coefficients cut or zero-padded to H·D): `decode(lenient=True)` returns
+that reading, still reported invalid.
 
 Written here because the published processor (`physical-intelligence/fast`) is remote code: loading
 it runs Python from the Hub. This module reads the same folder layout (`processor_config.json`,
@@ -22,6 +24,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 logger = logging.getLogger(__name__)
 
 PROCESSOR_CONFIG = "processor_config.json"
+_SURROGATES = 0xD800  # the first code point that is no character: codes must stay below it
 TOKENIZER_FILE = "tokenizer.json"
 
 
@@ -100,15 +103,27 @@ class FastActionTokenizer:
             raise ValueError(f"FAST encodes action chunks [H, D] or [B, H, D], got shape {chunks.shape}.")
         if not np.isfinite(chunks).all():
             raise ValueError("Action chunks contain NaN or infinite values.")
-        codes = np.maximum(self._coefficients(chunks) - self.min_token, 0)
-        texts = ["".join(map(chr, row)) for row in codes]
-        return [encoding.ids for encoding in self.bpe.encode_batch(texts)]
+        codes = self._coefficients(chunks) - self.min_token
+        if codes.max() >= _SURROGATES:
+            raise ValueError(f"An action chunk's scaled DCT coefficient (×{self.scale:g}) reaches {codes.max() + self.min_token}, "
+                             "more than FAST can write as a character: the actions are far outside the range the "
+                             "tokenizer was fit on. Normalise them first.")
+        texts = ["".join(map(chr, row)) for row in np.maximum(codes, 0)]
+        ids = [encoding.ids for encoding in self.bpe.encode_batch(texts)]
+        altered = (codes < 0).any(axis=1) | [len(text) != codes.shape[1] for text in self.bpe.decode_batch(ids, skip_special_tokens=False)]
+        if altered.any():  # openpi tokenizes them so too, without a word
+            logger.warning("%d of %d action chunk(s) do not survive FAST tokenization: coefficients below the tokenizer's "
+                           "min_token are raised to it, and codes it has no token for are dropped, so their tokens decode "
+                           "to other actions or none. Normalise the actions into the range the tokenizer was fit on.",
+                           altered.sum(), len(codes))
+        return ids
 
     # ---- decoding -----------------------------------------------------------------------------
 
     def decode(self, id_lists, *, time_horizon: int | None = None, action_dim: int | None = None, lenient: bool = False):
-        """id lists -> (actions [B, H, D] float32, valid [B] bool). Invalid sequences give zeros and False;
-        `lenient` decodes as LeRobot does (module docstring)."""
+        """id lists -> (actions [B, H, D] float32, valid [B] bool): valid where a sequence decodes to exactly H·D
+        coefficients. Invalid sequences give zeros; `lenient` reads them as LeRobot does instead (module
+        docstring), still flagged invalid."""
         horizon = time_horizon or self.time_horizon
         dim = action_dim or self.action_dim
         if not horizon or not dim:
@@ -117,13 +132,15 @@ class FastActionTokenizer:
         actions = np.zeros((len(id_lists), horizon, dim), dtype=np.float32)
         valid = np.zeros(len(id_lists), dtype=bool)
         for i, ids in enumerate(id_lists):
-            read = self._lenient_coefficients if lenient else self._decode_coefficients
-            coefficients = read(list(map(int, ids)), horizon * dim)
-            if coefficients is None:
-                logger.warning("FAST sequence %d does not decode to a %dx%d chunk; returning zeros.", i, horizon, dim)
-                continue
-            actions[i] = inverse @ (coefficients.reshape(horizon, dim) / self.scale)
-            valid[i] = True
+            ids = list(map(int, ids))
+            coefficients = self._decode_coefficients(ids, horizon * dim)
+            valid[i] = coefficients is not None
+            if not valid[i]:
+                logger.warning("FAST sequence %d does not decode to a %dx%d chunk; returning %s, flagged invalid.", i, horizon,
+                               dim, "LeRobot's reading of it" if lenient else "zeros")
+                coefficients = self._lenient_coefficients(ids, horizon * dim) if lenient else None
+            if coefficients is not None:
+                actions[i] = inverse @ (coefficients.reshape(horizon, dim) / self.scale)
         return actions, valid
 
     def _decode_coefficients(self, ids: list[int], count: int) -> np.ndarray | None:

@@ -54,6 +54,35 @@ def test_out_of_range_or_miscounted_ids_are_invalid(fast, ids):
     assert not valid[0] and not actions.any()
 
 
+@pytest.mark.parametrize("ids", [[5] * 3, [10**6] + _fixture_ids()[0]])
+def test_lenient_decoding_reads_what_it_can_and_still_reports_it_invalid(fast, ids):
+    """LeRobot's reading of a sequence that is no H×D chunk (cut or zero-padded, ids past the vocabulary skipped)
+    is returned for parity, never passed off as a prediction."""
+    actions, valid = fast.decode([ids], time_horizon=HORIZON, action_dim=DIM, lenient=True)
+    assert not valid[0] and actions[0].any()
+    actions, valid = fast.decode(_fixture_ids(), time_horizon=HORIZON, action_dim=DIM, lenient=True)
+    assert valid.all()
+    np.testing.assert_allclose(actions, IO["fast.decoded"], atol=1e-6, rtol=0)
+
+
+def test_chunks_whose_tokens_decode_to_other_actions_are_named(fast, caplog):
+    """Coefficients below `min_token` (raised to it) or with no token (dropped) are tokenized as openpi does, with a
+    warning; a value too large to write as a character is refused."""
+    fit = IO["fast.test_chunks"]
+    with caplog.at_level(logging.WARNING):
+        fast(fit)
+    assert "do not survive" not in caplog.text
+    for far in (-50.0, 50.0):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            ids = fast(np.full((HORIZON, DIM), far))
+        assert "1 of 1 action chunk(s) do not survive" in caplog.text
+        actions, valid = fast.decode(ids, time_horizon=HORIZON, action_dim=DIM)
+        assert not (valid[0] and np.allclose(actions, far, rtol=0.01))
+    with pytest.raises(ValueError, match="far outside the range"):
+        fast(np.full((HORIZON, DIM), 1e5))
+
+
 def test_dct_equals_scipys_orthonormal_dct_ii_and_iii():
     x = np.random.default_rng(0).normal(size=(HORIZON, DIM))
     for n in (1, 7, HORIZON, 50):

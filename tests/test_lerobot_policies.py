@@ -133,6 +133,9 @@ def test_fast_tokens_become_lerobots_actions(lerobot_policy):
     # the same numbers, flagged as no prediction
     torch.testing.assert_close(out.actions, io["expected.actions"], atol=1e-5, rtol=0)
     assert not out.valid.any()
+    # nor is an answer with no FAST tokens, which LeRobot reads as zeros
+    start = processor.tokenizer.encode("Action: ", add_special_tokens=False)
+    assert not processor.post_process(torch.tensor([start + [processor.tokenizer.convert_tokens_to_ids("|")]])).valid.any()
     # a well-formed target sequence decodes as LeRobot decodes it
     targets = io["train.action_tokens"][:, 1:]
     decoded = processor.post_process(targets)
