@@ -254,9 +254,14 @@ class PiProcessor(ProcessorMixin):
         fast_targets = chunks is not None and (self.variant == "pi0_fast" or self.knowledge_insulation)
         if fast_targets:
             horizon = self.action_horizon or self.action_tokenizer.time_horizon
-            if horizon and chunks.shape[1] != horizon:  # its tokens would train answers that decode to no chunk
+            dim, source = self.robot_action_dim_source()
+            # tokens of any other shape would train answers that decode to no chunk
+            if horizon and chunks.shape[1] != horizon:
                 raise ValueError(f"actions holds chunks of {chunks.shape[1]} steps; the FAST tokens of this model decode "
                                  f"to {horizon} (action_horizon).")
+            if dim and chunks.shape[2] != dim:
+                raise ValueError(f"actions holds chunks of {chunks.shape[2]} action dims; the FAST tokens of this model "
+                                 f"decode to {dim} (from its {source}).")
             fast_ids = self.action_tokenizer(chunks)
         tokens = [
             tokenize_prompt(self.tokenizer, self.variant, text, self.max_token_len, state[i], fast_ids[i],
@@ -371,7 +376,7 @@ class PiProcessor(ProcessorMixin):
         decoding (`model.generate_actions(..., allowed_token_ids=processor.action_token_ids())`)."""
         if self.action_tokenizer is None:
             raise ValueError("Only π0-FAST decodes action tokens.")
-        fast_range = fast_ids_to_vocab(range(self.action_tokenizer.vocab_size), len(self.tokenizer))
+        fast_range = fast_ids_to_vocab(range(self.action_tokenizer.vocab_size), self.tokenizer.vocab_size)
         framing = self.tokenizer.encode("Action: ", add_special_tokens=False) + self.tokenizer.encode("|", add_special_tokens=False)
         return torch.tensor(sorted(set(fast_range + framing + [self.tokenizer.eos_token_id])))
 
@@ -462,7 +467,7 @@ class PiProcessor(ProcessorMixin):
             if row[i : i + len(start)] == start:
                 body = row[i + len(start) :]
                 stop = next((j for j, token in enumerate(body) if token in end), len(body))
-                return fast_ids_to_vocab(body[:stop], len(self.tokenizer))
+                return fast_ids_to_vocab(body[:stop], self.tokenizer.vocab_size)
         return None
 
     def _lerobot_fast_ids(self, row: list[int], start: list[int], bar: int | None) -> tuple[list[int], bool]:
@@ -476,7 +481,7 @@ class PiProcessor(ProcessorMixin):
             else:
                 ids.append(body[i])
                 i += 1
-        return fast_ids_to_vocab(ids, len(self.tokenizer)), body[: len(start)] == start
+        return fast_ids_to_vocab(ids, self.tokenizer.vocab_size), body[: len(start)] == start
 
     # ---- saving and loading ------------------------------------------------------------------
 

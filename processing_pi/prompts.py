@@ -84,12 +84,14 @@ def lerobot_pi0_prompt(prompt: str) -> str:
 
 
 def discretize_state(state: np.ndarray) -> np.ndarray:
-    """Normalised state -> bin indices in [0, 255] (values outside [-1, 1] fall in the end bins)."""
+    """Normalised state -> bin indices: 0 to 255 across [-1, 1], as openpi bins it (255 above 1, -1 below -1)."""
     return np.digitize(np.asarray(state), bins=STATE_BINS) - 1
 
 
 def fast_ids_to_vocab(fast_ids, vocab_size: int) -> list[int]:
-    """FAST token ids -> ids at the end of the language vocabulary (and back: the map is its own inverse)."""
+    """FAST token ids -> ids at the end of the language vocabulary (and back: the map is its own inverse).
+    `vocab_size` is the tokenizer's own vocabulary (`tokenizer.vocab_size`, as openpi and LeRobot count it), without
+    tokens added after it such as transformers' PaliGemma `<image>`."""
     return [vocab_size - 1 - FAST_SKIP_TOKENS - int(i) for i in fast_ids]
 
 
@@ -103,8 +105,10 @@ class PromptTokens:
     loss_mask: list[bool]
 
 
-def _encode(tokenizer, text: str) -> list[int]:
-    return tokenizer.encode(text, add_special_tokens=False)
+def _encode(tokenizer, text: str, literal: bool = True) -> list[int]:
+    """`text` -> ids. `literal`: as SentencePiece (openpi) reads text, where "</s>" or "<pad>" typed into a task is
+    text, not the control token; LeRobot's transformers tokenizer matches them."""
+    return tokenizer.encode(text, add_special_tokens=False, split_special_tokens=literal)
 
 
 class PromptTooLong(ValueError):
@@ -139,7 +143,7 @@ def _pad(prefix: list[int], postfix: list[int], max_len: int) -> PromptTokens:
 
 def _fast_postfix(tokenizer, fast_ids: list[int]) -> list[int]:
     """A chunk's FAST ids mapped into the vocabulary, then "|" and EOS: the training targets after "Action: "."""
-    return fast_ids_to_vocab(fast_ids, len(tokenizer)) + _encode(tokenizer, "|") + [tokenizer.eos_token_id]
+    return fast_ids_to_vocab(fast_ids, tokenizer.vocab_size) + _encode(tokenizer, "|") + [tokenizer.eos_token_id]
 
 
 def tokenize_prompt(
@@ -164,19 +168,19 @@ def tokenize_prompt(
         if fast_ids is not None:
             raise ValueError("FAST training targets (knowledge insulation) follow π0.5's \"Action: \", a prompt with the state in it.")
         text = lerobot_pi0_prompt(prompt) if lerobot else clean_prompt(prompt) + "\n"
-        ids = bos + _encode(tokenizer, text)
+        ids = bos + _encode(tokenizer, text, literal=not lerobot)
         _fit(ids, max_len, "pi0")
         return _pad(ids, [], max_len)
     if state is None:
         raise ValueError(f"The {variant} prompt carries the robot state: pass `state`.")
     bins = " ".join(map(str, discretize_state(state)))
     if variant != "pi0_fast":  # π0.5; with `fast_ids`, knowledge insulation's targets follow "Action: "
-        ids = bos + _encode(tokenizer, f"Task: {clean_prompt(prompt)}, State: {bins};\nAction: ")
+        ids = bos + _encode(tokenizer, f"Task: {clean_prompt(prompt)}, State: {bins};\nAction: ", literal=not lerobot)
         postfix = [] if fast_ids is None else _fast_postfix(tokenizer, fast_ids)
         _fit(ids, max_len, variant, postfix)
         return _pad(ids, postfix, max_len)
     task = clean_prompt(prompt) if lerobot else fast_clean_prompt(prompt)
-    prefix = bos + _encode(tokenizer, f"Task: {task}, State: {bins};\n")
+    prefix = bos + _encode(tokenizer, f"Task: {task}, State: {bins};\n", literal=not lerobot)
     postfix = [] if fast_ids is None else _encode(tokenizer, "Action: ") + _fast_postfix(tokenizer, fast_ids)
     if not lerobot:
         _fit(prefix, max_len, variant, postfix)

@@ -132,6 +132,36 @@ def test_fast_training_chunks_of_another_horizon_are_refused(tokenizer, fast):
     processor = _processor(tokenizer, "pi0_fast", fast, action_horizon=4)
     with pytest.raises(ValueError, match=re.escape("actions holds chunks of 3 steps; the FAST tokens of this model decode to 4")):
         processor(images=IMAGE, prompt="go", state=np.zeros(7), actions=np.ones((3, 7)))  # trained answers no decode
+    processor = _processor(tokenizer, "pi0_fast", fast, action_horizon=4, robot_action_dim=7)
+    with pytest.raises(ValueError, match=re.escape("chunks of 8 action dims; the FAST tokens of this model decode to 7 "
+                                                   "(from its robot_action_dim)")):
+        processor(images=IMAGE, prompt="go", state=np.zeros(7), actions=np.ones((4, 8)))
+
+
+def test_fast_ids_sit_below_tokens_added_after_the_vocabulary(fast):
+    """openpi and LeRobot count the vocabulary without tokens added after it (transformers' PaliGemma `<image>`)."""
+    plain = tokenizer_from_sentencepiece(PROCESSOR / "tokenizer.model")
+    added = tokenizer_from_sentencepiece(PROCESSOR / "tokenizer.model")
+    added.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    inputs = dict(images=IMAGE, prompt=PROMPTS[0], state=IO["states"][0], actions=IO["fast.test_chunks"][0], return_tensors="np")
+    labels = [_processor(t, "pi0_fast", fast, max_token_len=SETUP["fast_max_len"])(**inputs)["labels"] for t in (plain, added)]
+    np.testing.assert_array_equal(labels[1], labels[0])
+    np.testing.assert_array_equal(labels[0][0], np.where(IO["fast.0.loss_mask"], IO["fast.0.tokens"], -100))
+
+
+@pytest.mark.parametrize("variant", ["pi0", "pi05", "pi0_fast"])
+def test_control_tokens_typed_into_a_task_are_text_as_sentencepiece_reads_them(tokenizer, fast, variant):
+    """openpi's SentencePiece never reads "</s>" or "<pad>" in a task as EOS or padding; LeRobot's transformers
+    tokenizer does, and its conventions follow it."""
+    task, control = "pick up the cup</s><pad> now", {tokenizer.eos_token_id, tokenizer.pad_token_id}
+    ids = {}
+    for conventions in ("openpi", "lerobot"):
+        out = PiProcessor(PiImageProcessor(size=224, conventions=conventions), tokenizer, action_tokenizer=fast,
+                          variant=variant, max_token_len=80, conventions=conventions)(
+            images=IMAGE, prompt=task, state=IO["states"][0], return_tensors="np")
+        ids[conventions] = out["input_ids"][0][out["attention_mask"][0]].tolist()
+    assert not control & set(ids["openpi"])
+    assert control <= set(ids["lerobot"])
 
 
 def test_fast_post_processing_takes_the_ids_between_action_and_bar(tokenizer, fast):
