@@ -73,6 +73,7 @@ def _aloha(delta: bool = True, default_prompt: str | None = None, metadata: dict
         cameras={"base_0_rgb": "images/cam_high", "left_wrist_0_rgb": "images/cam_left_wrist",
                  "right_wrist_0_rgb": "images/cam_right_wrist"},
         optional_cameras=["left_wrist_0_rgb", "right_wrist_0_rgb"],
+        other_images=["images/cam_low"],
         image_layout="chw",
         state_keys=["state"],
         state_dim=14,

@@ -8,6 +8,9 @@ holds what openpi's policy configs say about that, as data that a processor save
   (`"images/cam_high"`); `None` for a camera the robot lacks, which the model gets as a black image,
   masked out unless `show_blank_cameras` (openpi trains π0-FAST with its black padding images visible).
   Cameras named in `optional_cameras` may be missing from an observation: they are then black and masked.
+  `other_images` (ALOHA's `images/cam_low`): the images a robot sends beside its cameras, in the dicts that
+  hold them. Given, any other key there is refused, since a misnamed optional camera would be read as
+  missing; left `None`, those dicts are not checked.
   `image_layout` "chw" reads channel-first images (ALOHA's); "auto" takes either.
 - `state_keys`: the observation keys whose values, concatenated, are the state (`state_dim` long).
 - `adapt_to_pi` (ALOHA's 14 dims: two arms of 6 joints and a gripper): joints 1, 2, 8 and 9 change sign,
@@ -103,6 +106,7 @@ class Robot:
     state_dim: int | None = None
     action_dim: int | None = None
     optional_cameras: list[str] = field(default_factory=list)
+    other_images: list[str] | None = None
     show_blank_cameras: bool = False
     image_layout: str = "auto"
     adapt_to_pi: bool = False
@@ -118,13 +122,24 @@ class Robot:
             raise ValueError("A robot needs at least one camera read from its observations.")
         if not self.state_keys:
             raise ValueError("A robot needs the observation keys of its state (state_keys).")
+        for name in ("state_dim", "action_dim"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a whole number of at least 1, got {value!r}.")
+        if self.other_images is not None:
+            self.other_images = list(self.other_images)
+            if not all(isinstance(key, str) and "/" in key for key in self.other_images):
+                raise ValueError(f"other_images are keys inside the dict of the robot's images (\"images/cam_low\"), "
+                                 f"got {self.other_images!r}.")
         unknown = sorted(set(self.optional_cameras) - set(self.cameras))
         if unknown:
             raise ValueError(f"optional_cameras {unknown} are not among the robot's cameras {list(self.cameras)}.")
         if self.image_layout not in ("auto", "chw"):
             raise ValueError(f"image_layout must be 'auto' or 'chw', got {self.image_layout!r}.")
-        if self.adapt_to_pi and self.state_dim not in (None, len(_ALOHA_JOINT_SIGNS)):
-            raise ValueError(f"adapt_to_pi converts ALOHA's {len(_ALOHA_JOINT_SIGNS)} dims; this robot has {self.state_dim}.")
+        for name in ("state_dim", "action_dim"):
+            if self.adapt_to_pi and getattr(self, name) not in (None, len(_ALOHA_JOINT_SIGNS)):
+                raise ValueError(f"adapt_to_pi converts ALOHA's {len(_ALOHA_JOINT_SIGNS)} dims; this robot's {name} is "
+                                 f"{getattr(self, name)}.")
         if self.delta_action_mask is not None:
             self.delta_action_mask = [bool(flag) for flag in self.delta_action_mask]
             for name in ("state_dim", "action_dim"):
@@ -151,6 +166,8 @@ class Robot:
         return {"images": self._images(observation), "prompt": self._prompt(observation), "state": self.state(observation)}
 
     def _images(self, observation: dict) -> dict:
+        if self.other_images is not None:
+            self._check_image_dicts(observation)
         images = {}
         for camera, key in self.cameras.items():
             value = None if key is None else _lookup(observation, key)
@@ -164,6 +181,17 @@ class Robot:
             if key is None and self.show_blank_cameras:
                 images[camera] = np.zeros(shape, dtype=np.uint8)
         return images
+
+    def _check_image_dicts(self, observation: dict) -> None:
+        """Refuses a key, in a dict holding the robot's cameras, that is neither one of them nor in `other_images`."""
+        known = {key for key in self.cameras.values() if key} | set(self.other_images)
+        for parent in sorted({key.rpartition("/")[0] for key in known if "/" in key}):
+            holder = _lookup(observation, parent)
+            unknown = sorted(f"{parent}/{name}" for name in holder if f"{parent}/{name}" not in known) if isinstance(holder, dict) else []
+            if unknown:
+                expected = sorted(key for key in known if key.startswith(f"{parent}/"))
+                raise ObservationError(f"Unknown image(s) {', '.join(map(repr, unknown))}; the robot reads "
+                                       f"{', '.join(map(repr, expected))} there: a misnamed camera would be left out.")
 
     def _prompt(self, observation: dict) -> str:
         prompt = _lookup(observation, self.prompt_key)
@@ -191,8 +219,10 @@ class Robot:
                 raise ObservationError(f"{key!r} must be a number or a 1-D numeric array, got {array.dtype} {list(array.shape)}.")
             parts.append(array.astype(np.float64).reshape(-1))
         state = np.concatenate(parts)
-        if self.state_dim is not None and len(state) != self.state_dim:
-            raise ObservationError(f"The state ({', '.join(self.state_keys)}) has {len(state)} values; the robot has {self.state_dim}.")
+        dim = len(_ALOHA_JOINT_SIGNS) if self.adapt_to_pi else self.state_dim
+        if dim is not None and len(state) != dim:
+            what = "ALOHA's conversion (adapt_to_pi) takes" if self.state_dim is None else "the robot has"
+            raise ObservationError(f"The state ({', '.join(self.state_keys)}) has {len(state)} values; {what} {dim}.")
         if not np.isfinite(state).all():
             raise ObservationError(f"The state ({', '.join(self.state_keys)}) holds NaN or infinity.")
         if self.adapt_to_pi:

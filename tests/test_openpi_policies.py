@@ -241,6 +241,17 @@ def test_bad_configs_observations_and_statistics_are_named(tmp_path, capsys, pol
         with pytest.raises(ObservationError, match=re.escape(key)):
             robot_actions({k: v for k, v in observations[0].items() if k != key})
 
+    # as openpi's ALOHA policy: a misspelt wrist camera is refused, not read as a missing one; cam_low is taken
+    robot = openpi_config("pi0_aloha").robot
+    image = np.zeros((3, 24, 24), np.uint8)
+    aloha = {"state": np.zeros(14), "prompt": "fold", "images": {"cam_high": image, "cam_low": image, "cam_left_wrist": image}}
+    assert robot.read(aloha)["images"]["right_wrist_0_rgb"] is None
+    aloha["images"]["cam_rigth_wrist"] = image
+    with pytest.raises(ObservationError, match=re.escape("Unknown image(s) 'images/cam_rigth_wrist'; the robot reads "
+                                                         "'images/cam_high', 'images/cam_left_wrist', 'images/cam_low', "
+                                                         "'images/cam_right_wrist' there")):
+        robot.read(aloha)
+
     checkpoint = tmp_path / "checkpoint"
     shutil.copytree(POLICIES / "pi0_aloha" / "checkpoint", checkpoint)
     stats_file = checkpoint / "assets" / "trossen" / "norm_stats.json"

@@ -416,6 +416,20 @@ def test_actions_and_states_that_do_not_pair_up_are_refused_by_name():
         Robot(cameras={"base_0_rgb": "image"}, state_keys=["state"], action_dim=20).to_robot(chunk, state)
 
 
+def test_robot_layouts_that_cannot_read_a_state_are_refused_by_name():
+    camera = {"base_0_rgb": "image"}
+    for name, value in (("state_dim", 0), ("action_dim", "7"), ("action_dim", True)):
+        with pytest.raises(ValueError, match=re.escape(f"{name} must be a whole number of at least 1, got {value!r}")):
+            Robot.from_dict({"cameras": camera, "state_keys": ["state"], name: value})
+    with pytest.raises(ValueError, match="adapt_to_pi converts ALOHA's 14 dims; this robot's action_dim is 7"):
+        Robot(cameras=camera, state_keys=["state"], adapt_to_pi=True, state_dim=14, action_dim=7)
+    aloha = Robot(cameras=camera, state_keys=["state"], adapt_to_pi=True)  # no state_dim: ALOHA's 14 all the same
+    with pytest.raises(ObservationError, match=re.escape("The state (state) has 12 values; ALOHA's conversion (adapt_to_pi) takes 14")):
+        aloha.state({"state": np.zeros(12)})
+    with pytest.raises(ValueError, match="other_images are keys inside the dict"):
+        Robot(cameras=camera, state_keys=["state"], other_images=["cam_low"])
+
+
 def test_wire_format_is_openpis_and_refuses_what_is_not_plain_numbers():
     observation = {"image": np.arange(24, dtype=np.uint8).reshape(2, 4, 3), "state": np.float32(1.5), "prompt": "go"}
     for decoded in (unpackb(msgpack_numpy.packb(observation)), msgpack_numpy.unpackb(packb(observation))):
