@@ -326,7 +326,6 @@ class PiForActionGeneration(PiPreTrainedModel):
         """
         trim = read is not None and self.compute_options.trim_prefix
         layer_kwargs = {
-            "conds": (None, adarms_cond),
             "position_embeddings": position_embeddings,
             "attention_mask": attention_mask,
             "attn_implementation": self.config._attn_implementation,
@@ -340,7 +339,12 @@ class PiForActionGeneration(PiPreTrainedModel):
         last = len(self.language_model.layers) - 1
         for idx, layers in enumerate(zip(self.language_model.layers, expert_layers)):
             run = partial(_joint_layer_positional, layers, layer_idx=idx, read=read if trim and idx == last else None, **layer_kwargs)
-            hidden = self._gradient_checkpointing_func(run, *hidden) if checkpointing else run(*hidden)
+            # each layer as transformers marked it (`every_n_layers`); the flow-time conditioning is an input of the
+            # checkpoint, so that a reentrant backward reaches the time MLP once
+            if checkpointing and layers[0].gradient_checkpointing:
+                hidden = self._gradient_checkpointing_func(run, *hidden, adarms_cond)
+            else:
+                hidden = run(*hidden, adarms_cond)
         prefix_out, suffix_out = hidden
         if read is not None and not trim:
             prefix_out = at_positions(prefix_out, read) if read.shape[1] else None
@@ -740,9 +744,10 @@ def drop_absent_cameras(pixel_values, pixel_attention_mask) -> tuple[torch.Tenso
     return pixel_values, pixel_attention_mask
 
 
-def _joint_layer_positional(layers, prefix, suffix, **kwargs):
-    """`joint_layer` with the two streams as positional tensors, as activation checkpointing wants them."""
-    return tuple(joint_layer(layers, [prefix, suffix], **kwargs))
+def _joint_layer_positional(layers, prefix, suffix, adarms_cond, **kwargs):
+    """`joint_layer` with the two streams and the expert's conditioning as positional tensors, as activation
+    checkpointing wants them."""
+    return tuple(joint_layer(layers, [prefix, suffix], conds=(None, adarms_cond), **kwargs))
 
 
 __all__ = ["PiPreTrainedModel", "PiForActionGeneration", "PiFlowMatchingOutput", "PiFastOutput"]

@@ -118,21 +118,30 @@ def test_loading_a_damaged_folder_fails_instead_of_initialising_at_random(tmp_pa
         AutoModel.from_pretrained(tmp_path, ignore_mismatched_sizes=True)
 
 
+CHECKPOINTING = {"default": {}, "reentrant": {"activation_checkpointing_kwargs": {"use_reentrant": True}},
+                 "every_2nd_layer": {"every_n_layers": 2}}
+
+
 @pytest.mark.parametrize("variant", ["pi0", "pi05"])
-def test_gradient_checkpointing_gives_the_same_gradients(variant):
+@pytest.mark.parametrize("options", CHECKPOINTING.values(), ids=CHECKPOINTING.keys())
+def test_gradient_checkpointing_gives_the_same_gradients(variant, options):
     inputs = random_inputs(tiny_config(variant))
     inputs["timestep"] = torch.tensor([0.3, 0.8])
+    layers = tiny_config(variant).text_config.num_hidden_layers
 
     def grads(checkpointing):
         model = noisy_tiny_model(variant).train()
         calls = []
         if checkpointing:
-            model.activation_checkpointing_enable()
+            model.activation_checkpointing_enable(**options)
             checkpoint = model._gradient_checkpointing_func
             model._gradient_checkpointing_func = lambda *a, **k: calls.append(1) or checkpoint(*a, **k)
         loss = model(**inputs).loss
         loss.backward()
-        assert len(calls) == (model.config.text_config.num_hidden_layers if checkpointing else 0)
+        marked = sum(layer.gradient_checkpointing for layer in model.language_model.layers)  # as transformers chose
+        assert len(calls) == (marked if checkpointing else 0)
+        if checkpointing:
+            assert 0 < marked < layers if "every_n_layers" in options else marked == layers
         return loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
 
     loss, plain = grads(False)
