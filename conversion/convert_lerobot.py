@@ -82,7 +82,9 @@ SIGLIP_HEADS = {32: 2, 192: 3, 384: 6, 512: 8, 768: 12, 1024: 16, 1152: 16, 1280
                 1792: 16}
 SMALL_VIT_HEAD_DIM = 16  # the head width of the table's smallest entry (mu: 32 wide, 2 heads)
 # LeRobot normaliser modes -> the processor's
-NORM_MODES = {"MEAN_STD": "zscore", "QUANTILES": "quantile"}
+# LeRobot's normalisers: z-score, or one formula over a range [low, high] (the processor's quantile mode)
+NORM_MODES = {"MEAN_STD": "zscore", "QUANTILES": "quantile", "MIN_MAX": "quantile", "QUANTILE10": "quantile"}
+RANGE_STATS = {"QUANTILES": ("q01", "q99"), "MIN_MAX": ("min", "max"), "QUANTILE10": ("q10", "q90")}
 IMAGE_PREFIX = "observation.images."
 EMBEDDING = "language_model.embed_tokens.weight"
 ARCHITECTURE_HINT = ("The architecture was inferred from the tensors' shapes; if it is not the checkpoint's, pass it "
@@ -329,19 +331,38 @@ def lerobot_decoding_notes(settings: dict, path: Path) -> list[str]:
         raise ConversionError(f"{path}: fast_skip_tokens is {skip}; π0-FAST here places FAST tokens "
                               f"{FAST_SKIP_TOKENS} ids from the end of the vocabulary, as openpi does, so this policy's "
                               "tokens would be read as other ones.")
+    notes = []
     temperature = settings.get("temperature") or 0.0
     if temperature:
-        return [f"LeRobot samples its FAST tokens at temperature {temperature}; the converted model decodes greedily "
-                f"unless asked: generate_actions(..., temperature={temperature})"]
-    return []
+        notes.append(f"LeRobot samples its FAST tokens at temperature {temperature}; the converted model decodes greedily "
+                     f"unless asked: generate_actions(..., temperature={temperature})")
+    steps, chunk = settings.get("n_action_steps"), settings.get("chunk_size")
+    if steps and chunk and steps != chunk:
+        notes.append(f"LeRobot decodes this policy's FAST tokens, which encode chunks of chunk_size={chunk} steps, as "
+                     f"n_action_steps={steps} steps, cutting the coefficients; the converted model decodes the "
+                     f"{chunk}-step chunk they encode, so its actions differ from LeRobot's select_action")
+    return notes
+
+
+def lerobot_action_dim(settings: dict, path: Path) -> int | None:
+    """The robot's action dims, LeRobot's `output_features["action"]`: its policies cut their chunks to them."""
+    feature = (settings.get("output_features") or {}).get("action")
+    if feature is None:
+        return None
+    try:
+        (dim,) = feature["shape"]
+        return int(dim)
+    except (KeyError, TypeError, ValueError) as err:
+        raise ConversionError(f"{path}: output_features.action has no 1-D shape ({feature!r}).") from err
 
 
 def lerobot_config(settings: dict, shapes: dict, architecture: PiConfig | None = None, image_keys=None) -> PiConfig:
     """LeRobot's policy config.json (`"type": "pi0" | "pi05" | "pi0_fast"`) and our names' tensor shapes -> ours.
     `architecture` (a PiConfig) replaces the sizes inferred from the shapes."""
     variant = lerobot_variant(settings)
-    if settings.get("max_state_dim", 32) != settings.get("max_action_dim", 32):
-        raise ConversionError("The π family pads state and actions to one dim; this checkpoint has max_state_dim "
+    # π0 projects the state padded to max_state_dim; π0.5 and π0-FAST write it into the prompt unpadded
+    if variant == "pi0" and settings.get("max_state_dim", 32) != settings.get("max_action_dim", 32):
+        raise ConversionError("π0 pads state and actions to one dim; this checkpoint has max_state_dim "
                               f"{settings['max_state_dim']} and max_action_dim {settings['max_action_dim']}.")
     if settings.get("use_relative_actions"):
         raise ConversionError("config.json: use_relative_actions is on (actions relative to the state, per joint); "
@@ -380,23 +401,28 @@ def lerobot_config(settings: dict, shapes: dict, architecture: PiConfig | None =
         raise ConversionError(f"The checkpoint's config does not describe a valid π model: {err}") from err
 
 
-def lerobot_norm_stats(folder: Path) -> tuple[NormStats | None, str | None]:
+def lerobot_norm_stats(folder: Path) -> tuple[NormStats | None, str | None, str | None]:
     """The statistics and mode of LeRobot's saved normaliser (`policy_preprocessor.json` and its
-    `*_normalizer_processor.safetensors`), or (None, None) when the checkpoint has none."""
+    `*_normalizer_processor.safetensors`), and a note on how they were read; no statistics when the checkpoint has
+    no normaliser (mode and note None) or one that passes both through (IDENTITY)."""
     pipeline = folder / "policy_preprocessor.json"
     if not pipeline.is_file():
-        return None, None
+        return None, None, None
     try:
         steps = read_json(pipeline, ConversionError)["steps"]
         normalizer = next((step for step in steps if step.get("registry_name") == "normalizer_processor"), None)
         if normalizer is None or "state_file" not in normalizer:
-            return None, None
+            return None, None, None
         norm_map = normalizer["config"]["norm_map"]
-        modes = {NORM_MODES.get(norm_map.get(kind)) for kind in ("STATE", "ACTION")}
+        kinds = [norm_map.get(kind, "IDENTITY") for kind in ("STATE", "ACTION")]
     except (KeyError, TypeError, AttributeError) as err:
         raise ConversionError(f"{pipeline}: not a LeRobot processor pipeline (its normaliser step: {err!r}).") from err
+    if kinds == ["IDENTITY", "IDENTITY"]:
+        return None, None, "its normaliser passes state and actions through (IDENTITY), and so does the processor"
+    modes = {NORM_MODES.get(kind) for kind in kinds}
     if len(modes) != 1 or None in modes:
-        raise ConversionError(f"{pipeline}: state and actions must both be MEAN_STD or both QUANTILES, got {norm_map}.")
+        raise ConversionError(f"{pipeline}: state by {kinds[0]} and actions by {kinds[1]}; the π processor normalises "
+                              "both one way: both MEAN_STD, or both by a range (QUANTILES, MIN_MAX, QUANTILE10).")
     path = folder / normalizer["state_file"]
     if not path.is_file():
         raise ConversionError(f"{pipeline} names the statistics file {normalizer['state_file']}, which is missing.")
@@ -405,14 +431,19 @@ def lerobot_norm_stats(folder: Path) -> tuple[NormStats | None, str | None]:
             flat = {key: stats_file.get_tensor(key).double().numpy() for key in stats_file.keys()}
     except SafetensorError as err:
         raise ConversionError(f"{path}: not a readable safetensors file ({err}).") from err
-    mode = modes.pop()
-    stats = {}
-    for theirs, ours in (("observation.state", "state"), ("action", "actions")):
-        missing = [f"{theirs}.{name}" for name in NEEDED_STATS[mode] if f"{theirs}.{name}" not in flat]
+    mode, stats = modes.pop(), {}
+    for kind, (theirs, ours) in zip(kinds, (("observation.state", "state"), ("action", "actions"))):
+        names = dict(zip(NEEDED_STATS[mode], RANGE_STATS.get(kind, NEEDED_STATS[mode])))  # ours -> LeRobot's
+        missing = [f"{theirs}.{name}" for name in names.values() if f"{theirs}.{name}" not in flat]
         if missing:
-            raise ConversionError(f"{path}: the {mode} normaliser needs {', '.join(missing)}, which the file lacks.")
-        stats[ours] = ArrayStats(**{name: flat.get(f"{theirs}.{name}") for name in ("mean", "std", "q01", "q99")})
-    return NormStats(**stats), mode
+            raise ConversionError(f"{path}: the {kind} normaliser needs {', '.join(missing)}, which the file lacks.")
+        saved = {name: flat.get(f"{theirs}.{name}") for name in ("mean", "std", "q01", "q99")}  # a range's bounds replace q01, q99
+        stats[ours] = ArrayStats(**{**saved, **{name: flat[f"{theirs}.{lerobots}"] for name, lerobots in names.items()}})
+    others = [f"the {what} by {kind} ([{', '.join(RANGE_STATS[kind])}] onto [-1, 1])"
+              for what, kind in zip(("state", "actions"), kinds) if kind in ("MIN_MAX", "QUANTILE10")]
+    note = None if not others else (f"its normaliser maps {' and '.join(others)} as QUANTILES maps [q01, q99]: the "
+                                    "processor's quantile mode, with those bounds saved as its q01 and q99")
+    return NormStats(**stats), mode, note
 
 
 def transformers_norm_stats(folder: Path) -> tuple[NormStats | None, str | None]:
@@ -477,19 +508,21 @@ def convert_checkpoint(
     check_tokenizers(tokenizer, fast_tokenizer)
     settings = read_json(checkpoint / "config.json", ConversionError)
     tensors = load_safetensors(checkpoint)
-    notes, conventions = [], None
+    notes, conventions, robot_action_dim = [], None, None
     if source == "lerobot":
         variant = lerobot_variant(settings, checkpoint / "config.json")
         renamed, notes = rename_state_dict(tensors, variant)
         architecture = PiConfig.from_json_file(config_path) if config_path else None
         config = lerobot_config(settings, {name: tuple(t.shape) for name, t in renamed.items()}, architecture, image_keys)
-        norm_stats, norm_mode = lerobot_norm_stats(checkpoint)
+        norm_stats, norm_mode, norm_note = lerobot_norm_stats(checkpoint)
         notes += lerobot_decoding_notes(settings, checkpoint / "config.json") if variant == "pi0_fast" else []
-        if norm_stats is None and tokenizer is not None:
+        notes.append(norm_note)
+        if norm_stats is None and norm_note is None and tokenizer is not None:
             notes.append("it has no normaliser statistics (no policy_preprocessor.json with a normalizer_processor "
                          "step), so the processor has none: add them with PiProcessor.from_pretrained(folder, "
                          "norm_stats=FILE).save_pretrained(folder)")
         conventions = "lerobot"
+        robot_action_dim = lerobot_action_dim(settings, checkpoint / "config.json")
         if architecture is None:
             notes.append(siglip_heads(config.vision_config.hidden_size)[1])
     else:
@@ -499,7 +532,8 @@ def convert_checkpoint(
     config.dtype = str(weights_dtype(state_dict)).removeprefix("torch.")
     processor = None
     if tokenizer is not None:
-        processor = build_processor(config, tokenizer, fast_tokenizer, norm_stats, norm_mode, conventions=conventions)
+        processor = build_processor(config, tokenizer, fast_tokenizer, norm_stats, norm_mode, conventions=conventions,
+                                    robot_action_dim=robot_action_dim)
     elif norm_stats is not None:  # they live in the processor, which the tokenizer is needed to write
         notes.append("its normalisation statistics are not kept: no --tokenizer, so no processor is written (pass "
                      "--tokenizer to keep them)")

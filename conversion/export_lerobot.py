@@ -41,7 +41,7 @@ from safetensors.torch import save_file
 
 from configuration_pi import PiConfig
 from configuration_pi.configuration_pi import _GEMMA_2B, _GEMMA_300M, _SIGLIP_SO400M
-from conversion.convert_lerobot import (EMBEDDING, IMAGE_PREFIX, LEROBOT_QUERY_HEADS, NORM_MODES, check_source_kind,
+from conversion.convert_lerobot import (EMBEDDING, IMAGE_PREFIX, LEROBOT_QUERY_HEADS, check_source_kind,
                                        load_safetensors, source_kind)
 from conversion.hf_folder import ConversionError, check_complete, check_output, staged_folder, weights_dtype
 from processing_pi import PiProcessor
@@ -69,7 +69,7 @@ DEFAULT_VARIANTS = ("gemma_2b", "gemma_300m")  # LeRobot's defaults, named where
 
 # LeRobot's feature keys, normaliser and tokenizers
 STATE, ACTION = "observation.state", "action"
-NORM_MAPPING = {ours: theirs for theirs, ours in NORM_MODES.items()}  # z-score -> MEAN_STD ...
+NORM_MAPPING = {"zscore": "MEAN_STD", "quantile": "QUANTILES"}  # the two of LeRobot's modes that read back as ours
 STAT_KEYS = {"state": STATE, "actions": ACTION}
 NORMALISER_EPS = 1e-8  # LeRobot's NormalizerProcessorStep default
 PALIGEMMA_TOKENIZER = "google/paligemma-3b-pt-224"  # the Hub names LeRobot's π processors load

@@ -91,6 +91,7 @@ def check_tokenizers(tokenizer: str | os.PathLike | None, fast_tokenizer: str | 
 def build_processor(
     config: PiConfig, tokenizer: str, fast_tokenizer: str | None, norm_stats: NormStats | None, norm_mode: str | None = None,
     discrete_state_input: bool | None = None, robot: Robot | None = None, conventions: str | None = None,
+    robot_action_dim: int | None = None,
 ) -> PiProcessor:
     """The processor of a converted folder: the SentencePiece tokenizer, the image size and cameras of
     `config`, the checkpoint's statistics, the robot's layout when the policy config gives one, and the
@@ -113,6 +114,7 @@ def build_processor(
             discrete_state_input=discrete_state_input,
             robot=robot,
             conventions=conventions,
+            robot_action_dim=robot_action_dim,
         )
     except (OSError, ValueError) as err:
         raise ConversionError(f"Cannot build the processor: {err}") from err

@@ -296,9 +296,62 @@ def test_fast_decoding_settings_the_model_does_not_carry_are_refused_or_said(tmp
     (folder / "config.json").write_text(json.dumps({**settings, "fast_skip_tokens": 64}))
     assert _convert(folder, tmp_path / "out") == 1
     assert "config.json: fast_skip_tokens is 64; π0-FAST here places FAST tokens 128 ids" in capsys.readouterr().err
-    (folder / "config.json").write_text(json.dumps({**settings, "temperature": 0.7}))
+    (folder / "config.json").write_text(json.dumps({**settings, "temperature": 0.7, "n_action_steps": 4}))
     assert _convert(folder, tmp_path / "out") == 0
-    assert "generate_actions(..., temperature=0.7)" in capsys.readouterr().out
+    out = " ".join(capsys.readouterr().out.split())
+    assert "generate_actions(..., temperature=0.7)" in out
+    assert "chunks of chunk_size=10 steps, as n_action_steps=4 steps" in out  # LeRobot's reading, not the converted model's
+
+
+def _with_normaliser(source: Path, folder: Path, norm_map: dict, renames: dict) -> Path:
+    """A copy of a LeRobot policy whose normaliser reads `norm_map`, its statistics renamed by `renames`."""
+    shutil.copytree(source, folder)
+    pipeline = json.loads((folder / "policy_preprocessor.json").read_text())
+    normalizer = next(step for step in pipeline["steps"] if step["registry_name"] == "normalizer_processor")
+    normalizer["config"]["norm_map"].update(norm_map)
+    (folder / "policy_preprocessor.json").write_text(json.dumps(pipeline))
+    stats = {key: value for key, value in load_file(folder / normalizer["state_file"]).items()
+             if key.rpartition(".")[2] not in renames.values()}  # LeRobot saves min, max, q10, ... too: theirs go
+    save_file({re.sub(r"\.(q01|q99)$", lambda m: "." + renames.get(m[1], m[1]), key): value for key, value in stats.items()},
+              folder / normalizer["state_file"])
+    return folder
+
+
+def test_every_normaliser_lerobot_applies_to_both_is_read_as_lerobot_reads_it(lerobot_policy, tmp_path, capsys):
+    """MIN_MAX and QUANTILE10 are QUANTILES' formula over other statistics; IDENTITY passes both through."""
+    _, quantiles, io, meta = lerobot_policy("pi05")
+    source = LEROBOT / "pi05" / "pretrained_model"
+    chunk = torch.linspace(-1, 1, 50 * 32).reshape(1, 50, 32)
+    for mode, renames in (("MIN_MAX", {"q01": "min", "q99": "max"}), ("QUANTILE10", {"q01": "q10", "q99": "q90"})):
+        folder = _with_normaliser(source, tmp_path / mode, {"STATE": mode, "ACTION": mode}, renames)
+        assert _convert(folder, tmp_path / f"{mode}_out") == 0
+        low, high = renames.values()
+        assert f"the state by {mode} ([{low}, {high}] onto [-1, 1]) and the actions by {mode}" in capsys.readouterr().out
+        processor = AutoProcessor.from_pretrained(tmp_path / f"{mode}_out")
+        assert torch.equal(_raw_inputs(processor, io, meta)["input_ids"], _raw_inputs(quantiles, io, meta)["input_ids"])
+        torch.testing.assert_close(processor.post_process(chunk).actions, quantiles.post_process(chunk).actions)
+
+    folder = _with_normaliser(source, tmp_path / "identity", {"STATE": "IDENTITY", "ACTION": "IDENTITY"}, {})
+    assert _convert(folder, tmp_path / "identity_out") == 0
+    assert "passes state and actions through (IDENTITY)" in capsys.readouterr().out
+    processor = AutoProcessor.from_pretrained(tmp_path / "identity_out")
+    dim = quantiles.norm_stats.actions.dim  # LeRobot cuts its chunks to the action feature's dims
+    torch.testing.assert_close(processor.post_process(chunk).actions, chunk[..., :dim].float())
+    assert processor.norm_stats is None and processor.robot_action_dim == dim
+
+    folder = _with_normaliser(source, tmp_path / "mixed", {"STATE": "MEAN_STD"}, {})
+    assert _convert(folder, tmp_path / "mixed_out") == 1
+    assert "state by MEAN_STD and actions by QUANTILES; the π processor normalises both one way" in capsys.readouterr().err
+
+
+def test_only_pi0_needs_state_and_actions_padded_to_one_dim(tmp_path, capsys):
+    """π0 projects the state padded to max_state_dim; π0.5 and π0-FAST write it unpadded into the prompt."""
+    for variant, code in (("pi05", 0), ("pi0_fast", 0), ("pi0", 1)):
+        folder = Path(shutil.copytree(LEROBOT / variant / "pretrained_model", tmp_path / variant))
+        settings = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**settings, "max_state_dim": 8}))
+        assert _convert(folder, tmp_path / f"{variant}_out") == code
+    assert "π0 pads state and actions to one dim; this checkpoint has max_state_dim 8" in capsys.readouterr().err
 
 
 def test_info_tells_how_a_lerobot_policy_converted_without_its_normaliser_gets_statistics(tmp_path, capsys):
