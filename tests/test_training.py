@@ -136,6 +136,17 @@ def test_trainer_lora_fine_tuning_lowers_the_loss_and_saves_adapters_and_merged_
     torch.testing.assert_close(_velocity(loaded, probe), trained, atol=1e-5, rtol=1e-4)
 
 
+def test_trainer_evaluates_a_flow_model_with_actions_as_its_labels(tmp_path):
+    """Trainer computes an eval loss only for batches holding its `label_names`; a flow batch's targets are
+    `actions` (`labels` is π0-FAST's), as docs/training.md says to set."""
+    model = _base_model()
+    data = _flow_dataset(model.config, size=4)
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_eval_batch_size=2, label_names=["actions"], report_to=[],
+                             use_cpu=True, disable_tqdm=True)
+    metrics = Trainer(model=model, args=args, eval_dataset=_Examples(data)).evaluate()
+    assert metrics["eval_loss"] > 0
+
+
 def test_trainer_fully_fine_tunes_pi0_fast_on_token_targets(tmp_path):
     torch.manual_seed(0)
     model = PiForActionGeneration(tiny_config("pi0_fast"))
