@@ -505,9 +505,14 @@ class PiProcessor(ProcessorMixin):
                                                conventions=changes["conventions"])
         return type(self)(image_processor, self.tokenizer, **{**current, **changes})
 
-    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs):
+    def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs):
         """Tokenizer files, `processor_config.json` (settings, image processor, norm stats) and the FAST tokenizer.
-        Saved over a folder's processor, the `auto_map` of its remote code is kept."""
+        Saved over a folder's processor, the `auto_map` of its remote code is kept. `push_to_hub=True` then uploads
+        them (`repo_id`, by default the folder's name, and `push_to_hub`'s options); `max_shard_size`, which
+        `push_to_hub` passes, has nothing to shard here. Any other keyword is a `TypeError`."""
+        kwargs.pop("max_shard_size", None)
+        if kwargs and not push_to_hub:
+            raise TypeError(f"PiProcessor.save_pretrained got unexpected keyword argument(s) {', '.join(sorted(kwargs))}.")
         folder = Path(save_directory)
         folder.mkdir(parents=True, exist_ok=True)
         self.tokenizer.save_pretrained(folder)
@@ -518,6 +523,8 @@ class PiProcessor(ProcessorMixin):
         (folder / PROCESSOR_CONFIG).write_text(json.dumps(settings, indent=2) + "\n")
         if self.action_tokenizer is not None:
             self.action_tokenizer.save_pretrained(folder / FAST_FOLDER)
+        if push_to_hub:
+            self.push_to_hub(kwargs.pop("repo_id", folder.resolve().name), **kwargs)
         return [str(folder / PROCESSOR_CONFIG)]
 
     @classmethod

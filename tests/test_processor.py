@@ -149,6 +149,19 @@ def test_fast_ids_sit_below_tokens_added_after_the_vocabulary(fast):
     np.testing.assert_array_equal(labels[0][0], np.where(IO["fast.0.loss_mask"], IO["fast.0.tokens"], -100))
 
 
+def test_save_pretrained_pushes_when_asked_and_refuses_keywords_it_would_drop(tokenizer, tmp_path, monkeypatch):
+    processor = _processor(tokenizer, "pi0")
+    pushed = []
+    monkeypatch.setattr(PiProcessor, "push_to_hub", lambda self, repo_id, **options: pushed.append((repo_id, options)))
+    processor.save_pretrained(tmp_path / "a", push_to_hub=True, repo_id="org/pi-processor", commit_message="stats")
+    processor.save_pretrained(tmp_path / "b", push_to_hub=True)
+    assert pushed == [("org/pi-processor", {"commit_message": "stats"}), ("b", {})]
+    processor.save_pretrained(tmp_path / "c", max_shard_size="5GB")  # as push_to_hub itself saves
+    with pytest.raises(TypeError, match="unexpected keyword argument.s. repo_id"):  # it was dropped, with no push
+        processor.save_pretrained(tmp_path / "d", repo_id="org/pi-processor")
+    assert len(pushed) == 2 and (tmp_path / "c" / "processor_config.json").is_file()
+
+
 @pytest.mark.parametrize("variant", ["pi0", "pi05", "pi0_fast"])
 def test_control_tokens_typed_into_a_task_are_text_as_sentencepiece_reads_them(tokenizer, fast, variant):
     """openpi's SentencePiece never reads "</s>" or "<pad>" in a task as EOS or padding; LeRobot's transformers
