@@ -97,6 +97,8 @@ def test_dataset_stats_are_read_from_meta_stats_json_not_recomputed():
     dataset = LeRobotDataset(root, 10, CAMERA_MAP)
     stats = dataset_norm_stats(dataset, "quantile")
     _assert_stats_are(stats, _stats_json(root))
+    with pytest.raises(ValueError, match="mode must be one of 'zscore', 'quantile', got 'z_score'"):  # a bare KeyError
+        dataset_norm_stats(dataset, "z_score")
     exact = compute_norm_stats(dataset)  # LeRobot's q01/q99 average per-episode quantiles: not the exact ones
     assert not np.allclose(stats.actions.q01, exact.actions.q01) and not np.allclose(stats.state.q99, exact.state.q99)
     np.testing.assert_allclose(stats.actions.mean, exact.actions.mean, rtol=1e-5)  # a pooled mean is the mean

@@ -345,6 +345,8 @@ _RECOMPUTE = "; `pi train --recompute-stats` computes the statistics from the fr
 def dataset_norm_stats(dataset: LeRobotDataset, mode: str) -> NormStats:
     """State and action statistics from the dataset's `meta/stats.json`, as LeRobot normalises with them (its
     q01/q99 are count-weighted means of per-episode quantiles). Stops when the file lacks what `mode` needs."""
+    if mode not in NEEDED_STATS:
+        raise ValueError(f"mode must be one of {', '.join(map(repr, NEEDED_STATS))}, got {mode!r}.")
     path = dataset.root / "meta" / "stats.json"
     if not path.is_file():
         raise DatasetError(f"{path}: missing{_RECOMPUTE}")
