@@ -153,6 +153,17 @@ class PiConfig(PreTrainedConfig):
             raise ValueError(f"knowledge_insulation is a π0.5 training mode, not {self.variant}'s.")
         self._check_architecture()
 
+    def validate_values(self) -> None:
+        """`check`, as one of transformers' class validators: `save_pretrained` runs them before it writes."""
+        self.check()
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs):
+        """transformers' `from_dict`, then `check`: the keywords of `from_pretrained` are set after construction."""
+        loaded = super().from_dict(config_dict, **kwargs)
+        (loaded[0] if isinstance(loaded, tuple) else loaded).check()
+        return loaded
+
     def validate_rtc(self) -> None:
         """`rtc_max_delay` is 0, or a flow model's clean action prefix, shorter than its chunk."""
         if not self.rtc_max_delay:

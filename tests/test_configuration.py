@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from transformers import AutoConfig
 
 from conftest import OPENPI, tiny_config
 from modeling_pi import PiConfig, PiForActionGeneration
@@ -66,6 +67,14 @@ def test_values_given_to_from_pretrained_are_checked_as_at_construction(tmp_path
     PiForActionGeneration(tiny_config("pi0")).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match=message):
         PiForActionGeneration.from_pretrained(tmp_path, **overrides)
+    with pytest.raises(ValueError, match=message):  # the config alone, as AutoConfig loads it
+        AutoConfig.from_pretrained(tmp_path, **overrides)
+    config = tiny_config("pi0")
+    for name, value in overrides.items():
+        setattr(config, name, value)
+    with pytest.raises(Exception, match=message):  # never written: it would not load
+        config.save_pretrained(tmp_path / "config")
+    assert not (tmp_path / "config" / "config.json").exists()
 
 
 def test_a_clean_prefix_set_after_loading_is_checked_before_training_on_it():
