@@ -257,16 +257,19 @@ def _log(output: Path) -> list[float]:
     return [entry["loss"] for entry in state["log_history"] if "loss" in entry]
 
 
-def test_pi_train_lora_halves_the_loss_within_200_steps_and_saves_a_loadable_model(dataset_root, model_folder, tmp_path):
+def test_pi_train_lora_halves_the_loss_within_200_steps_and_saves_a_loadable_model(dataset_root, model_folder, tmp_path,
+                                                                                   monkeypatch):
     output = tmp_path / "run"
-    code = pi_cli.main(["train", "--model", str(model_folder), "--dataset", str(dataset_root), "--output", str(output),
+    monkeypatch.chdir(model_folder.parent)  # --model as a relative path
+    code = pi_cli.main(["train", "--model", model_folder.name, "--dataset", str(dataset_root), "--output", str(output),
                         "--lora", "--steps", "200", "--batch-size", "8", "--learning-rate", "3e-3", "--warmup-steps", "10",
                         "--logging-steps", "10", "--save-steps", "200", *MAP_ARGS])
     assert code == 0
     losses = _log(output)
     assert len(losses) == 20 and min(losses[-5:]) < 0.5 * losses[0], losses
     assert (output / "loss_curve.png").stat().st_size > 0
-    assert (output / "adapter" / "adapter_config.json").is_file()
+    adapter = json.loads((output / "adapter" / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == str(model_folder.resolve())  # found from any folder
     for name in ("norm_stats.json", "stats.json"):
         assert (output / "norm_stats" / name).is_file()
     card = ModelCard.load(output / "README.md")  # ready for `pi push`: card and remote code

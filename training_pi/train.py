@@ -291,6 +291,8 @@ def train(args: argparse.Namespace) -> Path:
     if trainer.is_world_process_zero():
         write_norm_stats(processor.norm_stats, output / "norm_stats")
         if not args.full:
+            if Path(args.model).is_dir():  # the adapter names its base as typed: a relative path read from elsewhere fails
+                trainable.peft_config[trainable.active_adapter].base_model_name_or_path = str(Path(args.model).resolve())
             trainable.save_pretrained(output / "adapter")
             trainable = trainable.merge_and_unload()
         trainable.save_pretrained(output, state_dict=weights)
