@@ -4,9 +4,12 @@ An openpi checkpoint is trained and served under a config (`pi0_aloha`, `pi05_dr
 variant, the action horizon, the prompt length, whether π0.5 reads the state in its prompt, which
 `assets/<asset_id>/norm_stats.json` holds its statistics, and the robot: camera layout, state keys, ALOHA's
 conversion, delta actions, action dims, default prompt, server metadata. `OPENPI_CONFIGS` holds those facts
-for openpi's inference and fine-tuning configs (from its `training/config.py`); `pi convert openpi --config
-NAME` records them in the converted folder, and a user's own robot declares the same in a JSON file
-(`PolicyConfig.from_json`, `--robot robot.json`):
+for openpi's inference and fine-tuning configs (its `training/config.py` and PolaRiS configs), except those
+that need what the π models here lack: LoRA fine-tunes (`*_low_mem_finetune`: their adapters are not merged on
+conversion), the binning and FSQ action tokenizers, RoboArena's baselines (openpi at this commit cannot build
+their data configs either) and the debug models. `pi convert openpi --config NAME` records them in the
+converted folder, and a user's own robot declares the same in a JSON file (`PolicyConfig.from_json`,
+`--robot robot.json`):
 
     {"action_horizon": 10, "asset_id": "my_arm",
      "robot": {"cameras": {"base_0_rgb": "observation/image", "left_wrist_0_rgb": "observation/wrist_image",
@@ -146,6 +149,14 @@ def _configs() -> dict[str, PolicyConfig]:
         "pi05_full_droid_finetune": PolicyConfig(variant="pi05", robot=_droid("pi05", delta=True), action_horizon=16,
                                                  asset_id=droid),
         "pi05_droid_finetune": PolicyConfig(variant="pi05", robot=_droid("pi05"), action_horizon=16, asset_id=droid),
+        # PolaRiS (training/misc/polaris_config.py): DROID's absolute joint positions, as deltas of the state
+        "pi05_droid_jointpos_polaris": PolicyConfig(variant="pi05", robot=_droid("pi05", delta=True), action_horizon=15,
+                                                    asset_id=droid),
+        "pi0_fast_droid_jointpos_polaris": PolicyConfig(variant="pi0_fast", robot=_droid("pi0_fast", delta=True),
+                                                        action_horizon=10, max_token_len=180, asset_id=droid),
+        **{name: PolicyConfig(variant="pi0", robot=_droid("pi0", delta=True), action_horizon=10, max_token_len=100,
+                              asset_id=droid)
+           for name in ("pi0_droid_jointpos_polaris", "pi0_droid_jointpos_100k_polaris")},
     })
     return {name: replace(config, robot=replace(config.robot, name=name)) for name, config in configs.items()}
 

@@ -205,6 +205,15 @@ def test_configs_beyond_the_fixtures_follow_openpis_definitions(tmp_path):
     out = pipeline("robotics", model=str(folder))(libero)
     assert out["actions"].shape == (10, 7)
 
+    # PolaRiS: DROID joint positions, as deltas of the state on the 7 joints (openpi's polaris_config.py)
+    for name, (variant, horizon, tokens) in {"pi05_droid_jointpos_polaris": ("pi05", 15, None),  # π0.5's 200
+                                             "pi0_fast_droid_jointpos_polaris": ("pi0_fast", 10, 180),
+                                             "pi0_droid_jointpos_polaris": ("pi0", 10, 100),
+                                             "pi0_droid_jointpos_100k_polaris": ("pi0", 10, 100)}.items():
+        config = openpi_config(name)
+        assert (config.variant, config.action_horizon, config.max_token_len, config.asset_id) == (variant, horizon, tokens, "droid")
+        assert config.robot.delta_action_mask == [True] * 7 + [False] and config.robot.action_dim == 8
+
 
 def test_pi_serve_drives_openpis_client_and_chunk_broker(policy):
     """`pi serve --model OUT` for an ALOHA and a DROID policy: openpi's client and ActionChunkBroker get the
