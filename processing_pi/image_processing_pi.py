@@ -114,7 +114,7 @@ class PiImageProcessor(BaseImageProcessor):
         if not np.isfinite(array).all() or array.min() < low or array.max() > high:
             raise ValueError(
                 f"Camera {camera!r}: float images must lie in [{low:g}, {high:g}] (float_range), "
-                f"got values in [{np.nanmin(array):g}, {np.nanmax(array):g}]."
+                f"got values in [{float(np.nanmin(array))!r}, {float(np.nanmax(array))!r}]."
             )
         return array
 

@@ -125,7 +125,8 @@ def _fit(prefix: list[int], max_len: int, variant: str, postfix: list[int] = ())
                             f"{len(postfix)} training targets. Shorten the task or raise max_token_len.")
     cut = len(prefix) + len(postfix) - max_len
     if cut > 0:
-        what = f"{cut} of the {len(postfix)} training target tokens" if postfix else f"the last {cut} tokens of the task"
+        what = (f"{cut} of the {len(postfix)} training target tokens" if postfix
+                else f"the last {cut} tokens of the prompt (the newline that closes the task first)")
         logger.warning("Prompt longer than max_token_len=%d: %s cut off.", max_len, what)
 
 

@@ -91,7 +91,7 @@ def test_a_long_pi0_task_is_cut_with_a_warning_saying_what_went(tokenizer, caplo
     out = _processor(tokenizer, "pi0", max_token_len=8)(images=IMAGE, prompt=PROMPTS[3], state=np.zeros(7))
     full = _processor(tokenizer, "pi0", max_token_len=200)(images=IMAGE, prompt=PROMPTS[3], state=np.zeros(7))
     assert out["input_ids"].shape == (1, 8) and out["attention_mask"].all()
-    assert f"the last {int(full['attention_mask'].sum()) - 8} tokens of the task cut off" in caplog.text
+    assert f"the last {int(full['attention_mask'].sum()) - 8} tokens of the prompt (the newline that closes the task first) cut off" in caplog.text
 
 
 @pytest.mark.parametrize("variant", ["pi05", "pi0_fast"])
@@ -284,6 +284,8 @@ def test_float_range_minus_one_to_one_is_accepted_when_declared():
     np.testing.assert_allclose(out[0], image.transpose(2, 0, 1), atol=2 / 255)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         PiImageProcessor().preprocess(image)
+    with pytest.raises(ValueError, match=r"got values in \[0.0, 1.0000001\]"):  # not "[0, 1]", as :g rounds it
+        PiImageProcessor().preprocess(np.full((4, 4, 3), [0.0, 0.5, 1.0000001]))
 
 
 def test_bad_prompt_state_and_actions_are_refused(tokenizer):
