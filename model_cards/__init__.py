@@ -216,7 +216,8 @@ def render_model_card(
         num_parameters=f"{num_parameters:,}",
         image_keys=", ".join(f"`{key}`" for key in cameras),
         num_cameras=len(cameras),
-        state_row=f"[B, {config.action_dim}], normalised" if config.variant == "pi0" else "in the prompt (256 bins)",
+        state_row=_state_row(config, processor),
+        state_in_prompt=config.variant != "pi0" and (processor is None or processor.discrete_state_input),
         action_horizon=config.action_horizon,
         action_dim=config.action_dim,
         max_token_len=config.max_token_len,
@@ -237,6 +238,14 @@ def render_model_card(
     return ModelCard(text)
 
 
+def _state_row(config, processor) -> str:
+    if config.variant == "pi0":
+        return f"[B, {config.action_dim}], normalised"
+    if processor is not None and not processor.discrete_state_input:
+        return "not read (trained without it in the prompt)"
+    return "in the prompt (256 bins)"
+
+
 def _conventions_sentence(processor) -> str:
     if processor is None or processor.conventions != "lerobot":
         return ""
@@ -247,11 +256,14 @@ def _conventions_sentence(processor) -> str:
                                                  "the action tokens." if processor.variant == "pi0_fast" else "."))
 
 
-def retarget_card(text: str, old_id: str, new_id: str) -> str:
-    """The card with its title and usage examples naming `new_id` where they named `old_id`."""
-    if old_id == new_id:
+def retarget_card(text: str, new_id: str) -> str:
+    """The card with its title and usage examples naming `new_id` where they named the model its title names
+    ("# π0 (NAME)"): the folder it was written into, or a repository pushed to before. A card with no such title
+    is returned as it is."""
+    title = re.search(r"^# .*\((.+)\)$", text, flags=re.MULTILINE)
+    if title is None or title[1] == new_id:
         return text
-    old = re.escape(old_id)
+    old = re.escape(title[1])
     text = re.sub(rf'(?<=[(=`])"{old}"', f'"{new_id}"', text)  # from_pretrained("…", model="…", `"…"`: not a camera
     text = re.sub(rf"--model {old}(?=[\s`])", f"--model {new_id}", text)
     return re.sub(rf"^(# .*)\({old}\)$", rf"\1({new_id})", text, flags=re.MULTILINE)

@@ -221,6 +221,25 @@ def test_pi_push_uploads_exactly_the_folder_the_code_and_a_card_naming_the_repo(
     assert card.text.lstrip().splitlines()[0].endswith("(org/pi-test)")
 
 
+def test_the_card_is_retargeted_from_the_name_it_gives_whatever_the_folder_is_called(published, tmp_path, capsys):
+    """A folder renamed, copied or pushed before still has its card name the repository it goes to; an adapter whose
+    base is a local folder stays home."""
+    folder = Path(shutil.copytree(published("pi0"), tmp_path / "renamed"))
+    first = push.hub_files(folder, "org/first")["README.md"].decode()
+    assert "(org/first)" in first and '"pi0-fixture"' not in first
+    (folder / "README.md").write_text(first)  # as pushed once, then pushed elsewhere
+    second = push.hub_files(folder, "org/second")["README.md"].decode()
+    assert "(org/second)" in second and '"org/first"' not in second and 'from_pretrained("org/second"' in second
+
+    (folder / "adapter").mkdir()
+    (folder / "adapter" / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(tmp_path / "base")}))
+    (folder / "adapter" / "adapter_model.safetensors").write_bytes(b"")
+    assert not any(name.startswith("adapter/") for name in push.hub_files(folder, "org/second"))
+    assert f"adapter/ is left out: its base model is the local folder {tmp_path / 'base'}" in capsys.readouterr().err
+    (folder / "adapter" / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "org/pi-base"}))
+    assert "adapter/adapter_config.json" in push.hub_files(folder, "org/second")
+
+
 def test_sharded_weights_are_pushed_whole_and_training_leftovers_are_not(published, tmp_path, hub):
     source = published("pi0")
     folder = tmp_path / "trained"

@@ -253,6 +253,23 @@ def test_retargeting_a_card_renames_the_model_not_a_camera_of_the_same_name():
     processor = PiProcessor(PiImageProcessor(size=config.vision_config.image_size), task_tokenizer(), variant="pi05",
                             image_keys=config.image_keys, max_token_len=config.max_token_len)
     card = render_model_card(config, 1, "scene", "Trained.", processor=processor)
-    pushed = retarget_card(card.content, "scene", "org/scene")
+    pushed = retarget_card(card.content, "org/scene")
     assert '"scene"' not in pushed.split("## Use")[1].replace('["scene", "wrist"]', "")
     assert '["scene", "wrist"]' in pushed and 'from_pretrained("org/scene"' in pushed
+
+
+def test_the_card_describes_the_state_and_the_fast_tokenizer_the_folder_has():
+    """π0.5 trained without the state in its prompt (openpi's pi05_libero) reads none; a π0-FAST folder without a
+    processor has no FAST tokenizer; π0-FAST's actions are FAST tokens at the robot's dims, not padded."""
+    config = tiny_config("pi05", max_token_len=40)
+    processor = PiProcessor(PiImageProcessor(size=config.vision_config.image_size), task_tokenizer(), variant="pi05",
+                            image_keys=config.image_keys, max_token_len=40, discrete_state_input=False)
+    text = render_model_card(config, 1, "org/libero", "Converted.", processor=processor).text
+    assert "State: {bins}" not in text and "trained without the state in its prompt" in text
+    assert "| state | not read (trained without it in the prompt) |" in text and "discretised robot state" not in text
+    assert "State: {bins}" in render_model_card(config, 1, "org/droid", "Converted.", processor=processor.replace(
+        discrete_state_input=True)).text
+
+    fast = render_model_card(tiny_config("pi0_fast"), 1, "org/fast", "Converted.").text
+    assert "ships in `fast_tokenizer/`" not in fast and "This folder has no processor, hence no FAST" in fast
+    assert "steps × the robot's dims, as FAST tokens" in fast and "zero-padded" not in fast
