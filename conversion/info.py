@@ -146,7 +146,8 @@ def _state(config: PiConfig, processor: PiProcessor | None) -> dict:
         robot_dim, source = processor.robot.state_dim, "robot"
     elif processor is not None and processor.norm_stats is not None:
         robot_dim, source = processor.norm_stats.state.dim, "statistics"
-    read_as = "prompt" if _prompt(config, processor)["state_in_prompt"] else "vector"
+    # π0.5 trained without the state in its prompt (openpi's discrete_state_input=False) reads none
+    read_as = "prompt" if _prompt(config, processor)["state_in_prompt"] else "vector" if config.variant == "pi0" else "unused"
     return {"robot_dim": robot_dim, "robot_dim_from": source, "read_as": read_as,
             "model_dim": config.action_dim if config.variant == "pi0" else None}
 
@@ -262,8 +263,8 @@ def _prompt_line(prompt: dict) -> str:
 
 
 def _state_line(state: dict) -> str:
-    where = ("read in the prompt as 256 bins" if state["read_as"] == "prompt"
-             else f"a vector zero-padded to {state['model_dim']}")
+    where = {"prompt": "read in the prompt as 256 bins", "unused": "not read by the model (not in its prompt)",
+             "vector": f"a vector zero-padded to {state['model_dim']}"}[state["read_as"]]
     return f"{_dims(state['robot_dim'], state['robot_dim_from'], 'robot dims not fixed (no statistics or robot layout)')}, {where}"
 
 

@@ -120,6 +120,17 @@ def test_the_model_gets_the_inputs_openpi_builds(policy, name):
 
 
 @torch.no_grad()
+def test_pi_info_and_the_card_say_pi05_libero_reads_no_state(policy, capsys):
+    """openpi's pi05_libero trains without the state in its prompt: the folder says the model does not read it."""
+    folder = policy("pi05_libero")
+    capsys.readouterr()
+    assert pi_cli.main(["info", str(folder), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["state"]["read_as"] == "unused"
+    assert pi_cli.main(["info", str(folder)]) == 0
+    assert "not read by the model (not in its prompt)" in capsys.readouterr().out
+    assert "trained without the state in its prompt" in (folder / "README.md").read_text()
+
+
 def test_a_batch_of_observations_gives_each_its_own_actions(policy):
     """Three ALOHA observations of different image sizes, one without its right wrist camera, in one model call."""
     _, observations, io = _fixture("pi0_aloha")
