@@ -67,7 +67,7 @@ from conversion.hf_folder import (DTYPES, ConversionError, build_processor, chec
 from conversion.json_files import index_shards, read_json
 from conversion.push import add_publish_arguments, card_options, publish
 from processing_pi.normalization import NEEDED_STATS, ArrayStats, NormStats
-from processing_pi.prompts import FAST_SKIP_TOKENS
+from processing_pi.prompts import FAST_SKIP_TOKENS, LEROBOT_ACTION_TOKENS
 
 LEROBOT_VARIANTS = {"pi0": "pi0", "pi05": "pi05", "pi0_fast": "pi0_fast", "pi0fast": "pi0_fast"}
 # `pi convert` sources of transformers' folders -> the variant (their config's model_type) and class prefix
@@ -336,6 +336,11 @@ def lerobot_decoding_notes(settings: dict, path: Path) -> list[str]:
     if temperature:
         notes.append(f"LeRobot samples its FAST tokens at temperature {temperature}; the converted model decodes greedily "
                      f"unless asked: generate_actions(..., temperature={temperature})")
+    targets = settings.get("max_action_tokens", LEROBOT_ACTION_TOKENS)
+    if targets != LEROBOT_ACTION_TOKENS:
+        notes.append(f"LeRobot pads or cuts this policy's FAST training targets to max_action_tokens={targets}; the "
+                     f"converted processor writes them to {LEROBOT_ACTION_TOKENS}, LeRobot's default (generation is "
+                     "unaffected)")
     steps, chunk = settings.get("n_action_steps"), settings.get("chunk_size")
     if steps and chunk and steps != chunk:
         notes.append(f"LeRobot decodes this policy's FAST tokens, which encode chunks of chunk_size={chunk} steps, as "

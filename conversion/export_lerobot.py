@@ -46,6 +46,7 @@ from conversion.convert_lerobot import (EMBEDDING, IMAGE_PREFIX, LEROBOT_QUERY_H
 from conversion.hf_folder import ConversionError, check_complete, check_output, staged_folder, weights_dtype
 from processing_pi import PiProcessor
 from processing_pi.processing_pi import PROCESSOR_CONFIG
+from processing_pi.prompts import LEROBOT_ACTION_TOKENS
 
 JOB = "pi export lerobot"
 POLICY_PREFIX = "model."  # LeRobot's policy wrapper
@@ -248,7 +249,8 @@ def lerobot_config(config: PiConfig, processor: PiProcessor, dims: tuple[int, in
             max_period=config.max_period,
         )
     else:
-        settings.update(max_action_tokens=config.max_new_tokens, max_decoding_steps=config.max_new_tokens,
+        # the training targets' length, as the processor writes them under LeRobot's conventions; decoding's own budget
+        settings.update(max_action_tokens=LEROBOT_ACTION_TOKENS, max_decoding_steps=config.max_new_tokens,
                         text_tokenizer_name=PALIGEMMA_TOKENIZER, action_tokenizer_name=FAST_TOKENIZER)
     return settings
 
@@ -276,7 +278,7 @@ def preprocessor_steps(config: PiConfig, processor: PiProcessor, dims: tuple[int
     steps = [*start, relative, normaliser, _step(STATE_STEPS[config.variant]), tokenizer]
     if config.variant == "pi0_fast":
         steps.append(_step("action_tokenizer_processor", {"trust_remote_code": True,
-                                                          "max_action_tokens": config.max_new_tokens,
+                                                          "max_action_tokens": LEROBOT_ACTION_TOKENS,
                                                           "action_tokenizer_name": FAST_TOKENIZER}))
     return [*steps, device]
 

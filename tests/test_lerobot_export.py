@@ -105,6 +105,18 @@ def test_ours_to_lerobot_and_back_is_exact(tmp_path, capsys, variant, norm_mode,
     assert (first.conventions, second.conventions) == ("openpi", "lerobot")
 
 
+def test_fast_training_targets_keep_their_length_whatever_the_decoding_budget(tmp_path, capsys):
+    """LeRobot's max_action_tokens is the training targets' length (the processor's 256), max_decoding_steps the
+    generation budget (the model's max_new_tokens)."""
+    source = our_folder(tmp_path / "ours", "pi0_fast", max_new_tokens=40)
+    code, _, err = _pi(capsys, "export", "lerobot", source, tmp_path / "lerobot", "--allow-custom-sizes")
+    assert code == 0, err
+    config = json.loads((tmp_path / "lerobot" / "config.json").read_text())
+    assert (config["max_action_tokens"], config["max_decoding_steps"]) == (256, 40)
+    steps = json.loads((tmp_path / "lerobot" / "policy_preprocessor.json").read_text())["steps"]
+    assert next(s for s in steps if s["registry_name"] == "action_tokenizer_processor")["config"]["max_action_tokens"] == 256
+
+
 def test_the_lerobot_layout_is_what_our_importer_reads_back():
     """On the weights alone: LeRobot's names and extra heads, renamed back, fill the model exactly."""
     for variant in VARIANTS:

@@ -296,9 +296,11 @@ def test_fast_decoding_settings_the_model_does_not_carry_are_refused_or_said(tmp
     (folder / "config.json").write_text(json.dumps({**settings, "fast_skip_tokens": 64}))
     assert _convert(folder, tmp_path / "out") == 1
     assert "config.json: fast_skip_tokens is 64; π0-FAST here places FAST tokens 128 ids" in capsys.readouterr().err
-    (folder / "config.json").write_text(json.dumps({**settings, "temperature": 0.7, "n_action_steps": 4}))
+    (folder / "config.json").write_text(json.dumps({**settings, "temperature": 0.7, "n_action_steps": 4,
+                                                    "max_action_tokens": 40}))
     assert _convert(folder, tmp_path / "out") == 0
     out = " ".join(capsys.readouterr().out.split())
+    assert "FAST training targets to max_action_tokens=40; the converted processor writes them to 256" in out
     assert "generate_actions(..., temperature=0.7)" in out
     assert "chunks of chunk_size=10 steps, as n_action_steps=4 steps" in out  # LeRobot's reading, not the converted model's
 
