@@ -161,6 +161,10 @@ class PiForActionGeneration(PiPreTrainedModel):
         self.compute_options = PiComputeOptions()
         self.compiled_generation: CompiledGeneration | None = None  # see compile_generation
         self.post_init()
+        # what transformers' quantizers (TorchAoConfig, ...) leave unquantized: the modules above by their full names,
+        # which those match from the start (the adaRMS modulation sits in every expert layer)
+        self._keep_in_fp32_modules |= {name for name, _ in self.named_modules()
+                                       if name.split(".")[-1] in self._keep_in_fp32_modules_strict}
 
     def _init_flow_head(self, config: PiConfig):
         """The action expert and the projections between action chunks, flow time and expert width."""

@@ -57,6 +57,9 @@ def test_transformers_quantization_config_loads_a_quantized_model(tmp_path):
     model.save_pretrained(tmp_path)
     loaded = AutoModel.from_pretrained(tmp_path, quantization_config=TorchAoConfig(Int8WeightOnlyConfig()))
     assert is_quantized(loaded.action_expert.layers[0].mlp.up_proj.weight)
+    kept = [module.weight for name, module in loaded.named_modules()  # the flow head and the modulation, as documented
+            if name.split(".")[-1] in loaded._keep_in_fp32_modules_strict and hasattr(module, "weight")]
+    assert len(kept) > 5 and not any(is_quantized(weight) or weight.dtype != torch.float32 for weight in kept)
     actions = loaded.generate_actions(*model_args(inputs), noise=inputs["noise"])
     assert (actions - expected).abs().max() < 0.01 * expected.abs().max()
     loaded.save_pretrained(tmp_path / "int8")  # saved quantized, with the config that says how
