@@ -520,6 +520,8 @@ def convert_checkpoint(
         architecture = PiConfig.from_json_file(config_path) if config_path else None
         config = lerobot_config(settings, {name: tuple(t.shape) for name, t in renamed.items()}, architecture, image_keys)
         norm_stats, norm_mode, norm_note = lerobot_norm_stats(checkpoint)
+        if norm_stats is None:  # else the statistics' dims say it, and training on other data replaces them
+            robot_action_dim = lerobot_action_dim(settings, checkpoint / "config.json")
         notes += lerobot_decoding_notes(settings, checkpoint / "config.json") if variant == "pi0_fast" else []
         notes.append(norm_note)
         if norm_stats is None and norm_note is None and tokenizer is not None:
@@ -527,7 +529,6 @@ def convert_checkpoint(
                          "step), so the processor has none: add them with PiProcessor.from_pretrained(folder, "
                          "norm_stats=FILE).save_pretrained(folder)")
         conventions = "lerobot"
-        robot_action_dim = lerobot_action_dim(settings, checkpoint / "config.json")
         if architecture is None:
             notes.append(siglip_heads(config.vision_config.hidden_size)[1])
     else:

@@ -339,13 +339,16 @@ class PiForActionGeneration(PiPreTrainedModel):
         }
         hidden = (prefix, suffix)
         checkpointing = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
+        # the layers transformers marked (`every_n_layers`); all of them where none is, as when the flag was set by hand
+        marked = [layer.gradient_checkpointing for layer in self.language_model.layers]
+        marked = marked if any(marked) else [True] * len(marked)
         expert_layers = self.action_expert.layers if self.action_expert is not None else [None] * len(self.language_model.layers)
         last = len(self.language_model.layers) - 1
         for idx, layers in enumerate(zip(self.language_model.layers, expert_layers)):
             run = partial(_joint_layer_positional, layers, layer_idx=idx, read=read if trim and idx == last else None, **layer_kwargs)
-            # each layer as transformers marked it (`every_n_layers`); the flow-time conditioning is an input of the
-            # checkpoint, so that a reentrant backward reaches the time MLP once
-            if checkpointing and layers[0].gradient_checkpointing:
+            # the flow-time conditioning is an input of the checkpoint, so that a reentrant backward reaches the time
+            # MLP once
+            if checkpointing and marked[idx]:
                 hidden = self._gradient_checkpointing_func(run, *hidden, adarms_cond)
             else:
                 hidden = run(*hidden, adarms_cond)

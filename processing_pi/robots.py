@@ -9,8 +9,8 @@ holds what openpi's policy configs say about that, as data that a processor save
   masked out unless `show_blank_cameras` (openpi trains π0-FAST with its black padding images visible).
   Cameras named in `optional_cameras` may be missing from an observation: they are then black and masked.
   `other_images` (ALOHA's `images/cam_low`): the images a robot sends beside its cameras, in the dicts that
-  hold them. Given, any other key there is refused, since a misnamed optional camera would be read as
-  missing; left `None`, those dicts are not checked.
+  hold them. Given, any other image there (an array of 3 dims) is refused, since a misnamed optional camera
+  would be read as missing; left `None`, those dicts are not checked.
   `image_layout` "chw" reads channel-first images (ALOHA's); "auto" takes either.
 - `state_keys`: the observation keys whose values, concatenated, are the state (`state_dim` long).
 - `adapt_to_pi` (ALOHA's 14 dims: two arms of 6 joints and a gripper): joints 1, 2, 8 and 9 change sign,
@@ -124,8 +124,9 @@ class Robot:
             raise ValueError("A robot needs the observation keys of its state (state_keys).")
         for name in ("state_dim", "action_dim"):
             value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
                 raise ValueError(f"{name} must be a whole number of at least 1, got {value!r}.")
+            setattr(self, name, None if value is None else int(value))
         if self.other_images is not None:
             self.other_images = list(self.other_images)
             if not all(isinstance(key, str) and "/" in key for key in self.other_images):
@@ -183,11 +184,13 @@ class Robot:
         return images
 
     def _check_image_dicts(self, observation: dict) -> None:
-        """Refuses a key, in a dict holding the robot's cameras, that is neither one of them nor in `other_images`."""
+        """Refuses an image (an array of 3 dims), in a dict holding the robot's cameras, that is neither one of them
+        nor in `other_images`; the state, the prompt and other values may sit beside them."""
         known = {key for key in self.cameras.values() if key} | set(self.other_images)
         for parent in sorted({key.rpartition("/")[0] for key in known if "/" in key}):
             holder = _lookup(observation, parent)
-            unknown = sorted(f"{parent}/{name}" for name in holder if f"{parent}/{name}" not in known) if isinstance(holder, dict) else []
+            unknown = sorted(f"{parent}/{name}" for name, value in holder.items()
+                             if f"{parent}/{name}" not in known and np.ndim(value) == 3) if isinstance(holder, dict) else []
             if unknown:
                 expected = sorted(key for key in known if key.startswith(f"{parent}/"))
                 raise ObservationError(f"Unknown image(s) {', '.join(map(repr, unknown))}; the robot reads "

@@ -428,6 +428,19 @@ def test_robot_layouts_that_cannot_read_a_state_are_refused_by_name():
         aloha.state({"state": np.zeros(12)})
     with pytest.raises(ValueError, match="other_images are keys inside the dict"):
         Robot(cameras=camera, state_keys=["state"], other_images=["cam_low"])
+    assert Robot(cameras=camera, state_keys=["state"], state_dim=np.int64(7)).state_dim == 7
+
+
+def test_other_images_refuses_a_misnamed_camera_and_takes_the_values_beside_the_images():
+    robot = Robot(cameras={"base_0_rgb": "observation/image", "left_wrist_0_rgb": "observation/wrist_image"},
+                  optional_cameras=["left_wrist_0_rgb"], other_images=["observation/depth"],
+                  state_keys=["observation/state"], prompt_key="observation/prompt")
+    image = np.zeros((8, 8, 3), np.uint8)
+    observation = {"observation": {"image": image, "depth": image, "state": np.zeros(7), "prompt": "go", "step": 3}}
+    assert robot.read(observation)["images"]["left_wrist_0_rgb"] is None
+    observation["observation"]["wirst_image"] = image
+    with pytest.raises(ObservationError, match=re.escape("Unknown image(s) 'observation/wirst_image'")):
+        robot.read(observation)
 
 
 def test_wire_format_is_openpis_and_refuses_what_is_not_plain_numbers():
