@@ -25,6 +25,7 @@ import numpy as np
 from huggingface_hub import ModelCard, ModelCardData
 
 from configuration_pi.configuration_pi import _GEMMA_2B, _GEMMA_300M, _SIGLIP_SO400M
+from processing_pi.processing_pi import DEFAULT_NORM_MODE
 
 TITLES = {"pi0": "π0", "pi05": "π0.5", "pi0_fast": "π0-FAST"}
 # π checkpoints start from PaliGemma 3B (224 px), whose SigLIP and Gemma weights they fine-tune.
@@ -232,10 +233,14 @@ def render_model_card(
             "robot's data (`pi train` computes them), or feed already normalised inputs."
         ),
         conventions_sentence=_conventions_sentence(processor),
+        norm_formula=NORM_FORMULAS[processor.norm_mode if processor is not None else DEFAULT_NORM_MODE[config.variant]],
         **architecture(config),
         **usage(config, processor, repo_id, remote_code, example_prompt),
     )
     return ModelCard(text)
+
+
+NORM_FORMULAS = {"zscore": "z-score: `(x - mean) / (std + 1e-6)`", "quantile": "quantile: `(x - q01) / (q99 - q01 + 1e-6) * 2 - 1`"}
 
 
 def _state_row(config, processor) -> str:

@@ -270,6 +270,9 @@ def test_the_card_describes_the_state_and_the_fast_tokenizer_the_folder_has():
     assert "State: {bins}" in render_model_card(config, 1, "org/droid", "Converted.", processor=processor.replace(
         discrete_state_input=True)).text
 
+    assert "z-score: `(x - mean) / (std + 1e-6)`, then zero-padded" in render_model_card(  # the processor's mode
+        config, 1, "org/libero", "Converted.", processor=processor.replace(norm_mode="zscore")).text
+
     fast = render_model_card(tiny_config("pi0_fast"), 1, "org/fast", "Converted.").text
     assert "ships in `fast_tokenizer/`" not in fast and "This folder has no processor, hence no FAST" in fast
     assert "steps × the robot's dims, as FAST tokens" in fast and "zero-padded" not in fast
