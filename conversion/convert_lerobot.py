@@ -442,7 +442,8 @@ def lerobot_norm_stats(folder: Path) -> tuple[NormStats | None, str | None, str 
         missing = [f"{theirs}.{name}" for name in names.values() if f"{theirs}.{name}" not in flat]
         if missing:
             raise ConversionError(f"{path}: the {kind} normaliser needs {', '.join(missing)}, which the file lacks.")
-        saved = {name: flat.get(f"{theirs}.{name}") for name in ("mean", "std", "q01", "q99")}  # a range's bounds replace q01, q99
+        # all four kept as saved, a range's bounds then in q01 and q99
+        saved = {name: flat.get(f"{theirs}.{name}") for name in ("mean", "std", "q01", "q99")}
         stats[ours] = ArrayStats(**{**saved, **{name: flat[f"{theirs}.{lerobots}"] for name, lerobots in names.items()}})
     others = [f"the {what} by {kind} ([{', '.join(RANGE_STATS[kind])}] onto [-1, 1])"
               for what, kind in zip(("state", "actions"), kinds) if kind in ("MIN_MAX", "QUANTILE10")]

@@ -147,7 +147,8 @@ def _state(config: PiConfig, processor: PiProcessor | None) -> dict:
     elif processor is not None and processor.norm_stats is not None:
         robot_dim, source = processor.norm_stats.state.dim, "statistics"
     # π0.5 trained without the state in its prompt (openpi's discrete_state_input=False) reads none
-    read_as = "prompt" if _prompt(config, processor)["state_in_prompt"] else "vector" if config.variant == "pi0" else "unused"
+    read_as = ("prompt" if _prompt(config, processor)["state_in_prompt"]
+               else "vector" if config.variant == "pi0" else "unused")
     return {"robot_dim": robot_dim, "robot_dim_from": source, "read_as": read_as,
             "model_dim": config.action_dim if config.variant == "pi0" else None}
 

@@ -240,7 +240,8 @@ def render_model_card(
     return ModelCard(text)
 
 
-NORM_FORMULAS = {"zscore": "z-score: `(x - mean) / (std + 1e-6)`", "quantile": "quantile: `(x - q01) / (q99 - q01 + 1e-6) * 2 - 1`"}
+NORM_FORMULAS = {"zscore": "z-score: `(x - mean) / (std + 1e-6)`",
+                 "quantile": "quantile: `(x - q01) / (q99 - q01 + 1e-6) * 2 - 1`"}
 
 
 def _state_row(config, processor) -> str:

@@ -24,8 +24,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 logger = logging.getLogger(__name__)
 
 PROCESSOR_CONFIG = "processor_config.json"
-_SURROGATES = 0xD800  # the first code point that is no character: codes must stay below it
 TOKENIZER_FILE = "tokenizer.json"
+_SURROGATES = 0xD800  # the first code point that is no character: codes must stay below it
 
 
 def dct_matrix(n: int) -> np.ndarray:
@@ -105,12 +105,13 @@ class FastActionTokenizer:
             raise ValueError("Action chunks contain NaN or infinite values.")
         codes = self._coefficients(chunks) - self.min_token
         if codes.max() >= _SURROGATES:
-            raise ValueError(f"An action chunk's scaled DCT coefficient (×{self.scale:g}) reaches {codes.max() + self.min_token}, "
-                             "more than FAST can write as a character: the actions are far outside the range the "
-                             "tokenizer was fit on. Normalise them first.")
+            raise ValueError(f"An action chunk's scaled DCT coefficient (×{self.scale:g}) reaches "
+                             f"{codes.max() + self.min_token}, more than FAST can write as a character: the actions are "
+                             "far outside the range the tokenizer was fit on. Normalise them first.")
         texts = ["".join(map(chr, row)) for row in np.maximum(codes, 0)]
         ids = [encoding.ids for encoding in self.bpe.encode_batch(texts)]
-        altered = (codes < 0).any(axis=1) | [len(text) != codes.shape[1] for text in self.bpe.decode_batch(ids, skip_special_tokens=False)]
+        decoded = self.bpe.decode_batch(ids, skip_special_tokens=False)
+        altered = (codes < 0).any(axis=1) | [len(text) != codes.shape[1] for text in decoded]
         if altered.any():  # openpi tokenizes them so too, without a word
             logger.warning("%d of %d action chunk(s) do not survive FAST tokenization: coefficients below the tokenizer's "
                            "min_token are raised to it, and codes it has no token for are dropped, so their tokens decode "
@@ -136,8 +137,8 @@ class FastActionTokenizer:
             coefficients = self._decode_coefficients(ids, horizon * dim)
             valid[i] = coefficients is not None
             if not valid[i]:
-                logger.warning("FAST sequence %d does not decode to a %dx%d chunk; returning %s, flagged invalid.", i, horizon,
-                               dim, "LeRobot's reading of it" if lenient else "zeros")
+                logger.warning("FAST sequence %d does not decode to a %dx%d chunk; returning %s, flagged invalid.", i,
+                               horizon, dim, "LeRobot's reading of it" if lenient else "zeros")
                 coefficients = self._lenient_coefficients(ids, horizon * dim) if lenient else None
             if coefficients is not None:
                 actions[i] = inverse @ (coefficients.reshape(horizon, dim) / self.scale)
