@@ -61,7 +61,8 @@ def test_model_card_metadata_and_contents_come_from_the_config(published, varian
     assert text.startswith(f"\n# {TITLES[variant]} ({folder.name})")
     assert CITATIONS[variant] in text and "## Fine-tuning" in text and "## Parity with the reference" in text
     assert all(f"`{camera}`" in text for camera in config["image_keys"])
-    assert f"{config['action_horizon']} steps × {config['action_dim']} dims" in text
+    dims = "the robot's dims, as FAST tokens" if variant == "pi0_fast" else f"{config['action_dim']} dims"  # FAST: unpadded
+    assert f"{config['action_horizon']} steps × {dims}" in text
     assert f'AutoModel.from_pretrained("{folder.name}", trust_remote_code=True)' in text
     prompt = {"pi0": 'BOS + instruction + "\\n"', "pi05": '"Task: {instruction}, State: {bins};\\nAction: "',
               "pi0_fast": '"Action: " + FAST tokens + "|" + EOS'}[variant]
