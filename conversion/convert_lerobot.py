@@ -81,10 +81,9 @@ LEROBOT_QUERY_HEADS = 8  # LeRobot's joint attention reshapes its output to 8 he
 SIGLIP_HEADS = {32: 2, 192: 3, 384: 6, 512: 8, 768: 12, 1024: 16, 1152: 16, 1280: 16, 1408: 16, 1536: 16, 1664: 16,
                 1792: 16}
 SMALL_VIT_HEAD_DIM = 16  # the head width of the table's smallest entry (mu: 32 wide, 2 heads)
-# LeRobot normaliser modes -> the processor's
 # LeRobot's normalisers: z-score, or one formula over a range [low, high] (the processor's quantile mode)
-NORM_MODES = {"MEAN_STD": "zscore", "QUANTILES": "quantile", "MIN_MAX": "quantile", "QUANTILE10": "quantile"}
 RANGE_STATS = {"QUANTILES": ("q01", "q99"), "MIN_MAX": ("min", "max"), "QUANTILE10": ("q10", "q90")}
+NORM_MODES = {"MEAN_STD": "zscore", **dict.fromkeys(RANGE_STATS, "quantile")}
 IMAGE_PREFIX = "observation.images."
 EMBEDDING = "language_model.embed_tokens.weight"
 ARCHITECTURE_HINT = ("The architecture was inferred from the tensors' shapes; if it is not the checkpoint's, pass it "
@@ -446,7 +445,7 @@ def lerobot_norm_stats(folder: Path) -> tuple[NormStats | None, str | None, str 
         saved = {name: flat.get(f"{theirs}.{name}") for name in ("mean", "std", "q01", "q99")}
         stats[ours] = ArrayStats(**{**saved, **{name: flat[f"{theirs}.{lerobots}"] for name, lerobots in names.items()}})
     others = [f"the {what} by {kind} ([{', '.join(RANGE_STATS[kind])}] onto [-1, 1])"
-              for what, kind in zip(("state", "actions"), kinds) if kind in ("MIN_MAX", "QUANTILE10")]
+              for what, kind in zip(("state", "actions"), kinds) if kind in RANGE_STATS and kind != "QUANTILES"]
     note = None if not others else (f"its normaliser maps {' and '.join(others)} as QUANTILES maps [q01, q99]: the "
                                     "processor's quantile mode, with those bounds saved as its q01 and q99")
     return NormStats(**stats), mode, note

@@ -100,8 +100,8 @@ def hub_files(folder: str | Path, repo_id: str) -> dict[str, Path | bytes]:
         raise PushError(f"{folder} holds weight files that its index does not list: {', '.join(stray)}.")
     if "processor_config.json" in files and "tokenizer.json" not in files:
         raise PushError(f"{folder} has a processor_config.json but no tokenizer.json.")
-    adapter = folder / "adapter" / "adapter_config.json"
-    base = read_json(adapter, PushError).get("base_model_name_or_path") if "adapter/adapter_config.json" in files else None
+    adapter = files.get("adapter/adapter_config.json")
+    base = read_json(adapter, PushError).get("base_model_name_or_path") if adapter else None
     if base and Path(base).is_absolute():  # `pi train --lora` from a local folder: no one else could load it
         files = {name: path for name, path in files.items() if not name.startswith("adapter/")}
         print(f"pi push: note: adapter/ is left out: its base model is the local folder {base}; the folder's model "

@@ -208,6 +208,7 @@ def render_model_card(
     known_license, known_base = known_lineage(config)
     license, base_model = license or known_license, base_model or known_base
     cameras = config.image_keys
+    state_in_prompt = processor.discrete_state_input if processor is not None else config.variant != "pi0"
     text = _TEMPLATES.get_template(f"{config.variant}.md").render(
         card_data=card_data(config, license, base_model).to_yaml(),
         title=f"{TITLES[config.variant]} ({repo_id})",
@@ -217,8 +218,8 @@ def render_model_card(
         num_parameters=f"{num_parameters:,}",
         image_keys=", ".join(f"`{key}`" for key in cameras),
         num_cameras=len(cameras),
-        state_row=_state_row(config, processor),
-        state_in_prompt=config.variant != "pi0" and (processor is None or processor.discrete_state_input),
+        state_row=_state_row(config, state_in_prompt),
+        state_in_prompt=state_in_prompt,
         action_horizon=config.action_horizon,
         action_dim=config.action_dim,
         max_token_len=config.max_token_len,
@@ -244,12 +245,10 @@ NORM_FORMULAS = {"zscore": "z-score: `(x - mean) / (std + 1e-6)`",
                  "quantile": "quantile: `(x - q01) / (q99 - q01 + 1e-6) * 2 - 1`"}
 
 
-def _state_row(config, processor) -> str:
-    if config.variant == "pi0":
-        return f"[B, {config.action_dim}], normalised"
-    if processor is not None and not processor.discrete_state_input:
-        return "not read (trained without it in the prompt)"
-    return "in the prompt (256 bins)"
+def _state_row(config, state_in_prompt: bool) -> str:
+    if state_in_prompt:
+        return "in the prompt (256 bins)"
+    return f"[B, {config.action_dim}], normalised" if config.variant == "pi0" else "not read (trained without it in the prompt)"
 
 
 def _conventions_sentence(processor) -> str:

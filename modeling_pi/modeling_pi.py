@@ -146,7 +146,7 @@ class PiForActionGeneration(PiPreTrainedModel):
     GEMMA_STACKS = ("language_model", "action_expert")
 
     def __init__(self, config: PiConfig):
-        config.check()  # again: from_pretrained sets its keyword arguments after the config's construction checked it
+        config.check()  # again: the config may have been changed since it was built
         super().__init__(config)
         vision, text = config.vision_config, config.text_config
         self.vision_tower = SiglipVisionModel(vision)
