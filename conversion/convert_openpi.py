@@ -3,7 +3,7 @@
     pi convert openpi --checkpoint DIR --output OUT [--config NAME | --robot robot.json] [--variant pi0|pi05|pi0_fast] \\
         [--action-horizon N] [--max-token-len N] [--dtype float32|bfloat16] \\
         [--tokenizer paligemma_tokenizer.model] [--fast-tokenizer FOLDER] [--asset-id ID | --norm-stats FILE] \\
-        [--robot-action-dim N] [--license ID] [--base-model ORG/NAME] [--push-to-hub ORG/NAME [--private]]
+        [--robot-action-dim N] [--lora-alpha A] [--license ID] [--base-model ORG/NAME] [--push-to-hub ORG/NAME [--private]]
 
 DIR is an openpi checkpoint folder or its `params/`; both the released layout and the training layout
 (every leaf under a trailing `value` key) are read. With `--tokenizer` the output also holds the
@@ -21,7 +21,9 @@ id, camera layout, robot transforms, server metadata — and records it in the p
 processor, the pipeline and `pi serve` read the robot's raw observations and answer in its commands with
 no flags. The statistics must then exist and cover the robot's state and action dims. Every openpi parameter must map onto exactly one
 model parameter of the right shape and every model parameter must be filled: otherwise the
-conversion stops with a message naming the parameters, exits non-zero and leaves no output behind.
+conversion stops with a message naming the parameters, exits non-zero and leaves no output behind. A LoRA
+fine-tune (openpi's `*_low_mem_finetune` configs) converts to a plain model: its adapters are added into the
+weights they adapt (`openpi_lora`).
 
 The layout facts used below (einsum weight shapes, flax kernels [in, out], stacked layers) are the
 reference's; the mapping works on any tensor, so the full-size mapping can be checked on the meta
@@ -44,6 +46,7 @@ from conversion.convert_lerobot import check_source_kind
 from conversion.hf_folder import (DTYPES, ConversionError, build_processor, check_output, check_tokenizers, expected_shapes,
                                   write_folder)
 from conversion.openpi_configs import OPENPI_CONFIGS, PolicyConfig, openpi_config
+from conversion.openpi_lora import check_lora_alpha, merge_lora
 from conversion.push import add_publish_arguments, card_options, publish
 from processing_pi import NormStats
 
@@ -412,13 +415,15 @@ def convert_openpi(
     norm_stats: str | os.PathLike | None = None,
     robot_action_dim: int | None = None,
     policy_source: str = "the policy config",
+    lora_alpha: float | None = None,
     **card,
 ) -> Path:
     """Converts and writes `output` (config, safetensors, model card, remote code, and with `tokenizer` the
     processor) atomically; returns its path. `policy` (`openpi_config(name)` or a user's `PolicyConfig`) fixes
     what the weights do not say. `norm_stats` (a JSON file) replaces the checkpoint's statistics; `robot_action_dim`
     sets the robot's action dims; `policy_source` names where `policy` came from (`--config NAME`), for errors.
-    `card`: `write_folder`'s model-card options."""
+    A LoRA fine-tune's adapters are added into the weights they adapt (`openpi_lora`; `lora_alpha`: their alpha,
+    default each one's rank). `card`: `write_folder`'s model-card options."""
     if dtype not in DTYPES:
         raise ConversionError(f"Unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}.")
     output = check_output(output)
@@ -429,6 +434,7 @@ def convert_openpi(
         raise ConversionError(f"{' and '.join(given)} {'builds' if len(given) == 1 else 'build'} the processor, which "
                               f"also needs --tokenizer.")
     check_tokenizers(tokenizer, fast_tokenizer)
+    check_lora_alpha(lora_alpha)
     for flag, value in (("--action-horizon", action_horizon), ("--max-token-len", max_token_len)):
         if value is not None and value < 1:
             raise ConversionError(f"{flag} must be at least 1, got {value}.")
@@ -449,7 +455,11 @@ def convert_openpi(
         asset_id = asset_id or (policy.asset_id if norm_stats is None else None)
     stats = read_norm_stats(checkpoint, asset_id, norm_stats) if tokenizer is not None else None  # before the weights
 
-    params = load_openpi_params(checkpoint)
+    params, merged = merge_lora(load_openpi_params(checkpoint), lora_alpha)
+    if merged:
+        ranks = " and ".join(str(rank) for rank in sorted(set(merged.values())))
+        print(f"{Path(checkpoint).name}: its LoRA adapters (rank {ranks}) are added into the {len(merged)} weights they "
+              f"adapt")
     config = infer_config(params, variant, action_horizon, max_token_len, asked_by)
     config.dtype = dtype
     processor = None
@@ -464,7 +474,7 @@ def convert_openpi(
 
     source = Path(checkpoint).resolve()
     name = source.parent.name if source.name == "params" else source.name
-    return write_folder(output, config, state_dict, name, processor, **card)
+    return write_folder(output, config, state_dict, name, processor, merged_lora=bool(merged), **card)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -481,6 +491,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--asset-id", help="which assets/<asset_id>/norm_stats.json to use when there are several")
     parser.add_argument("--norm-stats", metavar="FILE", help="statistics to use instead of the checkpoint's: openpi's "
                         "norm_stats.json or LeRobot's meta/stats.json")
+    parser.add_argument("--lora-alpha", type=float, metavar="A", help="a LoRA fine-tune's alpha, which scales its "
+                        "attention adapters by A / rank (default: the rank, as openpi's gemma_2b_lora and gemma_300m_lora)")
     parser.add_argument("--robot-action-dim", type=int, metavar="N", help="the robot's action dims, which post-processing "
                         "keeps (π0-FAST decodes its tokens into that many; default: the statistics' size)")
     return add_publish_arguments(parser)
@@ -493,6 +505,7 @@ def run(args: argparse.Namespace) -> int:
                               tokenizer=args.tokenizer, fast_tokenizer=args.fast_tokenizer, asset_id=args.asset_id,
                               policy=policy, norm_stats=args.norm_stats, robot_action_dim=args.robot_action_dim,
                               policy_source=f"--config {args.config}" if args.config else f"--robot {args.robot}",
+                              lora_alpha=args.lora_alpha,
                               **card_options(args))
     except (ConversionError, OSError) as err:  # OSError: writing the folder (a full disk, no permission)
         print(f"pi convert openpi: error: {err}", file=sys.stderr)

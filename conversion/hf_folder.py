@@ -161,11 +161,13 @@ def write_folder(
     license: str | None = None,
     base_model: str | None = None,
     repo_id: str | None = None,
+    merged_lora: bool = False,
 ) -> Path:
     """Writes the folder into a private staging folder beside `output`, then renames it into place: a
-    failed conversion leaves nothing behind. `source`, `source_kind`, `license`, `base_model` and
-    `repo_id` (where it will be published; default: the folder's name) go into the model card; without a
-    license or base model, the card names only what the architecture tells (`model_cards.known_lineage`)."""
+    failed conversion leaves nothing behind. `source`, `source_kind`, `license`, `base_model`, `repo_id`
+    (where it will be published; default: the folder's name) and `merged_lora` (LoRA adapters were added into
+    the weights) go into the model card; without a license or base model, the card names only what the
+    architecture tells (`model_cards.known_lineage`)."""
     from conversion.remote_code import add_remote_code
 
     output = check_output(output)
@@ -175,7 +177,7 @@ def write_folder(
         save_torch_state_dict(state_dict, staging)
         num_parameters = sum(t.numel() for t in state_dict.values())
         stats = processor.norm_stats.to_dict() if processor is not None and processor.norm_stats is not None else None
-        provenance = converted_from(source, source_kind, str(config.dtype).removeprefix("torch."))
+        provenance = converted_from(source, source_kind, str(config.dtype).removeprefix("torch."), merged_lora)
         card = render_model_card(config, num_parameters, repo_id or output.name, provenance, license, base_model, stats,
                                  processor)
         card.save(staging / "README.md")

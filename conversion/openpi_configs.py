@@ -4,10 +4,10 @@ An openpi checkpoint is trained and served under a config (`pi0_aloha`, `pi05_dr
 variant, the action horizon, the prompt length, whether π0.5 reads the state in its prompt, which
 `assets/<asset_id>/norm_stats.json` holds its statistics, and the robot: camera layout, state keys, ALOHA's
 conversion, delta actions, action dims, default prompt, server metadata. `OPENPI_CONFIGS` holds those facts
-for openpi's inference and fine-tuning configs (its `training/config.py` and PolaRiS configs), except those
-that need what the π models here lack: LoRA fine-tunes (`*_low_mem_finetune`: their adapters are not merged on
-conversion), the binning and FSQ action tokenizers, RoboArena's baselines (openpi at this commit cannot build
-their data configs either) and the debug models. `pi convert openpi --config NAME` records them in the
+for openpi's inference and fine-tuning configs (its `training/config.py` and PolaRiS configs), LoRA fine-tunes
+(`*_low_mem_finetune`) included, except those that need what the π models here lack: the binning and FSQ action
+tokenizers, RoboArena's baselines (openpi at this commit cannot build their data configs either) and the debug
+models. `pi convert openpi --config NAME` records them in the
 converted folder, and a user's own robot declares the same in a JSON file (`PolicyConfig.from_json`,
 `--robot robot.json`):
 
@@ -141,6 +141,10 @@ def _configs() -> dict[str, PolicyConfig]:
         "pi0_libero": PolicyConfig(variant="pi0", robot=_libero("pi0", delta=True), asset_id=libero),
         "pi0_fast_libero": PolicyConfig(variant="pi0_fast", robot=_libero("pi0_fast", delta=True), action_horizon=10,
                                         max_token_len=180, asset_id=libero),
+        # LoRA fine-tunes: the same policies (their adapters are merged at conversion)
+        "pi0_libero_low_mem_finetune": PolicyConfig(variant="pi0", robot=_libero("pi0", delta=True), asset_id=libero),
+        "pi0_fast_libero_low_mem_finetune": PolicyConfig(variant="pi0_fast", robot=_libero("pi0_fast", delta=True),
+                                                         action_horizon=10, max_token_len=180, asset_id=libero),
         "pi05_libero": PolicyConfig(variant="pi05", robot=_libero("pi05", delta=False), action_horizon=10,
                                     discrete_state_input=False, asset_id=libero),
         # trained on DROID's absolute joint positions, made deltas of the state (the gripper stays absolute)

@@ -73,12 +73,14 @@ def card_data(config, license: str | None = None, base_model: str | None = None)
     )
 
 
-def converted_from(source: str, source_kind: str, dtype: str) -> str:
-    """The provenance sentence of a converted folder."""
+def converted_from(source: str, source_kind: str, dtype: str, merged_lora: bool = False) -> str:
+    """The provenance sentence of a converted folder; `merged_lora`: its LoRA adapters were added into the weights."""
+    merged = (", with the checkpoint's LoRA adapters added into the weights they adapt (the model loads with no "
+              "adapter)" if merged_lora else "")
     return (f"Converted from `{source}` ({source_kind}) to the Hugging Face Transformers format of the π model "
-            f"family (`model_type: pi`). The weights are the original ones, mapped tensor by tensor and stored as {dtype}; "
-            "the conversion is strict: every source tensor maps onto exactly one parameter of the right shape and every "
-            "parameter is filled, otherwise nothing is written.")
+            f"family (`model_type: pi`). The weights are the original ones, mapped tensor by tensor{merged} and stored "
+            f"as {dtype}; the conversion is strict: every source tensor maps onto exactly one parameter of the right shape "
+            "and every parameter is filled, otherwise nothing is written.")
 
 
 def _layers(sub_config) -> str:
