@@ -286,6 +286,33 @@ def test_pi_train_lora_halves_the_loss_within_200_steps_and_saves_a_loadable_mod
     assert actions.shape == (1, HORIZON, 3)  # the robot's 3 action dims, in its units
 
 
+def test_pi_train_from_a_hub_model_carries_its_license_and_lineage(dataset_root, model_folder, tmp_path):
+    """--model as a Hub id, read offline from the Hub cache as `from_pretrained` reads it; its card too."""
+    repo = tmp_path / "hf_home" / "hub" / "models--org--tiny-pi05"
+    shutil.copytree(model_folder, repo / "snapshots" / ("0" * 40))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1"}
+
+    def train(output: Path) -> subprocess.CompletedProcess:
+        command = [Path(sys.executable).parent / "pi", "train", "--model", "org/tiny-pi05", "--dataset", dataset_root,
+                   "--output", output, "--steps", "1", "--batch-size", "2", "--save-steps", "1", "--full", *MAP_ARGS]
+        return subprocess.run([str(part) for part in command], capture_output=True, text=True, timeout=600, env=env)
+
+    result = train(tmp_path / "without_card")  # the repo has no README: said, and no license claimed
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "the card of org/tiny-pi05 could not be read" in result.stdout
+    card = ModelCard.load(tmp_path / "without_card" / "README.md")
+    assert card.data.license is None and card.data.base_model == "org/tiny-pi05"
+
+    ModelCard("---\nlicense: gemma\n---\n# A tiny π0.5\n").save(repo / "snapshots" / ("0" * 40) / "README.md")
+    result = train(tmp_path / "with_card")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "could not be read" not in result.stdout
+    card = ModelCard.load(tmp_path / "with_card" / "README.md")
+    assert card.data.license == "gemma" and card.data.base_model == "org/tiny-pi05"
+
+
 @pytest.mark.parametrize("variant", ["pi0", "pi0_fast"])
 def test_pi_train_runs_the_other_variants(dataset_root, tmp_path, variant):
     from processing_pi import FastActionTokenizer

@@ -57,6 +57,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from huggingface_hub import ModelCard
+from huggingface_hub.errors import EntryNotFoundError
 from peft import set_peft_model_state_dict
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
@@ -549,8 +550,7 @@ def check_one_job(training_args: TrainingArguments) -> None:
 
 def _model_card(args: argparse.Namespace, model, processor, stats_source: str) -> ModelCard:
     """The fine-tuned folder's card: the base model's license and lineage, this run's provenance."""
-    base_card = Path(args.model) / "README.md"
-    base = ModelCard.load(base_card).data if base_card.is_file() else None
+    base = _base_card_data(args.model)
     method = "full fine-tuning" if args.full else "LoRA, merged into the weights"
     provenance = (f"Fine-tuned with `pi train` from `{Path(args.model).name}` on the LeRobot dataset "
                   f"`{Path(args.dataset).name}`: {args.steps} steps, {method}. Normalisation statistics: {stats_source}.")
@@ -560,6 +560,20 @@ def _model_card(args: argparse.Namespace, model, processor, stats_source: str) -
         base_model=None if Path(args.model).is_dir() else args.model,
         norm_stats=processor.norm_stats.to_dict(), processor=processor,
     )
+
+
+def _base_card_data(model: str):
+    """The base model's card metadata: its folder's README, or its Hub repo's (from the cache when offline, as the
+    model itself was read); None where it has none."""
+    if Path(model).is_dir():
+        card = Path(model) / "README.md"
+        return ModelCard.load(card).data if card.is_file() else None
+    try:
+        return ModelCard.load(model).data
+    except (OSError, ValueError, EntryNotFoundError) as err:  # no README in the repo, or none cached offline
+        print(f"pi train: the card of {model} could not be read ({type(err).__name__}), so the fine-tuned card names "
+              "no license of its own: add the base model's license to its README before publishing.")
+        return None
 
 
 def run(args: argparse.Namespace) -> int:
