@@ -68,10 +68,11 @@ def merge_lora(params: dict, lora_alpha: float | None = None) -> tuple[dict, dic
         if "a" not in pair or "b" not in pair or weight not in params:
             have = " and ".join(pair[f] for f in ("a", "b") if f in pair)
             lacking = "the weight it adapts" if weight not in params else "the other factor"
-            raise ConversionError(f"The checkpoint has the LoRA factor {have} without {lacking} ({weight}).")
+            raise ConversionError(f"The checkpoint has the LoRA {have} without {lacking} ({weight}).")
         w, a, b = (_float32(params[key]) for key in (weight, pair["a"], pair["b"]))
         rank = a.shape[-1] if a.dim() else 0
-        if rank < 1 or (tuple(a.shape), tuple(b.shape)) != (tuple(w.shape[:-1]) + (rank,), tuple(w.shape[:-2]) + (rank, w.shape[-1])):
+        fitting = (*w.shape[:-1], rank), (*w.shape[:-2], rank, w.shape[-1])  # a [..., I, r], b [..., r, O]
+        if rank < 1 or (tuple(a.shape), tuple(b.shape)) != fitting:
             raise ConversionError(f"The LoRA factors of {weight} have shapes {tuple(a.shape)} and {tuple(b.shape)}, which "
                                   f"do not adapt its {tuple(w.shape)}.")
         if pair["kind"] == ATTENTION_OUTPUT:
