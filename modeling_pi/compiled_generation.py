@@ -44,13 +44,15 @@ class CompiledGeneration(EagerGeneration):
 
     def cache(self, batch: int, length: int) -> StaticCache:
         """The cache kept for this shape, reset in place. Allocated here, not lazily inside compiled code, so
-        that its tensors are marked as static addresses."""
+        that its tensors are marked as static addresses; and outside `torch.inference_mode`, even when called
+        under it, so that a later call outside it (guided sampling's) may still write into them."""
         kv = self.model.language_model.layers[0].self_attn.k_proj.weight
         key = (batch, length, kv.dtype, kv.device)
         if key not in self.caches:
             text = self.model.config.text_config
-            cache = StaticCache(config=text, max_cache_len=length)
-            cache.early_initialization(batch, text.num_key_value_heads, text.head_dim, kv.dtype, kv.device)
+            with torch.inference_mode(False):
+                cache = StaticCache(config=text, max_cache_len=length)
+                cache.early_initialization(batch, text.num_key_value_heads, text.head_dim, kv.dtype, kv.device)
             self.caches[key] = cache
         cache = self.caches[key]
         cache.reset()

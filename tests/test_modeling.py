@@ -269,6 +269,23 @@ def test_compiled_flow_generation_samples_what_the_eager_one_does():
     assert len(model.compiled_generation.caches) == 2  # batch 2 with every camera, batch 1 with two
 
 
+def test_compiled_generation_first_called_under_inference_mode_serves_later_calls_outside_it():
+    """`pi serve` samples plain chunks under torch.inference_mode and guided ones under torch.no_grad: the cache
+    kept for a shape must take both, in either order."""
+    model = noisy_tiny_model("pi05")
+    inputs = random_inputs(model.config)
+    options = {"noise": inputs["noise"], "num_steps": 2}
+    with torch.no_grad():
+        eager = model.generate_actions(*model_args(inputs), **options)
+    model.compile_generation()
+    with torch.inference_mode():
+        first = model.generate_actions(*model_args(inputs), **options)
+    with torch.no_grad():
+        later = model.generate_actions(*model_args(inputs), **options)
+    torch.testing.assert_close(first, eager, atol=1e-5, rtol=0)
+    torch.testing.assert_close(later, eager, atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("variant", ["pi0", "pi0_fast"])
 @torch.no_grad()
 def test_compiled_generation_has_no_graph_break(variant):
