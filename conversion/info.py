@@ -66,6 +66,24 @@ def read_weights(folder: Path) -> dict | None:
     return {"parameters": parameters, "bytes": size, "dtypes": sorted(dtypes), "files": [path.name for path in files]}
 
 
+def _weights(folder: Path, config: PiConfig) -> dict | None:
+    """`read_weights`; for a quantized folder, whose quantized tensors are stored in parts (values, scales, ...), also
+    how it was quantized, and the parameters counted as the model has them (built on the meta device)."""
+    weights = read_weights(folder)
+    quantization = getattr(config, "quantization_config", None)
+    if weights is None or not quantization:
+        return weights
+    import torch
+
+    from modeling_pi import PiForActionGeneration
+
+    quantization = quantization if isinstance(quantization, dict) else quantization.to_dict()
+    kind = ((quantization.get("quant_type") or {}).get("default") or {}).get("_type")  # torchao's config class
+    with torch.device("meta"):
+        parameters = PiForActionGeneration(config).num_parameters()
+    return {**weights, "parameters": parameters, "quantization": {"method": quantization.get("quant_method"), "config": kind}}
+
+
 def load_processor(folder: Path) -> tuple[PiProcessor | None, str | None]:
     """The folder's processor, or None and why not."""
     if not (folder / PROCESSOR_CONFIG).is_file():
@@ -110,7 +128,7 @@ def describe(folder: str | os.PathLike) -> dict:
     return {
         "folder": str(folder),
         "variant": config.variant,
-        "weights": read_weights(folder),
+        "weights": _weights(folder, config),
         "cameras": list(processor.image_keys if processor else config.image_keys),
         "image_size": config.vision_config.image_size,
         "prompt": _prompt(config, processor),
@@ -255,7 +273,11 @@ def _title(info: dict) -> str:
     if weights is None:
         return title + ", no weights"
     dtypes = ", ".join(DTYPE_NAMES.get(name, name) for name in weights["dtypes"])
-    return title + f", {_count(weights['parameters'])} parameters ({dtypes}, {weights['bytes'] / 1e6:.1f} MB)"
+    quantized = ""
+    if "quantization" in weights:
+        method, kind = weights["quantization"]["method"], weights["quantization"]["config"]
+        quantized = f"; quantized with {method}" + (f" ({kind})" if kind else "") + ", which loading needs"
+    return title + f", {_count(weights['parameters'])} parameters ({dtypes}, {weights['bytes'] / 1e6:.1f} MB{quantized})"
 
 
 def _prompt_line(prompt: dict) -> str:

@@ -92,16 +92,14 @@ class PiPreTrainedModel(PreTrainedModel):
     def _apply(self, fn, recurse=True):
         """Casting the model to half precision (`.to(torch.bfloat16)`, `.bfloat16()`, `.half()`) keeps the modules
         of `_keep_in_fp32_modules_strict` float32, as loading it in that dtype does: both give the reference's
-        mixed precision. A model whose weights `quantize_weights` quantized keeps its dtype: torchao's tensors do
-        not cast, so the rest would compute in another dtype than they do."""
+        mixed precision. A model with quantized weights keeps its dtype: torchao's tensors do not cast, so the rest
+        would compute in another dtype than they do."""
         kept = set(self._keep_in_fp32_modules_strict or ())
-        if getattr(self, "_weights_quantized_in_place", False):
-            dtype = next((tensor.dtype for name, tensor in self.named_parameters()  # what the plain weights are in
-                          if tensor.is_floating_point() and not is_quantized(tensor) and kept.isdisjoint(name.split("."))),
-                         None)
-            if dtype is not None and fn(torch.zeros(0, dtype=dtype)).dtype != dtype:
-                raise ValueError("This model's weights were quantized (quantize_weights), and quantized weights keep "
-                                 "their dtype: cast the model first (model.to(torch.bfloat16)), then quantize it.")
+        plain, quantized = self.weight_dtypes()
+        if quantized is not None and plain is not None and fn(torch.zeros(0, dtype=plain)).dtype != plain:
+            raise ValueError("This model's weights are quantized, and quantized weights keep their dtype: cast the model "
+                             "first (model.to(torch.bfloat16)), then quantize it; or load the float folder in that dtype "
+                             "with its quantization_config (from_pretrained(folder, dtype=..., quantization_config=...)).")
         float32 = {name: tensor.detach() for name, tensor in self.named_parameters()
                    if tensor.dtype == torch.float32 and not kept.isdisjoint(name.split("."))}
         super()._apply(fn, recurse)
@@ -109,6 +107,19 @@ class PiPreTrainedModel(PreTrainedModel):
             if name in float32 and tensor.dtype in (torch.bfloat16, torch.float16):
                 tensor.data = float32[name].to(tensor.device)  # the values as they were, not rounded and back
         return self
+
+    def weight_dtypes(self) -> tuple[torch.dtype | None, torch.dtype | None]:
+        """The dtype the plain weights compute in, and the one quantized weights stand for (None where there are
+        none), both outside the float32 modules of `_keep_in_fp32_modules_strict`."""
+        kept = set(self._keep_in_fp32_modules_strict or ())
+        plain = quantized = None
+        for name, tensor in self.named_parameters():
+            if tensor.is_floating_point() and kept.isdisjoint(name.split(".")):
+                if is_quantized(tensor):
+                    quantized = quantized or tensor.dtype
+                else:
+                    plain = plain or tensor.dtype
+        return plain, quantized
 
     def _init_weights(self, module):
         # Gemma norms scale by (1 + weight); the reference starts them, and the adaRMS modulation, at zero.
@@ -124,7 +135,8 @@ class PiPreTrainedModel(PreTrainedModel):
     def from_pretrained(cls, *args, **kwargs):
         """Like `PreTrainedModel.from_pretrained`, but a checkpoint whose weights are missing, unexpected,
         mis-shaped or not finite is an error: nothing is ever initialised at random, and no NaN weight acts,
-        behind the user's back."""
+        behind the user's back. So is a folder saved quantized loaded in another dtype than it was quantized in: its
+        quantized weights keep theirs, and the rest would compute in another."""
         return_info = kwargs.pop("output_loading_info", False)
         model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
         problems = {key: sorted(map(str, info[key])) for key in ("missing_keys", "unexpected_keys", "mismatched_keys")}
@@ -136,6 +148,12 @@ class PiPreTrainedModel(PreTrainedModel):
         if damaged:
             raise ValueError(f"The checkpoint holds NaN or infinite values in {len(damaged)} tensor(s): "
                              f"{', '.join(damaged[:8])}{' ...' if len(damaged) > 8 else ''}. It is damaged.")
+        plain, quantized = model.weight_dtypes()
+        if quantized is not None and plain is not None and plain != quantized:
+            name = str(quantized).removeprefix("torch.")
+            raise ValueError(f"This folder's weights were quantized in {name}, and quantized weights keep their dtype: "
+                             f"load it in {name} (dtype={name} or none), or load the float folder in "
+                             f"{str(plain).removeprefix('torch.')} with a quantization_config.")
         return (model, info) if return_info else model
 
 

@@ -51,6 +51,9 @@ def quantize_weights(model: nn.Module, bits: str = "int8", group_size: int = INT
     names = [name for name, module in model.named_modules()
              if isinstance(module, nn.Linear) and name.split(".")[0] in STACKS and kept.isdisjoint(name.split("."))
              and not is_quantized(module.weight)]
+    if not names:
+        raise ValueError("No linear of the model is left to quantize: its weights are quantized already. Quantize the "
+                         "float model instead.")
     chosen = set(names)
     try:
         quantize_(model, config, filter_fn=lambda module, name: name in chosen)
@@ -68,6 +71,14 @@ def quantize_weights(model: nn.Module, bits: str = "int8", group_size: int = INT
     if done:
         model._weights_quantized_in_place = True  # `PiForActionGeneration.save_pretrained` refuses to save them
     return done
+
+
+def refuse_quantized_training(model: nn.Module) -> None:
+    """Fine-tuning takes float weights: raises where `model` has quantized ones (torchao's tensors take no
+    gradient, so a step would train the rest around them)."""
+    if any(is_quantized(parameter) for parameter in model.parameters()):
+        raise ValueError("This model's weights are quantized, and fine-tuning takes float weights: fine-tune the float "
+                         "model, then quantize it.")
 
 
 def is_quantized(weight: torch.Tensor) -> bool:

@@ -323,6 +323,20 @@ def _info(capsys, folder) -> dict:
     return json.loads(out)
 
 
+def test_info_of_a_quantized_folder_counts_the_models_parameters_and_names_the_quantization(converted, tmp_path, capsys):
+    from transformers import TorchAoConfig
+
+    torchao = pytest.importorskip("torchao.quantization")
+    folder = converted("pi05")
+    AutoModel.from_pretrained(folder, quantization_config=TorchAoConfig(torchao.Int8WeightOnlyConfig())).save_pretrained(
+        tmp_path / "int8")
+    info = _info(capsys, tmp_path / "int8")  # torchao stores a quantized weight in parts: values, scales, zero points
+    assert info["weights"]["parameters"] == _info(capsys, folder)["weights"]["parameters"]
+    assert info["weights"]["quantization"] == {"method": "torchao", "config": "Int8WeightOnlyConfig"}
+    code, out, _ = _pi(capsys, "info", tmp_path / "int8")
+    assert code == 0 and "quantized with torchao (Int8WeightOnlyConfig), which loading needs" in out.splitlines()[0]
+
+
 def test_info_of_a_folder_without_a_processor(converted, capsys):
     folder = converted("pi0")
     info = _info(capsys, folder)

@@ -286,6 +286,21 @@ def test_pi_train_lora_halves_the_loss_within_200_steps_and_saves_a_loadable_mod
     assert actions.shape == (1, HORIZON, 3)  # the robot's 3 action dims, in its units
 
 
+def test_pi_train_refuses_a_quantized_model_before_anything_is_written(dataset_root, model_folder, tmp_path, capsys):
+    from transformers import TorchAoConfig
+
+    torchao = pytest.importorskip("torchao.quantization")
+    quantized = AutoModel.from_pretrained(model_folder, quantization_config=TorchAoConfig(torchao.Int8WeightOnlyConfig()))
+    quantized.save_pretrained(tmp_path / "int8")
+    AutoProcessor.from_pretrained(model_folder).save_pretrained(tmp_path / "int8")
+    for mode in ("--lora", "--full"):  # before: LoRA crashed at its first save, --full with transformers' traceback
+        code = pi_cli.main(["train", "--model", str(tmp_path / "int8"), "--dataset", str(dataset_root), "--output",
+                            str(tmp_path / "run"), "--steps", "1", "--batch-size", "2", mode, *MAP_ARGS])
+        assert code == 1
+        assert "--model" in (err := capsys.readouterr().err) and "fine-tuning takes float weights" in err
+        assert not (tmp_path / "run").exists()
+
+
 def test_pi_train_from_a_hub_model_carries_its_license_and_lineage(dataset_root, model_folder, tmp_path):
     """--model as a Hub id, read offline from the Hub cache as `from_pretrained` reads it; its card too."""
     repo = tmp_path / "hf_home" / "hub" / "models--org--tiny-pi05"

@@ -144,3 +144,43 @@ def test_the_int8_products_benchmark_times_each_way_against_float32():
                                                 "int8 weights and activations (torchao)", "int8 dynamic (torch.ao, fbgemm)"]
     assert rows[0]["ratio_to_float32"] == 1 and rows[0]["error"] == 0 and rows[1]["error"] < 1e-6
     assert all(row["ms"] > 0 and 0 < row["error"] < 0.05 for row in rows[2:])  # quantized, and close
+
+
+@torch.no_grad()
+def test_a_model_quantized_through_transformers_refuses_a_cast_and_loads_in_its_own_dtype_only(tmp_path):
+    """Quantized weights keep the dtype they were quantized in: a cast, or a saved quantized folder loaded in another
+    dtype, would leave the rest computing in another (before: accepted, then generation failed deep inside)."""
+    from torchao.quantization import Int8WeightOnlyConfig
+
+    model = noisy_tiny_model("pi05")
+    inputs = random_inputs(model.config)
+    model.save_pretrained(tmp_path / "float")
+    quantization = TorchAoConfig(Int8WeightOnlyConfig())
+    loaded = AutoModel.from_pretrained(tmp_path / "float", quantization_config=quantization)
+    with pytest.raises(ValueError, match="quantized weights keep their dtype: cast the model first"):
+        loaded.to(torch.bfloat16)
+    loaded.save_pretrained(tmp_path / "int8")
+    with pytest.raises(ValueError, match="quantized in float32.*load it in float32"):
+        AutoModel.from_pretrained(tmp_path / "int8", dtype=torch.bfloat16)
+    assert AutoModel.from_pretrained(tmp_path / "int8").weight_dtypes() == (torch.float32, torch.float32)
+    in_bfloat16 = AutoModel.from_pretrained(tmp_path / "float", dtype=torch.bfloat16, quantization_config=quantization)
+    assert in_bfloat16.weight_dtypes() == (torch.bfloat16, torch.bfloat16)
+    assert in_bfloat16.generate_actions(*model_args(inputs), noise=inputs["noise"].bfloat16()).isfinite().all()
+
+
+def test_quantizing_a_quantized_model_again_is_an_error():
+    model = noisy_tiny_model("pi0")
+    model.quantize_weights("int8")
+    for bits in ("int8", "int4"):  # before: an empty list, no word
+        with pytest.raises(ValueError, match="quantized already"):
+            model.quantize_weights(bits)
+
+
+def test_fine_tuning_a_quantized_model_is_refused_before_anything_trains():
+    from training_pi import apply_lora, set_full_finetuning
+
+    model = noisy_tiny_model("pi05")
+    model.quantize_weights("int8")
+    for prepare in (apply_lora, set_full_finetuning):  # before: LoRA crashed at its first save, a full step skipped int8
+        with pytest.raises(ValueError, match="fine-tuning takes float weights"):
+            prepare(model)

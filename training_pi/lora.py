@@ -10,6 +10,8 @@ vision tower and projector. Which modules those are, the model says (`VISION_MOD
 
 from peft import LoraConfig, PeftModel, get_peft_model
 
+from modeling_pi.quantization import refuse_quantized_training
+
 PROJECTIONS = r"(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
 LORA_PRESETS = {"gemma_2b_lora": ("language_model", 16), "gemma_300m_lora": ("action_expert", 32)}
 
@@ -39,7 +41,9 @@ def lora_config(model, presets: tuple[str, ...] | None = None, freeze_vision: bo
 
 
 def apply_lora(model, presets: tuple[str, ...] | None = None, freeze_vision: bool = False) -> PeftModel:
-    """Wraps `model` with the preset adapters; only adapters and the modules outside the Gemma stacks train."""
+    """Wraps `model` with the preset adapters; only adapters and the modules outside the Gemma stacks train. A model
+    with quantized weights is refused."""
+    refuse_quantized_training(model)
     return get_peft_model(model, lora_config(model, presets, freeze_vision))
 
 
@@ -47,7 +51,8 @@ def set_full_finetuning(model, freeze_vision: bool = False):
     """Every parameter trains, except the vision tower and projector with `freeze_vision`, and those no loss reaches
     (`model.modules_without_gradient()`, read from the config as it is now: set `knowledge_insulation` before): the
     optimizer would hold no state for them, which a sharded checkpoint (FSDP) cannot save or resume from; left
-    frozen, training is unchanged."""
+    frozen, training is unchanged. A model with quantized weights is refused."""
+    refuse_quantized_training(model)
     for name, param in model.named_parameters():
         param.requires_grad = not (freeze_vision and name.startswith(model.VISION_MODULES))
     for module in model.modules_without_gradient():

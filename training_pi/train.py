@@ -69,6 +69,7 @@ from conversion.json_files import index_shards, read_json
 from conversion.remote_code import add_remote_code
 from model_cards import DEFAULT_LICENSE, render_model_card
 from modeling_pi.input_checks import check_source
+from modeling_pi.quantization import refuse_quantized_training
 
 from processing_pi import FastActionTokenizer
 from processing_pi.prompts import PromptTooLong, discretize_state
@@ -222,6 +223,10 @@ def train(args: argparse.Namespace) -> Path:
     check_output(output, args)
     set_seed(args.seed)  # before the model loads and the LoRA adapters are drawn: the Trainer seeds only later
     model = _load("--model", args.model, AutoModel.from_pretrained)
+    try:
+        refuse_quantized_training(model)
+    except ValueError as err:
+        raise OptionError(f"--model {args.model}: {err}") from None
     processor = _load("--model", args.model, AutoProcessor.from_pretrained)
     processor, inherited = _training_modes(model, processor, args)
     if args.rtc_prefix_key and not model.config.rtc_max_delay:
