@@ -105,9 +105,10 @@ class CpuLinear(nn.Linear):
 def choose_cpu_kernels(model: nn.Module, float32_products: bool = True, transposed_products: bool = True) -> list[str]:
     """Makes the model's plain `nn.Linear`s `CpuLinear`s taking the kernels asked for (bfloat16 products in
     float32 only on a CPU without bfloat16 arithmetic), or, with nothing to take, plain `nn.Linear`s again;
-    returns the names of the linears it made `CpuLinear`s. Subclasses (quantised layers, LoRA wrappers) keep
-    their own kernels; the base layers of LoRA-wrapped linears are plain linears and are included. The class is
-    swapped rather than the forward wrapped: weights, hooks and adapters stay as they are."""
+    returns the names of those that take them: not those with quantized weights, which keep torchao's kernels.
+    Subclasses (quantised layers, LoRA wrappers) keep their own kernels; the base layers of LoRA-wrapped linears
+    are plain linears and are included. The class is swapped rather than the forward wrapped: weights, hooks and
+    adapters stay as they are."""
     upcast = float32_products and lacks_bfloat16_arithmetic()
     linears = [(name, module) for name, module in model.named_modules() if type(module) in (nn.Linear, CpuLinear)]
     for _, module in linears:
@@ -118,4 +119,4 @@ def choose_cpu_kernels(model: nn.Module, float32_products: bool = True, transpos
             module.__class__ = nn.Linear
             for attribute in ("upcast_bfloat16", "transpose_few_rows"):
                 vars(module).pop(attribute, None)
-    return [name for name, module in linears if type(module) is CpuLinear]
+    return [name for name, module in linears if type(module) is CpuLinear and type(module.weight) is nn.Parameter]

@@ -84,10 +84,11 @@ def test_quantized_linears_keep_torchaos_kernels_under_optimize_for_cpu(monkeypa
     monkeypatch.setattr(cpu_linears, "MIN_WEIGHT", 0)
     model = noisy_tiny_model("pi05").to(torch.bfloat16)
     inputs = random_inputs(model.config)
-    model.quantize_weights("int8")
+    names = model.quantize_weights("int8")
     quantized = model.generate_actions(*model_args(inputs), noise=inputs["noise"])
-    model.optimize_for_cpu()
+    taking = model.optimize_for_cpu()
     torch.testing.assert_close(model.generate_actions(*model_args(inputs), noise=inputs["noise"]), quantized)
+    assert taking and set(taking).isdisjoint(names)  # it names only the linears that take its kernels
 
 
 def test_unknown_formats_and_missing_kernels_are_refused_with_the_reason():
