@@ -18,6 +18,7 @@ import warnings
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 STACKS = ("vision_tower", "language_model", "action_expert")
 WEIGHT_BITS = ("int8", "int4")
@@ -82,5 +83,6 @@ def refuse_quantized_training(model: nn.Module) -> None:
 
 
 def is_quantized(weight: torch.Tensor) -> bool:
-    """Whether `weight` is a quantized tensor (torchao's subclasses) rather than a plain one."""
-    return type(weight) not in (torch.Tensor, nn.Parameter)
+    """Whether `weight` is a quantized tensor (torchao's subclasses) rather than a plain one, or a plain one sharded
+    across processes (FSDP's `DTensor`)."""
+    return type(weight) not in (torch.Tensor, nn.Parameter) and not isinstance(weight, DTensor)
