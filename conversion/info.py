@@ -81,7 +81,8 @@ def _weights(folder: Path, config: PiConfig) -> dict | None:
     kind = ((quantization.get("quant_type") or {}).get("default") or {}).get("_type")  # torchao's config class
     with torch.device("meta"):
         parameters = PiForActionGeneration(config).num_parameters()
-    return {**weights, "parameters": parameters, "quantization": {"method": quantization.get("quant_method"), "config": kind}}
+    return {**weights, "parameters": parameters,
+            "quantization": {"method": quantization.get("quant_method"), "config": kind}}
 
 
 def load_processor(folder: Path) -> tuple[PiProcessor | None, str | None]:

@@ -84,12 +84,12 @@ def _with_lora(params: dict, generator) -> dict:
     """The fixture's π0 parameters with LoRA factors on every adapted weight of both experts (ranks 4 and 8)."""
     params = dict(params)
     for suffix, rank in (("", 4), ("_1", 8)):
-        for name in ("q_einsum", "kv_einsum", "attn_vec_einsum"):
-            a, b = _lora_pair(generator, params[f"{ATTN}/{name}{suffix}/w"].shape, rank)
-            params[f"{ATTN}/{name}{suffix}/lora_a"], params[f"{ATTN}/{name}{suffix}/lora_b"] = a.float().numpy(), b.float().numpy()
-        for name in ("gating_einsum", "linear"):
-            a, b = _lora_pair(generator, params[f"{MLP}{suffix}/{name}"].shape, rank)
-            params[f"{MLP}{suffix}/{name}_lora_a"], params[f"{MLP}{suffix}/{name}_lora_b"] = a.float().numpy(), b.float().numpy()
+        adapted = [(f"{ATTN}/{name}{suffix}/w", f"{ATTN}/{name}{suffix}/lora")
+                   for name in ("q_einsum", "kv_einsum", "attn_vec_einsum")]
+        adapted += [(f"{MLP}{suffix}/{name}", f"{MLP}{suffix}/{name}_lora") for name in ("gating_einsum", "linear")]
+        for weight, factors in adapted:
+            a, b = _lora_pair(generator, params[weight].shape, rank)
+            params[f"{factors}_a"], params[f"{factors}_b"] = a.float().numpy(), b.float().numpy()
     return params
 
 
@@ -114,10 +114,12 @@ def test_a_lora_fine_tune_converts_to_a_model_whose_layers_compute_what_openpi_c
         width, heads, head_dim = layer.self_attn.q_proj.in_features, 4, 16
         x = _random(generator, 1, 3, width)
         equation, first, second = EINSUMS["q_einsum"]
-        q = torch.einsum(equation, x, t[f"{ATTN}/q_einsum{suffix}/w"][1]) + lora(f"{ATTN}/q_einsum{suffix}/lora", x, first, second)
+        q = (torch.einsum(equation, x, t[f"{ATTN}/q_einsum{suffix}/w"][1])
+             + lora(f"{ATTN}/q_einsum{suffix}/lora", x, first, second))
         torch.testing.assert_close(layer.self_attn.q_proj(x).view(1, 3, heads, head_dim), q)
         equation, first, second = EINSUMS["kv_einsum"]
-        kv = torch.einsum(equation, x, t[f"{ATTN}/kv_einsum{suffix}/w"][1]) + lora(f"{ATTN}/kv_einsum{suffix}/lora", x, first, second)
+        kv = (torch.einsum(equation, x, t[f"{ATTN}/kv_einsum{suffix}/w"][1])
+              + lora(f"{ATTN}/kv_einsum{suffix}/lora", x, first, second))
         torch.testing.assert_close(layer.self_attn.v_proj(x).view(1, 3, 1, head_dim), kv[1])
         encoded = _random(generator, 1, 3, heads, head_dim)
         equation, first, second = EINSUMS["attn_vec_einsum"]
@@ -125,7 +127,8 @@ def test_a_lora_fine_tune_converts_to_a_model_whose_layers_compute_what_openpi_c
                + lora(f"{ATTN}/attn_vec_einsum{suffix}/lora", encoded, first, second))
         torch.testing.assert_close(layer.self_attn.o_proj(encoded.flatten(2)), out)
         hidden = _random(generator, 1, 3, layer.mlp.down_proj.in_features)
-        down = hidden @ t[f"{MLP}{suffix}/linear"][1] + lora(f"{MLP}{suffix}/linear_lora", hidden, "btf,fl->btl", "btl,ld->btd")
+        down = (hidden @ t[f"{MLP}{suffix}/linear"][1]
+                + lora(f"{MLP}{suffix}/linear_lora", hidden, "btf,fl->btl", "btl,ld->btd"))
         torch.testing.assert_close(layer.mlp.down_proj(hidden), down)
 
 
