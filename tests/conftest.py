@@ -38,6 +38,14 @@ def load_fixture_io(variant: str) -> dict[str, torch.Tensor]:
     }
 
 
+@pytest.fixture(autouse=True)
+def fresh_compiler():
+    """Each test compiles from scratch: torch.compile counts the recompilations of a function over the whole process
+    (a new model is a new guard), and past its limit (8) a `fullgraph=True` compilation fails."""
+    yield
+    torch._dynamo.reset()
+
+
 @pytest.fixture(scope="session")
 def converted(tmp_path_factory):
     """variant -> folder holding the fixture checkpoint converted by `convert_openpi` (once per session)."""
